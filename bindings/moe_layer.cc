@@ -1,0 +1,99 @@
+#include "bindings/moe_layer.h"
+
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "common/status.h"
+#include "runtime/config.h"
+#include "scheduler/moe_step.h"
+
+namespace dynamoe {
+
+MoELayerImpl::MoELayerImpl(MoEOptions options_) : options(std::move(options_)) { Build(nullptr); }
+
+MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_factory)
+    : options(std::move(options_)) {
+  DYNAMOE_THROW_IF(!expert_factory, options.name(), ": expert_factory is empty");
+  Build(&expert_factory);
+}
+
+void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
+  ThrowIfError(options.Validate());
+  runtime::GlobalConfig();  // read, validate and log the environment once
+  const int64_t E = options.num_experts(), d = options.d_model(), h = options.d_hidden();
+  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
+  if (expert_factory) {
+    experts = register_module("experts", torch::nn::ModuleList());
+    for (int64_t e = 0; e < E; ++e) {
+      custom_experts_.push_back((*expert_factory)(e));
+      experts->push_back(custom_experts_.back().ptr());
+    }
+  } else {
+    w1 = register_parameter("w1", torch::empty({E, d, h}));
+    w2 = register_parameter("w2", torch::empty({E, h, d}));
+    if (options.gated()) w3 = register_parameter("w3", torch::empty({E, d, h}));
+    if (options.bias()) {
+      b1 = register_parameter("b1", torch::empty({E, h}));
+      b2 = register_parameter("b2", torch::empty({E, d}));
+    }
+  }
+  expert_bias = register_buffer("expert_bias", torch::zeros({E}));
+  if (options.use_residual()) {
+    residual_fc1 = register_module("residual_fc1", torch::nn::Linear(d, h));
+    residual_fc2 = register_module("residual_fc2", torch::nn::Linear(h, d));
+    residual_coef = register_module("residual_coef", torch::nn::Linear(d, 2));
+  }
+  reset_parameters();
+}
+
+void MoELayerImpl::reset_parameters() {
+  // Each expert initialised like nn.Linear(d_model, d_hidden) / (d_hidden, d_model).
+  torch::NoGradGuard no_grad;
+  const double in1 = 1.0 / std::sqrt(static_cast<double>(options.d_model()));
+  const double in2 = 1.0 / std::sqrt(static_cast<double>(options.d_hidden()));
+  if (w1.defined()) w1.uniform_(-in1, in1);
+  if (w3.defined()) w3.uniform_(-in1, in1);
+  if (w2.defined()) w2.uniform_(-in2, in2);
+  if (b1.defined()) b1.uniform_(-in1, in1);
+  if (b2.defined()) b2.uniform_(-in2, in2);
+}
+
+torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
+  scheduler::StepInputs in;
+  in.x = x;
+  in.gate_weight = gate->weight;
+  in.expert_bias = expert_bias;
+  in.experts = {w1, w2, w3, b1, b2, options.activation()};
+  if (!custom_experts_.empty())
+    in.custom_expert = [this](int64_t e, const at::Tensor& rows) {
+      return custom_experts_[e].forward<torch::Tensor>(rows);
+    };
+  in.training = is_training();
+  in.step = step_;
+  scheduler::StepResult r = scheduler::MoEForward(options, in);
+  if (is_training()) {
+    ++step_;
+    scheduler::UpdateExpertBias(expert_bias, r.routed_counts, options.bias_update_rate());
+  }
+  aux_loss = r.aux_loss;
+  stats_.counts = r.counts;
+  stats_.routed_counts = r.routed_counts;
+  stats_.dropped = r.dropped;
+  stats_.capacity = r.capacity;
+  stats_.phase_seconds.clear();
+  for (auto p : {monitor::Phase::kGate, monitor::Phase::kDispatch, monitor::Phase::kExperts, monitor::Phase::kCombine})
+    stats_.phase_seconds[monitor::PhaseName(p)] = r.times[p];
+
+  if (!options.use_residual()) return r.y;
+  // DeepSpeed residual MoE: a dense MLP mixed in by a learned 2-way softmax.
+  const torch::Tensor coef = torch::softmax(residual_coef->forward(x), -1);
+  torch::Tensor hidden = residual_fc1->forward(x);
+  hidden = options.activation() == "relu" ? torch::relu(hidden)
+           : options.activation() == "silu" ? torch::silu(hidden)
+                                            : torch::gelu(hidden);
+  const torch::Tensor mlp = residual_fc2->forward(hidden);
+  return r.y * coef.narrow(-1, 0, 1) + mlp * coef.narrow(-1, 1, 1);
+}
+
+}  // namespace dynamoe

@@ -1,0 +1,186 @@
+// TORCH_LIBRARY(dynamoe): the pieces (route, dispatch, expert_ffn, combine),
+// the whole step (moe_forward) and configuration helpers. Every op is
+// composite: its autograd comes from the C++ autograd functions it calls, so
+// the same kernels serve C++ and Python. Errors surface as RuntimeError with
+// the full dynamoe message.
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+#include "runtime/config.h"
+#include "scheduler/moe_step.h"
+#include "scheduler/router.h"
+
+namespace dynamoe {
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+Tensor Or(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+// Runs f and turns any dynamoe::Error into a c10::Error whose message is the
+// full dynamoe message (Python then sees RuntimeError with that text).
+template <typename F>
+auto Boundary(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+MoEOptions MakeOptions(int64_t d_model, int64_t d_hidden, int64_t num_experts, int64_t top_k,
+                       double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts,
+                       int64_t rts_seed, const std::string& noisy_gate_policy, double jitter_eps,
+                       bool check_finite, const std::string& name) {
+  return MoEOptions(d_model, d_hidden, num_experts)
+      .top_k(top_k)
+      .capacity_factor(capacity_factor)
+      .min_capacity(min_capacity)
+      .normalize_topk(normalize_topk)
+      .use_rts(use_rts)
+      .rts_seed(rts_seed)
+      .noisy_gate_policy(noisy_gate_policy)
+      .jitter_eps(jitter_eps)
+      .check_finite(check_finite)
+      .name(name);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
+    const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, int64_t top_k,
+    double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
+    int64_t step, std::string noisy_gate_policy, double jitter_eps, bool check_finite, bool training,
+    std::string name) {
+  return Boundary([&] {
+    const MoEOptions o = MakeOptions(x.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
+                                     normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
+                                     check_finite, name);
+    ThrowIfError(o.Validate());
+    scheduler::RouterOptions ro;
+    ro.top_k = top_k;
+    ro.capacity_factor = capacity_factor;
+    ro.min_capacity = min_capacity;
+    ro.normalize = normalize_topk;
+    ro.use_rts = use_rts;
+    ro.rts_seed = static_cast<uint64_t>(rts_seed);
+    ro.step = step;
+    ro.noisy_gate_policy = noisy_gate_policy;
+    ro.jitter_eps = jitter_eps;
+    ro.check_finite = check_finite;
+    ro.training = training;
+    ro.name = name;
+    DYNAMOE_THROW_IF(x.dim() != 2 || x.size(1) != gate_weight.size(1), name, ": route expects x [tokens, ",
+                     gate_weight.size(1), "]");
+    auto r = ValueOrThrow(scheduler::Route(x.contiguous(), gate_weight, Or(expert_bias), ro));
+    return std::make_tuple(r.expert_idx, r.weight, r.position, r.kept_counts, r.routed_counts, r.balance_loss,
+                           r.z_loss);
+  });
+}
+
+Tensor DispatchOp(const Tensor& x, const Tensor& position) {
+  return Boundary([&] {
+    DYNAMOE_THROW_IF(x.dim() != 2 || position.dim() != 2 || position.size(0) != x.size(0) ||
+                         position.scalar_type() != at::kLong,
+                     "dispatch expects x [tokens, d] and position [tokens, top_k] int64");
+    const int64_t num_rows = (position >= 0).sum().item<int64_t>();
+    return scheduler::Dispatch(x, position, num_rows);
+  });
+}
+
+Tensor CombineOp(const Tensor& rows, const Tensor& weight, const Tensor& position) {
+  return Boundary([&] {
+    DYNAMOE_THROW_IF(rows.dim() != 2 || weight.sizes() != position.sizes() || position.scalar_type() != at::kLong,
+                     "combine expects rows [rows, d], weight and position [tokens, top_k] (int64 position)");
+    DYNAMOE_THROW_IF(weight.scalar_type() != scheduler::RouterDtype(rows.scalar_type()), "combine: weight must be ",
+                     c10::toString(scheduler::RouterDtype(rows.scalar_type())), " for ",
+                     c10::toString(rows.scalar_type()), " rows, got ", c10::toString(weight.scalar_type()));
+    return scheduler::Combine(rows, weight, position);
+  });
+}
+
+Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, const Tensor& w2,
+                   const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation) {
+  return Boundary([&] {
+    DYNAMOE_THROW_IF(counts.dim() != 1 || counts.size(0) != w1.size(0) || counts.sum().item<int64_t>() != rows.size(0),
+                     "expert_ffn: counts must be [num_experts] and sum to the number of rows (", rows.size(0), ")");
+    return scheduler::ExpertFFN(rows, counts.to(at::kLong), {w1, w2, Or(w3), Or(b1), Or(b2), activation});
+  });
+}
+
+// Returns (y, aux_loss, counts [1, E], routed_counts [E], info) where info is
+// float64 [dropped, capacity, balance_loss, z_loss, seconds per phase...].
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
+    const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
+    const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
+    double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
+    int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
+    double z_loss_weight, bool check_finite, bool training, std::string name) {
+  return Boundary([&] {
+    MoEOptions o = MakeOptions(x.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
+                               capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
+                               noisy_gate_policy, jitter_eps, check_finite, name);
+    o.activation(activation).gated(w3.has_value()).bias(b1.has_value() || b2.has_value());
+    o.balance_loss_weight(balance_loss_weight).z_loss_weight(z_loss_weight);
+    scheduler::StepInputs in;
+    in.x = x;
+    in.gate_weight = gate_weight;
+    in.expert_bias = Or(expert_bias);
+    in.experts = {w1, w2, Or(w3), Or(b1), Or(b2), activation};
+    in.training = training;
+    in.step = step;
+    scheduler::StepResult r = scheduler::MoEForward(o, in);
+    std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
+                                r.balance_loss.item<double>(), r.z_loss.item<double>()};
+    info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
+    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts,
+                           at::tensor(info, at::TensorOptions().dtype(at::kDouble)));
+  });
+}
+
+void UpdateExpertBiasOp(Tensor bias, const Tensor& counts, double rate) {
+  scheduler::UpdateExpertBias(bias, counts, rate);
+}
+
+std::string ConfigDescribe() {
+  return Boundary([] { return runtime::GlobalConfig().Describe(); });
+}
+std::string ConfigHash() {
+  return Boundary([] { return absl::StrFormat("%016x", runtime::GlobalConfig().Hash()); });
+}
+std::string PhaseNames() {
+  std::string out;
+  for (const char* p : monitor::kPhaseNames) absl::StrAppend(&out, out.empty() ? "" : ",", p);
+  return out;
+}
+
+}  // namespace
+}  // namespace dynamoe
+
+TORCH_LIBRARY(dynamoe, m) {
+  m.def(
+      "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
+      "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
+      "float jitter_eps, bool check_finite, bool training, str name) -> (Tensor expert_idx, Tensor weight, "
+      "Tensor position, Tensor kept_counts, Tensor routed_counts, Tensor balance_loss, Tensor z_loss)",
+      &dynamoe::Route);
+  m.def("dispatch(Tensor x, Tensor position) -> Tensor", &dynamoe::DispatchOp);
+  m.def("combine(Tensor rows, Tensor weight, Tensor position) -> Tensor", &dynamoe::CombineOp);
+  m.def(
+      "expert_ffn(Tensor rows, Tensor counts, Tensor w1, Tensor w2, Tensor? w3, Tensor? b1, Tensor? b2, "
+      "str activation) -> Tensor",
+      &dynamoe::ExpertFFNOp);
+  m.def(
+      "moe_forward(Tensor x, Tensor gate_weight, Tensor? expert_bias, Tensor w1, Tensor w2, Tensor? w3, "
+      "Tensor? b1, Tensor? b2, str activation, int top_k, float capacity_factor, int min_capacity, "
+      "bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, float jitter_eps, "
+      "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name) -> "
+      "(Tensor y, Tensor aux_loss, Tensor counts, Tensor routed_counts, Tensor info)",
+      &dynamoe::MoEForwardOp);
+  m.def("update_expert_bias(Tensor(a!) bias, Tensor counts, float rate) -> ()", &dynamoe::UpdateExpertBiasOp);
+  m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
+  m.def("config_hash() -> str", &dynamoe::ConfigHash);
+  m.def("phase_names() -> str", &dynamoe::PhaseNames);
+}

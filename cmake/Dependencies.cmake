@@ -1,0 +1,29 @@
+# Third-party packages. Torch is only needed from runtime/ upwards; placement/,
+# monitor/, kernels/ and common/ build without it.
+find_package(absl CONFIG REQUIRED)
+find_package(Threads REQUIRED)
+find_package(Torch REQUIRED)
+# Torch's config adds its flags to CMAKE_CXX_FLAGS on some versions; keep the
+# link line through the imported target only.
+find_library(TORCH_PYTHON_LIBRARY torch_python PATHS ${TORCH_INSTALL_PREFIX}/lib NO_DEFAULT_PATH)
+
+if(DYNAMOE_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+
+set(DYNAMOE_HAVE_CUDA OFF)
+if(DYNAMOE_ENABLE_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    # 'native' fails on a machine without a GPU: name the architectures.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES "80;90")
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(DYNAMOE_HAVE_CUDA ON)
+  else()
+    message(STATUS "dynamoe: nvcc not found, CUDA kernels are not built")
+  endif()
+endif()

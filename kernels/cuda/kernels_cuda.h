@@ -1,0 +1,30 @@
+// CUDA launchers of the MoE data path (twins of kernels/kernels.h). Device
+// pointers, sizes and a stream in, status out. Element types use the
+// layout-compatible kernels::bf16; no torch types here.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/dtype.h"
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace dynamoe::kernels::cuda {
+
+// True when a CUDA device is usable in this process.
+bool DeviceAvailable();
+
+// counts[e] = number of entries of expert_idx equal to e (int64 counts).
+absl::Status ExpertHistogram(const int64_t* expert_idx, int64_t num_assignments,
+                             int64_t num_experts, int64_t* counts, cudaStream_t stream);
+
+template <typename T>
+absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d,
+                        T* dst, cudaStream_t stream);
+
+template <typename T, typename W>
+absl::Status CombineRows(const T* rows, const int64_t* position, const W* weight, int top_k,
+                         int64_t num_tokens, int64_t d, T* out, cudaStream_t stream);
+
+}  // namespace dynamoe::kernels::cuda

@@ -1,0 +1,88 @@
+// CPU kernels of the MoE data path. Raw pointers and sizes in, status out;
+// no framework types (DESIGN.md). Kernels that loop over rows take a
+// [row_begin, row_end) range so the caller can split the work over threads.
+// The CUDA versions are declared in kernels/cuda/kernels_cuda.h and are tested
+// against these.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/dtype.h"
+
+namespace dynamoe::kernels {
+
+constexpr int kMaxTopK = 64;
+// Capacity value meaning "no limit" (dropless).
+constexpr int64_t kUnlimitedCapacity = -1;
+
+// Capacity per expert, Tutel's signed convention:
+//   capacity_factor > 0: max(min_capacity, ceil(top_k * num_tokens / num_experts * cf))
+//   capacity_factor == 0: kUnlimitedCapacity (dropless)
+//   capacity_factor < 0: dropless up to the same bound computed with |cf|.
+// Without padding both signs drop the same assignments; they differ only in
+// intent (a fixed buffer vs. a safety bound), kept for Tutel compatibility.
+int64_t ExpertCapacity(int64_t num_tokens, int top_k, int64_t num_experts,
+                       double capacity_factor, int64_t min_capacity);
+
+// Deterministic top-k per row: larger key first, lower expert index on ties.
+// key: [num_tokens, num_experts]; expert_idx: [num_tokens, top_k].
+template <typename T>
+absl::Status TopK(const T* key, int64_t num_tokens, int64_t num_experts, int top_k,
+                  int64_t* expert_idx, int64_t row_begin, int64_t row_end);
+
+// Seeded priority used by random token selection (use_rts): a pure function of
+// (seed, step, token, choice), identical on every rank and device.
+double RtsPriority(uint64_t seed, int64_t step, int64_t token, int choice);
+
+struct RoutingOptions {
+  int64_t capacity = kUnlimitedCapacity;  // per expert, or kUnlimitedCapacity
+  bool use_rts = false;                   // random instead of positional drop order
+  uint64_t rts_seed = 0;
+  int64_t step = 0;
+};
+
+// From the top-k choices, decides which assignments are kept and where each
+// lands in the expert-sorted buffer.
+//   expert_idx:    [num_tokens * top_k] chosen experts (row-major [token][choice])
+//   position:      [num_tokens * top_k] out: row in the sorted buffer, -1 if dropped
+//   kept_counts:   [num_experts] out: rows per expert in the sorted buffer
+//   routed_counts: [num_experts] out: assignments per expert before capacity
+// Drop order: every token's first choice claims a slot before any second choice
+// (then by token index, or by RtsPriority with use_rts). Within an expert the
+// kept rows are ordered by token index, so the buffer is deterministic.
+absl::Status ComputeRouting(const int64_t* expert_idx, int64_t num_tokens, int top_k,
+                            int64_t num_experts, const RoutingOptions& options,
+                            int64_t* position, int64_t* kept_counts,
+                            int64_t* routed_counts, int64_t* num_dropped);
+
+// Inverse of `position`: assignment[row] = token * top_k + choice for each kept row.
+absl::Status InvertPositions(const int64_t* position, int64_t num_assignments,
+                             int64_t num_rows, int64_t* assignment);
+
+// dst[row] = src[row_index[row]] for rows in [row_begin, row_end); d columns.
+template <typename T>
+void GatherRows(const T* src, const int64_t* row_index, int64_t d, T* dst,
+                int64_t row_begin, int64_t row_end);
+
+// out[t] = sum_j weight[t, j] * rows[position[t, j]] over kept j, summed in
+// choice order (deterministic, no atomics). weight == nullptr means 1.
+template <typename T, typename W>
+void CombineRows(const T* rows, const int64_t* position, const W* weight, int top_k,
+                 int64_t d, T* out, int64_t token_begin, int64_t token_end);
+
+// Backward of CombineRows with respect to rows:
+// grad_rows[row] = weight[a] * grad_out[a / top_k] with a = assignment[row].
+template <typename T, typename W>
+void ScatterWeightedRows(const T* grad_out, const int64_t* assignment, const W* weight,
+                         int top_k, int64_t d, T* grad_rows, int64_t row_begin,
+                         int64_t row_end);
+
+// Backward of CombineRows with respect to weight:
+// grad_weight[t, j] = <grad_out[t], rows[position[t, j]]>, 0 where dropped.
+template <typename T, typename W>
+void CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position,
+                       int top_k, int64_t d, W* grad_weight, int64_t token_begin,
+                       int64_t token_end);
+
+}  // namespace dynamoe::kernels

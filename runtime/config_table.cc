@@ -1,0 +1,53 @@
+// The entries of the configuration table. Defaults of the cost-model inputs
+// follow FastMoE's shadow policy (50 Gbit/s network, 11.5 TFLOP/s, alpha 2).
+#include "runtime/config.h"
+
+namespace dynamoe::runtime {
+
+const std::vector<ConfigEntry>& ConfigTable() {
+  static const std::vector<ConfigEntry> table = {
+      {"DYNAMOE_PLACEMENT", ValueType::kEnum, "none", {"none", "fastermoe", "adaptive", "eplb"}, 0, 0,
+       "FMOE_FASTER_SHADOW_ENABLE", AliasKind::kSwitch, "fastermoe", true,
+       "Placement policy that copies hot experts (shadowing or replicas)."},
+      {"DYNAMOE_SCHEDULE", ValueType::kEnum, "sequential", {"sequential", "overlap"}, 0, 0,
+       "FMOE_FASTER_SCHEDULE_ENABLE", AliasKind::kSwitch, "overlap", true,
+       "Token exchange: one all-to-all, or chunks overlapped with expert compute."},
+      {"DYNAMOE_GROUP_SIZE", ValueType::kInt, "4", {}, 1, 65536, "FMOE_FASTER_GROUP_SIZE",
+       AliasKind::kSameValue, "", true, "Peers per exchange step of the overlap schedule; clamped to the world size."},
+      {"DYNAMOE_OVERLAP_DEGREE", ValueType::kInt, "1", {}, 0, 64, "", AliasKind::kNone, "", true,
+       "Token chunks per pipeline; 0 picks one from the cost model."},
+      {"DYNAMOE_PLACEMENT_INTERVAL", ValueType::kInt, "1", {}, 1, 1e9, "", AliasKind::kNone, "", true,
+       "Steps between re-plans of the placement policy."},
+      {"DYNAMOE_SHADOW_MAX", ValueType::kInt, "8", {}, 0, 1e6, "", AliasKind::kNone, "", true,
+       "Most experts copied per layer by a placement policy."},
+      {"DYNAMOE_NET_BW", ValueType::kFloat, "6.25e9", {}, 1, 1e15, "FMOE_FASTER_GLBPLC_NETBW",
+       AliasKind::kSameValue, "", true, "Network bandwidth for the cost model, bytes per second."},
+      {"DYNAMOE_GPU_FLOPS", ValueType::kFloat, "1.15e13", {}, 1, 1e18, "FMOE_FASTER_GLBPLC_GPUTP",
+       AliasKind::kSameValue, "", true, "Expert GEMM throughput for the cost model, FLOP per second."},
+      {"DYNAMOE_ALPHA", ValueType::kFloat, "2", {}, 1e-3, 1e3, "FMOE_FASTER_GLBPLC_ALPHA",
+       AliasKind::kSameValue, "", true, "Ratio d_hidden / d_model assumed by the fastermoe criterion."},
+      {"DYNAMOE_METRICS_PORT", ValueType::kInt, "0", {}, 0, 65535, "", AliasKind::kNone, "", false,
+       "Prometheus exposer base port (port + local rank); 0 is off."},
+      {"DYNAMOE_METRICS_ADDR", ValueType::kString, "127.0.0.1", {}, 0, 0, "", AliasKind::kNone, "", false,
+       "Address the metrics exposer binds."},
+      {"DYNAMOE_TRACE", ValueType::kString, "", {}, 0, 0, "", AliasKind::kNone, "", false,
+       "Path prefix of the routing trace; empty is off."},
+      {"DYNAMOE_TIMEOUT_S", ValueType::kFloat, "300", {}, 0.001, 1e7, "", AliasKind::kNone, "", true,
+       "Deadline of every collective, seconds."},
+      {"DYNAMOE_LOG_LEVEL", ValueType::kEnum, "info", {"debug", "info", "warning", "error"}, 0, 0, "",
+       AliasKind::kNone, "", false, "Log verbosity (debug explains placement decisions)."},
+      {"DYNAMOE_CHECK_PLAN", ValueType::kBool, "0", {}, 0, 0, "", AliasKind::kNone, "", true,
+       "Verify every step that all ranks computed the same plan hash."},
+  };
+  return table;
+}
+
+const std::map<std::string, std::string>& IgnoredFastMoENames() {
+  static const std::map<std::string, std::string> names = {
+      {"FMOE_FASTER_GLBPLC_DMODEL", "dynamoe takes d_model from the layer itself"},
+      {"FMOE_FUSE_GRAN", "fuse granularity is chosen by dynamoe's kernels"},
+  };
+  return names;
+}
+
+}  // namespace dynamoe::runtime

@@ -1,0 +1,39 @@
+// The edge between tensors and the pointer-based kernels.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/dtype.h"
+
+namespace dynamoe::scheduler {
+
+// Calls f(T{}, W{}) with T the kernel element type of `dtype` and W the
+// router weight type that goes with it (float, or double for double).
+template <typename F>
+void DispatchDataType(at::ScalarType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(float{}, float{});
+    case at::kDouble: return f(double{}, double{});
+    case at::kBFloat16: return f(kernels::bf16{}, float{});
+    default:
+      throw Error(absl::InvalidArgumentError(
+          absl::StrCat(what, ": expected float32, float64 or bfloat16, got ", c10::toString(dtype))));
+  }
+}
+
+template <typename T>
+T* Ptr(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+// Runs fn(begin, end) over [0, n) on ATen's intra-op threads.
+template <typename F>
+void ParallelRows(int64_t n, int64_t row_cost, F&& fn) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost));
+  at::parallel_for(0, n, grain, fn);
+}
+
+}  // namespace dynamoe::scheduler
