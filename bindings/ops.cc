@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "runtime/config.h"
 #include "scheduler/moe_step.h"
+#include "kernels/kernels.h"
 #include "scheduler/router.h"
 
 namespace dynamoe {
@@ -55,7 +56,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
     int64_t step, std::string noisy_gate_policy, double jitter_eps, bool check_finite, bool training,
     std::string name) {
   return Boundary([&] {
-    const MoEOptions o = MakeOptions(x.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
+    const MoEOptions o = MakeOptions(gate_weight.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
                                      normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
                                      check_finite, name);
     ThrowIfError(o.Validate());
@@ -119,7 +120,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
     double z_loss_weight, bool check_finite, bool training, std::string name) {
   return Boundary([&] {
-    MoEOptions o = MakeOptions(x.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
+    MoEOptions o = MakeOptions(gate_weight.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
                                capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
                                noisy_gate_policy, jitter_eps, check_finite, name);
     o.activation(activation).gated(w3.has_value()).bias(b1.has_value() || b2.has_value());
@@ -140,6 +141,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
   });
 }
 
+void ValidateOptionsOp(int64_t d_model, int64_t d_hidden, int64_t num_experts, int64_t top_k,
+                       double capacity_factor, c10::optional<double> eval_capacity_factor, int64_t min_capacity,
+                       std::string activation, std::string noisy_gate_policy, double jitter_eps,
+                       double balance_loss_weight, double z_loss_weight, double bias_update_rate, std::string name) {
+  Boundary([&] {
+    MoEOptions o(d_model, d_hidden, num_experts);
+    o.top_k(top_k).capacity_factor(capacity_factor).min_capacity(min_capacity).activation(activation);
+    if (eval_capacity_factor.has_value()) o.eval_capacity_factor(*eval_capacity_factor);
+    o.noisy_gate_policy(noisy_gate_policy).jitter_eps(jitter_eps).balance_loss_weight(balance_loss_weight);
+    o.z_loss_weight(z_loss_weight).bias_update_rate(bias_update_rate).name(name);
+    ThrowIfError(o.Validate());
+    return 0;
+  });
+}
+
 void UpdateExpertBiasOp(Tensor bias, const Tensor& counts, double rate) {
   scheduler::UpdateExpertBias(bias, counts, rate);
 }
@@ -150,6 +166,10 @@ std::string ConfigDescribe() {
 std::string ConfigHash() {
   return Boundary([] { return absl::StrFormat("%016x", runtime::GlobalConfig().Hash()); });
 }
+double RtsPriorityOp(int64_t seed, int64_t step, int64_t token, int64_t choice) {
+  return kernels::RtsPriority(static_cast<uint64_t>(seed), step, token, static_cast<int>(choice));
+}
+
 std::string PhaseNames() {
   std::string out;
   for (const char* p : monitor::kPhaseNames) absl::StrAppend(&out, out.empty() ? "" : ",", p);
@@ -179,8 +199,14 @@ TORCH_LIBRARY(dynamoe, m) {
       "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name) -> "
       "(Tensor y, Tensor aux_loss, Tensor counts, Tensor routed_counts, Tensor info)",
       &dynamoe::MoEForwardOp);
+  m.def(
+      "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "
+      "float? eval_capacity_factor, int min_capacity, str activation, str noisy_gate_policy, float jitter_eps, "
+      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name) -> ()",
+      &dynamoe::ValidateOptionsOp);
   m.def("update_expert_bias(Tensor(a!) bias, Tensor counts, float rate) -> ()", &dynamoe::UpdateExpertBiasOp);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
+  m.def("rts_priority(int seed, int step, int token, int choice) -> float", &dynamoe::RtsPriorityOp);
 }

@@ -1,0 +1,159 @@
+"""dynamoe.MoE: the Python face of dynamoe::MoELayer (same parameter names,
+keyword names and semantics; both run the same C++ step)."""
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+
+from ._ops import ops
+
+_ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": nn.functional.silu}
+
+
+class MoE(nn.Module):
+    """A Mixture-of-Experts layer that replaces an MLP: ``[..., d_model] -> [..., d_model]``.
+
+    Parameters: ``gate.weight`` [num_experts, d_model]; ``w1`` [E, d_model, d_hidden],
+    ``w2`` [E, d_hidden, d_model], ``w3`` (gated=True), ``b1``/``b2`` (bias=True).
+
+    capacity_factor: > 0 fixed capacity max(min_capacity, ceil(top_k*T/E*cf)), overflow
+    dropped; 0 dropless; < 0 dropless up to |cf|. ``expert``: an nn.Module copied per
+    expert, or a callable ``f(expert_idx) -> nn.Module`` (a slower, per-expert path).
+    """
+
+    def __init__(self, d_model, d_hidden, num_experts, top_k=2, capacity_factor=0.0,
+                 eval_capacity_factor=None, min_capacity=4, normalize_topk=None, activation="gelu",
+                 gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
+                 jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
+                 use_residual=False, check_finite=True, expert=None, name="moe"):
+        super().__init__()
+        noisy_gate_policy = "none" if noisy_gate_policy is None else noisy_gate_policy
+        ops().validate_options(d_model, d_hidden, num_experts, top_k, float(capacity_factor),
+                               None if eval_capacity_factor is None else float(eval_capacity_factor),
+                               min_capacity, activation, noisy_gate_policy, float(jitter_eps),
+                               float(balance_loss_weight), float(z_loss_weight), float(bias_update_rate), name)
+        ops().config_describe()  # read, validate and log the environment once
+        self.d_model, self.d_hidden, self.num_experts, self.top_k = d_model, d_hidden, num_experts, top_k
+        self.capacity_factor = float(capacity_factor)
+        self.eval_capacity_factor = eval_capacity_factor
+        self.min_capacity = min_capacity
+        self.normalize_topk = (top_k > 1) if normalize_topk is None else bool(normalize_topk)
+        self.activation, self.gated, self.bias = activation, gated, bias
+        self.use_rts, self.rts_seed = use_rts, rts_seed
+        self.noisy_gate_policy, self.jitter_eps = noisy_gate_policy, float(jitter_eps)
+        self.balance_loss_weight, self.z_loss_weight = float(balance_loss_weight), float(z_loss_weight)
+        self.bias_update_rate = float(bias_update_rate)
+        self.use_residual, self.check_finite, self.name = use_residual, check_finite, name
+
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.w1 = self.w2 = self.w3 = self.b1 = self.b2 = None
+        self.experts = None
+        if expert is not None:
+            make = (lambda e: copy.deepcopy(expert)) if isinstance(expert, nn.Module) else expert
+            self.experts = nn.ModuleList([make(e) for e in range(num_experts)])
+        else:
+            self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
+            self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_model))
+            if gated:
+                self.w3 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
+            if bias:
+                self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden))
+                self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+        if use_residual:
+            self.residual_fc1 = nn.Linear(d_model, d_hidden)
+            self.residual_fc2 = nn.Linear(d_hidden, d_model)
+            self.residual_coef = nn.Linear(d_model, 2)
+        self.aux_loss = None
+        self._stats = {}
+        self._step = 0
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Each expert initialised like nn.Linear(d_model, d_hidden) / (d_hidden, d_model)."""
+        in1, in2 = 1.0 / math.sqrt(self.d_model), 1.0 / math.sqrt(self.d_hidden)
+        with torch.no_grad():
+            for p, bound in ((self.w1, in1), (self.w3, in1), (self.w2, in2), (self.b1, in1), (self.b2, in2)):
+                if p is not None:
+                    p.uniform_(-bound, bound)
+
+    def _capacity_factor(self):
+        if self.training or self.eval_capacity_factor is None:
+            return self.capacity_factor
+        return float(self.eval_capacity_factor)
+
+    def forward(self, x):
+        if self.experts is None:
+            y, aux, counts, routed, info = ops().moe_forward(
+                x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
+                self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
+                self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
+                self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name)
+            info = info.tolist()
+            names = ops().phase_names().split(",")
+            phases = {n: info[4 + i] for i, n in enumerate(names)
+                      if n in ("gate", "dispatch", "experts", "combine")}
+            dropped, capacity, balance, z = info[:4]
+        else:
+            y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
+        if self.training:
+            self._step += 1
+            if self.bias_update_rate > 0:
+                ops().update_expert_bias(self.expert_bias, routed, self.bias_update_rate)
+        self.aux_loss = aux
+        self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
+                       "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
+                       "phase_seconds": phases}
+        if self.use_residual:
+            coef = torch.softmax(self.residual_coef(x), -1)
+            mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
+            y = y * coef[..., 0:1] + mlp * coef[..., 1:2]
+        return y
+
+    def _custom_forward(self, x):
+        """Slower path for user expert modules: route, dispatch, one call per expert, combine."""
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"{self.name}: x must have shape [..., d_model={self.d_model}], got {list(x.shape)}")
+        t0 = time.perf_counter()
+        x2 = x.reshape(-1, self.d_model)
+        idx, weight, pos, kept, routed, balance, z = ops().route(
+            x2, self.gate.weight, self.expert_bias, self.top_k, self._capacity_factor(), self.min_capacity,
+            self.normalize_topk, self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy,
+            self.jitter_eps, self.check_finite, self.training, self.name)
+        t1 = time.perf_counter()
+        rows = ops().dispatch(x2, pos)
+        t2 = time.perf_counter()
+        outs, off = [], 0
+        for e, n in enumerate(kept.tolist()):
+            if n:
+                out = self.experts[e](rows[off:off + n])
+                if out.shape != (n, self.d_model):
+                    raise ValueError(f"{self.name}: custom expert {e} must return shape [{n}, {self.d_model}], "
+                                     f"got {list(out.shape)}")
+                outs.append(out.to(rows.dtype))
+            off += n
+        out_rows = torch.cat(outs) if outs else rows * 0
+        t3 = time.perf_counter()
+        y = ops().combine(out_rows, weight, pos).view(x.shape)
+        t4 = time.perf_counter()
+        aux = balance * self.balance_loss_weight
+        if self.z_loss_weight > 0:
+            aux = aux + z * self.z_loss_weight
+        dropped = x2.shape[0] * self.top_k - int(kept.sum())
+        capacity = -1
+        if self._capacity_factor() != 0:
+            capacity = max(self.min_capacity,
+                           math.ceil(self.top_k * x2.shape[0] / self.num_experts * abs(self._capacity_factor())))
+        phases = {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3}
+        return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases
+
+    def stats(self):
+        """Last step: counts [world, E] int64, routed_counts, dropped, capacity, losses, phase_seconds."""
+        return dict(self._stats)
+
+    def extra_repr(self):
+        return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "
+                f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
+                f"gated={self.gated}")

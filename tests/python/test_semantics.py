@@ -1,0 +1,235 @@
+"""Hand-computed fixtures for capacity, drop order and RTS; bad input; the
+environment; custom experts, residual, noise, the aux-loss-free bias, z-loss."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dynamoe
+import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def identity_gate_layer(E=4, **kw):
+    """d_model == E and gate.weight = I, so logits == x and routing is chosen by x."""
+    m = dynamoe.MoE(E, 6, E, **kw)
+    with torch.no_grad():
+        m.gate.weight.copy_(torch.eye(E))
+    return m
+
+
+def test_top1_capacity_drops_by_position():
+    m = identity_gate_layer(top_k=1, capacity_factor=1.0, min_capacity=1)  # cap = ceil(6/4) = 2
+    x = torch.tensor([[5.0, 0, 0, 0]] * 5 + [[0, 5.0, 0, 0]])
+    y = m(x)
+    s = m.stats()
+    assert s["capacity"] == 2 and s["dropped"] == 3
+    assert s["counts"].tolist() == [[2, 1, 0, 0]]
+    assert s["routed_counts"].tolist() == [5, 1, 0, 0]
+    assert torch.all(y[2:5] == 0) and torch.all(y[:2] != 0)  # dropped tokens contribute zero
+
+
+def test_first_choices_claim_before_second_choices():
+    m = identity_gate_layer(top_k=2, capacity_factor=0.5, min_capacity=1)  # cap = ceil(2*4/4*0.5) = 1
+    x = torch.tensor([[3.0, 2, 0, 0], [2, 3.0, 0, 0], [3.0, 0, 2, 0], [0, 0, 3.0, 2]])
+    idx, w, pos, kept, routed, _, _ = torch.ops.dynamoe.route(
+        x, m.gate.weight, None, 2, 0.5, 1, True, False, 0, 0, "none", 0.01, True, False, "fixture")
+    assert idx.tolist() == [[0, 1], [1, 0], [0, 2], [2, 3]]
+    # expert 0: t0 (1st) wins over t2 (1st, later token) and t1 (2nd choice);
+    # expert 1: t1's first choice wins over t0's second; expert 2: t3 over t2's second.
+    assert (pos >= 0).tolist() == [[True, False], [True, False], [False, False], [True, True]]
+    assert kept.tolist() == [1, 1, 1, 1] and routed.tolist() == [3, 2, 2, 1]
+    assert pos[pos >= 0].sort().values.tolist() == [0, 1, 2, 3]
+    # kept weights are not renormalised after the drop
+    y = m(x)
+    assert torch.allclose(w.sum(1), torch.ones(4))
+    assert torch.all(y[2] == 0)
+
+
+def test_rts_keeps_highest_seeded_priorities():
+    T, cap = 10, 3
+    x = torch.tensor([[5.0, 0, 0, 0]] * T)
+    cf = cap / (T / 4)  # ceil(1*10/4*cf) = 3
+    kept_sets = {}
+    for seed in (1, 2):
+        m = identity_gate_layer(top_k=1, capacity_factor=cf, min_capacity=1, use_rts=True, rts_seed=seed)
+        m(x)
+        assert m.stats()["dropped"] == T - cap
+        _, _, pos, _, _, _, _ = torch.ops.dynamoe.route(
+            x, m.gate.weight, None, 1, cf, 1, False, True, seed, 0, "none", 0.01, True, False, "rts")
+        got = set(torch.nonzero(pos[:, 0] >= 0).flatten().tolist())
+        prio = [torch.ops.dynamoe.rts_priority(seed, 0, t, 0) for t in range(T)]
+        want = set(sorted(range(T), key=lambda t: -prio[t])[:cap])
+        assert got == want
+        kept_sets[seed] = got
+    assert kept_sets[1] != kept_sets[2] or kept_sets[1] != {0, 1, 2}
+
+
+def test_rts_matches_reference_with_priority_order():
+    torch.manual_seed(5)
+    m = dynamoe.MoE(8, 12, 4, top_k=2, capacity_factor=0.5, min_capacity=1, use_rts=True, rts_seed=7)
+    x = torch.randn(24, 8)
+    y = m(x)  # eval? no: module defaults to training mode, step 0
+    p = {k: getattr(m, k) for k in ("w1", "w2")}
+
+    def order(e, claims):
+        return sorted(claims, key=lambda jt: (jt[0], -torch.ops.dynamoe.rts_priority(7, 0, jt[1], jt[0])))
+    yr, _, kept = reference.moe(x, m.gate.weight, p, 2, 0.5, 1, None, "gelu", keep_order=order)
+    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-5)
+    assert m.stats()["counts"].tolist() == [kept]
+
+
+def test_eval_capacity_factor():
+    m = identity_gate_layer(top_k=1, capacity_factor=1.0, eval_capacity_factor=0.0, min_capacity=1)
+    x = torch.tensor([[5.0, 0, 0, 0]] * 8)
+    m.train(); m(x)
+    assert m.stats()["dropped"] == 6
+    m.eval(); m(x)
+    assert m.stats()["dropped"] == 0 and m.stats()["capacity"] == -1
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(d_model=0), "d_model must be > 0, got 0"),
+    (dict(d_hidden=-1), "d_hidden must be > 0, got -1"),
+    (dict(top_k=5), "top_k must be in [1, num_experts=4], got 5"),
+    (dict(top_k=0), "top_k must be in [1, num_experts=4], got 0"),
+    (dict(activation="tanh"), 'activation must be one of gelu, relu, silu, got "tanh"'),
+    (dict(noisy_gate_policy="Gaussian"), "noisy_gate_policy must be one of none, Jitter, RSample"),
+    (dict(min_capacity=-1), "min_capacity must be >= 0"),
+])
+def test_bad_options(kwargs, needle):
+    args = dict(d_model=8, d_hidden=12, num_experts=4)
+    args.update(kwargs)
+    with pytest.raises(RuntimeError) as err:
+        dynamoe.MoE(**args)
+    assert needle in str(err.value)
+
+
+def test_bad_inputs():
+    m = dynamoe.MoE(8, 12, 4, name="layer3")
+    with pytest.raises(RuntimeError, match=r"layer3: x must have shape \[\.\.\., d_model=8\], got \[5, 7\]"):
+        m(torch.randn(5, 7))
+    with pytest.raises(RuntimeError, match="layer3: x must be float32, float64 or bfloat16, got Long"):
+        m(torch.ones(5, 8, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"layer3: x has dtype Double but w1 has dtype Float; convert the layer"):
+        m(torch.randn(5, 8, dtype=torch.float64))
+
+
+def test_non_finite_logits_name_layer_and_rows():
+    m = dynamoe.MoE(8, 12, 4, name="block7.moe")
+    x = torch.randn(10, 8)
+    x[3, 0] = float("nan")
+    x[8, 2] = float("inf")
+    with pytest.raises(RuntimeError, match=r"block7\.moe: 2 of 10 rows of router logits are not finite"):
+        m(x)
+    m2 = dynamoe.MoE(8, 12, 4, check_finite=False)
+    assert m2(x).shape == x.shape  # opt-out: no error, no crash
+
+
+def run_python(code, **env):
+    full_env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), **env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def test_bad_env_value_names_variable_value_and_accepted():
+    r = run_python("import dynamoe; dynamoe.MoE(8, 12, 4)", DYNAMOE_PLACEMENT="bogus")
+    assert r.returncode != 0
+    assert 'DYNAMOE_PLACEMENT="bogus" is invalid: expected one of none, fastermoe, adaptive, eplb' in r.stderr
+    r = run_python("import dynamoe; dynamoe.MoE(8, 12, 4)", DYNAMOE_GROUP_SIZE="0")
+    assert 'DYNAMOE_GROUP_SIZE="0" is invalid: expected an integer in [1, 65536]' in r.stderr
+
+
+def test_unknown_env_name_warns_with_closest_and_aliases_apply():
+    r = run_python("import dynamoe; dynamoe.MoE(8, 12, 4); print(dynamoe.config())",
+                   DYNAMOE_PLACMENT="adaptive", FMOE_FASTER_SHADOW_ENABLE="1", FMOE_FASTER_GROUP_SIZE="2",
+                   DYNAMOE_LOG_LEVEL="info")
+    assert r.returncode == 0, r.stderr
+    assert "unknown variable DYNAMOE_PLACMENT is ignored; did you mean DYNAMOE_PLACEMENT?" in r.stderr
+    assert "DYNAMOE_PLACEMENT=fastermoe" in r.stdout and "DYNAMOE_GROUP_SIZE=2" in r.stdout
+    assert "configuration " in r.stderr  # logged once at start-up
+
+
+def test_config_hash_changes_with_shared_settings_only():
+    base = run_python("import dynamoe; print(dynamoe.config_hash())").stdout
+    trace = run_python("import dynamoe; print(dynamoe.config_hash())", DYNAMOE_TRACE="/tmp/x").stdout
+    sched = run_python("import dynamoe; print(dynamoe.config_hash())", DYNAMOE_SCHEDULE="overlap").stdout
+    assert base and base == trace and base != sched
+
+
+class Expert(torch.nn.Module):
+    def __init__(self, w1, w2):
+        super().__init__()
+        self.w1, self.w2 = torch.nn.Parameter(w1.clone()), torch.nn.Parameter(w2.clone())
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(x @ self.w1) @ self.w2
+
+
+def test_custom_experts_match_builtin():
+    torch.manual_seed(2)
+    m = dynamoe.MoE(8, 12, 4, top_k=2, capacity_factor=1.0)
+    c = dynamoe.MoE(8, 12, 4, top_k=2, capacity_factor=1.0, expert=lambda e: Expert(m.w1[e].detach(), m.w2[e].detach()))
+    c.gate.weight.data.copy_(m.gate.weight.data)
+    x = torch.randn(30, 8, requires_grad=True)
+    xc = x.detach().clone().requires_grad_(True)
+    y, yc = m(x), c(xc)
+    torch.testing.assert_close(y, yc)
+    (y.sum() + m.aux_loss).backward()
+    (yc.sum() + c.aux_loss).backward()
+    torch.testing.assert_close(x.grad, xc.grad)
+    torch.testing.assert_close(m.w1.grad[1], c.experts[1].w1.grad)
+    assert c.stats()["counts"].tolist() == m.stats()["counts"].tolist()
+    assert set(c.stats()["phase_seconds"]) == {"gate", "dispatch", "experts", "combine"}
+
+
+def test_residual_moe_mixes_dense_mlp():
+    torch.manual_seed(4)
+    m = dynamoe.MoE(8, 12, 4, use_residual=True)
+    plain = dynamoe.MoE(8, 12, 4)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("residual")})
+    x = torch.randn(9, 8)
+    coef = torch.softmax(m.residual_coef(x), -1)
+    mlp = m.residual_fc2(torch.nn.functional.gelu(m.residual_fc1(x)))
+    torch.testing.assert_close(m(x), plain(x) * coef[:, :1] + mlp * coef[:, 1:])
+
+
+@pytest.mark.parametrize("policy", ["Jitter", "RSample"])
+def test_noisy_gating_in_training_only(policy):
+    torch.manual_seed(6)
+    m = dynamoe.MoE(8, 12, 8, top_k=1, noisy_gate_policy=policy, jitter_eps=0.5)
+    x = torch.randn(200, 8)
+    m.eval()
+    y0, y1 = m(x), m(x)
+    assert torch.equal(y0, y1)
+    quiet = dynamoe.MoE(8, 12, 8, top_k=1)
+    quiet.load_state_dict(m.state_dict())
+    quiet.eval()
+    assert torch.equal(quiet(x), y0)
+    m.train()
+    assert not torch.equal(m(x), m(x))
+
+
+def test_aux_loss_free_bias_steers_selection_and_updates():
+    m = identity_gate_layer(top_k=1, bias_update_rate=0.1)
+    x = torch.tensor([[1.0, 0, 0, 0]] * 8)
+    m(x)  # all to expert 0: its bias goes down, the others go up
+    assert torch.allclose(m.expert_bias, torch.tensor([-0.1, 0.1, 0.1, 0.1]))
+    with torch.no_grad():
+        m.expert_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    m.eval()
+    m(x)
+    assert m.stats()["counts"].tolist() == [[0, 0, 0, 8]]
+    assert torch.allclose(m.expert_bias, torch.tensor([0.0, 0.0, 0.0, 1.0]))  # no update in eval
+
+
+def test_z_loss_weight():
+    torch.manual_seed(8)
+    m = dynamoe.MoE(8, 12, 4, z_loss_weight=0.5, balance_loss_weight=0.25)
+    x = torch.randn(16, 8)
+    m(x)
+    z = torch.logsumexp(x @ m.gate.weight.t(), -1).pow(2).mean()
+    torch.testing.assert_close(m.stats()["z_loss"], z.item(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.aux_loss.item(), 0.25 * m.stats()["balance_loss"] + 0.5 * z.item(), rtol=1e-5, atol=1e-6)
