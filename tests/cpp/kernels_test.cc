@@ -1,0 +1,160 @@
+// CPU kernels against plain loops and hand-computed fixtures.
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "kernels/kernels.h"
+
+namespace dynamoe::kernels {
+namespace {
+
+struct Routed {
+  std::vector<int64_t> position, kept, routed;
+  int64_t dropped = 0;
+};
+
+Routed Route(const std::vector<int64_t>& idx, int64_t T, int k, int64_t E, RoutingOptions o = {}) {
+  Routed r{std::vector<int64_t>(T * k), std::vector<int64_t>(E), std::vector<int64_t>(E)};
+  const auto s = ComputeRouting(idx.data(), T, k, E, o, r.position.data(), r.kept.data(), r.routed.data(), &r.dropped);
+  EXPECT_TRUE(s.ok()) << s;
+  return r;
+}
+
+TEST(Capacity, SignedFactor) {
+  EXPECT_EQ(ExpertCapacity(100, 2, 8, 0.0, 4), kUnlimitedCapacity);
+  EXPECT_EQ(ExpertCapacity(100, 2, 8, 1.0, 4), 25);
+  EXPECT_EQ(ExpertCapacity(100, 2, 8, 1.25, 4), 32);  // ceil(31.25)
+  EXPECT_EQ(ExpertCapacity(100, 2, 8, -1.25, 4), 32);
+  EXPECT_EQ(ExpertCapacity(8, 1, 8, 1.0, 4), 4);  // min_capacity
+  EXPECT_EQ(ExpertCapacity(0, 2, 8, 1.0, 0), 0);
+}
+
+TEST(TopK, OrderTiesAndNaN) {
+  const std::vector<float> key = {0.1f, 0.5f, 0.5f, 0.2f,  //
+                                  NAN, 0.3f, -1.f, 0.3f};
+  std::vector<int64_t> idx(4);
+  ASSERT_TRUE(TopK<float>(key.data(), 2, 4, 2, idx.data(), 0, 2).ok());
+  EXPECT_EQ(idx, (std::vector<int64_t>{1, 2, 5 - 4, 7 - 4}));
+  EXPECT_FALSE(TopK<float>(key.data(), 2, 4, 5, idx.data(), 0, 2).ok());
+}
+
+TEST(Routing, DroplessKeepsAllSortedByExpertThenToken) {
+  // 3 tokens, top-2 over 3 experts.
+  const std::vector<int64_t> idx = {2, 0, 0, 1, 2, 1};
+  Routed r = Route(idx, 3, 2, 3);
+  EXPECT_EQ(r.dropped, 0);
+  EXPECT_EQ(r.kept, (std::vector<int64_t>{2, 2, 2}));
+  EXPECT_EQ(r.routed, r.kept);
+  // expert 0: t0(j1)=row0, t1(j0)=row1; expert 1: t1=2, t2=3; expert 2: t0=4, t2=5
+  EXPECT_EQ(r.position, (std::vector<int64_t>{4, 0, 1, 2, 5, 3}));
+}
+
+TEST(Routing, FirstChoicesClaimFirst) {
+  // capacity 1: expert 0 is t1's first choice and t0's second choice.
+  const std::vector<int64_t> idx = {1, 0, 0, 1};
+  RoutingOptions o;
+  o.capacity = 1;
+  Routed r = Route(idx, 2, 2, 2, o);
+  EXPECT_EQ(r.position, (std::vector<int64_t>{1, -1, 0, -1}));
+  EXPECT_EQ(r.dropped, 2);
+  EXPECT_EQ(r.kept, (std::vector<int64_t>{1, 1}));
+  EXPECT_EQ(r.routed, (std::vector<int64_t>{2, 2}));
+}
+
+TEST(Routing, RtsKeepsHighestPriorityAndIsSeeded) {
+  const int64_t T = 12;
+  const std::vector<int64_t> idx(T, 0);
+  RoutingOptions o;
+  o.capacity = 4;
+  o.use_rts = true;
+  std::set<std::set<int64_t>> seen;
+  for (uint64_t seed : {1u, 2u, 3u}) {
+    o.rts_seed = seed;
+    Routed r = Route(idx, T, 1, 2, o);
+    std::vector<int64_t> order(T);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return RtsPriority(seed, 0, a, 0) > RtsPriority(seed, 0, b, 0); });
+    std::set<int64_t> kept, want(order.begin(), order.begin() + 4);
+    for (int64_t t = 0; t < T; ++t)
+      if (r.position[t] >= 0) kept.insert(t);
+    EXPECT_EQ(kept, want);
+    EXPECT_EQ(Route(idx, T, 1, 2, o).position, r.position);  // deterministic
+    seen.insert(kept);
+  }
+  EXPECT_GT(seen.size(), 1u);
+}
+
+TEST(Routing, BadInput) {
+  std::vector<int64_t> pos(2), kept(2), routed(2);
+  int64_t dropped;
+  const std::vector<int64_t> bad = {0, 5};
+  const auto s = ComputeRouting(bad.data(), 2, 1, 2, {}, pos.data(), kept.data(), routed.data(), &dropped);
+  EXPECT_EQ(s.message(), "expert index out of range [0, 2): 5 at token 1 choice 0");
+  std::vector<int64_t> assignment(2);
+  const std::vector<int64_t> dup = {0, 0};
+  EXPECT_FALSE(InvertPositions(dup.data(), 2, 2, assignment.data()).ok());
+}
+
+TEST(Permute, GatherCombineAndBackwardsMatchLoops) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int64_t> pick(0, 4);
+  std::normal_distribution<float> normal;
+  const int64_t T = 37, E = 5, d = 7;
+  const int k = 2;
+  std::vector<int64_t> idx(T * k);
+  for (int64_t t = 0; t < T; ++t) {
+    idx[t * k] = pick(rng);
+    idx[t * k + 1] = (idx[t * k] + 1 + pick(rng) % (E - 1)) % E;
+  }
+  RoutingOptions o;
+  o.capacity = 12;
+  Routed r = Route(idx, T, k, E, o);
+  const int64_t N = T * k - r.dropped;
+  std::vector<int64_t> assignment(N), token(N);
+  ASSERT_TRUE(InvertPositions(r.position.data(), T * k, N, assignment.data()).ok());
+  for (int64_t p = 0; p < N; ++p) token[p] = assignment[p] / k;
+
+  std::vector<float> x(T * d), w(T * k), rows(N * d), out(T * d), g(T * d), grad_rows(N * d), grad_w(T * k);
+  for (auto* v : {&x, &w, &g})
+    for (auto& e : *v) e = normal(rng);
+  GatherRows<float>(x.data(), token.data(), d, rows.data(), 0, N);
+  CombineRows<float, float>(rows.data(), r.position.data(), w.data(), k, d, out.data(), 0, T);
+  ScatterWeightedRows<float, float>(g.data(), assignment.data(), w.data(), k, d, grad_rows.data(), 0, N);
+  CombineWeightGrad<float, float>(g.data(), rows.data(), r.position.data(), k, d, grad_w.data(), 0, T);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < d; ++c) {
+      float want = 0;
+      for (int j = 0; j < k; ++j)
+        if (r.position[t * k + j] >= 0) want += w[t * k + j] * x[t * d + c];
+      EXPECT_NEAR(out[t * d + c], want, 1e-5);
+    }
+    for (int j = 0; j < k; ++j) {
+      const int64_t p = r.position[t * k + j];
+      float want = 0;
+      for (int64_t c = 0; c < d && p >= 0; ++c) want += g[t * d + c] * x[t * d + c];
+      EXPECT_NEAR(grad_w[t * k + j], want, 1e-4);
+      for (int64_t c = 0; c < d && p >= 0; ++c) EXPECT_FLOAT_EQ(grad_rows[p * d + c], w[t * k + j] * g[t * d + c]);
+    }
+  }
+  // Splitting the rows over "threads" gives identical bits.
+  std::vector<float> split(T * d);
+  CombineRows<float, float>(rows.data(), r.position.data(), w.data(), k, d, split.data(), 0, 11);
+  CombineRows<float, float>(rows.data(), r.position.data(), w.data(), k, d, split.data(), 11, T);
+  EXPECT_EQ(split, out);
+}
+
+TEST(Bf16, RoundTripAndRounding) {
+  for (float f : {0.f, 1.f, -2.5f, 3.14159f, 1e-20f, 65504.f}) {
+    const float back = ToFloat(FromFloat(f, static_cast<bf16*>(nullptr)));
+    EXPECT_NEAR(back, f, std::fabs(f) / 128 + 1e-30) << f;
+  }
+  EXPECT_EQ(FromFloat(1.0f + 1.0f / 256, static_cast<bf16*>(nullptr)).bits, 0x3f80);  // tie to even
+  EXPECT_TRUE(std::isnan(ToFloat(FromFloat(NAN, static_cast<bf16*>(nullptr)))));
+}
+
+}  // namespace
+}  // namespace dynamoe::kernels
