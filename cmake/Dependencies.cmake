@@ -13,6 +13,10 @@ endif()
 
 set(DYNAMOE_HAVE_CUDA OFF)
 if(DYNAMOE_ENABLE_CUDA)
+  # nvcc is often installed off PATH, under /usr/local/cuda.
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)

@@ -16,13 +16,17 @@ pytest_rc=${PIPESTATUS[0]}
 # ctest: "100% tests passed, 0 tests failed out of 57"; pytest: "121 passed, 1 failed in 3s".
 c_total=$(grep -oE 'tests failed out of [0-9]+' "$log_dir/ctest.log" | grep -oE '[0-9]+$' || echo 0)
 c_failed=$(grep -oE '[0-9]+ tests failed out of' "$log_dir/ctest.log" | grep -oE '^[0-9]+' || echo 0)
+# Skipped tests (e.g. CUDA kernels without a GPU) are listed once under "did not run".
+c_skipped=$(grep -cE '^[[:space:]]+[0-9]+ - .*\(Skipped\)$' "$log_dir/ctest.log" || true)
 p_line=$(tail -n 1 "$log_dir/pytest.log")
 p_passed=$(grep -oE '[0-9]+ passed' <<<"$p_line" | grep -oE '[0-9]+' || echo 0)
 p_failed=$(( $(grep -oE '[0-9]+ failed' <<<"$p_line" | grep -oE '[0-9]+' || echo 0) + $(grep -oE '[0-9]+ error' <<<"$p_line" | grep -oE '[0-9]+' || echo 0) ))
-passed=$(( c_total - c_failed + p_passed ))
+p_skipped=$(grep -oE '[0-9]+ skipped' <<<"$p_line" | grep -oE '[0-9]+' || echo 0)
+passed=$(( c_total - c_failed - c_skipped + p_passed ))
+skipped=$(( c_skipped + p_skipped ))
 failed=$(( c_failed + p_failed ))
 if [ "$ctest_rc" -ne 0 ] && [ "$c_failed" -eq 0 ]; then failed=$(( failed + 1 )); fi
 if [ "$pytest_rc" -ne 0 ] && [ "$p_failed" -eq 0 ]; then failed=$(( failed + 1 )); fi
-echo "C++: $(( c_total - c_failed )) passed, $c_failed failed; Python: $p_passed passed, $p_failed failed"
-echo "summary: $passed passed, $failed failed"
+echo "C++: $(( c_total - c_failed - c_skipped )) passed, $c_failed failed, $c_skipped skipped; Python: $p_passed passed, $p_failed failed, $p_skipped skipped"
+echo "summary: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -55,7 +55,7 @@ TEST(CudaKernels, MatchCpuTwins) {
         *d_out = ToDevice(std::vector<float>(T * d));
   ASSERT_TRUE(cuda::ExpertHistogram(d_idx, T * k, E, d_counts, nullptr).ok());
   ASSERT_TRUE(cuda::GatherRows<float>(d_x, d_token, N, d, d_rows, nullptr).ok());
-  ASSERT_TRUE(cuda::CombineRows<float, float>(d_rows, d_pos, d_w, k, T, d, d_out, nullptr).ok());
+  ASSERT_TRUE((cuda::CombineRows<float, float>(d_rows, d_pos, d_w, k, T, d, d_out, nullptr).ok()));
   EXPECT_EQ(ToHost(d_counts, E), routed);
   EXPECT_EQ(ToHost(d_rows, N * d), rows);
   const auto got = ToHost(d_out, T * d);
