@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_format.h"
 #include "common/status.h"
+#include "kernels/kernels.h"
 #include "runtime/config.h"
 #include "scheduler/moe_step.h"
-#include "kernels/kernels.h"
 #include "scheduler/router.h"
 
 namespace dynamoe {
@@ -60,19 +60,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
                                      normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
                                      check_finite, name);
     ThrowIfError(o.Validate());
-    scheduler::RouterOptions ro;
-    ro.top_k = top_k;
-    ro.capacity_factor = capacity_factor;
-    ro.min_capacity = min_capacity;
-    ro.normalize = normalize_topk;
-    ro.use_rts = use_rts;
-    ro.rts_seed = static_cast<uint64_t>(rts_seed);
-    ro.step = step;
-    ro.noisy_gate_policy = noisy_gate_policy;
-    ro.jitter_eps = jitter_eps;
-    ro.check_finite = check_finite;
-    ro.training = training;
-    ro.name = name;
+    // The caller passes the capacity factor in force, so eval_capacity_factor stays unset.
+    const scheduler::RouterOptions ro = scheduler::MakeRouterOptions(o, training, step);
     DYNAMOE_THROW_IF(x.dim() != 2 || x.size(1) != gate_weight.size(1), name, ": route expects x [tokens, ",
                      gate_weight.size(1), "]");
     auto r = ValueOrThrow(scheduler::Route(x.contiguous(), gate_weight, Or(expert_bias), ro));
@@ -166,6 +155,11 @@ std::string ConfigDescribe() {
 std::string ConfigHash() {
   return Boundary([] { return absl::StrFormat("%016x", runtime::GlobalConfig().Hash()); });
 }
+int64_t ExpertCapacityOp(int64_t num_tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
+                         int64_t min_capacity) {
+  return kernels::ExpertCapacity(num_tokens, static_cast<int>(top_k), num_experts, capacity_factor, min_capacity);
+}
+
 double RtsPriorityOp(int64_t seed, int64_t step, int64_t token, int64_t choice) {
   return kernels::RtsPriority(static_cast<uint64_t>(seed), step, token, static_cast<int>(choice));
 }
@@ -208,5 +202,7 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
+  m.def("expert_capacity(int num_tokens, int top_k, int num_experts, float capacity_factor, int min_capacity) -> int",
+        &dynamoe::ExpertCapacityOp);
   m.def("rts_priority(int seed, int step, int token, int choice) -> float", &dynamoe::RtsPriorityOp);
 }

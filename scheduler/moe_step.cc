@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_join.h"
 #include "common/status.h"
-#include "scheduler/router.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -59,6 +58,23 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   return absl::OkStatus();
 }
 
+RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_t step) {
+  RouterOptions ro;
+  ro.top_k = options.top_k();
+  ro.capacity_factor = options.capacity_factor_for(training);
+  ro.min_capacity = options.min_capacity();
+  ro.normalize = options.normalize();
+  ro.use_rts = options.use_rts();
+  ro.rts_seed = static_cast<uint64_t>(options.rts_seed());
+  ro.step = step;
+  ro.noisy_gate_policy = options.noisy_gate_policy();
+  ro.jitter_eps = options.jitter_eps();
+  ro.check_finite = options.check_finite();
+  ro.training = training;
+  ro.name = options.name();
+  return ro;
+}
+
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   ThrowIfError(options.Validate());
   ThrowIfError(ValidateInputs(options, in));
@@ -66,19 +82,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   StepResult result;
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
 
-  RouterOptions ro;
-  ro.top_k = options.top_k();
-  ro.capacity_factor = options.capacity_factor_for(in.training);
-  ro.min_capacity = options.min_capacity();
-  ro.normalize = options.normalize();
-  ro.use_rts = options.use_rts();
-  ro.rts_seed = static_cast<uint64_t>(options.rts_seed());
-  ro.step = in.step;
-  ro.noisy_gate_policy = options.noisy_gate_policy();
-  ro.jitter_eps = options.jitter_eps();
-  ro.check_finite = options.check_finite();
-  ro.training = in.training;
-  ro.name = options.name();
+  const RouterOptions ro = MakeRouterOptions(options, in.training, in.step);
   Routing routing;
   {
     monitor::ScopedPhase timer(result.times, Phase::kGate);

@@ -10,6 +10,7 @@
 #include "monitor/phases.h"
 #include "scheduler/functions.h"
 #include "scheduler/options.h"
+#include "scheduler/router.h"
 
 namespace dynamoe::scheduler {
 
@@ -43,6 +44,9 @@ struct StepResult {
 absl::Status ValidateInputs(const MoEOptions& options, const StepInputs& in);
 
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in);
+
+// The router's view of the layer options for one step.
+RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_t step);
 
 // DeepSeek-V3 auxiliary-loss-free update: bias[e] += rate * sign(mean - load[e]).
 void UpdateExpertBias(at::Tensor& expert_bias, const at::Tensor& counts, double rate);

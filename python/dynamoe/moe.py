@@ -1,6 +1,7 @@
 """dynamoe.MoE: the Python face of dynamoe::MoELayer (same parameter names,
 keyword names and semantics; both run the same C++ step)."""
 import copy
+import functools
 import math
 import time
 
@@ -8,6 +9,12 @@ import torch
 from torch import nn
 
 from ._ops import ops
+
+@functools.lru_cache(maxsize=None)
+def _phase_names():
+    """Phase order of moe_forward's info tensor (fixed per build)."""
+    return tuple(ops().phase_names().split(","))
+
 
 _ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": nn.functional.silu}
 
@@ -92,8 +99,7 @@ class MoE(nn.Module):
                 self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
                 self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name)
             info = info.tolist()
-            names = ops().phase_names().split(",")
-            phases = {n: info[4 + i] for i, n in enumerate(names)
+            phases = {n: info[4 + i] for i, n in enumerate(_phase_names())
                       if n in ("gate", "dispatch", "experts", "combine")}
             dropped, capacity, balance, z = info[:4]
         else:
@@ -142,10 +148,8 @@ class MoE(nn.Module):
         if self.z_loss_weight > 0:
             aux = aux + z * self.z_loss_weight
         dropped = x2.shape[0] * self.top_k - int(kept.sum())
-        capacity = -1
-        if self._capacity_factor() != 0:
-            capacity = max(self.min_capacity,
-                           math.ceil(self.top_k * x2.shape[0] / self.num_experts * abs(self._capacity_factor())))
+        capacity = ops().expert_capacity(x2.shape[0], self.top_k, self.num_experts, self._capacity_factor(),
+                                         self.min_capacity)
         phases = {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3}
         return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases
 

@@ -41,20 +41,20 @@ TEST(Config, CanonicalValues) {
 }
 
 TEST(Config, BadValuesNameVariableValueAndAccepted) {
-  EXPECT_EQ(Error({{"DYNAMOE_PLACEMENT", "greedy"}}),
-            "DYNAMOE_PLACEMENT=\"greedy\" is invalid: expected one of none, fastermoe, adaptive, eplb");
-  EXPECT_EQ(Error({{"DYNAMOE_GROUP_SIZE", "4x"}}),
-            "DYNAMOE_GROUP_SIZE=\"4x\" is invalid: expected an integer in [1, 65536]");
-  EXPECT_EQ(Error({{"DYNAMOE_GROUP_SIZE", "0"}}),
-            "DYNAMOE_GROUP_SIZE=\"0\" is invalid: expected an integer in [1, 65536]");
-  EXPECT_EQ(Error({{"DYNAMOE_TIMEOUT_S", "nan"}}),
-            "DYNAMOE_TIMEOUT_S=\"nan\" is invalid: expected a number in [0.001, 1e+07]");
-  EXPECT_EQ(Error({{"DYNAMOE_CHECK_PLAN", "maybe"}}),
-            "DYNAMOE_CHECK_PLAN=\"maybe\" is invalid: expected 0/1, true/false, yes/no or on/off");
-  EXPECT_EQ(Error({{"DYNAMOE_METRICS_PORT", "70000"}}),
-            "DYNAMOE_METRICS_PORT=\"70000\" is invalid: expected an integer in [0, 65535]");
-  EXPECT_EQ(Error({{"FMOE_FASTER_GROUP_SIZE", "-2"}}),
-            "FMOE_FASTER_GROUP_SIZE=\"-2\" is invalid: expected an integer in [1, 65536]");
+  const std::vector<std::pair<std::map<std::string, std::string>, std::string>> cases = {
+      {{{"DYNAMOE_PLACEMENT", "greedy"}},
+       "DYNAMOE_PLACEMENT=\"greedy\" is invalid: expected one of none, fastermoe, adaptive, eplb"},
+      {{{"DYNAMOE_GROUP_SIZE", "4x"}}, "DYNAMOE_GROUP_SIZE=\"4x\" is invalid: expected an integer in [1, 65536]"},
+      {{{"DYNAMOE_GROUP_SIZE", "0"}}, "DYNAMOE_GROUP_SIZE=\"0\" is invalid: expected an integer in [1, 65536]"},
+      {{{"DYNAMOE_TIMEOUT_S", "nan"}}, "DYNAMOE_TIMEOUT_S=\"nan\" is invalid: expected a number in [0.001, 1e+07]"},
+      {{{"DYNAMOE_CHECK_PLAN", "maybe"}},
+       "DYNAMOE_CHECK_PLAN=\"maybe\" is invalid: expected 0/1, true/false, yes/no or on/off"},
+      {{{"DYNAMOE_METRICS_PORT", "70000"}},
+       "DYNAMOE_METRICS_PORT=\"70000\" is invalid: expected an integer in [0, 65535]"},
+      {{{"FMOE_FASTER_GROUP_SIZE", "-2"}},
+       "FMOE_FASTER_GROUP_SIZE=\"-2\" is invalid: expected an integer in [1, 65536]"},
+  };
+  for (const auto& [env, message] : cases) EXPECT_EQ(Error(env), message);
   EXPECT_NE(Error({{"FMOE_FASTER_SHADOW_ENABLE", "sure"}}).find("expected 0 or 1"), std::string::npos);
 }
 
