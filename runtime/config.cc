@@ -166,14 +166,18 @@ int64_t Config::GetInt(const std::string& name) const { return std::stoll(Get(na
 double Config::GetFloat(const std::string& name) const { return std::stod(Get(name)); }
 bool Config::GetBool(const std::string& name) const { return Get(name) == "1"; }
 
+std::string Config::SharedValues() const {
+  std::string out;
+  for (const auto& e : ConfigTable())
+    if (e.same_on_all_ranks) absl::StrAppend(&out, e.name, "=", Get(e.name), "\n");
+  return out;
+}
+
 uint64_t Config::Hash() const {
   uint64_t h = 1469598103934665603ull;
-  for (const auto& e : ConfigTable()) {
-    if (!e.same_on_all_ranks) continue;
-    for (char c : absl::StrCat(e.name, "=", Get(e.name), "\n")) {
-      h ^= static_cast<unsigned char>(c);
-      h *= 1099511628211ull;
-    }
+  for (char c : SharedValues()) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
   }
   return h;
 }

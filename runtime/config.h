@@ -50,7 +50,9 @@ class Config {
   double GetFloat(const std::string& name) const;
   bool GetBool(const std::string& name) const;
 
-  // FNV-1a 64 over "name=value\n" of the entries that must agree across ranks.
+  // "name=value\n" of the entries that must agree across ranks, in table order.
+  std::string SharedValues() const;
+  // FNV-1a 64 of SharedValues().
   uint64_t Hash() const;
   // The first entry that must agree across ranks and differs, or "" if none.
   std::string FirstDifference(const Config& other) const;

@@ -32,6 +32,8 @@ const std::vector<ConfigEntry>& ConfigTable() {
        "Address the metrics exposer binds."},
       {"DYNAMOE_TRACE", ValueType::kString, "", {}, 0, 0, "", AliasKind::kNone, "", false,
        "Path prefix of the routing trace; empty is off."},
+      {"DYNAMOE_COMM_ADDR", ValueType::kString, "", {}, 0, 0, "", AliasKind::kNone, "", false,
+       "Address this rank's communicator binds and advertises; empty picks the one that reaches MASTER_ADDR."},
       {"DYNAMOE_TIMEOUT_S", ValueType::kFloat, "300", {}, 0.001, 1e7, "", AliasKind::kNone, "", true,
        "Deadline of every collective, seconds."},
       {"DYNAMOE_LOG_LEVEL", ValueType::kEnum, "info", {"debug", "info", "warning", "error"}, 0, 0, "",

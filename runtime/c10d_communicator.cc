@@ -1,0 +1,194 @@
+#include "runtime/c10d_communicator.h"
+
+#define USE_C10D_GLOO 1
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace dynamoe::runtime {
+namespace {
+
+bool Is16Bit(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+// Data movement is type-agnostic: 16-bit floats travel as int16, which every
+// backend supports (Gloo in torch 1.x has no bfloat16 kernels).
+at::Tensor Wire(const at::Tensor& t) { return Is16Bit(t) ? t.view(at::kShort) : t; }
+
+}  // namespace
+
+class C10dHandle : public CommHandle {
+ public:
+  C10dHandle(c10::intrusive_ptr<C10dCommunicator> comm, std::shared_ptr<PendingCollective> pending,
+             std::function<void()> after, std::string refused)
+      : comm_(std::move(comm)), pending_(std::move(pending)), after_(std::move(after)),
+        refused_(std::move(refused)) {}
+
+  absl::Status Wait() override {
+    if (!refused_.empty()) return absl::FailedPreconditionError(refused_);
+    const auto t0 = Clock::now();
+    const auto state = pending_->Await();
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (state == PendingCollective::State::kDone) {
+      comm_->monitor_.End(pending_->seq());
+      if (after_) after_();
+      comm_->Finished(waited, true);
+      return absl::OkStatus();
+    }
+    comm_->failed_ = true;
+    comm_->Finished(waited, false);
+    return comm_->monitor_.Diagnose(*pending_, state);
+  }
+
+ private:
+  c10::intrusive_ptr<C10dCommunicator> comm_;
+  std::shared_ptr<PendingCollective> pending_;
+  std::function<void()> after_;
+  std::string refused_;
+};
+
+C10dCommunicator::C10dCommunicator(c10::intrusive_ptr<C10dBackend> backend, c10::intrusive_ptr<c10d::Store> store,
+                                   GroupInfo info)
+    : backend_(std::move(backend)), store_(store), monitor_(store, std::move(info)) {}
+
+C10dCommunicator::~C10dCommunicator() {
+  // After a failure the backend's threads may be blocked on a dead peer until
+  // its own timeout; destroying it would join them. Leak it so the process
+  // can exit with the error now.
+  if (failed_) (void)backend_.release();
+}
+
+CommCounters C10dCommunicator::counters() const {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  return counters_;
+}
+
+void C10dCommunicator::Finished(double wait_seconds, bool) {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  counters_.wait_seconds += wait_seconds;
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::Launch(const char* op, const CollectiveTag& tag, const Start& start,
+                                                     std::function<void()> after) {
+  auto self = c10::intrusive_ptr<C10dCommunicator>::unsafe_reclaim_from_nonowning(this);
+  auto pending = std::make_shared<PendingCollective>(++seq_, op, tag, monitor_.expire_after());
+  if (failed_)
+    return std::make_unique<C10dHandle>(
+        self, pending, nullptr,
+        absl::StrCat(tag.Describe(), ": ", op, " on group '", name(),
+                     "' refused: an earlier collective of this group failed, so the group is unusable"));
+  {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    ++counters_.collectives;
+  }
+  monitor_.Begin(*pending);
+  Watchdog::Get().Arm(pending);
+  try {
+    c10::intrusive_ptr<c10d::Work> work = start();
+    work->getFuture()->addCallback([pending](c10::ivalue::Future& f) {
+      if (f.hasError())
+        pending->Finish(PendingCollective::State::kFailed, f.tryRetrieveErrorMessage());
+      else
+        pending->Finish(PendingCollective::State::kDone);
+    });
+  } catch (const std::exception& e) {
+    pending->Finish(PendingCollective::State::kFailed, e.what());
+  }
+  return std::make_unique<C10dHandle>(self, pending, std::move(after), "");
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
+                                                             const CollectiveTag& tag) {
+  return Launch("all_gather", tag, [&] {
+    const int64_t n = input.size(0);
+    std::vector<at::Tensor> in = {Wire(input)};
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < size(); ++r) out[0].push_back(Wire(output.narrow(0, r * n, n)));
+    return backend_->allgather(out, in);
+  });
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::AllToAllAsync(const at::Tensor& input, const at::Tensor& output,
+                                                            const std::vector<int64_t>& send_rows,
+                                                            const std::vector<int64_t>& recv_rows,
+                                                            const CollectiveTag& tag) {
+  {
+    const int64_t row_bytes = input.dim() > 1 ? input.stride(0) * input.element_size() : input.element_size();
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    counters_.bytes_sent += (std::accumulate(send_rows.begin(), send_rows.end(), int64_t{0}) - send_rows[rank()]) * row_bytes;
+    counters_.bytes_received += (std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0}) - recv_rows[rank()]) * row_bytes;
+  }
+  return Launch("all_to_all", tag, [&] {
+    at::Tensor in = Wire(input), out = Wire(output);
+    std::vector<int64_t> send = send_rows, recv = recv_rows;
+    return backend_->alltoall_base(out, in, recv, send);
+  });
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::BroadcastAsync(const at::Tensor& tensor, int root,
+                                                             const CollectiveTag& tag) {
+  return Launch("broadcast", tag, [&] {
+    std::vector<at::Tensor> t = {Wire(tensor)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    return backend_->broadcast(t, opts);
+  });
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::ReduceAsync(const at::Tensor& tensor, int root,
+                                                          const CollectiveTag& tag) {
+  // 16-bit floats are summed in fp32 and written back.
+  at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
+  std::function<void()> after;
+  if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
+  return Launch(
+      "reduce", tag,
+      [&] {
+        std::vector<at::Tensor> t = {buffer};
+        c10d::ReduceOptions opts;
+        opts.rootRank = root;
+        return backend_->reduce(t, opts);
+      },
+      std::move(after));
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
+  at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
+  std::function<void()> after;
+  if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
+  return Launch(
+      "all_reduce", tag,
+      [&] {
+        std::vector<at::Tensor> t = {buffer};
+        return backend_->allreduce(t);
+      },
+      std::move(after));
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::BarrierAsync(const CollectiveTag& tag) {
+  return Launch("barrier", tag, [&] { return backend_->barrier(); });
+}
+
+absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
+                                                     const GroupInfo& info, const std::string& bind_addr) {
+  // Gloo's own timeout only unblocks its threads after ours has reported.
+  auto opts = c10d::ProcessGroupGloo::Options::create(info.timeout * 2 + std::chrono::seconds(5));
+  opts->threads = 2;
+  try {
+    opts->devices.push_back(bind_addr.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                              : c10d::ProcessGroupGloo::createDeviceForHostname(bind_addr));
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, info.rank, info.size, opts);
+    GroupInfo gloo_info = info;
+    gloo_info.backend = "gloo";
+    return CommunicatorPtr(c10::make_intrusive<C10dCommunicator>(std::move(pg), store, gloo_info));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("creating the Gloo group '", info.name, "' (rank ", info.rank,
+                                               " of ", info.size, ") failed: ", e.what()));
+  }
+}
+
+}  // namespace dynamoe::runtime
