@@ -10,10 +10,14 @@
 
 namespace dynamoe {
 
-MoELayerImpl::MoELayerImpl(MoEOptions options_) : options(std::move(options_)) { Build(nullptr); }
+MoELayerImpl::MoELayerImpl(MoEOptions options_, runtime::CommunicatorPtr ep_group)
+    : options(std::move(options_)), ep_group_(std::move(ep_group)) {
+  Build(nullptr);
+}
 
-MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_factory)
-    : options(std::move(options_)) {
+MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_factory,
+                           runtime::CommunicatorPtr ep_group)
+    : options(std::move(options_)), ep_group_(std::move(ep_group)) {
   DYNAMOE_THROW_IF(!expert_factory, options.name(), ": expert_factory is empty");
   Build(&expert_factory);
 }
@@ -21,21 +25,25 @@ MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_fact
 void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   ThrowIfError(options.Validate());
   runtime::GlobalConfig();  // read, validate and log the environment once
-  const int64_t E = options.num_experts(), d = options.d_model(), h = options.d_hidden();
+  if (ep_group_)
+    DYNAMOE_THROW_IF(options.num_experts() % ep_group_->size() != 0, options.name(), ": num_experts=",
+                     options.num_experts(), " must be divisible by the expert-parallel group size ",
+                     ep_group_->size());
+  const int64_t E = options.num_experts(), El = num_local_experts(), d = options.d_model(), h = options.d_hidden();
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
   if (expert_factory) {
     experts = register_module("experts", torch::nn::ModuleList());
-    for (int64_t e = 0; e < E; ++e) {
+    for (int64_t e = first_expert(); e < first_expert() + El; ++e) {
       custom_experts_.push_back((*expert_factory)(e));
       experts->push_back(custom_experts_.back().ptr());
     }
   } else {
-    w1 = register_parameter("w1", torch::empty({E, d, h}));
-    w2 = register_parameter("w2", torch::empty({E, h, d}));
-    if (options.gated()) w3 = register_parameter("w3", torch::empty({E, d, h}));
+    w1 = register_parameter("w1", torch::empty({El, d, h}));
+    w2 = register_parameter("w2", torch::empty({El, h, d}));
+    if (options.gated()) w3 = register_parameter("w3", torch::empty({El, d, h}));
     if (options.bias()) {
-      b1 = register_parameter("b1", torch::empty({E, h}));
-      b2 = register_parameter("b2", torch::empty({E, d}));
+      b1 = register_parameter("b1", torch::empty({El, h}));
+      b2 = register_parameter("b2", torch::empty({El, d}));
     }
   }
   expert_bias = register_buffer("expert_bias", torch::zeros({E}));
@@ -46,6 +54,12 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   }
   reset_parameters();
 }
+
+int64_t MoELayerImpl::num_local_experts() const {
+  return ep_group_ ? options.num_experts() / ep_group_->size() : options.num_experts();
+}
+
+int64_t MoELayerImpl::first_expert() const { return ep_group_ ? ep_group_->rank() * num_local_experts() : 0; }
 
 void MoELayerImpl::reset_parameters() {
   // Each expert initialised like nn.Linear(d_model, d_hidden) / (d_hidden, d_model).
@@ -67,22 +81,28 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
   in.experts = {w1, w2, w3, b1, b2, options.activation()};
   if (!custom_experts_.empty())
     in.custom_expert = [this](int64_t e, const at::Tensor& rows) {
-      return custom_experts_[e].forward<torch::Tensor>(rows);
+      return custom_experts_[e - first_expert()].forward<torch::Tensor>(rows);
     };
+  in.comm = ep_group_;
   in.training = is_training();
   in.step = step_;
   scheduler::StepResult r = scheduler::MoEForward(options, in);
   if (is_training()) {
     ++step_;
-    scheduler::UpdateExpertBias(expert_bias, r.routed_counts, options.bias_update_rate());
+    // Global loads, so the bias stays identical on every rank.
+    scheduler::UpdateExpertBias(expert_bias, r.global_routed_counts, options.bias_update_rate());
   }
   aux_loss = r.aux_loss;
   stats_.counts = r.counts;
   stats_.routed_counts = r.routed_counts;
   stats_.dropped = r.dropped;
   stats_.capacity = r.capacity;
+  stats_.bytes_sent = r.bytes_sent;
+  stats_.bytes_received = r.bytes_received;
+  stats_.comm_seconds = r.comm_seconds;
   stats_.phase_seconds.clear();
-  for (auto p : {monitor::Phase::kGate, monitor::Phase::kDispatch, monitor::Phase::kExperts, monitor::Phase::kCombine})
+  for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kDispatch,
+                 monitor::Phase::kExperts, monitor::Phase::kCombine})
     stats_.phase_seconds[monitor::PhaseName(p)] = r.times[p];
 
   if (!options.use_residual()) return r.y;

@@ -16,41 +16,54 @@
 #include <string>
 #include <vector>
 
+#include "runtime/communicator.h"
 #include "scheduler/options.h"
 
 namespace dynamoe {
 
 struct MoEStats {
-  torch::Tensor counts;         // [world, num_experts] int64: rows each expert computed
-  torch::Tensor routed_counts;  // [num_experts] int64: assignments before capacity
-  int64_t dropped = 0;          // assignments dropped by capacity
+  torch::Tensor counts;         // [ep_size, num_experts] int64: rows each rank sent to each expert
+  torch::Tensor routed_counts;  // [num_experts] int64: this rank's assignments before capacity
+  int64_t dropped = 0;          // this rank's assignments dropped by capacity
   int64_t capacity = -1;        // per expert; -1 when dropless
-  std::map<std::string, double> phase_seconds;  // gate, dispatch, experts, combine
+  // gate, count_allgather, dispatch, experts, combine (forward).
+  std::map<std::string, double> phase_seconds;
+  int64_t bytes_sent = 0;      // token bytes sent to other ranks (forward)
+  int64_t bytes_received = 0;  // token bytes received from other ranks (forward)
+  double comm_seconds = 0;     // time spent waiting on collectives (forward)
 };
 
 // Makes expert `expert_idx` of a custom-expert layer ([rows, d_model] -> same).
 using ExpertFactory = std::function<torch::nn::AnyModule(int64_t expert_idx)>;
 
+// Expert parallelism: pass the EP group (runtime::InitFromEnv(ep_size)->ep).
+// Rank r of the group then holds experts [r * E_local, (r + 1) * E_local),
+// E_local = num_experts / ep_size, and w1..b2 hold only those ([E_local, ...]).
 class MoELayerImpl : public torch::nn::Module {
  public:
-  explicit MoELayerImpl(MoEOptions options);
-  // Custom experts: a slower path that calls each expert module on its rows.
-  MoELayerImpl(MoEOptions options, const ExpertFactory& expert_factory);
+  explicit MoELayerImpl(MoEOptions options, runtime::CommunicatorPtr ep_group = {});
+  // Custom experts: a slower path that calls each expert module on its rows;
+  // the factory is called for this rank's experts only (global indices).
+  MoELayerImpl(MoEOptions options, const ExpertFactory& expert_factory, runtime::CommunicatorPtr ep_group = {});
 
   torch::Tensor forward(const torch::Tensor& x);
   void reset_parameters();
   const MoEStats& stats() const { return stats_; }
+  int64_t num_local_experts() const;
+  int64_t first_expert() const;  // global index of local expert 0
+  const runtime::CommunicatorPtr& ep_group() const { return ep_group_; }
 
   MoEOptions options;
   torch::nn::Linear gate{nullptr};  // gate.weight [num_experts, d_model]
   torch::Tensor w1, w2, w3, b1, b2;  // [E, d_model, d_hidden], [E, d_hidden, d_model], ...
   torch::Tensor expert_bias;         // buffer [E]: aux-loss-free selection bias
-  torch::nn::ModuleList experts{nullptr};  // custom experts only
+  torch::nn::ModuleList experts{nullptr};  // custom experts only (this rank's)
   torch::nn::Linear residual_fc1{nullptr}, residual_fc2{nullptr}, residual_coef{nullptr};
   torch::Tensor aux_loss;  // last forward's auxiliary loss, in the graph
 
  private:
   void Build(const ExpertFactory* expert_factory);
+  runtime::CommunicatorPtr ep_group_;
   std::vector<torch::nn::AnyModule> custom_experts_;
   MoEStats stats_;
   int64_t step_ = 0;

@@ -1,6 +1,7 @@
 #include "runtime/peer_monitor.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -66,7 +67,7 @@ void PeerMonitor::Beat() {
   }
 }
 
-std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeers(bool* store_ok) {
+std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeersNow(bool* store_ok) {
   std::vector<PeerRecord> peers(info_.size);
   *store_ok = true;
   try {
@@ -88,6 +89,35 @@ std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeers(bool* store_ok) {
   return peers;
 }
 
+std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeers(bool* store_ok) {
+  // A store whose host died can block a client for long; give up after one
+  // heartbeat interval and call it unreachable.
+  struct Result {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false, ok = false;
+    std::vector<PeerRecord> peers;
+  };
+  auto result = std::make_shared<Result>();
+  std::thread([this, result, keep = store_] {
+    bool ok = false;
+    auto peers = ReadPeersNow(&ok);
+    std::lock_guard<std::mutex> lock(result->mu);
+    result->peers = std::move(peers);
+    result->ok = ok;
+    result->done = true;
+    result->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(result->mu);
+  if (!result->cv.wait_for(lock, std::max(interval_, std::chrono::milliseconds(200)), [&] { return result->done; }) ||
+      !result->ok) {
+    *store_ok = false;
+    return std::vector<PeerRecord>(info_.size);
+  }
+  *store_ok = true;
+  return result->peers;
+}
+
 std::string PeerMonitor::Describe(const PendingCollective& p) const {
   return absl::StrCat(Where(p.tag()), ": ", p.op(), " #", p.seq(), " on group '", info_.name, "' (",
                       info_.size, " ranks, ", info_.backend, ")");
@@ -107,14 +137,14 @@ absl::Status PeerMonitor::Diagnose(const PendingCollective& p, PendingCollective
   const auto second = ReadPeers(&ok2);
 
   std::vector<std::string> dead, diverged, absent, failed, waiting;
-  for (int r = 0; r < info_.size; ++r) {
+  for (int r = 0; r < info_.size && ok1 && ok2; ++r) {
     if (r == info_.rank) continue;
     const PeerRecord &a = first[r], &b = second[r];
     const std::string who = info_.global_ranks[r] == r
                                 ? absl::StrCat("rank ", r)
                                 : absl::StrCat("rank ", r, " (world rank ", info_.global_ranks[r], ")");
     const std::string last = b.present ? absl::StrCat("#", b.seq, " ", b.op, " (", b.where, ", ", b.state, ")")
-                                       : "nothing";
+                                       : "no collective (it never published a heartbeat)";
     if (!b.failure.empty()) {
       failed.push_back(absl::StrCat(who, " already failed: ", b.failure));
     } else if (!b.present || !a.present || a.beat == b.beat) {
@@ -142,13 +172,17 @@ absl::Status PeerMonitor::Diagnose(const PendingCollective& p, PendingCollective
   if (causes.empty())
     absl::StrAppend(&message, "No peer was found missing: every peer is in the same collective.");
   else
-    absl::StrAppend(&message, "Peer ", absl::StrJoin(causes, "; "), ".");
+    absl::StrAppend(&message, "Cause: ", absl::StrJoin(causes, "; "), ".");
   if (!waiting.empty() && !causes.empty())
     absl::StrAppend(&message, " Waiting with this rank: ", absl::StrJoin(waiting, ", "), ".");
-  try {
-    store_->set(FailureKey(info_.rank), Bytes(causes.empty() ? what : causes.front()));
-  } catch (const std::exception&) {
-  }
+  // Publish this rank's failure for its peers' diagnoses, without waiting on
+  // a store that may be gone.
+  std::thread([store = store_, key = FailureKey(info_.rank), value = causes.empty() ? what : causes.front()] {
+    try {
+      store->set(key, Bytes(value));
+    } catch (const std::exception&) {
+    }
+  }).detach();
   return state == PendingCollective::State::kExpired ? absl::DeadlineExceededError(message)
                                                      : absl::UnavailableError(message);
 }

@@ -58,7 +58,8 @@ class PeerMonitor {
   };
   std::string Describe(const PendingCollective& p) const;
   void Beat();
-  std::vector<PeerRecord> ReadPeers(bool* store_ok);
+  std::vector<PeerRecord> ReadPeers(bool* store_ok);  // bounded in time
+  std::vector<PeerRecord> ReadPeersNow(bool* store_ok);
 
   c10::intrusive_ptr<c10d::Store> store_;
   GroupInfo info_;

@@ -83,40 +83,56 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const std::string& 
   }
 }
 
+namespace {
+
+// The first difference between this rank's shared configuration and rank r's.
+absl::Status CompareWith(const Config& config, const std::string& mine, const std::string& theirs, int rank,
+                         int r) {
+  if (theirs == mine) return absl::OkStatus();
+  std::map<std::string, std::string> values;
+  for (absl::string_view line : absl::StrSplit(theirs, '\n', absl::SkipEmpty())) {
+    const std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    values[kv.first] = kv.second;
+  }
+  std::vector<std::string> warnings;
+  auto other = ParseConfig(values, &warnings);
+  const std::string key = other.ok() ? config.FirstDifference(*other) : "";
+  if (key.empty())
+    return absl::FailedPreconditionError(absl::StrCat("configuration differs between ranks: rank ", rank,
+                                                      " has\n", mine, "rank ", r, " has\n", theirs));
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "configuration differs between ranks: %s=%s on rank %d but %s=%s on rank %d; every rank must use the "
+      "same value",
+      key, config.Get(key), rank, key, other->Get(key), r));
+}
+
+}  // namespace
+
 absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const Config& config,
                                   std::chrono::milliseconds timeout) {
   const std::string mine = config.SharedValues();
+  absl::Status result = absl::OkStatus();
   try {
     store.set(absl::StrCat("config/", rank), Bytes(mine));
-    for (int r = 0; r < size; ++r) {
+    for (int r = 0; r < size && result.ok(); ++r) {
       if (r == rank) continue;
       const std::string key = absl::StrCat("config/", r);
       store.wait({key}, timeout);
       const std::vector<uint8_t> raw = store.get(key);
-      const std::string theirs(raw.begin(), raw.end());
-      if (theirs == mine) continue;
-      std::map<std::string, std::string> values;
-      for (absl::string_view line : absl::StrSplit(theirs, '\n', absl::SkipEmpty())) {
-        const std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
-        values[kv.first] = kv.second;
-      }
-      std::vector<std::string> warnings;
-      auto other = ParseConfig(values, &warnings);
-      const std::string key_name = other.ok() ? config.FirstDifference(*other) : "";
-      if (key_name.empty())
-        return absl::FailedPreconditionError(absl::StrCat(
-            "configuration differs between ranks: rank ", rank, " has\n", mine, "rank ", r, " has\n", theirs));
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "configuration differs between ranks: %s=%s on rank %d but %s=%s on rank %d; every rank must use "
-          "the same value",
-          key_name, config.Get(key_name), rank, key_name, other->Get(key_name), r));
+      result = CompareWith(config, mine, std::string(raw.begin(), raw.end()), rank, r);
     }
+    // Nobody returns (and maybe exits, taking the store with it) before every
+    // rank has read every configuration.
+    store.set(absl::StrCat("config_read/", rank), Bytes("1"));
+    std::vector<std::string> read;
+    for (int r = 0; r < size; ++r) read.push_back(absl::StrCat("config_read/", r));
+    store.wait(read, timeout);
   } catch (const std::exception& e) {
     return absl::DeadlineExceededError(absl::StrCat(
         "comparing configurations at start-up: rank ", rank, " of ", size,
         " did not hear from every peer within DYNAMOE_TIMEOUT_S (a rank did not start?): ", e.what()));
   }
-  return absl::OkStatus();
+  return result;
 }
 
 absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -28,8 +29,15 @@ absl::Status CheckParam(const MoEOptions& o, const at::Tensor& x, const at::Tens
 
 }  // namespace
 
+int64_t LocalExperts(const MoEOptions& options, const runtime::CommunicatorPtr& comm) {
+  return comm ? options.num_experts() / comm->size() : options.num_experts();
+}
+
 absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   const at::Tensor& x = in.x;
+  if (in.comm)
+    DYNAMOE_CHECK_ARG(o.num_experts() % in.comm->size() == 0, o.name(), ": num_experts=", o.num_experts(),
+                      " must be divisible by the expert-parallel group size ", in.comm->size());
   DYNAMOE_CHECK_ARG(x.defined(), o.name(), ": x is undefined");
   DYNAMOE_CHECK_ARG(x.dim() >= 1 && x.size(-1) == o.d_model(), o.name(), ": x must have shape [..., d_model=",
                     o.d_model(), "], got ", Shape(x));
@@ -46,12 +54,13 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
                       ": expert_bias must have shape [", E, "], got ", Shape(in.expert_bias));
   if (in.custom_expert) return absl::OkStatus();
   const ExpertParams& p = in.experts;
-  DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w1, "w1", {E, d, h}));
-  DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w2, "w2", {E, h, d}));
-  if (o.gated()) DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w3, "w3", {E, d, h}));
+  const int64_t El = LocalExperts(o, in.comm);
+  DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w1, "w1", {El, d, h}));
+  DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w2, "w2", {El, h, d}));
+  if (o.gated()) DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w3, "w3", {El, d, h}));
   if (o.bias()) {
-    DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b1, "b1", {E, h}));
-    DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b2, "b2", {E, d}));
+    DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b1, "b1", {El, h}));
+    DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b2, "b2", {El, d}));
   }
   DYNAMOE_CHECK_ARG(p.activation == o.activation(), o.name(), ": activation \"", p.activation,
                     "\" differs from the options' \"", o.activation(), "\"");
@@ -75,12 +84,35 @@ RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_
   return ro;
 }
 
+namespace {
+
+// The experts of this rank over expert-sorted rows; first_expert is the
+// global index of local expert 0.
+at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const at::Tensor& rows,
+                      const at::Tensor& counts_tensor, int64_t first_expert) {
+  if (!in.custom_expert) return ExpertFFN(rows, counts_tensor, in.experts);
+  std::vector<at::Tensor> outs;
+  const int64_t* counts = counts_tensor.data_ptr<int64_t>();
+  for (int64_t e = 0, off = 0; e < counts_tensor.numel(); off += counts[e], ++e) {
+    if (counts[e] == 0) continue;
+    const at::Tensor rows_e = rows.narrow(0, off, counts[e]);
+    at::Tensor out_e = in.custom_expert(first_expert + e, rows_e);
+    DYNAMOE_THROW_IF(out_e.sizes() != rows_e.sizes(), options.name(), ": custom expert ", first_expert + e,
+                     " must return shape [", counts[e], ", ", options.d_model(), "], got ", Shape(out_e));
+    outs.push_back(out_e.to(rows.scalar_type()));
+  }
+  return outs.empty() ? rows * 0 : at::cat(outs, 0);
+}
+
+}  // namespace
+
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   ThrowIfError(options.Validate());
   ThrowIfError(ValidateInputs(options, in));
   using monitor::Phase;
   StepResult result;
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
+  const bool distributed = in.comm && in.comm->size() > 1;
 
   const RouterOptions ro = MakeRouterOptions(options, in.training, in.step);
   Routing routing;
@@ -88,39 +120,56 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     monitor::ScopedPhase timer(result.times, Phase::kGate);
     routing = ValueOrThrow(Route(x, in.gate_weight, in.expert_bias, ro));
   }
+  result.counts = routing.kept_counts.unsqueeze(0);
+  result.global_routed_counts = routing.routed_counts;
+  const runtime::CommCounters before = distributed ? in.comm->counters() : runtime::CommCounters{};
+  if (distributed) {
+    monitor::ScopedPhase timer(result.times, Phase::kCountAllGather);
+    CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
+                                                options.name(), LayerHash(options.name(), options.num_experts(),
+                                                                          options.d_model()),
+                                                in.step));
+    result.counts = m.kept;
+    result.global_routed_counts = m.routed.sum(0);
+  }
   at::Tensor rows;
+  ExchangePlan plan;
   {
     monitor::ScopedPhase timer(result.times, Phase::kDispatch);
     rows = Dispatch(x, routing.position, routing.num_rows);
+    if (distributed) {
+      plan = MakeExchangePlan(result.counts, in.comm->rank());
+      rows = AllToAllRows(rows, in.comm, plan.send_rows, plan.recv_rows,
+                          {options.name(), monitor::PhaseName(Phase::kDispatch), false});
+      if (plan.to_expert_major.defined()) rows = rows.index_select(0, plan.to_expert_major);
+    }
   }
   at::Tensor out_rows;
   {
     monitor::ScopedPhase timer(result.times, Phase::kExperts);
-    if (in.custom_expert) {
-      std::vector<at::Tensor> outs;
-      const int64_t* counts = routing.kept_counts.data_ptr<int64_t>();
-      for (int64_t e = 0, off = 0; e < options.num_experts(); off += counts[e], ++e) {
-        if (counts[e] == 0) continue;
-        at::Tensor out_e = in.custom_expert(e, rows.narrow(0, off, counts[e]));
-        DYNAMOE_THROW_IF(out_e.sizes() != rows.narrow(0, off, counts[e]).sizes(), options.name(),
-                         ": custom expert ", e, " must return shape [", counts[e], ", ", options.d_model(),
-                         "], got ", Shape(out_e));
-        outs.push_back(out_e.to(rows.scalar_type()));
-      }
-      out_rows = outs.empty() ? rows * 0 : at::cat(outs, 0);
-    } else {
-      out_rows = ExpertFFN(rows, routing.kept_counts, in.experts);
-    }
+    out_rows = distributed ? RunExperts(options, in, rows, plan.local_counts,
+                                        in.comm->rank() * LocalExperts(options, in.comm))
+                           : RunExperts(options, in, rows, routing.kept_counts, 0);
   }
   {
     monitor::ScopedPhase timer(result.times, Phase::kCombine);
+    if (distributed) {
+      if (plan.to_source_major.defined()) out_rows = out_rows.index_select(0, plan.to_source_major);
+      out_rows = AllToAllRows(out_rows, in.comm, plan.recv_rows, plan.send_rows,
+                              {options.name(), monitor::PhaseName(Phase::kCombine), false});
+    }
     result.y = Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
+  }
+  if (distributed) {
+    const runtime::CommCounters after = in.comm->counters();
+    result.bytes_sent = after.bytes_sent - before.bytes_sent;
+    result.bytes_received = after.bytes_received - before.bytes_received;
+    result.comm_seconds = after.wait_seconds - before.wait_seconds;
   }
   result.balance_loss = routing.balance_loss;
   result.z_loss = routing.z_loss;
   result.aux_loss = routing.balance_loss * options.balance_loss_weight();
   if (options.z_loss_weight() > 0) result.aux_loss = result.aux_loss + routing.z_loss * options.z_loss_weight();
-  result.counts = routing.kept_counts.unsqueeze(0);
   result.routed_counts = routing.routed_counts;
   result.dropped = routing.dropped;
   result.capacity = routing.capacity;

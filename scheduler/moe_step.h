@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "monitor/phases.h"
+#include "runtime/communicator.h"
 #include "scheduler/functions.h"
 #include "scheduler/options.h"
 #include "scheduler/router.h"
@@ -21,8 +22,12 @@ struct StepInputs {
   at::Tensor x;            // [..., d_model]
   at::Tensor gate_weight;  // [E, d_model]
   at::Tensor expert_bias;  // [E] or undefined
-  ExpertParams experts;    // used when custom_expert is empty
+  // This rank's experts, [E_local, ...] with E_local = E / ep_size; used when
+  // custom_expert is empty. custom_expert gets global expert indices.
+  ExpertParams experts;
   CustomExpertFn custom_expert;
+  // The expert-parallel group; null (or size 1) runs every expert locally.
+  runtime::CommunicatorPtr comm;
   bool training = false;
   int64_t step = 0;  // seeds use_rts
 };
@@ -32,12 +37,19 @@ struct StepResult {
   at::Tensor aux_loss;       // weighted sum of the auxiliary losses, in the graph
   at::Tensor balance_loss;   // unweighted, in the graph
   at::Tensor z_loss;         // unweighted, in the graph
-  at::Tensor counts;         // [world=1, E] int64 rows each expert computed
-  at::Tensor routed_counts;  // [E] int64 assignments before capacity
+  at::Tensor counts;         // [ep_size, E] int64: rows each rank sent to each expert
+  at::Tensor routed_counts;  // [E] int64: this rank's assignments before capacity
+  at::Tensor global_routed_counts;  // [E] int64: summed over the EP group
+  int64_t bytes_sent = 0;           // token rows sent to other ranks (forward)
+  int64_t bytes_received = 0;
+  double comm_seconds = 0;          // time spent waiting on collectives (forward)
   int64_t dropped = 0;
   int64_t capacity = -1;
   monitor::PhaseTimes times;
 };
+
+// Experts per rank: num_experts / ep_size (ep_size = comm's size, or 1).
+int64_t LocalExperts(const MoEOptions& options, const runtime::CommunicatorPtr& comm);
 
 // Checks shapes, dtypes and devices of the inputs against the options;
 // InvalidArgument names the layer, what was expected and what came.

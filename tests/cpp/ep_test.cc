@@ -1,0 +1,200 @@
+// Multi-process expert parallelism: each test starts one worker process per
+// rank (tests/cpp/ep_worker.cc) with torchrun's variables, as torchrun would.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace {
+
+struct RankResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Starts `world` workers and waits for all of them (killed after timeout_s).
+std::vector<RankResult> Launch(int world, const std::vector<std::string>& args,
+                               const std::map<int, std::map<std::string, std::string>>& env_of_rank = {},
+                               double timeout_s = 120) {
+  char dir_template[] = "/tmp/dynamoe_ep_XXXXXX";
+  const std::string dir = mkdtemp(dir_template);
+  const std::string port = std::to_string(FreePort());
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", port.c_str(), 1);
+      setenv("RANK", std::to_string(r).c_str(), 1);
+      setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      setenv("DYNAMOE_LOG_LEVEL", "warning", 1);
+      if (auto it = env_of_rank.find(r); it != env_of_rank.end())
+        for (const auto& [k, v] : it->second) setenv(k.c_str(), v.c_str(), 1);
+      const int out = open((dir + "/out" + std::to_string(r)).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = open((dir + "/err" + std::to_string(r)).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(out, 1);
+      dup2(err, 2);
+      std::vector<char*> argv = {const_cast<char*>(DYNAMOE_EP_WORKER)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(DYNAMOE_EP_WORKER, argv.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::vector<RankResult> results(world);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  int remaining = world;
+  while (remaining > 0) {
+    for (int r = 0; r < world; ++r) {
+      if (pids[r] == 0) continue;
+      int status = 0;
+      if (waitpid(pids[r], &status, WNOHANG) == pids[r]) {
+        results[r].exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        pids[r] = 0;
+        --remaining;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (pid_t pid : pids)
+        if (pid) kill(pid, SIGKILL);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (int r = 0; r < world; ++r) {
+    results[r].out = ReadFile(dir + "/out" + std::to_string(r));
+    results[r].err = ReadFile(dir + "/err" + std::to_string(r));
+  }
+  std::system(("rm -rf " + dir).c_str());
+  return results;
+}
+
+std::string Show(const std::vector<RankResult>& results) {
+  std::string s;
+  for (size_t r = 0; r < results.size(); ++r)
+    s += "rank " + std::to_string(r) + " exit " + std::to_string(results[r].exit_code) + ":\n" + results[r].err;
+  return s;
+}
+
+double Elapsed(const RankResult& r) {
+  const auto pos = r.out.find("elapsed_s=");
+  return pos == std::string::npos ? -1 : std::stod(r.out.substr(pos + 10));
+}
+
+struct EqualCase {
+  int world;
+  std::vector<std::string> args;
+};
+
+class EpEqualTest : public testing::TestWithParam<EqualCase> {};
+
+TEST_P(EpEqualTest, MatchesSingleProcessLayer) {
+  const auto results = Launch(GetParam().world, GetParam().args);
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << Show(results);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Worlds, EpEqualTest,
+    testing::Values(
+        EqualCase{2, {"top_k=2", "tokens=5,0"}},                          // a rank with no tokens
+        EqualCase{3, {"top_k=1", "gated=1", "tokens=5,0,17"}},            // top-1, gated, uneven
+        EqualCase{4, {"top_k=4", "tokens=5,0,17,9"}},                     // top-4
+        EqualCase{4, {"top_k=2", "capacity=1.0", "tokens=12,3,17,9"}},    // capacity per source rank
+        EqualCase{3, {"top_k=2", "capacity=0.5", "tokens=30,7,1"}},       // heavy drops
+        EqualCase{4, {"top_k=2", "ep_size=2", "tokens=8,0,13,5"}},        // two EP groups
+        EqualCase{4, {"top_k=2", "ep_size=1", "tokens=8,3,13,5"}},        // pure data parallel
+        EqualCase{2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}}));
+
+constexpr double kTimeout = 3.0;
+std::map<int, std::map<std::string, std::string>> WithTimeout(int world) {
+  std::map<int, std::map<std::string, std::string>> env;
+  for (int r = 0; r < world; ++r) env[r]["DYNAMOE_TIMEOUT_S"] = std::to_string(kTimeout);
+  return env;
+}
+
+TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
+  const int world = 3;
+  const auto results = Launch(world, {"scenario=die"}, WithTimeout(world));
+  EXPECT_EQ(results[2].exit_code, 0) << Show(results);  // the rank that exits
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r].exit_code, 3) << Show(results);
+    EXPECT_NE(results[r].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[r].err;
+    EXPECT_NE(results[r].err.find("Cause: rank 2 stopped responding"), std::string::npos) << results[r].err;
+    EXPECT_GT(Elapsed(results[r]), 0);
+    EXPECT_LT(Elapsed(results[r]), kTimeout) << "survivors must fail within DYNAMOE_TIMEOUT_S";
+  }
+}
+
+TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
+  const int world = 2;
+  const auto results = Launch(world, {"scenario=hang", "hang_s=6"}, WithTimeout(world));
+  EXPECT_EQ(results[0].exit_code, 3) << Show(results);
+  EXPECT_NE(results[0].err.find("DEADLINE_EXCEEDED"), std::string::npos) << results[0].err;
+  EXPECT_NE(results[0].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[0].err;
+  EXPECT_NE(results[0].err.find("Cause: rank 1 is alive but has not reached this collective"), std::string::npos)
+      << results[0].err;
+  EXPECT_LE(Elapsed(results[0]), kTimeout + 0.5);
+  EXPECT_GE(Elapsed(results[0]), kTimeout * 0.5);
+}
+
+TEST(EpFailureTest, DivergedLayersFailOnEveryRank) {
+  const int world = 3;
+  const auto results = Launch(world, {"scenario=diverge"}, WithTimeout(world));
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 3) << Show(results);
+    EXPECT_NE(r.err.find("ranks diverged"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(results[0].err.find("rank 1 (world rank 1) is in layer hash"), std::string::npos) << results[0].err;
+}
+
+TEST(EpFailureTest, MismatchedConfigurationIsNamedOnEveryRank) {
+  const int world = 3;
+  auto env = WithTimeout(world);
+  env[1]["DYNAMOE_PLACEMENT"] = "adaptive";
+  const auto results = Launch(world, {"scenario=config"}, env);
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 3) << Show(results);
+    EXPECT_NE(r.err.find("configuration differs between ranks: DYNAMOE_PLACEMENT="), std::string::npos) << r.err;
+  }
+}
+
+TEST(EpFailureTest, MissingLauncherVariablesAreNamed) {
+  const auto results = Launch(1, {"scenario=config"}, {{0, {{"MASTER_ADDR", ""}}}});
+  EXPECT_EQ(results[0].exit_code, 3);
+  EXPECT_NE(results[0].err.find("MASTER_ADDR is not set"), std::string::npos) << results[0].err;
+}
+
+}  // namespace

@@ -1,0 +1,217 @@
+// One rank of a multi-process expert-parallel test, started by ep_test.cc
+// with torchrun's variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE).
+//
+// scenario=equal: the distributed layer against the single-process layer
+// with the same weights: outputs, counts, raw gradients (expert gradients
+// summed over the EP group's tokens) and ReduceGradients' result.
+// scenario=die|hang: the last rank exits / stalls inside its expert during
+// step 2; the others must fail within DYNAMOE_TIMEOUT_S naming it.
+// scenario=diverge: rank 1 calls another layer; every rank must fail.
+// scenario=config: just start (the launcher gives rank 1 another config).
+//
+// Exit codes: 0 passed, 1 mismatch (details on stderr), 3 a dynamoe::Error
+// (its message on stderr, "elapsed_s=<seconds>" on stdout).
+#include <torch/nn/modules/linear.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include "bindings/gradients.h"
+#include "bindings/moe_layer.h"
+#include "common/status.h"
+#include "runtime/rendezvous.h"
+
+namespace {
+
+using dynamoe::MoELayer;
+using dynamoe::MoEOptions;
+using torch::Tensor;
+
+std::map<std::string, std::string> Args(int argc, char** argv) {
+  std::map<std::string, std::string> args = {{"scenario", "equal"}, {"experts", "12"}, {"top_k", "2"},
+                                             {"capacity", "0"},     {"ep_size", "0"},   {"dtype", "double"},
+                                             {"gated", "0"},        {"tokens", "5,0,17,9"}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto eq = a.find('=');
+    if (eq != std::string::npos) args[a.substr(0, eq)] = a.substr(eq + 1);
+  }
+  return args;
+}
+
+int TokensOf(const std::string& list, int rank) {
+  std::vector<int> t;
+  std::stringstream ss(list);
+  for (std::string item; std::getline(ss, item, ',');) t.push_back(std::stoi(item));
+  return t[rank % t.size()];
+}
+
+int failures = 0;
+void Expect(bool ok, const std::string& what) {
+  if (!ok) {
+    ++failures;
+    std::cerr << "MISMATCH: " << what << std::endl;
+  }
+}
+void ExpectClose(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
+  const bool same_shape = a.sizes() == b.sizes();
+  const double diff = same_shape && a.numel() ? (a - b).abs().max().item<double>() : 0.0;
+  Expect(same_shape && diff <= tol, what + " (max diff " + std::to_string(diff) + ")");
+}
+
+// Local slice [first, first + n) of a full-expert parameter.
+Tensor Slice(const Tensor& full, int64_t first, int64_t n) { return full.narrow(0, first, n); }
+
+int Equal(const std::map<std::string, std::string>& args, const dynamoe::runtime::ParallelGroups& g) {
+  const auto dtype = args.at("dtype") == "float" ? torch::kFloat : torch::kDouble;
+  const double tol = dtype == torch::kFloat ? 2e-5 : 1e-10;
+  const int64_t E = std::stoi(args.at("experts")), d = 6, h = 10;
+  MoEOptions opts(d, h, E);
+  opts.top_k(std::stoi(args.at("top_k"))).capacity_factor(std::stod(args.at("capacity")));
+  opts.gated(args.at("gated") == "1").bias(true).min_capacity(1);
+  torch::manual_seed(1234);  // the same full weights on every rank
+  MoELayer ref(opts);
+  ref->to(dtype);
+  MoELayer dist(opts, g.ep);
+  dist->to(dtype);
+  const int64_t first = dist->first_expert(), El = dist->num_local_experts();
+  {
+    torch::NoGradGuard no_grad;
+    // Expert E-1 is never selected: an expert that gets no tokens anywhere.
+    ref->expert_bias[E - 1] = -1e4;
+    dist->gate->weight.copy_(ref->gate->weight);
+    dist->expert_bias.copy_(ref->expert_bias);
+    for (auto [dst, src] : {std::pair{dist->w1, ref->w1}, {dist->w2, ref->w2}, {dist->b1, ref->b1},
+                            {dist->b2, ref->b2}, {dist->w3, ref->w3}})
+      if (dst.defined()) dst.copy_(Slice(src, first, El));
+  }
+  auto tokens = [&](int r) { return torch::randn({TokensOf(args.at("tokens"), r), d}, torch::TensorOptions().dtype(dtype)); };
+  auto input = [&](int r) {
+    torch::manual_seed(100 + r);
+    Tensor x = tokens(r);
+    Tensor gy = torch::randn_like(x);
+    return std::pair{x, gy};
+  };
+  auto loss_of = [](MoELayer& m, const Tensor& x, const Tensor& gy) {
+    const Tensor y = m->forward(x);
+    return std::pair{y, (y * gy).sum() + m->aux_loss.to(y.scalar_type())};
+  };
+  auto grads = [](MoELayer& m) {
+    std::map<std::string, Tensor> out;
+    for (auto& p : m->named_parameters())
+      out[p.key()] = p.value().grad().defined() ? p.value().grad().clone() : torch::zeros_like(p.value());
+    return out;
+  };
+  auto zero = [](MoELayer& m) {
+    for (auto& p : m->parameters()) p.mutable_grad() = Tensor();
+  };
+  const auto [x, gy] = input(g.world_rank);
+  auto [y, loss] = loss_of(dist, x, gy);
+  loss.backward();
+  const auto dist_raw = grads(dist);
+  Expect(dist->stats().counts.size(0) == g.ep_size, "count matrix has ep_size rows");
+
+  // Reference: this rank's tokens alone (output, gate gradient).
+  auto [y_ref, loss_ref] = loss_of(ref, x, gy);
+  loss_ref.backward();
+  ExpectClose(y, y_ref, tol, "output");
+  ExpectClose(dist_raw.at("gate.weight"), ref->gate->weight.grad(), tol, "gate gradient of this rank");
+  ExpectClose(dist->aux_loss, ref->aux_loss, tol, "aux loss");
+  // Count matrix rows: the reference's kept counts for each EP-group member.
+  const auto members = dynamoe::ValueOrThrow(dynamoe::runtime::EpGroupMembers(g.world_rank, g.world_size, g.ep_size));
+  zero(ref);
+  for (size_t i = 0; i < members.size(); ++i) {
+    const auto [xr, gyr] = input(members[i]);
+    loss_of(ref, xr, gyr).second.backward();
+    Expect(torch::equal(dist->stats().counts[i], ref->stats().counts[0]),
+           "count matrix row " + std::to_string(i));
+  }
+  const auto ref_group = grads(ref);
+  for (const char* name : {"w1", "w2", "w3", "b1", "b2"})
+    if (ref_group.count(name))
+      ExpectClose(dist_raw.at(name), Slice(ref_group.at(name), first, El), tol,
+                  std::string("raw gradient of ") + name + " (EP group's tokens)");
+  // ReduceGradients: everything averaged over the world's tokens.
+  zero(ref);
+  for (int r = 0; r < g.world_size; ++r) {
+    const auto [xr, gyr] = input(r);
+    loss_of(ref, xr, gyr).second.backward();
+  }
+  dynamoe::ReduceGradients(*dist, g);
+  const auto dist_reduced = grads(dist);
+  for (auto& [name, ref_grad] : grads(ref)) {
+    const bool expert = name == "w1" || name == "w2" || name == "w3" || name == "b1" || name == "b2";
+    ExpectClose(dist_reduced.at(name), (expert ? Slice(ref_grad, first, El) : ref_grad) / g.world_size, tol,
+                "reduced gradient of " + name);
+  }
+  // The aux-free bias update sees the global loads, so it stays identical.
+  Tensor bias = dist->expert_bias.clone();
+  dynamoe::ThrowIfError(g.world->Broadcast(bias, 0, {"test", "check"}));
+  Expect(torch::equal(bias, dist->expert_bias), "expert_bias identical on every rank");
+  return failures ? 1 : 0;
+}
+
+// A custom expert that, on the doomed rank in step 2, exits or stalls.
+struct DoomedImpl : torch::nn::Module {
+  DoomedImpl(bool doomed, std::string how) : doomed(doomed), how(std::move(how)) {}
+  Tensor forward(const Tensor& x) {
+    if (doomed && step == 2 && !fired) {
+      fired = true;
+      if (how == "die") std::_Exit(0);
+      std::this_thread::sleep_for(std::chrono::seconds(std::stoi(how.substr(5))));
+    }
+    return x * 2;
+  }
+  bool doomed;
+  std::string how;  // "die", or "hang:<seconds>"
+  static inline int step = 0;
+  static inline bool fired = false;  // one stall per process, not one per expert
+};
+TORCH_MODULE(Doomed);
+
+int Failure(const std::map<std::string, std::string>& args, const dynamoe::runtime::ParallelGroups& g) {
+  const std::string scenario = args.at("scenario");
+  const std::string how = scenario == "hang" ? "hang:" + args.at("hang_s") : scenario;
+  MoEOptions opts(4, 8, 12);
+  opts.top_k(2);
+  const bool doomed = g.world_rank == g.world_size - 1;
+  MoELayer layer(opts, [&](int64_t) { return torch::nn::AnyModule(Doomed(doomed, how)); }, g.ep);
+  MoELayer other(MoEOptions(4, 8, 12).name("other_layer"), g.ep);
+  torch::manual_seed(7 + g.world_rank);
+  const Tensor x = torch::randn({64, 4});
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (DoomedImpl::step = 1; DoomedImpl::step <= 2; ++DoomedImpl::step) {
+      if (scenario == "diverge" && g.world_rank == 1) other->forward(x);
+      else layer->forward(x);
+    }
+  } catch (const std::exception& e) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << "elapsed_s=" << elapsed << std::endl;
+    std::cerr << e.what() << std::endl;
+    return 3;
+  }
+  std::cerr << "no error was raised" << std::endl;
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto args = Args(argc, argv);
+  try {
+    auto groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv(std::stoi(args.at("ep_size"))));
+    const std::string scenario = args.at("scenario");
+    if (scenario == "equal") return Equal(args, *groups);
+    if (scenario == "config") return 0;
+    return Failure(args, *groups);
+  } catch (const dynamoe::Error& e) {
+    std::cout << "elapsed_s=0" << std::endl;
+    std::cerr << e.what() << std::endl;
+    return 3;
+  }
+}
