@@ -3,6 +3,7 @@
 // composite: its autograd comes from the C++ autograd functions it calls, so
 // the same kernels serve C++ and Python. Errors surface as RuntimeError with
 // the full dynamoe message.
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "runtime/config.h"
+#include "runtime/rendezvous.h"
 #include "scheduler/moe_step.h"
 #include "scheduler/router.h"
 
@@ -100,14 +102,32 @@ Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, c
   });
 }
 
-// Returns (y, aux_loss, counts [1, E], routed_counts [E], info) where info is
-// float64 [dropped, capacity, balance_loss, z_loss, seconds per phase...].
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
+using CommPtr = c10::intrusive_ptr<runtime::Communicator>;
+
+// Joins the group whose store is hosted at host:port (dynamoe/distributed.py
+// hosts it on the group's rank 0) and creates its communicator.
+CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vector<int64_t> global_ranks,
+                         std::string name, std::string backend) {
+  return Boundary([&] {
+    const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
+    auto store = ValueOrThrow(runtime::ConnectStore(
+        host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
+        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))));
+    std::vector<int> members(global_ranks.begin(), global_ranks.end());
+    return ValueOrThrow(runtime::CreateGroupCommunicator(store, name, static_cast<int>(rank), members, backend,
+                                                         members.front()));
+  });
+}
+
+// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info)
+// where info is float64 [dropped, capacity, balance_loss, z_loss, bytes_sent,
+// bytes_received, comm_seconds, seconds per phase...].
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
     int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
-    double z_loss_weight, bool check_finite, bool training, std::string name) {
+    double z_loss_weight, bool check_finite, bool training, std::string name, c10::optional<CommPtr> comm) {
   return Boundary([&] {
     MoEOptions o = MakeOptions(gate_weight.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
                                capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
@@ -121,11 +141,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     in.experts = {w1, w2, Or(w3), Or(b1), Or(b2), activation};
     in.training = training;
     in.step = step;
+    if (comm.has_value()) in.comm = *comm;
     scheduler::StepResult r = scheduler::MoEForward(o, in);
     std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
-                                r.balance_loss.item<double>(), r.z_loss.item<double>()};
+                                r.balance_loss.item<double>(), r.z_loss.item<double>(),
+                                static_cast<double>(r.bytes_sent), static_cast<double>(r.bytes_received),
+                                r.comm_seconds};
     info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
-    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts,
+    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
                            at::tensor(info, at::TensorOptions().dtype(at::kDouble)));
   });
 }
@@ -152,6 +175,14 @@ void UpdateExpertBiasOp(Tensor bias, const Tensor& counts, double rate) {
 std::string ConfigDescribe() {
   return Boundary([] { return runtime::GlobalConfig().Describe(); });
 }
+std::string ConfigGet(std::string name) {
+  return Boundary([&] {
+    for (const auto& e : runtime::ConfigTable())
+      if (e.name == name) return runtime::GlobalConfig().Get(name);
+    DYNAMOE_THROW_IF(true, "config_get: unknown variable ", name);
+    return std::string();
+  });
+}
 std::string ConfigHash() {
   return Boundary([] { return absl::StrFormat("%016x", runtime::GlobalConfig().Hash()); });
 }
@@ -174,6 +205,23 @@ std::string PhaseNames() {
 }  // namespace dynamoe
 
 TORCH_LIBRARY(dynamoe, m) {
+  m.class_<dynamoe::runtime::Communicator>("Communicator")
+      .def(torch::init(&dynamoe::MakeCommunicator))
+      .def("rank", [](const dynamoe::CommPtr& c) { return static_cast<int64_t>(c->rank()); })
+      .def("size", [](const dynamoe::CommPtr& c) { return static_cast<int64_t>(c->size()); })
+      .def("name", [](const dynamoe::CommPtr& c) { return c->name(); })
+      .def("backend", [](const dynamoe::CommPtr& c) { return c->backend(); })
+      .def("all_reduce", [](const dynamoe::CommPtr& c, at::Tensor t) {
+        dynamoe::Boundary([&] {
+          dynamoe::ThrowIfError(c->AllReduce(t, {"dynamoe", "gradients", true}));
+          return 0;
+        });
+      })
+      .def("counters", [](const dynamoe::CommPtr& c) {
+        const auto k = c->counters();
+        return std::vector<double>{static_cast<double>(k.collectives), static_cast<double>(k.bytes_sent),
+                                   static_cast<double>(k.bytes_received), k.wait_seconds};
+      });
   m.def(
       "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
       "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
@@ -190,8 +238,9 @@ TORCH_LIBRARY(dynamoe, m) {
       "moe_forward(Tensor x, Tensor gate_weight, Tensor? expert_bias, Tensor w1, Tensor w2, Tensor? w3, "
       "Tensor? b1, Tensor? b2, str activation, int top_k, float capacity_factor, int min_capacity, "
       "bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, float jitter_eps, "
-      "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name) -> "
-      "(Tensor y, Tensor aux_loss, Tensor counts, Tensor routed_counts, Tensor info)",
+      "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name, "
+      "__torch__.torch.classes.dynamoe.Communicator? comm=None) -> (Tensor y, Tensor aux_loss, Tensor counts, "
+      "Tensor routed_counts, Tensor global_routed_counts, Tensor info)",
       &dynamoe::MoEForwardOp);
   m.def(
       "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "
@@ -201,6 +250,7 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def("update_expert_bias(Tensor(a!) bias, Tensor counts, float rate) -> ()", &dynamoe::UpdateExpertBiasOp);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
+  m.def("config_get(str name) -> str", &dynamoe::ConfigGet);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
   m.def("expert_capacity(int num_tokens, int top_k, int num_experts, float capacity_factor, int min_capacity) -> int",
         &dynamoe::ExpertCapacityOp);

@@ -7,8 +7,10 @@
 """
 from ._ops import load as load_library
 from .moe import MoE
+from .distributed import communicator, expert_parallel_groups, is_expert_parameter, reduce_gradients
 
-__all__ = ["MoE", "load_library", "config", "config_hash"]
+__all__ = ["MoE", "load_library", "config", "config_hash", "communicator", "expert_parallel_groups",
+           "is_expert_parameter", "reduce_gradients"]
 
 
 def config():

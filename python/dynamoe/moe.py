@@ -28,14 +28,35 @@ class MoE(nn.Module):
     capacity_factor: > 0 fixed capacity max(min_capacity, ceil(top_k*T/E*cf)), overflow
     dropped; 0 dropless; < 0 dropless up to |cf|. ``expert``: an nn.Module copied per
     expert, or a callable ``f(expert_idx) -> nn.Module`` (a slower, per-expert path).
+
+    Expert parallelism: ``group=pg`` (a torch.distributed group) or ``ep_size=k``
+    (consecutive ranks). Rank r of the group then holds experts
+    [r*E_local, (r+1)*E_local) and w1..b2 are [E_local, ...]; call
+    ``dynamoe.reduce_gradients(model)`` after backward (see dynamoe/distributed.py).
     """
 
     def __init__(self, d_model, d_hidden, num_experts, top_k=2, capacity_factor=0.0,
                  eval_capacity_factor=None, min_capacity=4, normalize_topk=None, activation="gelu",
                  gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
                  jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
-                 use_residual=False, check_finite=True, expert=None, name="moe"):
+                 use_residual=False, check_finite=True, expert=None, name="moe", group=None, ep_size=None):
         super().__init__()
+        from . import distributed
+        self.group, self._comm = None, None
+        if ep_size is not None:
+            if group is not None:
+                raise ValueError(f"{name}: pass group= or ep_size=, not both")
+            group = distributed.expert_parallel_groups(int(ep_size))[0]
+        if group is not None:
+            size = torch.distributed.get_world_size(group)
+            if num_experts % size != 0:
+                raise ValueError(f"{name}: num_experts={num_experts} must be divisible by the expert-parallel "
+                                 f"group size {size}")
+            if expert is not None:
+                raise ValueError(f"{name}: custom experts with expert parallelism are available from C++ "
+                                 "(dynamoe::MoELayer with an ExpertFactory) only; use the built-in FFN experts")
+            self.group = group
+            self._comm = distributed.communicator(group)
         noisy_gate_policy = "none" if noisy_gate_policy is None else noisy_gate_policy
         ops().validate_options(d_model, d_hidden, num_experts, top_k, float(capacity_factor),
                                None if eval_capacity_factor is None else float(eval_capacity_factor),
@@ -54,6 +75,9 @@ class MoE(nn.Module):
         self.bias_update_rate = float(bias_update_rate)
         self.use_residual, self.check_finite, self.name = use_residual, check_finite, name
 
+        self.num_local_experts = num_experts // self._comm.size() if self._comm is not None else num_experts
+        self.first_expert = self._comm.rank() * self.num_local_experts if self._comm is not None else 0
+        el = self.num_local_experts
         self.gate = nn.Linear(d_model, num_experts, bias=False)
         self.w1 = self.w2 = self.w3 = self.b1 = self.b2 = None
         self.experts = None
@@ -61,13 +85,15 @@ class MoE(nn.Module):
             make = (lambda e: copy.deepcopy(expert)) if isinstance(expert, nn.Module) else expert
             self.experts = nn.ModuleList([make(e) for e in range(num_experts)])
         else:
-            self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
-            self.w2 = nn.Parameter(torch.empty(num_experts, d_hidden, d_model))
+            self.w1 = nn.Parameter(torch.empty(el, d_model, d_hidden))
+            self.w2 = nn.Parameter(torch.empty(el, d_hidden, d_model))
             if gated:
-                self.w3 = nn.Parameter(torch.empty(num_experts, d_model, d_hidden))
+                self.w3 = nn.Parameter(torch.empty(el, d_model, d_hidden))
             if bias:
-                self.b1 = nn.Parameter(torch.empty(num_experts, d_hidden))
-                self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
+                self.b1 = nn.Parameter(torch.empty(el, d_hidden))
+                self.b2 = nn.Parameter(torch.empty(el, d_model))
+        for p in self.expert_parameters():
+            p._dynamoe_expert = True
         self.register_buffer("expert_bias", torch.zeros(num_experts))
         if use_residual:
             self.residual_fc1 = nn.Linear(d_model, d_hidden)
@@ -86,6 +112,12 @@ class MoE(nn.Module):
                 if p is not None:
                     p.uniform_(-bound, bound)
 
+    def expert_parameters(self):
+        """This rank's expert parameters (w1, w2, w3, b1, b2 or the custom experts')."""
+        if self.experts is not None:
+            return list(self.experts.parameters())
+        return [p for p in (self.w1, self.w2, self.w3, self.b1, self.b2) if p is not None]
+
     def _capacity_factor(self):
         if self.training or self.eval_capacity_factor is None:
             return self.capacity_factor
@@ -93,25 +125,28 @@ class MoE(nn.Module):
 
     def forward(self, x):
         if self.experts is None:
-            y, aux, counts, routed, info = ops().moe_forward(
+            y, aux, counts, routed, global_routed, info = ops().moe_forward(
                 x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
-                self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name)
+                self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name,
+                self._comm)
             info = info.tolist()
-            phases = {n: info[4 + i] for i, n in enumerate(_phase_names())
-                      if n in ("gate", "dispatch", "experts", "combine")}
-            dropped, capacity, balance, z = info[:4]
+            phases = {n: info[7 + i] for i, n in enumerate(_phase_names())
+                      if n in ("gate", "count_allgather", "dispatch", "experts", "combine")}
+            dropped, capacity, balance, z, sent, received, comm_s = info[:7]
         else:
             y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
+            global_routed, sent, received, comm_s = routed, 0, 0, 0.0
         if self.training:
             self._step += 1
-            if self.bias_update_rate > 0:
-                ops().update_expert_bias(self.expert_bias, routed, self.bias_update_rate)
+            if self.bias_update_rate > 0:  # global loads: the bias stays identical on every rank
+                ops().update_expert_bias(self.expert_bias, global_routed, self.bias_update_rate)
         self.aux_loss = aux
         self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
                        "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
-                       "phase_seconds": phases}
+                       "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
+                       "comm_seconds": comm_s}
         if self.use_residual:
             coef = torch.softmax(self.residual_coef(x), -1)
             mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
@@ -154,10 +189,12 @@ class MoE(nn.Module):
         return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases
 
     def stats(self):
-        """Last step: counts [world, E] int64, routed_counts, dropped, capacity, losses, phase_seconds."""
+        """Last step: counts [ep_size, E] int64 (rows each rank sent to each expert), routed_counts
+        (this rank's, before capacity), dropped, capacity, losses, phase_seconds, bytes_sent,
+        bytes_received, comm_seconds."""
         return dict(self._stats)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
-                f"gated={self.gated}")
+                f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else ""))

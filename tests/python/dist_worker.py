@@ -1,0 +1,138 @@
+"""One rank of a Python expert-parallel test, started by torchrun (test_distributed.py).
+
+Writes {"ok": bool, "errors": [...], "error": message, "elapsed_s": s} to <out>/rank<r>.json
+and exits 0 (torchrun tears every worker down when one exits non-zero, and the
+test wants every rank's report).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+
+p = argparse.ArgumentParser()
+p.add_argument("--scenario", default="equal")
+p.add_argument("--out", required=True)
+p.add_argument("--experts", type=int, default=12)
+p.add_argument("--top_k", type=int, default=2)
+p.add_argument("--capacity", type=float, default=0.0)
+p.add_argument("--ep_size", type=int, default=0)
+p.add_argument("--gated", type=int, default=0)
+p.add_argument("--tokens", default="5,0,17,9")
+args = p.parse_args()
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+if args.scenario == "config" and rank == 1:
+    os.environ["DYNAMOE_PLACEMENT"] = "adaptive"  # read once, at dynamoe's first use
+import dynamoe  # noqa: E402
+
+report = {"ok": True, "errors": []}
+
+
+def check(cond, what):
+    if not cond:
+        report["ok"] = False
+        report["errors"].append(what)
+
+
+def close(a, b, what, tol=1e-10):
+    diff = (a - b).abs().max().item() if a.numel() and a.shape == b.shape else 0.0
+    check(a.shape == b.shape and diff <= tol, f"{what}: max diff {diff}")
+
+
+def tokens_of(r, d):
+    counts = [int(t) for t in args.tokens.split(",")]
+    g = torch.Generator().manual_seed(100 + r)
+    x = torch.randn(counts[r % len(counts)], d, generator=g, dtype=torch.float64)
+    return x, torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
+def equal():
+    E, d, h = args.experts, 6, 10
+    kw = dict(top_k=args.top_k, capacity_factor=args.capacity, min_capacity=1, gated=bool(args.gated), bias=True)
+    torch.manual_seed(1234)
+    ref = dynamoe.MoE(d, h, E, **kw).double()
+    if args.ep_size:
+        moe = dynamoe.MoE(d, h, E, ep_size=args.ep_size, **kw).double()
+        ep_group = moe.group
+    else:
+        moe = dynamoe.MoE(d, h, E, group=dist.group.WORLD, **kw).double()
+        ep_group = dist.group.WORLD
+    first, el = moe.first_expert, moe.num_local_experts
+    with torch.no_grad():
+        ref.expert_bias[E - 1] = -1e4  # an expert that never gets a token
+        moe.gate.weight.copy_(ref.gate.weight)
+        moe.expert_bias.copy_(ref.expert_bias)
+        for n in ("w1", "w2", "w3", "b1", "b2"):
+            if getattr(moe, n) is not None:
+                getattr(moe, n).copy_(getattr(ref, n)[first:first + el])
+
+    def loss(m, r):
+        x, gy = tokens_of(r, d)
+        y = m(x)
+        return y, (y * gy).sum() + m.aux_loss.double()
+
+    y, l = loss(moe, rank)
+    l.backward()
+    raw = {n: p.grad.clone() for n, p in moe.named_parameters()}
+    y_ref, l_ref = loss(ref, rank)
+    l_ref.backward()
+    close(y, y_ref, "output")
+    close(raw["gate.weight"], ref.gate.weight.grad, "gate gradient")
+    members = [None] * dist.get_world_size(ep_group)
+    dist.all_gather_object(members, rank, group=ep_group)
+    counts = moe.stats()["counts"]
+    check(list(counts.shape) == [len(members), E], f"count matrix shape {list(counts.shape)}")
+    ref.zero_grad()
+    for i, r in enumerate(members):
+        loss(ref, r)[1].backward()
+        check(torch.equal(counts[i], ref.stats()["counts"][0]), f"count matrix row {i}")
+    for n in ("w1", "w2", "w3", "b1", "b2"):
+        if n in raw:
+            close(raw[n], getattr(ref, n).grad[first:first + el], f"raw gradient of {n}")
+    ref.zero_grad()
+    for r in range(world):
+        loss(ref, r)[1].backward()
+    dynamoe.reduce_gradients(moe)
+    for n, p in moe.named_parameters():
+        want = dict(ref.named_parameters())[n].grad
+        if dynamoe.is_expert_parameter(p):
+            want = want[first:first + el]
+        close(p.grad, want / world, f"reduced gradient of {n}")
+
+
+def die():
+    moe = dynamoe.MoE(4, 8, 12, top_k=2, group=dist.group.WORLD)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(rank))
+    y = moe(x)
+    if rank == world - 1:
+        y.register_hook(lambda g: os._exit(0))  # exits in the middle of backward
+    t0 = time.monotonic()
+    try:
+        y.sum().backward()
+        check(False, "no error was raised")
+    except RuntimeError as e:
+        report["error"] = str(e)
+        report["elapsed_s"] = time.monotonic() - t0
+
+
+dist.init_process_group("gloo")
+try:
+    if args.scenario == "equal":
+        equal()
+    elif args.scenario == "die":
+        die()
+    elif args.scenario == "config":
+        dynamoe.communicator(dist.group.WORLD)
+        check(False, "no error was raised")
+except RuntimeError as e:
+    report["error"] = str(e)
+with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+    json.dump(report, f)
+sys.stdout.flush()
+os._exit(0)  # skip teardown: after a failure the process groups are unusable
