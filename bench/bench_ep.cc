@@ -1,0 +1,116 @@
+// bench_ep: expert parallelism on CPU processes (Gloo). For world sizes 1, 2
+// and 4 (one process per rank, started like torchrun), every rank trains the
+// same layer shape on its own tokens; prints per-phase forward times, the
+// backward time, token bytes sent per step and the share of the step spent
+// waiting on collectives (forward and backward), averaged over ranks.
+//
+//   ./build/default/bench/bench_ep [--tokens 2048] [--steps 8] [--worlds 1,2,4]
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <unistd.h>
+
+#include "bindings/moe_layer.h"
+#include "common/status.h"
+#include "runtime/rendezvous.h"
+#include "tools/local_launch.h"
+
+namespace {
+
+struct Args {
+  int tokens = 2048, steps = 8, d_model = 256, d_hidden = 512, experts = 16, top_k = 2;
+  std::string worlds = "1,2,4";
+};
+
+Args Parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string f = argv[i], v = argv[i + 1];
+    if (f == "--tokens") a.tokens = std::stoi(v);
+    else if (f == "--steps") a.steps = std::stoi(v);
+    else if (f == "--experts") a.experts = std::stoi(v);
+    else if (f == "--worlds") a.worlds = v;
+    else {
+      std::cerr << "usage: bench_ep [--tokens N] [--steps N] [--experts N] [--worlds 1,2,4]\n";
+      std::exit(2);
+    }
+  }
+  return a;
+}
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// One rank: prints (rank 0 only) a table row averaged over ranks.
+int Rank(const Args& a) {
+  auto g = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv());
+  torch::manual_seed(1);
+  dynamoe::MoELayer layer(dynamoe::MoEOptions(a.d_model, a.d_hidden, a.experts).top_k(a.top_k), g->ep);
+  torch::manual_seed(100 + g->world_rank);
+  const torch::Tensor x = torch::randn({a.tokens, a.d_model});
+  // [step, gate, count_allgather, dispatch, experts, combine, backward, comm wait, bytes sent]
+  std::vector<double> sum(9, 0.0);
+  for (int s = -2; s < a.steps; ++s) {  // two warm-up steps
+    dynamoe::ThrowIfError(g->world->Barrier({"bench", "step"}));
+    const double wait0 = g->ep->counters().wait_seconds;
+    const double t0 = Now();
+    const torch::Tensor y = layer->forward(x);
+    const double t1 = Now();
+    (y.square().mean() + layer->aux_loss).backward();
+    const double t2 = Now();
+    if (s < 0) continue;
+    const auto& st = layer->stats();
+    const double phases[] = {st.phase_seconds.count("gate") ? st.phase_seconds.at("gate") : 0,
+                             st.phase_seconds.at("count_allgather"), st.phase_seconds.at("dispatch"),
+                             st.phase_seconds.at("experts"), st.phase_seconds.at("combine")};
+    sum[0] += t2 - t0;
+    for (int i = 0; i < 5; ++i) sum[1 + i] += phases[i];
+    sum[6] += t2 - t1;
+    sum[7] += g->ep->counters().wait_seconds - wait0;
+    sum[8] += 2.0 * st.bytes_sent;  // the backward sends as much again
+  }
+  at::Tensor mine = torch::tensor(sum, torch::kDouble) / a.steps;
+  at::Tensor all = torch::empty({g->world_size * 9}, torch::kDouble);
+  dynamoe::ThrowIfError(g->world->AllGather(mine, all, {"bench", "report"}));
+  if (g->world_rank == 0) {
+    const at::Tensor m = all.view({g->world_size, 9}).mean(0);
+    const double* v = m.data_ptr<double>();
+    std::printf("| %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", g->world_size,
+                v[0] * 1e3, v[1] * 1e3, v[2] * 1e3, v[3] * 1e3, v[4] * 1e3, v[5] * 1e3, v[6] * 1e3,
+                v[8] / 1e6, 100.0 * v[7] / v[0]);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = Parse(argc, argv);
+  if (std::getenv("RANK")) return Rank(a);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  self[n > 0 ? n : 0] = 0;
+  std::printf("bench_ep: %d tokens per rank, d_model %d, d_hidden %d, %d experts, top-%d, fp32, CPU/Gloo, "
+              "forward + backward, mean of %d steps and of the ranks\n\n",
+              a.tokens, a.d_model, a.d_hidden, a.experts, a.top_k, a.steps);
+  std::printf("| world | step ms | gate | count all-gather | dispatch | experts | combine | backward | MB sent/step | waiting on collectives |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::fflush(stdout);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::stringstream worlds(a.worlds);
+  for (std::string w; std::getline(worlds, w, ',');) {
+    dynamoe::tools::LaunchOptions opts;
+    opts.rank0_passthrough = true;
+    opts.timeout_s = 600;
+    for (int r = 0; r < std::stoi(w); ++r) opts.env_of_rank[r]["DYNAMOE_LOG_LEVEL"] = "warning";
+    const auto results = dynamoe::tools::LaunchLocal(self, args, std::stoi(w), opts);
+    for (size_t r = 0; r < results.size(); ++r)
+      if (results[r].exit_code != 0) {
+        std::cerr << "rank " << r << " failed (exit " << results[r].exit_code << "):\n" << results[r].err;
+        return 1;
+      }
+  }
+  return 0;
+}

@@ -1,0 +1,94 @@
+#include "tools/local_launch.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace dynamoe::tools {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
+                                    const LaunchOptions& options) {
+  char dir_template[] = "/tmp/dynamoe_ranks_XXXXXX";
+  const std::string dir = mkdtemp(dir_template);
+  const std::string port = std::to_string(FreePort());
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", port.c_str(), 1);
+      setenv("RANK", std::to_string(r).c_str(), 1);
+      setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      if (auto it = options.env_of_rank.find(r); it != options.env_of_rank.end())
+        for (const auto& [k, v] : it->second) setenv(k.c_str(), v.c_str(), 1);
+      if (!(r == 0 && options.rank0_passthrough)) {
+        const int out = open((dir + "/out" + std::to_string(r)).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int err = open((dir + "/err" + std::to_string(r)).c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(out, 1);
+        dup2(err, 2);
+      }
+      std::vector<char*> argv = {const_cast<char*>(program.c_str())};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(program.c_str(), argv.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::vector<RankResult> results(world);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(options.timeout_s);
+  for (int remaining = world; remaining > 0;) {
+    for (int r = 0; r < world; ++r) {
+      int status = 0;
+      if (pids[r] && waitpid(pids[r], &status, WNOHANG) == pids[r]) {
+        results[r].exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        pids[r] = 0;
+        --remaining;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      for (pid_t pid : pids)
+        if (pid) kill(pid, SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (int r = 0; r < world; ++r) {
+    results[r].out = ReadFile(dir + "/out" + std::to_string(r));
+    results[r].err = ReadFile(dir + "/err" + std::to_string(r));
+  }
+  std::system(("rm -rf " + dir).c_str());
+  return results;
+}
+
+}  // namespace dynamoe::tools

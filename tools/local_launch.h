@@ -1,0 +1,29 @@
+// Starts N ranks of a program on this machine the way torchrun does
+// (MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE), for the
+// multi-process tests, the EP benchmark and the multi-rank demo.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace dynamoe::tools {
+
+struct RankResult {
+  int exit_code = -1;  // 128 + signal when killed
+  std::string out, err;  // captured output (empty for a passed-through rank)
+};
+
+struct LaunchOptions {
+  double timeout_s = 120;        // then every rank is killed
+  bool rank0_passthrough = false;  // rank 0 writes to this process's stdout/stderr
+  std::map<int, std::map<std::string, std::string>> env_of_rank;  // extra variables per rank
+};
+
+// A free TCP port on 127.0.0.1 (for MASTER_PORT).
+int FreePort();
+
+std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
+                                    const LaunchOptions& options = {});
+
+}  // namespace dynamoe::tools
