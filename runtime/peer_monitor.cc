@@ -130,13 +130,21 @@ absl::Status PeerMonitor::Diagnose(const PendingCollective& p, PendingCollective
                          ? absl::StrFormat("did not complete within %g s (DYNAMOE_TIMEOUT_S)", timeout_s)
                          : absl::StrFormat("failed after %.3g s: %s", waited, p.error());
   // Two looks at the peers, a few heartbeats apart.
+  const auto window = info_.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(expire_after_);
   bool ok1 = true, ok2 = true;
   const auto first = ReadPeers(&ok1);
-  std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(
-      (info_.timeout - std::chrono::duration_cast<std::chrono::milliseconds>(expire_after_)) * 8 / 10));
+  std::this_thread::sleep_for(window * 6 / 10);
   const auto second = ReadPeers(&ok2);
+  // The rank hosting the store keeps it up a little longer, so that peers
+  // diagnosing the same failure can finish their second look.
+  if (info_.global_ranks[info_.rank] == info_.store_host) std::this_thread::sleep_for(window * 35 / 100);
 
   std::vector<std::string> dead, diverged, absent, failed, waiting;
+  // The store died between the looks: the first still tells who had failed.
+  if (ok1 && !ok2)
+    for (int r = 0; r < info_.size; ++r)
+      if (r != info_.rank && !first[r].failure.empty())
+        failed.push_back(absl::StrCat("rank ", r, " had failed: ", first[r].failure));
   for (int r = 0; r < info_.size && ok1 && ok2; ++r) {
     if (r == info_.rank) continue;
     const PeerRecord &a = first[r], &b = second[r];

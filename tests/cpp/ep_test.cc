@@ -84,7 +84,7 @@ TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
   EXPECT_NE(results[0].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[0].err;
   EXPECT_NE(results[0].err.find("Cause: rank 1 is alive but has not reached this collective"), std::string::npos)
       << results[0].err;
-  EXPECT_LE(Elapsed(results[0]), kTimeout + 0.5);
+  EXPECT_LE(Elapsed(results[0]), kTimeout + 1.0);
   EXPECT_GE(Elapsed(results[0]), kTimeout * 0.5);
 }
 
