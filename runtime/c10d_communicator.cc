@@ -15,9 +15,9 @@ bool Is16Bit(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
-// Data movement is type-agnostic: 16-bit floats travel as int16, which every
-// backend supports (Gloo in torch 1.x has no bfloat16 kernels).
-at::Tensor Wire(const at::Tensor& t) { return Is16Bit(t) ? t.view(at::kShort) : t; }
+// Data movement is a bit copy: bfloat16 travels as float16 bits, which Gloo
+// moves (Gloo in torch 1.x has neither bfloat16 nor int16).
+at::Tensor Wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.view(at::kHalf) : t; }
 
 }  // namespace
 

@@ -54,7 +54,13 @@ INSTANTIATE_TEST_SUITE_P(
         EqualCase{3, {"top_k=2", "capacity=0.5", "tokens=30,7,1"}},       // heavy drops
         EqualCase{4, {"top_k=2", "ep_size=2", "tokens=8,0,13,5"}},        // two EP groups
         EqualCase{4, {"top_k=2", "ep_size=1", "tokens=8,3,13,5"}},        // pure data parallel
-        EqualCase{2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}}));
+        EqualCase{2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}},
+        EqualCase{3, {"top_k=2", "dtype=bfloat16", "tokens=20,0,11"}}));
+
+TEST(EpCommunicatorTest, EveryCollectiveOnThreeRanks) {
+  const auto results = Launch(3, {"scenario=collectives"});
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << Show(results);
+}
 
 constexpr double kTimeout = 3.0;
 std::map<int, std::map<std::string, std::string>> WithTimeout(int world) {

@@ -7,6 +7,7 @@
 // scenario=die|hang: the last rank exits / stalls inside its expert during
 // step 2; the others must fail within DYNAMOE_TIMEOUT_S naming it.
 // scenario=diverge: rank 1 calls another layer; every rank must fail.
+// scenario=collectives: every Communicator operation on hand-computable data.
 // scenario=config: just start (the launcher gives rank 1 another config).
 //
 // Exit codes: 0 passed, 1 mismatch (details on stderr), 3 a dynamoe::Error
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <thread>
 
 #include "bindings/gradients.h"
@@ -60,15 +62,18 @@ void Expect(bool ok, const std::string& what) {
 void ExpectClose(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   const bool same_shape = a.sizes() == b.sizes();
   const double diff = same_shape && a.numel() ? (a - b).abs().max().item<double>() : 0.0;
-  Expect(same_shape && diff <= tol, what + " (max diff " + std::to_string(diff) + ")");
+  const double scale = b.numel() ? std::max(1.0, b.abs().max().item<double>()) : 1.0;  // relative above 1
+  Expect(same_shape && diff <= tol * scale, what + " (max diff " + std::to_string(diff) + ")");
 }
 
 // Local slice [first, first + n) of a full-expert parameter.
 Tensor Slice(const Tensor& full, int64_t first, int64_t n) { return full.narrow(0, first, n); }
 
 int Equal(const std::map<std::string, std::string>& args, const dynamoe::runtime::ParallelGroups& g) {
-  const auto dtype = args.at("dtype") == "float" ? torch::kFloat : torch::kDouble;
-  const double tol = dtype == torch::kFloat ? 2e-5 : 1e-10;
+  const auto dtype = args.at("dtype") == "float"      ? torch::kFloat
+                     : args.at("dtype") == "bfloat16" ? torch::kBFloat16
+                                                      : torch::kDouble;
+  const double tol = dtype == torch::kFloat ? 2e-5 : dtype == torch::kBFloat16 ? 3e-2 : 1e-10;
   const int64_t E = std::stoi(args.at("experts")), d = 6, h = 10;
   MoEOptions opts(d, h, E);
   opts.top_k(std::stoi(args.at("top_k"))).capacity_factor(std::stod(args.at("capacity")));
@@ -155,6 +160,51 @@ int Equal(const std::map<std::string, std::string>& args, const dynamoe::runtime
   return failures ? 1 : 0;
 }
 
+// Every Communicator operation, blocking and async, against values each rank
+// can compute: all-gather, uneven all-to-all (bf16 and float), broadcast,
+// reduce, all-reduce (bf16 through fp32), barrier.
+int Collectives(const dynamoe::runtime::ParallelGroups& g) {
+  using dynamoe::ThrowIfError;
+  const auto& comm = g.world;
+  const int r = comm->rank(), P = comm->size();
+  const dynamoe::runtime::CollectiveTag tag{"test", "collectives"};
+  Tensor mine = torch::full({2}, r + 1, torch::kLong), all = torch::empty({2 * P}, torch::kLong);
+  ThrowIfError(comm->AllGather(mine, all, tag));
+  for (int i = 0; i < P; ++i) Expect(all[2 * i].item<int64_t>() == i + 1, "all_gather slot " + std::to_string(i));
+  for (auto dtype : {torch::kBFloat16, torch::kFloat}) {
+    // Rank r sends (r + j) % 3 rows of value 100 r + j to rank j.
+    std::vector<int64_t> send(P), recv(P);
+    std::vector<Tensor> parts;
+    for (int j = 0; j < P; ++j) {
+      send[j] = (r + j) % 3;
+      recv[j] = (j + r) % 3;
+      parts.push_back(torch::full({send[j], 4}, 100 * r + j, torch::TensorOptions().dtype(dtype)));
+    }
+    Tensor out = torch::empty({std::accumulate(recv.begin(), recv.end(), int64_t{0}), 4}, parts[0].options());
+    auto handle = comm->AllToAllAsync(torch::cat(parts), out, send, recv, tag);
+    ThrowIfError(handle->Wait());
+    int64_t off = 0;
+    for (int i = 0; i < P; ++i) {
+      if (recv[i]) Expect(torch::all(out.narrow(0, off, recv[i]) == 100 * i + r).item<bool>(), "all_to_all from " + std::to_string(i));
+      off += recv[i];
+    }
+  }
+  Tensor b = torch::full({3}, r == P - 1 ? 7.0 : 0.0);
+  ThrowIfError(comm->Broadcast(b, P - 1, tag));
+  Expect(torch::all(b == 7).item<bool>(), "broadcast");
+  Tensor red = torch::full({3}, static_cast<double>(r + 1), torch::kDouble);
+  ThrowIfError(comm->Reduce(red, 1 % P, tag));
+  if (r == 1 % P) Expect(torch::all(red == P * (P + 1) / 2).item<bool>(), "reduce at root");
+  Tensor ar = torch::full({5}, 0.5 * (r + 1), torch::TensorOptions().dtype(torch::kBFloat16));
+  auto h1 = comm->AllReduceAsync(ar, tag);
+  auto h2 = comm->BarrierAsync(tag);
+  ThrowIfError(h1->Wait());
+  ThrowIfError(h2->Wait());
+  Expect(torch::all(ar.to(torch::kFloat) == 0.5f * P * (P + 1) / 2).item<bool>(), "all_reduce bf16");
+  Expect(comm->counters().collectives == 7, "7 collectives counted, got " + std::to_string(comm->counters().collectives));
+  return failures ? 1 : 0;
+}
+
 // A custom expert that, on the doomed rank in step 2, exits or stalls.
 struct DoomedImpl : torch::nn::Module {
   DoomedImpl(bool doomed, std::string how) : doomed(doomed), how(std::move(how)) {}
@@ -208,6 +258,7 @@ int main(int argc, char** argv) {
     const std::string scenario = args.at("scenario");
     if (scenario == "equal") return Equal(args, *groups);
     if (scenario == "config") return 0;
+    if (scenario == "collectives") return Collectives(*groups);
     return Failure(args, *groups);
   } catch (const dynamoe::Error& e) {
     std::cout << "elapsed_s=0" << std::endl;
