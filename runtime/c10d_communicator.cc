@@ -4,8 +4,6 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
-#include <numeric>
-
 #include "absl/strings/str_cat.h"
 
 namespace dynamoe::runtime {
@@ -21,84 +19,43 @@ at::Tensor Wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ?
 
 }  // namespace
 
-class C10dHandle : public CommHandle {
- public:
-  C10dHandle(c10::intrusive_ptr<C10dCommunicator> comm, std::shared_ptr<PendingCollective> pending,
-             std::function<void()> after, std::string refused)
-      : comm_(std::move(comm)), pending_(std::move(pending)), after_(std::move(after)),
-        refused_(std::move(refused)) {}
-
-  absl::Status Wait() override {
-    if (!refused_.empty()) return absl::FailedPreconditionError(refused_);
-    const auto t0 = Clock::now();
-    const auto state = pending_->Await();
-    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (state == PendingCollective::State::kDone) {
-      comm_->monitor_.End(pending_->seq());
-      if (after_) after_();
-      comm_->Finished(waited, true);
-      return absl::OkStatus();
-    }
-    comm_->failed_ = true;
-    comm_->Finished(waited, false);
-    return comm_->monitor_.Diagnose(*pending_, state);
-  }
-
- private:
-  c10::intrusive_ptr<C10dCommunicator> comm_;
-  std::shared_ptr<PendingCollective> pending_;
-  std::function<void()> after_;
-  std::string refused_;
-};
-
 C10dCommunicator::C10dCommunicator(c10::intrusive_ptr<C10dBackend> backend, c10::intrusive_ptr<c10d::Store> store,
                                    GroupInfo info)
-    : backend_(std::move(backend)), store_(store), monitor_(store, std::move(info)) {}
+    : TrackedCommunicator(store, std::move(info)), backend_(std::move(backend)) {}
 
 C10dCommunicator::~C10dCommunicator() {
   // After a failure the backend's threads may be blocked on a dead peer until
   // its own timeout; destroying it would join them. Leak it so the process
   // can exit with the error now.
-  if (failed_) (void)backend_.release();
-}
-
-CommCounters C10dCommunicator::counters() const {
-  std::lock_guard<std::mutex> lock(counters_mu_);
-  return counters_;
-}
-
-void C10dCommunicator::Finished(double wait_seconds, bool) {
-  std::lock_guard<std::mutex> lock(counters_mu_);
-  counters_.wait_seconds += wait_seconds;
+  if (failed()) (void)backend_.release();
 }
 
 std::unique_ptr<CommHandle> C10dCommunicator::Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                                      std::function<void()> after) {
-  auto self = c10::intrusive_ptr<C10dCommunicator>::unsafe_reclaim_from_nonowning(this);
-  auto pending = std::make_shared<PendingCollective>(++seq_, op, tag, monitor_.expire_after());
-  if (failed_)
-    return std::make_unique<C10dHandle>(
-        self, pending, nullptr,
-        absl::StrCat(tag.Describe(), ": ", op, " on group '", name(),
-                     "' refused: an earlier collective of this group failed, so the group is unusable"));
-  {
-    std::lock_guard<std::mutex> lock(counters_mu_);
-    ++counters_.collectives;
+  auto pending = Track(op, tag);
+  if (pending) {
+    try {
+      c10::intrusive_ptr<c10d::Work> work = start();
+      work->getFuture()->addCallback([pending](c10::ivalue::Future& f) {
+        if (f.hasError())
+          pending->Finish(PendingCollective::State::kFailed, f.tryRetrieveErrorMessage());
+        else
+          pending->Finish(PendingCollective::State::kDone);
+      });
+    } catch (const std::exception& e) {
+      pending->Finish(PendingCollective::State::kFailed, e.what());
+    }
   }
-  monitor_.Begin(*pending);
-  Watchdog::Get().Arm(pending);
-  try {
-    c10::intrusive_ptr<c10d::Work> work = start();
-    work->getFuture()->addCallback([pending](c10::ivalue::Future& f) {
-      if (f.hasError())
-        pending->Finish(PendingCollective::State::kFailed, f.tryRetrieveErrorMessage());
-      else
-        pending->Finish(PendingCollective::State::kDone);
-    });
-  } catch (const std::exception& e) {
-    pending->Finish(PendingCollective::State::kFailed, e.what());
-  }
-  return std::make_unique<C10dHandle>(self, pending, std::move(after), "");
+  return Handle(op, tag, std::move(pending), std::move(after));
+}
+
+std::unique_ptr<CommHandle> C10dCommunicator::Sum(
+    const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
+    const std::function<c10::intrusive_ptr<c10d::Work>(at::Tensor&)>& start) {
+  at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
+  std::function<void()> after;
+  if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
+  return Launch(op, tag, [&] { return start(buffer); }, std::move(after));
 }
 
 std::unique_ptr<CommHandle> C10dCommunicator::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
@@ -116,12 +73,7 @@ std::unique_ptr<CommHandle> C10dCommunicator::AllToAllAsync(const at::Tensor& in
                                                             const std::vector<int64_t>& send_rows,
                                                             const std::vector<int64_t>& recv_rows,
                                                             const CollectiveTag& tag) {
-  {
-    const int64_t row_bytes = input.dim() > 1 ? input.stride(0) * input.element_size() : input.element_size();
-    std::lock_guard<std::mutex> lock(counters_mu_);
-    counters_.bytes_sent += (std::accumulate(send_rows.begin(), send_rows.end(), int64_t{0}) - send_rows[rank()]) * row_bytes;
-    counters_.bytes_received += (std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0}) - recv_rows[rank()]) * row_bytes;
-  }
+  CountAllToAll(input, send_rows, recv_rows);
   return Launch("all_to_all", tag, [&] {
     at::Tensor in = Wire(input), out = Wire(output);
     std::vector<int64_t> send = send_rows, recv = recv_rows;
@@ -141,32 +93,19 @@ std::unique_ptr<CommHandle> C10dCommunicator::BroadcastAsync(const at::Tensor& t
 
 std::unique_ptr<CommHandle> C10dCommunicator::ReduceAsync(const at::Tensor& tensor, int root,
                                                           const CollectiveTag& tag) {
-  // 16-bit floats are summed in fp32 and written back.
-  at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
-  std::function<void()> after;
-  if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
-  return Launch(
-      "reduce", tag,
-      [&] {
-        std::vector<at::Tensor> t = {buffer};
-        c10d::ReduceOptions opts;
-        opts.rootRank = root;
-        return backend_->reduce(t, opts);
-      },
-      std::move(after));
+  return Sum("reduce", tensor, tag, [&](at::Tensor& buffer) {
+    std::vector<at::Tensor> t = {buffer};
+    c10d::ReduceOptions opts;
+    opts.rootRank = root;
+    return backend_->reduce(t, opts);
+  });
 }
 
 std::unique_ptr<CommHandle> C10dCommunicator::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
-  at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
-  std::function<void()> after;
-  if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
-  return Launch(
-      "all_reduce", tag,
-      [&] {
-        std::vector<at::Tensor> t = {buffer};
-        return backend_->allreduce(t);
-      },
-      std::move(after));
+  return Sum("all_reduce", tensor, tag, [&](at::Tensor& buffer) {
+    std::vector<at::Tensor> t = {buffer};
+    return backend_->allreduce(t);
+  });
 }
 
 std::unique_ptr<CommHandle> C10dCommunicator::BarrierAsync(const CollectiveTag& tag) {

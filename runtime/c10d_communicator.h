@@ -13,13 +13,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #endif
 
-#include <atomic>
 #include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "runtime/communicator.h"
-#include "runtime/peer_monitor.h"
+#include "runtime/tracked_communicator.h"
 
 namespace dynamoe::runtime {
 
@@ -31,18 +29,11 @@ using C10dBackend = c10d::Backend;
 using C10dBackend = c10d::ProcessGroup;
 #endif
 
-class C10dCommunicator : public Communicator {
+class C10dCommunicator : public TrackedCommunicator {
  public:
   C10dCommunicator(c10::intrusive_ptr<C10dBackend> backend, c10::intrusive_ptr<c10d::Store> store,
                    GroupInfo info);
   ~C10dCommunicator() override;
-
-  int rank() const override { return monitor_.info().rank; }
-  int size() const override { return monitor_.info().size; }
-  std::string backend() const override { return monitor_.info().backend; }
-  std::string name() const override { return monitor_.info().name; }
-  int global_rank(int group_rank) const override { return monitor_.info().global_ranks.at(group_rank); }
-  CommCounters counters() const override;
 
   std::unique_ptr<CommHandle> AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
                                              const CollectiveTag& tag) override;
@@ -56,20 +47,15 @@ class C10dCommunicator : public Communicator {
   std::unique_ptr<CommHandle> BarrierAsync(const CollectiveTag& tag) override;
 
  private:
-  friend class C10dHandle;
   using Start = std::function<c10::intrusive_ptr<c10d::Work>()>;
   // Starts a collective under a deadline; `after` runs once it succeeded.
   std::unique_ptr<CommHandle> Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                      std::function<void()> after = nullptr);
-  void Finished(double wait_seconds, bool ok);
+  // A sum of `tensor`: 16-bit floats are summed in an fp32 copy and written back.
+  std::unique_ptr<CommHandle> Sum(const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
+                                  const std::function<c10::intrusive_ptr<c10d::Work>(at::Tensor&)>& start);
 
   c10::intrusive_ptr<C10dBackend> backend_;
-  c10::intrusive_ptr<c10d::Store> store_;
-  PeerMonitor monitor_;
-  std::atomic<uint64_t> seq_{0};
-  std::atomic<bool> failed_{false};
-  mutable std::mutex counters_mu_;
-  CommCounters counters_;
 };
 
 // A Gloo group over `store` (already prefixed for this group). bind_addr:

@@ -1,7 +1,5 @@
 #include "runtime/nccl_communicator.h"
 
-#include <numeric>
-
 #include "absl/strings/str_cat.h"
 
 namespace dynamoe::runtime {
@@ -34,38 +32,9 @@ void CUDART_CB HostDone(void* data) {
 
 }  // namespace
 
-class NcclHandle : public CommHandle {
- public:
-  NcclHandle(c10::intrusive_ptr<NcclCommunicator> comm, std::shared_ptr<PendingCollective> pending,
-             cudaEvent_t done)
-      : comm_(std::move(comm)), pending_(std::move(pending)), done_(done) {}
-  ~NcclHandle() override {
-    if (done_) cudaEventDestroy(done_);
-  }
-  absl::Status Wait() override {
-    const auto t0 = Clock::now();
-    const auto state = pending_->Await();
-    {
-      std::lock_guard<std::mutex> lock(comm_->mu_);
-      comm_->counters_.wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-    }
-    if (state == PendingCollective::State::kDone) {
-      comm_->monitor_.End(pending_->seq());
-      cudaStreamWaitEvent(comm_->compute_stream_, done_, 0);
-      return absl::OkStatus();
-    }
-    return comm_->monitor_.Diagnose(*pending_, state);
-  }
-
- private:
-  c10::intrusive_ptr<NcclCommunicator> comm_;
-  std::shared_ptr<PendingCollective> pending_;
-  cudaEvent_t done_ = nullptr;
-};
-
 NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, c10::intrusive_ptr<c10d::Store> store,
                                    GroupInfo info)
-    : comm_(comm), device_(device), store_(store), monitor_(store, std::move(info)) {
+    : TrackedCommunicator(store, std::move(info)), comm_(comm), device_(device) {
   cudaSetDevice(device_);
   cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
   cudaMalloc(&scratch_, sizeof(float));
@@ -78,30 +47,15 @@ NcclCommunicator::~NcclCommunicator() {
   cudaStreamDestroy(stream_);
 }
 
-CommCounters NcclCommunicator::counters() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return counters_;
-}
-
 std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const CollectiveTag& tag,
                                                      const std::function<ncclResult_t(cudaStream_t)>& body) {
   auto self = c10::intrusive_ptr<NcclCommunicator>::unsafe_reclaim_from_nonowning(this);
-  auto pending = std::make_shared<PendingCollective>(++seq_, op, tag, monitor_.expire_after());
-  cudaEvent_t done = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++counters_.collectives;
-  }
-  if (aborted_) {
-    pending->Finish(PendingCollective::State::kFailed, "the communicator was aborted by an earlier failure");
-    return std::make_unique<NcclHandle>(self, pending, done);
-  }
-  monitor_.Begin(*pending);
-  Watchdog::Get().Arm(pending, [self] {
+  auto pending = Track(op, tag, [self] {
     // Unblocks the stream and every rank-local wait on this communicator.
     self->aborted_ = true;
     ncclCommAbort(self->comm_);
   });
+  if (!pending) return Handle(op, tag, nullptr);
   cudaSetDevice(device_);
   cudaEvent_t ready;
   cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
@@ -111,13 +65,17 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
   const ncclResult_t r = body(stream_);
   if (r != ncclSuccess) {
     pending->Finish(PendingCollective::State::kFailed, NcclError(r));
-    return std::make_unique<NcclHandle>(self, pending, done);
+    return Handle(op, tag, std::move(pending));
   }
+  cudaEvent_t done = nullptr;
   cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
   cudaEventRecord(done, stream_);
   const cudaError_t e = cudaLaunchHostFunc(stream_, HostDone, new std::shared_ptr<PendingCollective>(pending));
   if (e != cudaSuccess) pending->Finish(PendingCollective::State::kFailed, CudaError(e));
-  return std::make_unique<NcclHandle>(self, pending, done);
+  // Once done, the caller's stream waits for the collective.
+  return Handle(
+      op, tag, std::move(pending), [this, done] { cudaStreamWaitEvent(compute_stream_, done, 0); },
+      [done] { cudaEventDestroy(done); });
 }
 
 #define DYNAMOE_NCCL_TYPE(var, tensor)                                                           \
@@ -141,12 +99,7 @@ std::unique_ptr<CommHandle> NcclCommunicator::AllToAllAsync(const at::Tensor& in
                                                             const CollectiveTag& tag) {
   DYNAMOE_NCCL_TYPE(type, input);
   const int64_t row = input.dim() > 1 ? input.stride(0) : 1;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    const int64_t bytes = row * input.element_size();
-    counters_.bytes_sent += (std::accumulate(send_rows.begin(), send_rows.end(), int64_t{0}) - send_rows[rank()]) * bytes;
-    counters_.bytes_received += (std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0}) - recv_rows[rank()]) * bytes;
-  }
+  CountAllToAll(input, send_rows, recv_rows);
   return Launch("all_to_all", tag, [&](cudaStream_t s) {
     const char* in = static_cast<const char*>(input.data_ptr());
     char* out = static_cast<char*>(output.data_ptr());

@@ -10,25 +10,17 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <atomic>
-#include <mutex>
+#include <functional>
 
 #include "absl/status/statusor.h"
-#include "runtime/communicator.h"
-#include "runtime/peer_monitor.h"
+#include "runtime/tracked_communicator.h"
 
 namespace dynamoe::runtime {
 
-class NcclCommunicator : public Communicator {
+class NcclCommunicator : public TrackedCommunicator {
  public:
   NcclCommunicator(ncclComm_t comm, int device, c10::intrusive_ptr<c10d::Store> store, GroupInfo info);
   ~NcclCommunicator() override;
-
-  int rank() const override { return monitor_.info().rank; }
-  int size() const override { return monitor_.info().size; }
-  std::string backend() const override { return "nccl"; }
-  std::string name() const override { return monitor_.info().name; }
-  int global_rank(int group_rank) const override { return monitor_.info().global_ranks.at(group_rank); }
-  CommCounters counters() const override;
 
   // Collectives wait for work already queued on `stream` (default: the legacy
   // default stream) and Wait() makes it wait for the collective.
@@ -46,7 +38,6 @@ class NcclCommunicator : public Communicator {
   std::unique_ptr<CommHandle> BarrierAsync(const CollectiveTag& tag) override;
 
  private:
-  friend class NcclHandle;
   // Enqueues `body` (NCCL calls on stream_) under a deadline.
   std::unique_ptr<CommHandle> Launch(const char* op, const CollectiveTag& tag,
                                      const std::function<ncclResult_t(cudaStream_t)>& body);
@@ -56,12 +47,7 @@ class NcclCommunicator : public Communicator {
   cudaStream_t stream_ = nullptr;
   cudaStream_t compute_stream_ = nullptr;
   void* scratch_ = nullptr;  // barrier payload
-  c10::intrusive_ptr<c10d::Store> store_;
-  PeerMonitor monitor_;
-  std::atomic<uint64_t> seq_{0};
   std::atomic<bool> aborted_{false};
-  mutable std::mutex mu_;
-  CommCounters counters_;
 };
 
 // Exchanges the NCCL unique id through `store` and creates the communicator
