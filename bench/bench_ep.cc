@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <iostream>
 #include <sstream>
-#include <unistd.h>
 
 #include "bindings/moe_layer.h"
 #include "common/status.h"
@@ -89,9 +88,6 @@ int Rank(const Args& a) {
 int main(int argc, char** argv) {
   const Args a = Parse(argc, argv);
   if (std::getenv("RANK")) return Rank(a);
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  self[n > 0 ? n : 0] = 0;
   std::printf("bench_ep: %d tokens per rank, d_model %d, d_hidden %d, %d experts, top-%d, fp32, CPU/Gloo, "
               "forward + backward, mean of %d steps and of the ranks\n\n",
               a.tokens, a.d_model, a.d_hidden, a.experts, a.top_k, a.steps);
@@ -105,7 +101,7 @@ int main(int argc, char** argv) {
     opts.rank0_passthrough = true;
     opts.timeout_s = 600;
     for (int r = 0; r < std::stoi(w); ++r) opts.env_of_rank[r]["DYNAMOE_LOG_LEVEL"] = "warning";
-    const auto results = dynamoe::tools::LaunchLocal(self, args, std::stoi(w), opts);
+    const auto results = dynamoe::tools::LaunchLocal(dynamoe::tools::SelfExecutable(), args, std::stoi(w), opts);
     for (size_t r = 0; r < results.size(); ++r)
       if (results[r].exit_code != 0) {
         std::cerr << "rank " << r << " failed (exit " << results[r].exit_code << "):\n" << results[r].err;

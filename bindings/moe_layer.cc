@@ -55,9 +55,7 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   reset_parameters();
 }
 
-int64_t MoELayerImpl::num_local_experts() const {
-  return ep_group_ ? options.num_experts() / ep_group_->size() : options.num_experts();
-}
+int64_t MoELayerImpl::num_local_experts() const { return scheduler::LocalExperts(options, ep_group_); }
 
 int64_t MoELayerImpl::first_expert() const { return ep_group_ ? ep_group_->rank() * num_local_experts() : 0; }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -173,14 +174,7 @@ std::string Config::SharedValues() const {
   return out;
 }
 
-uint64_t Config::Hash() const {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : SharedValues()) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+uint64_t Config::Hash() const { return Fnv1a64(SharedValues()); }
 
 std::string Config::FirstDifference(const Config& other) const {
   for (const auto& e : ConfigTable())

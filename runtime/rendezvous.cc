@@ -138,7 +138,8 @@ absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const 
 absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                         const std::string& name, int rank,
                                                         const std::vector<int>& global_ranks,
-                                                        const std::string& backend, int store_host) {
+                                                        const std::string& backend, int store_host,
+                                                        bool check_config) {
   const int size = static_cast<int>(global_ranks.size());
   DYNAMOE_CHECK_ARG(rank >= 0 && rank < size, "group '", name, "': rank must be in [0, ", size, "), got ", rank);
   const Config& config = GlobalConfig();
@@ -151,7 +152,7 @@ absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr
   info.store_host = store_host;
   info.timeout = ConfiguredTimeout();
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("dynamoe/", name), store);
-  DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*prefixed, rank, size, config, info.timeout));
+  if (check_config) DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*prefixed, rank, size, config, info.timeout));
   if (backend == "gloo") return MakeGlooCommunicator(prefixed, info, config.Get("DYNAMOE_COMM_ADDR"));
 #ifdef DYNAMOE_HAVE_NCCL
   if (backend == "nccl") return MakeNcclCommunicator(prefixed, info);
@@ -176,6 +177,7 @@ absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromStore(const c10::intrusi
   groups->store = store;
   std::vector<int> all(world_size);
   for (int r = 0; r < world_size; ++r) all[r] = r;
+  // The world checks the configuration of every rank; the subgroups need not.
   DYNAMOE_ASSIGN_OR_RETURN(groups->world, CreateGroupCommunicator(store, "world", world_rank, all, backend));
   DYNAMOE_ASSIGN_OR_RETURN(const std::vector<int> ep, EpGroupMembers(world_rank, world_size, ep_size));
   DYNAMOE_ASSIGN_OR_RETURN(const std::vector<int> edp, ExpertDpGroupMembers(world_rank, world_size, ep_size));
@@ -183,14 +185,16 @@ absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromStore(const c10::intrusi
     groups->ep = groups->world;
   } else {
     DYNAMOE_ASSIGN_OR_RETURN(groups->ep, CreateGroupCommunicator(store, absl::StrCat("ep", world_rank / ep_size),
-                                                                 world_rank % ep_size, ep, backend));
+                                                                 world_rank % ep_size, ep, backend, 0,
+                                                                 /*check_config=*/false));
   }
   if (ep_size == 1) {
     groups->expert_dp = groups->world;
   } else if (ep_size < world_size) {
     DYNAMOE_ASSIGN_OR_RETURN(groups->expert_dp,
                              CreateGroupCommunicator(store, absl::StrCat("edp", world_rank % ep_size),
-                                                     world_rank / ep_size, edp, backend));
+                                                     world_rank / ep_size, edp, backend, 0,
+                                                     /*check_config=*/false));
   }
   DYNAMOE_LOG(kInfo) << "rank " << world_rank << " of " << world_size << ": expert-parallel group of "
                      << ep_size << " ranks (" << backend << ")";

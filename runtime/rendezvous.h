@@ -53,12 +53,14 @@ absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const 
                                   std::chrono::milliseconds timeout);
 
 // The communicator of one group: prefixes the store with "dynamoe/<name>/",
-// checks the configuration, then creates the backend ("gloo"; "nccl" for the
-// raw NCCL communicator when built with CUDA).
+// checks the configuration (unless check_config is false because a group
+// spanning these ranks already did), then creates the backend ("gloo";
+// "nccl" for the raw NCCL communicator when built with CUDA).
 absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                         const std::string& name, int rank,
                                                         const std::vector<int>& global_ranks,
-                                                        const std::string& backend, int store_host = 0);
+                                                        const std::string& backend, int store_host = 0,
+                                                        bool check_config = true);
 
 // From torchrun's environment. ep_size 0 means the world size.
 absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromEnv(int ep_size = 0, const std::string& backend = "gloo");

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "common/hash.h"
 #include "common/status.h"
 
 namespace dynamoe::scheduler {
@@ -50,12 +51,7 @@ class AllToAllFunction : public torch::autograd::Function<AllToAllFunction> {
 }  // namespace
 
 uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model) {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : absl::StrFormat("%s/%d/%d", name, num_experts, d_model)) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
+  return Fnv1a64(absl::StrFormat("%s/%d/%d", name, num_experts, d_model));
 }
 
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,

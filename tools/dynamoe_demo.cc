@@ -14,7 +14,6 @@
 #include <cstring>
 #include <iostream>
 #include <string>
-#include <unistd.h>
 
 #include "absl/strings/str_format.h"
 #include "bindings/gradients.h"
@@ -79,13 +78,10 @@ struct Task {
 
 // Starts args.ranks copies of this program; rank 0 prints.
 int LaunchRanks(int argc, char** argv, const Args& args) {
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  self[n > 0 ? n : 0] = 0;
   dynamoe::tools::LaunchOptions opts;
   opts.rank0_passthrough = true;
   opts.timeout_s = 3600;
-  const auto results = dynamoe::tools::LaunchLocal(self, std::vector<std::string>(argv + 1, argv + argc), args.ranks, opts);
+  const auto results = dynamoe::tools::LaunchLocal(dynamoe::tools::SelfExecutable(), std::vector<std::string>(argv + 1, argv + argc), args.ranks, opts);
   for (size_t r = 0; r < results.size(); ++r)
     if (results[r].exit_code != 0) {
       std::cerr << "dynamoe-demo: rank " << r << " exited with " << results[r].exit_code << "\n" << results[r].err;

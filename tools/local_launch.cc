@@ -37,6 +37,12 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+std::string SelfExecutable() {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  return std::string(self, n > 0 ? n : 0);
+}
+
 std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
                                     const LaunchOptions& options) {
   char dir_template[] = "/tmp/dynamoe_ranks_XXXXXX";

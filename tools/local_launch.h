@@ -23,6 +23,9 @@ struct LaunchOptions {
 // A free TCP port on 127.0.0.1 (for MASTER_PORT).
 int FreePort();
 
+// Path of the running program, to start more ranks of it.
+std::string SelfExecutable();
+
 std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
                                     const LaunchOptions& options = {});
 
