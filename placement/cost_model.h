@@ -1,0 +1,116 @@
+// Predicts one training (or inference) step of an MoE layer under a plan.
+//
+// Terms, each the slowest rank's time (ranks wait for each other at every
+// collective):
+//   all_to_all  Each token exchange costs, per rank, max(send, receive) where
+//               send = sum over peers with rows > 0 of latency + rows * row_bytes
+//               / bandwidth(link) (intra- or inter-node), and receive likewise;
+//               rows kept on the rank cost nothing. Training has four exchanges
+//               (dispatch and combine, forward and backward), inference two.
+//   compute     rows computed on the rank * forward FLOP per row / flops, times
+//               3 in training (backward = two GEMMs per forward GEMM).
+//   broadcast   Copies' weights from owners: per rank max(send, receive) with
+//               send = sum over the copies it owns of latency + expert_bytes /
+//               bandwidth(owner, holder).
+//   reduce      The copies' gradients back to the owner: same volume as the
+//               broadcast, training only.
+// sequential = all_to_all + compute + broadcast + reduce.
+// overlapped = max(all_to_all, compute) + broadcast + reduce: the chunked
+//   schedule hides the shorter of exchange and compute; the broadcast must
+//   finish before the experts run and the reduce after their backward.
+// Not modelled: the count all-gather and the gate (the same for every plan).
+#pragma once
+
+#include <vector>
+
+#include "placement/count_matrix.h"
+#include "placement/plan.h"
+#include "placement/spec.h"
+
+namespace dynamoe::placement {
+
+struct CostOptions {
+  bool training = true;
+  bool overlap = false;  // DYNAMOE_SCHEDULE=overlap
+};
+
+struct StepCost {
+  double all_to_all = 0, compute = 0, broadcast = 0, reduce = 0;
+  double sequential = 0, overlapped = 0;
+  double total = 0;  // overlapped or sequential, per CostOptions::overlap
+  int64_t max_rows = 0;  // most rows computed by one rank
+};
+
+class CostModel {
+ public:
+  CostModel(ClusterSpec cluster, LayerSpec layer, CostOptions options = {});
+
+  // Reference evaluation: O(world * experts + world^2).
+  StepCost Predict(const CountMatrix& counts, const Plan& plan) const;
+
+  const ClusterSpec& cluster() const { return cluster_; }
+  const LayerSpec& layer() const { return layer_; }
+  const CostOptions& options() const { return options_; }
+  double Exchanges() const { return options_.training ? 4.0 : 2.0; }
+  double ComputeFactor() const { return options_.training ? 3.0 : 1.0; }
+  // Seconds for `rows` token rows on a link / one expert's weights on a link.
+  double RowSeconds(int64_t from, int64_t to) const { return row_bytes_ / cluster_.Bandwidth(from, to); }
+  double ExpertSeconds(int64_t from, int64_t to) const {
+    return cluster_.Latency(from, to) + expert_bytes_ / cluster_.Bandwidth(from, to);
+  }
+  double SecondsPerRow() const { return seconds_per_row_; }
+  // Combines the per-term maxima into a StepCost.
+  StepCost Finish(double a2a_one_exchange, int64_t max_rows, double bcast_one_way) const;
+
+ private:
+  ClusterSpec cluster_;
+  LayerSpec layer_;
+  CostOptions options_;
+  double row_bytes_, expert_bytes_, seconds_per_row_;
+};
+
+// The per-rank terms of the cost model kept up to date under edits of a plan,
+// so a policy can try an action in O(world * holders) and score it in
+// O(world). Evaluate() equals CostModel::Predict on the same plan (up to
+// floating-point summation order); the tests check it.
+class LoadState {
+ public:
+  LoadState(const CostModel& model, const CountMatrix& counts, Plan plan);
+
+  const Plan& plan() const { return plan_; }
+  double Evaluate() const { return Cost().total; }
+  StepCost Cost() const;
+  // Copy `expert` onto `rank` / remove that copy; rank must (not) hold it.
+  void AddCopy(int64_t expert, int64_t rank);
+  void RemoveCopy(int64_t expert, int64_t rank);
+  // Replaces the copies of `expert` (ascending ranks, owner excluded).
+  void SetCopies(int64_t expert, std::vector<int32_t> copies);
+  // Copies onto every rank that lacks it.
+  void Shadow(int64_t expert);
+  int64_t RowsOn(int64_t rank) const { return rows_[rank]; }
+  // Rank with the most rows (the compute bottleneck); lowest index on ties.
+  int64_t BusiestRank() const;
+  // Least-loaded rank not holding `expert`, or -1.
+  int64_t IdlestNonHolder(int64_t expert) const;
+  // Non-holder sending the most rows of `expert`, or -1.
+  int64_t TopNonHolderSender(int64_t expert) const;
+  // Copies held on `rank` (for memory budgets).
+  int64_t CopiesOn(int64_t rank) const { return copies_on_[rank]; }
+
+ private:
+  void ApplyRoutes(int64_t expert, int64_t sign);
+  void ApplyLink(int64_t from, int64_t to, int64_t rows);
+  void ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign);
+
+  const CostModel& model_;
+  const CountMatrix& counts_;
+  Plan plan_;
+  int64_t P_;
+  std::vector<int64_t> rows_;       // [P] rows computed per rank
+  std::vector<int64_t> link_rows_;  // [P * P] rows from -> to (to != from)
+  std::vector<double> send_, recv_;            // [P] one exchange, seconds
+  std::vector<double> bcast_send_, bcast_recv_; // [P] seconds
+  std::vector<int64_t> copies_on_;
+};
+
+}  // namespace dynamoe::placement

@@ -1,0 +1,81 @@
+// FasterMoE's shadowing criterion (PPoPP'22; fmoe/fastermoe/shadow_policy.py)
+// with its defects fixed. With experts sorted by global load B[0] >= B[1] >= ...,
+// the original shadows expert k-1 while
+//     (B[k-1] - B[k]) * (3 t_comp + 4 t_feat) > t_model
+// i.e. while shadowing one more expert lowers the load of the busiest expert
+// by more than its weights cost to send. Differences from the original:
+//  1. B is the sum over ranks of the [world, experts] count matrix (tokens per
+//     expert). FastMoE summed the other axis, getting one total per rank, so
+//     with one expert per rank it compared ranks, not experts, and with a
+//     single matrix row it never shadowed anything.
+//  2. Training pays the gradient reduction too: the cost is 2 t_model
+//     (broadcast + reduce); FastMoE counted the broadcast only.
+//  3. Element size is the layer's (2 for bf16); FastMoE assumed 4 bytes.
+//  4. t_model and t_comp use the layer's real d_hidden, gated third matrix and
+//     biases; FastMoE assumed two matrices of alpha * d_model^2 with d_model
+//     from FMOE_FASTER_GLBPLC_DMODEL. alpha is used only when d_hidden is unknown.
+//  5. Bandwidth is the slowest link the exchange crosses (inter-node when the
+//     group spans nodes, else intra-node); FastMoE used one NETBW for all.
+//  6. Budgets: at most DYNAMOE_SHADOW_MAX experts and the memory budget.
+// Inference (CostOptions::training = false) uses 1 t_comp + 2 t_feat and one
+// t_model. Like the original, the coldest expert is never shadowed.
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "common/log.h"
+#include "placement/policies.h"
+
+namespace dynamoe::placement {
+
+Plan FasterMoEPolicy::Decide(const CountMatrix& counts) {
+  const ClusterSpec& cluster = model_.cluster();
+  LayerSpec layer = model_.layer();
+  if (layer.d_hidden == 0) layer.d_hidden = static_cast<int64_t>(std::llround(options_.alpha * layer.d_model));
+  const bool training = model_.options().training;
+  const double bw = cluster.MultiNode() ? cluster.inter_node_bw : cluster.intra_node_bw;
+  const double t_feat = layer.RowBytes() / bw;
+  const double t_model = layer.ExpertBytes() / bw;
+  const double t_comp = layer.ForwardFlopsPerRow() / cluster.flops;
+  const double per_token = training ? 3 * t_comp + 4 * t_feat : t_comp + 2 * t_feat;
+  const double cost = training ? 2 * t_model : t_model;
+
+  Plan plan = Plan::None(counts.world_size, counts.num_experts);
+  const std::vector<int64_t> loads = counts.ExpertLoads();
+  const std::vector<int64_t> order = ExpertsByLoad(loads);
+  const bool explain = LogEnabled(LogLevel::kDebug);
+  std::string why;
+  const int64_t max_shadowed = counts.world_size > 1 ? std::min(options_.max_copied, CopiesAllowedPerRank()) : 0;
+  int64_t shadowed = 0;
+  for (size_t k = 1; k < order.size(); ++k) {
+    const int64_t e = order[k - 1];
+    const double gain = static_cast<double>(loads[e] - loads[order[k]]) * per_token;
+    if (shadowed >= max_shadowed) {
+      if (explain)
+        why += absl::StrFormat(" expert %d (load %d) not shadowed: budget of %d shadowed experts reached;", e,
+                               loads[e], max_shadowed);
+      break;
+    }
+    if (!(gain > cost)) {
+      if (explain)
+        why += absl::StrFormat(" expert %d (load %d) not shadowed: gain %.3g s <= weights %.3g s;", e, loads[e], gain,
+                               cost);
+      break;
+    }
+    for (int32_t r = 0; r < counts.world_size; ++r)
+      if (r != plan.owner[e]) plan.copies[e].push_back(r);
+    ++shadowed;
+    if (explain)
+      why += absl::StrFormat(" expert %d (load %d, next %d) shadowed: gain %.3g s > weights %.3g s;", e, loads[e],
+                             loads[order[k]], gain, cost);
+  }
+  plan.predicted_step_seconds = model_.Predict(counts, plan).total;
+  if (explain)
+    DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << model_.Predict(counts, Plan::None(counts.world_size,
+                                                                                               counts.num_experts))
+                                                                 .total
+                        << " s without copies, " << plan.predicted_step_seconds << " s with " << plan.Summary()
+                        << ";" << why;
+  return plan;
+}
+
+}  // namespace dynamoe::placement

@@ -1,0 +1,62 @@
+#include "placement/policy.h"
+
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "placement/policies.h"
+
+namespace dynamoe::placement {
+
+Policy::Policy(std::string name, ClusterSpec cluster, LayerSpec layer, PolicyOptions options)
+    : model_(cluster, layer, options.cost),
+      options_(std::move(options)),
+      name_(std::move(name)),
+      world_size_(cluster.world_size) {}
+
+int64_t Policy::CopiesAllowedPerRank() const {
+  if (options_.memory_budget_bytes <= 0) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(options_.memory_budget_bytes / (2.0 * model_.layer().ExpertBytes()));
+}
+
+std::string Policy::LogPrefix() const { return absl::StrCat(options_.layer, " placement ", name_, " step ", step_, ":"); }
+
+absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
+  DYNAMOE_CHECK_ARG(counts.world_size == world_size_, options_.layer, " placement ", name_, ": count matrix has ",
+                    counts.world_size, " ranks, expected the cluster's ", world_size_);
+  DYNAMOE_CHECK_ARG(counts.num_experts % counts.world_size == 0, options_.layer, " placement ", name_,
+                    ": num_experts (", counts.num_experts, ") must be a multiple of the world size (",
+                    counts.world_size, ")");
+  if (num_experts_ < 0) num_experts_ = counts.num_experts;
+  DYNAMOE_CHECK_ARG(counts.num_experts == num_experts_, options_.layer, " placement ", name_, ": count matrix has ",
+                    counts.num_experts, " experts, earlier steps had ", num_experts_);
+  Observe(counts);
+  if (!has_plan_ || step_ % std::max<int64_t>(options_.interval, 1) == 0) {
+    plan_ = Decide(counts);
+    has_plan_ = true;
+  } else {
+    plan_.predicted_step_seconds = model_.Predict(counts, plan_).total;
+    DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the plan (" << plan_.Summary() << ") until the next re-plan; "
+                        << "predicted " << plan_.predicted_step_seconds << " s";
+  }
+  ++step_;
+  return plan_;
+}
+
+absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,
+                                                   const LayerSpec& layer, const PolicyOptions& options) {
+  DYNAMOE_CHECK_ARG(cluster.world_size >= 1, "placement: world_size must be >= 1, got ", cluster.world_size);
+  DYNAMOE_CHECK_ARG(cluster.flops > 0 && cluster.intra_node_bw > 0 && cluster.inter_node_bw > 0,
+                    "placement: flops and bandwidths must be > 0");
+  DYNAMOE_CHECK_ARG(layer.d_model > 0 && layer.d_hidden >= 0 && layer.bytes_per_element > 0,
+                    "placement: layer needs d_model > 0, d_hidden >= 0, bytes_per_element > 0");
+  if (name == "none") return std::unique_ptr<Policy>(new NonePolicy(cluster, layer, options));
+  if (name == "fastermoe") return std::unique_ptr<Policy>(new FasterMoEPolicy(cluster, layer, options));
+  if (name == "adaptive") return std::unique_ptr<Policy>(new AdaptivePolicy(cluster, layer, options));
+  if (name == "eplb") return std::unique_ptr<Policy>(new EplbPolicy(cluster, layer, options));
+  return absl::InvalidArgumentError(
+      absl::StrCat("placement: unknown policy \"", name, "\"; expected one of none, fastermoe, adaptive, eplb"));
+}
+
+}  // namespace dynamoe::placement

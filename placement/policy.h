@@ -1,0 +1,75 @@
+// Placement policies: from each step's count matrix to a Plan.
+//
+//   none       plain expert parallelism.
+//   fastermoe  FasterMoE's shadowing criterion, with its defects fixed
+//              (fastermoe.cc lists each difference from the original).
+//   adaptive   greedy search on the cost model (adaptive.cc).
+//   eplb       DeepSeek-EPLB-style redundant replicas (eplb.cc).
+//
+// A policy is stateful (moving averages, the previous plan), deterministic,
+// and reads no clock or randomness: every rank that feeds it the same counts
+// gets the same plans. At debug log level each decision is explained.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "placement/cost_model.h"
+#include "placement/count_matrix.h"
+#include "placement/plan.h"
+#include "placement/spec.h"
+
+namespace dynamoe::placement {
+
+struct PolicyOptions {
+  int64_t interval = 1;            // steps between re-plans (DYNAMOE_PLACEMENT_INTERVAL)
+  int64_t max_copied = 8;          // experts copied per layer (eplb: redundant replicas) (DYNAMOE_SHADOW_MAX)
+  double memory_budget_bytes = 0;  // copies' weights + gradients per rank; 0 = no limit
+  double hysteresis = 0.05;        // adaptive keeps its plan unless a new one is this much faster
+  double alpha = 2;                // d_hidden / d_model when LayerSpec::d_hidden is 0 (fastermoe)
+  CostOptions cost;
+  std::string layer = "moe";  // for log lines
+};
+
+class Policy {
+ public:
+  Policy(std::string name, ClusterSpec cluster, LayerSpec layer, PolicyOptions options);
+  virtual ~Policy() = default;
+
+  const std::string& name() const { return name_; }
+  const CostModel& model() const { return model_; }
+  const PolicyOptions& options() const { return options_; }
+
+  // Feeds this step's counts and returns the plan in force: a new one every
+  // `interval` steps (and on the first), else the last one with its
+  // prediction re-checked on these counts. InvalidArgument when the counts'
+  // shape differs from the cluster's world size or earlier steps.
+  absl::StatusOr<Plan> Step(const CountMatrix& counts);
+
+ protected:
+  // Called every step before a possible re-plan (e.g. to update averages).
+  virtual void Observe(const CountMatrix&) {}
+  // A new plan for these counts (the policy fills predicted_step_seconds).
+  virtual Plan Decide(const CountMatrix& counts) = 0;
+  // Bytes of copies a rank may hold under the memory budget (weights + gradients).
+  int64_t CopiesAllowedPerRank() const;
+  // The debug-log explanation prefix: "<layer> placement <policy> step N:".
+  std::string LogPrefix() const;
+
+  CostModel model_;
+  PolicyOptions options_;
+  int64_t step_ = 0;
+
+ private:
+  std::string name_;
+  bool has_plan_ = false;
+  Plan plan_;
+  int64_t world_size_, num_experts_ = -1;
+};
+
+// name: none, fastermoe, adaptive or eplb; InvalidArgument otherwise.
+absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,
+                                                   const LayerSpec& layer, const PolicyOptions& options);
+
+}  // namespace dynamoe::placement
