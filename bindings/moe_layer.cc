@@ -25,6 +25,7 @@ MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_fact
 void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   ThrowIfError(options.Validate());
   runtime::GlobalConfig();  // read, validate and log the environment once
+  placement_ = c10::make_intrusive<scheduler::PlacementState>();
   if (ep_group_)
     DYNAMOE_THROW_IF(options.num_experts() % ep_group_->size() != 0, options.name(), ": num_experts=",
                      options.num_experts(), " must be divisible by the expert-parallel group size ",
@@ -55,6 +56,10 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   reset_parameters();
 }
 
+void MoELayerImpl::set_placement(const std::string& policy) {
+  placement_ = c10::make_intrusive<scheduler::PlacementState>(policy);
+}
+
 int64_t MoELayerImpl::num_local_experts() const { return scheduler::LocalExperts(options, ep_group_); }
 
 int64_t MoELayerImpl::first_expert() const { return ep_group_ ? ep_group_->rank() * num_local_experts() : 0; }
@@ -82,6 +87,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
       return custom_experts_[e - first_expert()].forward<torch::Tensor>(rows);
     };
   in.comm = ep_group_;
+  in.placement = placement_;
   in.training = is_training();
   in.step = step_;
   scheduler::StepResult r = scheduler::MoEForward(options, in);
@@ -98,9 +104,16 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
   stats_.bytes_sent = r.bytes_sent;
   stats_.bytes_received = r.bytes_received;
   stats_.comm_seconds = r.comm_seconds;
+  stats_.shadowed = r.plan.Shadowed();
+  stats_.replicas = r.plan.ReplicaCounts();
+  stats_.plan_hash = r.plan.Hash();
+  stats_.predicted_step_seconds = r.plan.predicted_step_seconds;
+  stats_.weight_bytes_sent = r.weight_bytes_sent;
+  stats_.weight_bytes_received = r.weight_bytes_received;
   stats_.phase_seconds.clear();
-  for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kDispatch,
-                 monitor::Phase::kExperts, monitor::Phase::kCombine})
+  for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kPolicy,
+                 monitor::Phase::kShadowBroadcast, monitor::Phase::kDispatch, monitor::Phase::kExperts,
+                 monitor::Phase::kCombine})
     stats_.phase_seconds[monitor::PhaseName(p)] = r.times[p];
 
   if (!options.use_residual()) return r.y;

@@ -18,6 +18,7 @@
 
 #include "runtime/communicator.h"
 #include "scheduler/options.h"
+#include "scheduler/placement_state.h"
 
 namespace dynamoe {
 
@@ -26,11 +27,18 @@ struct MoEStats {
   torch::Tensor routed_counts;  // [num_experts] int64: this rank's assignments before capacity
   int64_t dropped = 0;          // this rank's assignments dropped by capacity
   int64_t capacity = -1;        // per expert; -1 when dropless
-  // gate, count_allgather, dispatch, experts, combine (forward).
+  // gate, count_allgather, policy, shadow_broadcast, dispatch, experts, combine (forward).
   std::map<std::string, double> phase_seconds;
   int64_t bytes_sent = 0;      // token bytes sent to other ranks (forward)
   int64_t bytes_received = 0;  // token bytes received from other ranks (forward)
   double comm_seconds = 0;     // time spent waiting on collectives (forward)
+  // Placement (DYNAMOE_PLACEMENT) in force this step.
+  std::vector<int64_t> shadowed;  // experts with a copy on every rank of the group
+  std::vector<int64_t> replicas;  // [num_experts]: copies of each expert beyond its owner
+  uint64_t plan_hash = 0;         // identical on every rank of the group
+  double predicted_step_seconds = 0;  // the cost model's prediction for this step's counts
+  int64_t weight_bytes_sent = 0;      // copied experts' weights sent (forward)
+  int64_t weight_bytes_received = 0;
 };
 
 // Makes expert `expert_idx` of a custom-expert layer ([rows, d_model] -> same).
@@ -52,6 +60,10 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t num_local_experts() const;
   int64_t first_expert() const;  // global index of local expert 0
   const runtime::CommunicatorPtr& ep_group() const { return ep_group_; }
+  // The placement policy in force (DYNAMOE_PLACEMENT unless set_placement chose one).
+  const std::string& placement() const { return placement_->policy_name(); }
+  // Overrides DYNAMOE_PLACEMENT for this layer: none, fastermoe, adaptive, eplb.
+  void set_placement(const std::string& policy);
 
   MoEOptions options;
   torch::nn::Linear gate{nullptr};  // gate.weight [num_experts, d_model]
@@ -64,6 +76,7 @@ class MoELayerImpl : public torch::nn::Module {
  private:
   void Build(const ExpertFactory* expert_factory);
   runtime::CommunicatorPtr ep_group_;
+  c10::intrusive_ptr<scheduler::PlacementState> placement_;
   std::vector<torch::nn::AnyModule> custom_experts_;
   MoEStats stats_;
   int64_t step_ = 0;

@@ -103,6 +103,7 @@ Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, c
 }
 
 using CommPtr = c10::intrusive_ptr<runtime::Communicator>;
+using PlacementPtr = c10::intrusive_ptr<scheduler::PlacementState>;
 
 // Joins the group whose store is hosted at host:port (dynamoe/distributed.py
 // hosts it on the group's rank 0) and creates its communicator.
@@ -121,13 +122,15 @@ CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vect
 
 // Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info)
 // where info is float64 [dropped, capacity, balance_loss, z_loss, bytes_sent,
-// bytes_received, comm_seconds, seconds per phase...].
+// bytes_received, comm_seconds, seconds per phase..., weight_bytes_sent,
+// weight_bytes_received]. The placement's plan is read from the Placement object.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
     int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
-    double z_loss_weight, bool check_finite, bool training, std::string name, c10::optional<CommPtr> comm) {
+    double z_loss_weight, bool check_finite, bool training, std::string name, c10::optional<CommPtr> comm,
+    c10::optional<PlacementPtr> placement) {
   return Boundary([&] {
     MoEOptions o = MakeOptions(gate_weight.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
                                capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
@@ -142,12 +145,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     in.training = training;
     in.step = step;
     if (comm.has_value()) in.comm = *comm;
+    if (placement.has_value()) in.placement = *placement;
     scheduler::StepResult r = scheduler::MoEForward(o, in);
     std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
                                 r.balance_loss.item<double>(), r.z_loss.item<double>(),
                                 static_cast<double>(r.bytes_sent), static_cast<double>(r.bytes_received),
                                 r.comm_seconds};
     info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
+    info.push_back(static_cast<double>(r.weight_bytes_sent));
+    info.push_back(static_cast<double>(r.weight_bytes_received));
     return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
                            at::tensor(info, at::TensorOptions().dtype(at::kDouble)));
   });
@@ -222,6 +228,16 @@ TORCH_LIBRARY(dynamoe, m) {
         return std::vector<double>{static_cast<double>(k.collectives), static_cast<double>(k.bytes_sent),
                                    static_cast<double>(k.bytes_received), k.wait_seconds};
       });
+  // A layer's placement policy and its last plan (stats()["shadowed"], ...).
+  m.class_<dynamoe::scheduler::PlacementState>("Placement")
+      .def(torch::init([](std::string policy) {
+        return dynamoe::Boundary([&] { return c10::make_intrusive<dynamoe::scheduler::PlacementState>(policy); });
+      }))
+      .def("policy", [](const dynamoe::PlacementPtr& p) { return p->policy_name(); })
+      .def("shadowed", [](const dynamoe::PlacementPtr& p) { return p->plan().Shadowed(); })
+      .def("replicas", [](const dynamoe::PlacementPtr& p) { return p->plan().ReplicaCounts(); })
+      .def("plan_hash", [](const dynamoe::PlacementPtr& p) { return static_cast<int64_t>(p->plan().Hash()); })
+      .def("predicted_step_seconds", [](const dynamoe::PlacementPtr& p) { return p->plan().predicted_step_seconds; });
   m.def(
       "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
       "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
@@ -239,7 +255,8 @@ TORCH_LIBRARY(dynamoe, m) {
       "Tensor? b1, Tensor? b2, str activation, int top_k, float capacity_factor, int min_capacity, "
       "bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, float jitter_eps, "
       "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name, "
-      "__torch__.torch.classes.dynamoe.Communicator? comm=None) -> (Tensor y, Tensor aux_loss, Tensor counts, "
+      "__torch__.torch.classes.dynamoe.Communicator? comm=None, "
+      "__torch__.torch.classes.dynamoe.Placement? placement=None) -> (Tensor y, Tensor aux_loss, Tensor counts, "
       "Tensor routed_counts, Tensor global_routed_counts, Tensor info)",
       &dynamoe::MoEForwardOp);
   m.def(

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/hash.h"
 #include "common/status.h"
 
@@ -83,39 +84,103 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
   return CountMatrices{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous()};
 }
 
-ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank) {
+namespace {
+
+// perm, or an undefined tensor when perm is the identity.
+at::Tensor Permutation(std::vector<int64_t> perm, const at::TensorOptions& options) {
+  bool identity = true;
+  for (size_t i = 0; i < perm.size() && identity; ++i) identity = perm[i] == static_cast<int64_t>(i);
+  if (identity) return at::Tensor();
+  return at::tensor(perm, options);
+}
+
+at::Tensor Inverse(const at::Tensor& perm) {
+  if (!perm.defined()) return perm;
+  at::Tensor inv = at::empty_like(perm);
+  const int64_t* p = perm.data_ptr<int64_t>();
+  int64_t* q = inv.data_ptr<int64_t>();
+  for (int64_t i = 0; i < perm.numel(); ++i) q[p[i]] = i;
+  return inv;
+}
+
+}  // namespace
+
+ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan) {
   const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1), El = E / P;
-  const int64_t* c = kept_matrix.data_ptr<int64_t>();
-  ExchangePlan plan;
-  plan.send_rows.assign(P, 0);
-  plan.recv_rows.assign(P, 0);
-  plan.local_counts = at::zeros({El}, kept_matrix.options());
-  int64_t* local = plan.local_counts.data_ptr<int64_t>();
-  for (int64_t j = 0; j < P; ++j)
-    for (int64_t l = 0; l < El; ++l) {
-      plan.send_rows[j] += c[rank * E + j * El + l];
-      plan.recv_rows[j] += c[j * E + rank * El + l];
-      local[l] += c[j * E + rank * El + l];
+  const at::Tensor km = kept_matrix.contiguous();
+  const placement::CountMatrix counts{P, E, std::vector<int64_t>(km.data_ptr<int64_t>(), km.data_ptr<int64_t>() + P * E)};
+  const auto options = kept_matrix.options().dtype(at::kLong);
+  ExchangePlan out;
+  out.send_rows.assign(P, 0);
+  out.recv_rows.assign(P, 0);
+  for (int64_t l = 0; l < El; ++l) out.slot_experts.push_back(rank * El + l);
+  for (int64_t e : plan.CopiesOn(rank)) out.slot_experts.push_back(e);
+  std::vector<int64_t> slot_of(E, -1);
+  for (size_t k = 0; k < out.slot_experts.size(); ++k) slot_of[out.slot_experts[k]] = static_cast<int64_t>(k);
+
+  // Send side: this rank's rows are expert-sorted; each expert's block is cut
+  // into pieces in holder order, and the pieces are sent destination-major.
+  struct Piece {
+    int64_t dest, start, rows;
+  };
+  std::vector<Piece> pieces;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < E; ++e)
+    placement::RoutesOf(plan, rank, e, counts.at(rank, e), [&](int64_t, int64_t, int64_t d, int64_t n) {
+      pieces.push_back({d, offset, n});
+      offset += n;
+      out.send_rows[d] += n;
+    });
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.dest < b.dest; });
+  std::vector<int64_t> send_perm;
+  send_perm.reserve(offset);
+  for (const Piece& p : pieces)
+    for (int64_t i = 0; i < p.rows; ++i) send_perm.push_back(p.start + i);
+  out.to_dest_major = Permutation(std::move(send_perm), options);
+  out.from_dest_major = Inverse(out.to_dest_major);
+
+  // Receive side: arrivals are source-major, each source's pieces in expert
+  // order; the experts want them slot-major, sources in rank order.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> by_slot(out.slot_experts.size());
+  int64_t arrived = 0;
+  placement::ForEachRoute(plan, counts, [&](int64_t s, int64_t e, int64_t d, int64_t n) {
+    if (d != rank) return;
+    by_slot[slot_of[e]].emplace_back(arrived, n);
+    arrived += n;
+    out.recv_rows[s] += n;
+  });
+  out.local_counts = at::zeros({static_cast<int64_t>(by_slot.size())}, options);
+  int64_t* local = out.local_counts.data_ptr<int64_t>();
+  std::vector<int64_t> recv_perm;
+  recv_perm.reserve(arrived);
+  for (size_t k = 0; k < by_slot.size(); ++k)
+    for (const auto& [start, n] : by_slot[k]) {
+      local[k] += n;
+      for (int64_t i = 0; i < n; ++i) recv_perm.push_back(start + i);
     }
-  if (El == 1 || P == 1) return plan;  // arrival order is already expert-major
-  // Arrivals are source-major (source j: its rows for my experts in order);
-  // the experts want them expert-major.
-  const int64_t total = std::accumulate(plan.recv_rows.begin(), plan.recv_rows.end(), int64_t{0});
-  plan.to_expert_major = at::empty({total}, kept_matrix.options());
-  int64_t* perm = plan.to_expert_major.data_ptr<int64_t>();
-  std::vector<int64_t> source_start(P, 0);
-  for (int64_t j = 1; j < P; ++j) source_start[j] = source_start[j - 1] + plan.recv_rows[j - 1];
-  int64_t out = 0;
-  for (int64_t l = 0; l < El; ++l)
-    for (int64_t j = 0; j < P; ++j) {
-      int64_t start = source_start[j];
-      for (int64_t l2 = 0; l2 < l; ++l2) start += c[j * E + rank * El + l2];
-      for (int64_t k = 0; k < c[j * E + rank * El + l]; ++k) perm[out++] = start + k;
-    }
-  plan.to_source_major = at::empty_like(plan.to_expert_major);
-  int64_t* inv = plan.to_source_major.data_ptr<int64_t>();
-  for (int64_t i = 0; i < total; ++i) inv[perm[i]] = i;
-  return plan;
+  out.to_expert_major = Permutation(std::move(recv_perm), options);
+  out.to_source_major = Inverse(out.to_expert_major);
+  return out;
+}
+
+absl::Status CheckPlanAgreement(runtime::Communicator& comm, uint64_t plan_hash, const std::string& layer,
+                                int64_t step) {
+  int64_t bits;
+  std::memcpy(&bits, &plan_hash, sizeof(bits));
+  const at::Tensor mine = at::full({1}, bits, at::TensorOptions().dtype(at::kLong));
+  at::Tensor all = at::empty({comm.size()}, mine.options());
+  DYNAMOE_RETURN_IF_ERROR(comm.AllGather(mine, all, {layer, monitor::PhaseName(monitor::Phase::kPolicy), false}));
+  const int64_t* h = all.data_ptr<int64_t>();
+  std::vector<std::string> differ;
+  for (int64_t r = 0; r < comm.size(); ++r)
+    if (h[r] != bits)
+      differ.push_back(absl::StrFormat("rank %d (world rank %d) has %016x", r, comm.global_rank(static_cast<int>(r)),
+                                       static_cast<uint64_t>(h[r])));
+  if (differ.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "layer '%s' phase 'policy' step %d: ranks computed different placement plans: rank %d has %016x, %s; "
+      "the policy must see the same counts and configuration on every rank",
+      layer, step, comm.rank(), plan_hash, absl::StrJoin(differ, ", ")));
 }
 
 at::Tensor AllToAllRows(const at::Tensor& rows, const runtime::CommunicatorPtr& comm,

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "monitor/phases.h"
+#include "placement/plan.h"
 #include "runtime/communicator.h"
 
 namespace dynamoe::scheduler {
@@ -26,15 +27,25 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
                                            const at::Tensor& routed, const std::string& layer,
                                            uint64_t layer_hash, int64_t step);
 
-// Rows this rank sends to / receives from each rank, from the count matrix,
-// with experts [r * E_local, (r + 1) * E_local) on rank r.
+// How this rank's rows move under a placement plan (placement::ForEachRoute
+// decides which holder computes which rows). This rank computes "slots": its
+// own experts [rank * E_local, (rank + 1) * E_local) first, then the copies
+// plan.CopiesOn(rank) in ascending order.
 struct ExchangePlan {
-  std::vector<int64_t> send_rows, recv_rows;
-  at::Tensor to_expert_major;    // [received] index: source-major -> local-expert-major (undefined: identity)
-  at::Tensor to_source_major;    // its inverse
-  at::Tensor local_counts;       // [E_local] int64 rows per local expert
+  std::vector<int64_t> send_rows, recv_rows;  // per rank, this rank included
+  at::Tensor to_dest_major;    // expert-sorted rows -> destination-major send order (undefined: identity)
+  at::Tensor from_dest_major;  // its inverse
+  at::Tensor to_expert_major;  // [received] source-major arrivals -> slot-major (undefined: identity)
+  at::Tensor to_source_major;  // its inverse
+  at::Tensor local_counts;     // [slots] int64 rows per slot
+  std::vector<int64_t> slot_experts;  // global expert of each slot
 };
-ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank);
+ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan);
+
+// DYNAMOE_CHECK_PLAN: all-gathers the plan hash; FailedPrecondition naming the
+// ranks whose plan differs from this rank's.
+absl::Status CheckPlanAgreement(runtime::Communicator& comm, uint64_t plan_hash, const std::string& layer,
+                                int64_t step);
 
 // rows [sum send_rows, d] out, [sum recv_rows, d] in; backward sends the
 // gradient back the same way.

@@ -2,8 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <mutex>
+
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status.h"
+#include "runtime/config.h"
+#include "runtime/shadow.h"
 #include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
@@ -86,11 +91,11 @@ RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_
 
 namespace {
 
-// The experts of this rank over expert-sorted rows; first_expert is the
-// global index of local expert 0.
-at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const at::Tensor& rows,
-                      const at::Tensor& counts_tensor, int64_t first_expert) {
-  if (!in.custom_expert) return ExpertFFN(rows, counts_tensor, in.experts);
+// The experts of this rank over slot-sorted rows; slot_experts are their
+// global indices (custom experts have no copies, so slot k is expert first + k).
+at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const ExpertParams& experts,
+                      const at::Tensor& rows, const at::Tensor& counts_tensor, int64_t first_expert) {
+  if (!in.custom_expert) return ExpertFFN(rows, counts_tensor, experts);
   std::vector<at::Tensor> outs;
   const int64_t* counts = counts_tensor.data_ptr<int64_t>();
   for (int64_t e = 0, off = 0; e < counts_tensor.numel(); off += counts[e], ++e) {
@@ -104,6 +109,36 @@ at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const at:
   return outs.empty() ? rows * 0 : at::cat(outs, 0);
 }
 
+// The plan for this step: the layer's policy, or plain expert parallelism.
+placement::Plan ChoosePlan(const MoEOptions& options, const StepInputs& in, const at::Tensor& counts,
+                           int64_t bytes_per_element) {
+  if (!in.placement) return placement::Plan::None(counts.size(0), counts.size(1));
+  if (in.custom_expert) {
+    static std::once_flag warned;
+    if (in.placement->policy_name() != "none")
+      std::call_once(warned, [&] {
+        DYNAMOE_LOG(kWarning) << options.name() << ": DYNAMOE_PLACEMENT=" << in.placement->policy_name()
+                              << " needs the built-in FFN experts; custom experts run without copies";
+      });
+    return in.placement->UseNone(options, counts, bytes_per_element);
+  }
+  return in.placement->Next(options, counts, bytes_per_element);
+}
+
+// The layer's own experts followed by the copies this rank holds.
+ExpertParams WithCopies(const ExpertParams& own, const placement::Plan& plan, const runtime::CommunicatorPtr& comm,
+                        const std::string& layer) {
+  std::vector<at::Tensor*> fields;
+  ExpertParams all = own;
+  for (at::Tensor* t : {&all.w1, &all.w2, &all.w3, &all.b1, &all.b2})
+    if (t->defined()) fields.push_back(t);
+  std::vector<at::Tensor> params;
+  for (at::Tensor* t : fields) params.push_back(*t);
+  const std::vector<at::Tensor> copies = runtime::ShareExperts(params, plan, comm, layer);
+  for (size_t i = 0; i < fields.size(); ++i) *fields[i] = at::cat({params[i], copies[i]}, 0);
+  return all;
+}
+
 }  // namespace
 
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
@@ -113,6 +148,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   StepResult result;
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
   const bool distributed = in.comm && in.comm->size() > 1;
+  const int rank = distributed ? in.comm->rank() : 0;
 
   const RouterOptions ro = MakeRouterOptions(options, in.training, in.step);
   Routing routing;
@@ -132,13 +168,29 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.counts = m.kept;
     result.global_routed_counts = m.routed.sum(0);
   }
+  {
+    monitor::ScopedPhase timer(result.times, Phase::kPolicy);
+    result.plan = ChoosePlan(options, in, result.counts, x.element_size());
+    if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
+      ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), in.step));
+  }
+  ExpertParams experts = in.experts;
+  if (distributed && result.plan.HasCopies()) {
+    monitor::ScopedPhase timer(result.times, Phase::kShadowBroadcast);
+    const runtime::CommCounters c0 = in.comm->counters();
+    experts = WithCopies(in.experts, result.plan, in.comm, options.name());
+    const runtime::CommCounters c1 = in.comm->counters();
+    result.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
+    result.weight_bytes_received = c1.bytes_received - c0.bytes_received;
+  }
   at::Tensor rows;
   ExchangePlan plan;
   {
     monitor::ScopedPhase timer(result.times, Phase::kDispatch);
     rows = Dispatch(x, routing.position, routing.num_rows);
     if (distributed) {
-      plan = MakeExchangePlan(result.counts, in.comm->rank());
+      plan = MakeExchangePlan(result.counts, rank, result.plan);
+      if (plan.to_dest_major.defined()) rows = rows.index_select(0, plan.to_dest_major);
       rows = AllToAllRows(rows, in.comm, plan.send_rows, plan.recv_rows,
                           {options.name(), monitor::PhaseName(Phase::kDispatch), false});
       if (plan.to_expert_major.defined()) rows = rows.index_select(0, plan.to_expert_major);
@@ -147,9 +199,9 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   at::Tensor out_rows;
   {
     monitor::ScopedPhase timer(result.times, Phase::kExperts);
-    out_rows = distributed ? RunExperts(options, in, rows, plan.local_counts,
-                                        in.comm->rank() * LocalExperts(options, in.comm))
-                           : RunExperts(options, in, rows, routing.kept_counts, 0);
+    out_rows = distributed ? RunExperts(options, in, experts, rows, plan.local_counts,
+                                        rank * LocalExperts(options, in.comm))
+                           : RunExperts(options, in, experts, rows, routing.kept_counts, 0);
   }
   {
     monitor::ScopedPhase timer(result.times, Phase::kCombine);
@@ -157,13 +209,14 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
       if (plan.to_source_major.defined()) out_rows = out_rows.index_select(0, plan.to_source_major);
       out_rows = AllToAllRows(out_rows, in.comm, plan.recv_rows, plan.send_rows,
                               {options.name(), monitor::PhaseName(Phase::kCombine), false});
+      if (plan.from_dest_major.defined()) out_rows = out_rows.index_select(0, plan.from_dest_major);
     }
     result.y = Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
   }
   if (distributed) {
     const runtime::CommCounters after = in.comm->counters();
-    result.bytes_sent = after.bytes_sent - before.bytes_sent;
-    result.bytes_received = after.bytes_received - before.bytes_received;
+    result.bytes_sent = after.bytes_sent - before.bytes_sent - result.weight_bytes_sent;
+    result.bytes_received = after.bytes_received - before.bytes_received - result.weight_bytes_received;
     result.comm_seconds = after.wait_seconds - before.wait_seconds;
   }
   result.balance_loss = routing.balance_loss;

@@ -10,7 +10,9 @@
 #include "monitor/phases.h"
 #include "runtime/communicator.h"
 #include "scheduler/functions.h"
+#include "placement/plan.h"
 #include "scheduler/options.h"
+#include "scheduler/placement_state.h"
 #include "scheduler/router.h"
 
 namespace dynamoe::scheduler {
@@ -28,6 +30,8 @@ struct StepInputs {
   CustomExpertFn custom_expert;
   // The expert-parallel group; null (or size 1) runs every expert locally.
   runtime::CommunicatorPtr comm;
+  // The layer's placement policy; null runs plain expert parallelism.
+  c10::intrusive_ptr<PlacementState> placement;
   bool training = false;
   int64_t step = 0;  // seeds use_rts
 };
@@ -43,6 +47,9 @@ struct StepResult {
   int64_t bytes_sent = 0;           // token rows sent to other ranks (forward)
   int64_t bytes_received = 0;
   double comm_seconds = 0;          // time spent waiting on collectives (forward)
+  int64_t weight_bytes_sent = 0;    // copied experts' weights sent (forward)
+  int64_t weight_bytes_received = 0;
+  placement::Plan plan;             // the placement in force this step
   int64_t dropped = 0;
   int64_t capacity = -1;
   monitor::PhaseTimes times;

@@ -33,13 +33,17 @@ class MoE(nn.Module):
     (consecutive ranks). Rank r of the group then holds experts
     [r*E_local, (r+1)*E_local) and w1..b2 are [E_local, ...]; call
     ``dynamoe.reduce_gradients(model)`` after backward (see dynamoe/distributed.py).
+
+    Placement: ``placement=`` (none, fastermoe, adaptive, eplb) or DYNAMOE_PLACEMENT picks
+    the policy that copies hot experts to other ranks; stats() reports the plan.
     """
 
     def __init__(self, d_model, d_hidden, num_experts, top_k=2, capacity_factor=0.0,
                  eval_capacity_factor=None, min_capacity=4, normalize_topk=None, activation="gelu",
                  gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
                  jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
-                 use_residual=False, check_finite=True, expert=None, name="moe", group=None, ep_size=None):
+                 use_residual=False, check_finite=True, expert=None, name="moe", group=None, ep_size=None,
+                 placement=None):
         super().__init__()
         from . import distributed
         self.group, self._comm = None, None
@@ -99,6 +103,9 @@ class MoE(nn.Module):
             self.residual_fc1 = nn.Linear(d_model, d_hidden)
             self.residual_fc2 = nn.Linear(d_hidden, d_model)
             self.residual_coef = nn.Linear(d_model, 2)
+        self._placement = None
+        if self.experts is None:
+            self._placement = torch.classes.dynamoe.Placement(placement or "")
         self.aux_loss = None
         self._stats = {}
         self._step = 0
@@ -130,14 +137,24 @@ class MoE(nn.Module):
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
                 self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name,
-                self._comm)
+                self._comm, self._placement)
             info = info.tolist()
-            phases = {n: info[7 + i] for i, n in enumerate(_phase_names())
-                      if n in ("gate", "count_allgather", "dispatch", "experts", "combine")}
+            names = _phase_names()
+            phases = {n: info[7 + i] for i, n in enumerate(names)
+                      if n in ("gate", "count_allgather", "policy", "shadow_broadcast", "dispatch", "experts",
+                               "combine")}
             dropped, capacity, balance, z, sent, received, comm_s = info[:7]
+            weight_sent, weight_received = info[7 + len(names):9 + len(names)]
+            pl = self._placement
+            plan = {"shadowed": list(pl.shadowed()), "replicas": list(pl.replicas()),
+                    "plan_hash": pl.plan_hash() & (2 ** 64 - 1),
+                    "predicted_step_seconds": pl.predicted_step_seconds(),
+                    "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received)}
         else:
             y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
             global_routed, sent, received, comm_s = routed, 0, 0, 0.0
+            plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
+                    "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0}
         if self.training:
             self._step += 1
             if self.bias_update_rate > 0:  # global loads: the bias stays identical on every rank
@@ -146,7 +163,7 @@ class MoE(nn.Module):
         self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
                        "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
                        "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
-                       "comm_seconds": comm_s}
+                       "comm_seconds": comm_s, **plan}
         if self.use_residual:
             coef = torch.softmax(self.residual_coef(x), -1)
             mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
@@ -191,10 +208,13 @@ class MoE(nn.Module):
     def stats(self):
         """Last step: counts [ep_size, E] int64 (rows each rank sent to each expert), routed_counts
         (this rank's, before capacity), dropped, capacity, losses, phase_seconds, bytes_sent,
-        bytes_received, comm_seconds."""
+        bytes_received, comm_seconds; placement: shadowed (experts copied to every rank), replicas
+        ([E] copies per expert beyond its owner), plan_hash (same on every rank),
+        predicted_step_seconds (the cost model's), weight_bytes_sent/received."""
         return dict(self._stats)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
-                f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else ""))
+                f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else "")
+                + (f", placement={self._placement.policy()}" if self._placement is not None else ""))
