@@ -121,10 +121,48 @@ def die():
         report["elapsed_s"] = time.monotonic() - t0
 
 
+def placement():
+    """Each policy (placement=) against placement="none" with a hot expert 1."""
+    E, d, h = args.experts, 6, 10
+    for policy in ("fastermoe", "adaptive", "eplb"):
+        torch.manual_seed(1234)
+        ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement="none").double()
+        moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).double()
+        with torch.no_grad():
+            ref.expert_bias[1] = 1e4  # every token's first choice
+            for (n, p), q in zip(moe.named_parameters(), ref.parameters()):
+                p.copy_(q)
+            moe.expert_bias.copy_(ref.expert_bias)
+        check(f"placement={policy}" in repr(moe), f"repr names the policy: {moe!r}")
+        for step in range(2):
+            x, gy = tokens_of(rank + 10 * step, d)
+            outs = []
+            for m in (ref, moe):
+                m.zero_grad()
+                y = m(x)
+                ((y * gy).sum() + m.aux_loss.double()).backward()
+                outs.append(y)
+            close(outs[1], outs[0], f"{policy} step {step}: output")
+            for (n, p), q in zip(moe.named_parameters(), ref.parameters()):
+                close(p.grad, q.grad, f"{policy} step {step}: gradient of {n}")
+            st = moe.stats()
+            check(len(st["replicas"]) == E, f"{policy}: replicas has one entry per expert")
+            if step == 0:  # every rank has tokens, so expert 1's owner is the bottleneck
+                check(st["replicas"][1] > 0, f"{policy}: hot expert copied: {st['replicas']}")
+            check(st["predicted_step_seconds"] > 0, f"{policy}: predicted_step_seconds")
+            check(all(st["replicas"][e] == world - 1 for e in st["shadowed"]), f"{policy}: shadowed on every rank")
+            hashes = [None] * world
+            dist.all_gather_object(hashes, st["plan_hash"])
+            check(len(set(hashes)) == 1 and hashes[0] > 0, f"{policy}: plan hashes {hashes}")
+            check(ref.stats()["replicas"] == [0] * E and ref.stats()["shadowed"] == [], "none made copies")
+
+
 dist.init_process_group("gloo")
 try:
     if args.scenario == "equal":
         equal()
+    elif args.scenario == "placement":
+        placement()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":

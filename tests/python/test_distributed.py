@@ -44,6 +44,16 @@ def test_matches_single_process_layer(tmp_path, world, args):
         assert rep["ok"], rep["errors"]
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_placement_policies_match_none(tmp_path, world):
+    env = {"DYNAMOE_GPU_FLOPS": "1e6", "DYNAMOE_CHECK_PLAN": "1"}  # slow modelled GPU: copies pay off
+    proc, reports = launch(tmp_path, world, "--scenario=placement", "--experts=8", "--tokens=13,7,0,9", env=env)
+    for r, rep in enumerate(reports):
+        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
+        assert "error" not in rep, rep["error"]
+        assert rep["ok"], rep["errors"]
+
+
 def test_rank_exiting_in_backward_is_named(tmp_path):
     proc, reports = launch(tmp_path, 3, "--scenario=die", env={"DYNAMOE_TIMEOUT_S": "3"})
     assert reports[2] is None  # it exited without a report
