@@ -4,12 +4,14 @@
 //   shadow(e)    copy e onto every rank (tokens for e stay local everywhere);
 //   copy(e, r)   one more copy of e on rank r (r's tokens for e stay local and
 //                other senders split theirs over the holders).
-// Candidates each round: the 4 hottest experts not yet on every rank, and the
-// 4 hottest experts held by the busiest rank; copy targets are the least
-// loaded non-holder and the non-holder sending the most of e. This keeps a
-// decision O(rounds * 24 * world) after an O(world * experts) start.
-// It stops when no candidate lowers the prediction, or a budget is reached
-// (DYNAMOE_SHADOW_MAX distinct copied experts, the memory budget per rank).
+// Candidates each round: the 2 hottest experts not yet on every rank, and the
+// hottest expert held by the busiest rank; copy targets are the least
+// loaded non-holder and the non-holder sending the most of e. Each candidate
+// is scored by LoadState::Try without changing the state, so a decision is
+// O(rounds * 9 * world * holders) after one pass over the counts.
+// It stops when no candidate lowers the prediction, or a budget is reached:
+// DYNAMOE_SHADOW_MAX actions (so at most that many experts copied), the
+// memory budget per rank.
 // Hysteresis: the previous plan is kept unless the new one is predicted at
 // least `hysteresis` faster on these counts (and the previous is no slower
 // than no copies), so plans do not flap between near-equal choices.
@@ -22,8 +24,8 @@
 namespace dynamoe::placement {
 namespace {
 
-constexpr int kCandidates = 4;
-constexpr int kMaxRounds = 64;
+constexpr int kHottest = 2;     // hottest experts not yet everywhere
+constexpr int kOnBusiest = 1;   // hottest expert held by the busiest rank
 
 struct Action {
   int64_t expert = -1;
@@ -38,13 +40,11 @@ std::string Describe(const Action& a) {
 
 }  // namespace
 
-Plan AdaptivePolicy::Search(const CountMatrix& counts, double* none_seconds) {
-  const int64_t P = counts.world_size, E = counts.num_experts;
-  LoadState state(model_, counts, Plan::None(P, E));
+void AdaptivePolicy::Search(LoadState& state) {
+  const int64_t P = state.plan().world_size, E = state.plan().num_experts;
   double current = state.Evaluate();
-  *none_seconds = current;
-  if (P < 2) return state.plan();
-  const std::vector<int64_t> order = ExpertsByLoad(counts.ExpertLoads());
+  if (P < 2) return;
+  const std::vector<int64_t> order = ExpertsByLoad(state.expert_loads());
   const int64_t per_rank = CopiesAllowedPerRank();
   const bool explain = LogEnabled(LogLevel::kDebug);
   std::string why;
@@ -58,27 +58,35 @@ Plan AdaptivePolicy::Search(const CountMatrix& counts, double* none_seconds) {
       if (!state.plan().Holds(r, e) && state.CopiesOn(r) >= per_rank) return false;
     return true;
   };
+  std::vector<int32_t> trial;
   auto score = [&](Action a) {
-    const std::vector<int32_t> before = state.plan().copies[a.expert];
-    if (a.rank < 0)
-      state.Shadow(a.expert);
-    else
-      state.AddCopy(a.expert, a.rank);
-    a.seconds = state.Evaluate();
-    state.SetCopies(a.expert, before);
+    trial = state.plan().copies[a.expert];
+    if (a.rank < 0) {
+      trial.clear();
+      for (int32_t r = 0; r < P; ++r)
+        if (r != state.plan().owner[a.expert]) trial.push_back(r);
+    } else {
+      trial.insert(std::upper_bound(trial.begin(), trial.end(), static_cast<int32_t>(a.rank)),
+                   static_cast<int32_t>(a.rank));
+    }
+    a.seconds = state.Try(a.expert, trial);
     return a;
   };
 
-  for (int round = 0; round < kMaxRounds; ++round) {
+  for (int64_t round = 0;; ++round) {
+    if (round >= options_.max_copied) {
+      if (explain) why += absl::StrFormat(" stopped: budget of %d actions reached;", options_.max_copied);
+      break;
+    }
     std::vector<int64_t> experts;
     for (int64_t e : order) {
-      if (static_cast<int64_t>(experts.size()) >= kCandidates) break;
+      if (static_cast<int64_t>(experts.size()) >= kHottest) break;
       if (state.plan().NumHolders(e) < P) experts.push_back(e);
     }
     const int64_t busiest = state.BusiestRank();
     int taken = 0;
     for (int64_t e : order) {
-      if (taken >= kCandidates) break;
+      if (taken >= kOnBusiest) break;
       if (state.plan().Holds(busiest, e) && state.plan().NumHolders(e) < P &&
           std::find(experts.begin(), experts.end(), e) == experts.end()) {
         experts.push_back(e);
@@ -118,15 +126,19 @@ Plan AdaptivePolicy::Search(const CountMatrix& counts, double* none_seconds) {
     current = best.seconds;
   }
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " search:" << why;
-  return state.plan();
 }
 
 Plan AdaptivePolicy::Decide(const CountMatrix& counts) {
-  double none_seconds = 0;
-  Plan plan = Search(counts, &none_seconds);
-  plan.predicted_step_seconds = model_.Predict(counts, plan).total;
+  LoadState state(model_, counts, Plan::None(counts.world_size, counts.num_experts));
+  const double none_seconds = state.Evaluate();
+  Search(state);
+  Plan plan = state.plan();
+  plan.predicted_step_seconds = state.Evaluate();
   if (has_previous_ && !(previous_ == plan)) {
-    const double previous_seconds = model_.Predict(counts, previous_).total;
+    // The previous plan on these counts: edit the state rather than re-read the matrix.
+    for (int64_t e = 0; e < plan.num_experts; ++e)
+      if (plan.copies[e] != previous_.copies[e]) state.SetCopies(e, previous_.copies[e]);
+    const double previous_seconds = state.Evaluate();
     if (previous_seconds <= none_seconds &&
         plan.predicted_step_seconds > previous_seconds * (1 - options_.hysteresis)) {
       DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the previous plan (" << previous_.Summary() << ", "
@@ -134,7 +146,7 @@ Plan AdaptivePolicy::Decide(const CountMatrix& counts) {
                           << plan.predicted_step_seconds << " s) is not " << options_.hysteresis * 100
                           << "% faster";
       plan = previous_;
-      plan.predicted_step_seconds = previous_seconds;
+      plan.predicted_step_seconds = previous_seconds;  // same model, same counts
     }
   }
   DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, "

@@ -9,6 +9,8 @@ CostModel::CostModel(ClusterSpec cluster, LayerSpec layer, CostOptions options)
   row_bytes_ = layer_.RowBytes();
   expert_bytes_ = layer_.ExpertBytes();
   seconds_per_row_ = layer_.ForwardFlopsPerRow() / cluster_.flops;
+  row_seconds_intra_ = row_bytes_ / cluster_.intra_node_bw;
+  row_seconds_inter_ = row_bytes_ / cluster_.inter_node_bw;
 }
 
 StepCost CostModel::Finish(double a2a_one_exchange, int64_t max_rows, double bcast_one_way) const {
@@ -56,6 +58,7 @@ StepCost CostModel::Predict(const CountMatrix& counts, const Plan& plan) const {
 
 LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan plan)
     : model_(model), counts_(counts), plan_(std::move(plan)), P_(counts.world_size) {
+  const int64_t E = counts.num_experts;
   rows_.assign(P_, 0);
   link_rows_.assign(P_ * P_, 0);
   send_.assign(P_, 0.0);
@@ -63,29 +66,83 @@ LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan pla
   bcast_send_.assign(P_, 0.0);
   bcast_recv_.assign(P_, 0.0);
   copies_on_.assign(P_, 0);
-  for (int64_t e = 0; e < plan_.num_experts; ++e) {
-    ApplyRoutes(e, +1);
-    for (int32_t r : plan_.copies[e]) ApplyBroadcast(e, r, +1);
+  loads_.assign(E, 0);
+  node_.resize(P_);
+  for (int64_t r = 0; r < P_; ++r) node_[r] = static_cast<int32_t>(model.cluster().NodeOf(r));
+  row_intra_ = model.RowSeconds(0, 0);
+  row_inter_ = model.cluster().MultiNode() ? model.RowSeconds(0, P_ - 1) : row_intra_;
+  lat_intra_ = model.cluster().intra_node_latency_s;
+  lat_inter_ = model.cluster().inter_node_latency_s;
+  // Plain expert parallelism in one pass over the matrix ...
+  const int32_t* owner = plan_.owner.data();
+  for (int64_t s = 0; s < P_; ++s) {
+    const int64_t* row = counts.counts.data() + s * E;
+    int64_t* link = link_rows_.data() + s * P_;
+    for (int64_t e = 0; e < E; ++e) {
+      loads_[e] += row[e];
+      link[owner[e]] += row[e];
+    }
+  }
+  for (int64_t s = 0; s < P_; ++s)
+    for (int64_t d = 0; d < P_; ++d) {
+      int64_t& n = link_rows_[s * P_ + d];
+      rows_[d] += n;
+      if (s == d) n = 0;  // rows kept on their rank are not link traffic
+      if (n == 0) continue;
+      const double t = LinkDelta(s, d, 0, n);
+      send_[s] += t;
+      recv_[d] += t;
+    }
+  // ... then the plan's copies as edits.
+  for (int64_t e = 0; e < E; ++e) {
+    if (plan_.copies[e].empty()) continue;
+    std::vector<int32_t> copies;
+    copies.swap(plan_.copies[e]);
+    SetCopies(e, std::move(copies));  // replaces the owner-only routes of the pass
   }
 }
 
 void LoadState::ApplyLink(int64_t from, int64_t to, int64_t rows) {
   int64_t& n = link_rows_[from * P_ + to];
-  const bool was_on = n > 0;
+  const double t = LinkDelta(from, to, n, rows);
   n += rows;
-  const bool is_on = n > 0;
-  double t = static_cast<double>(rows) * model_.RowSeconds(from, to);
-  if (was_on != is_on) t += (is_on ? 1.0 : -1.0) * model_.cluster().Latency(from, to);
   send_[from] += t;
   recv_[to] += t;
 }
 
 void LoadState::ApplyRoutes(int64_t expert, int64_t sign) {
-  for (int64_t s = 0; s < P_; ++s)
-    RoutesOf(plan_, s, expert, counts_.at(s, expert), [&](int64_t src, int64_t, int64_t dst, int64_t n) {
-      rows_[dst] += sign * n;
-      if (dst != src) ApplyLink(src, dst, sign * n);
+  const int64_t E = counts_.num_experts;
+  const int64_t* column = counts_.counts.data() + expert;
+  const int32_t owner = plan_.owner[expert];
+  const auto& copies = plan_.copies[expert];
+  if (copies.empty()) {  // plain: everything to the owner
+    for (int64_t s = 0; s < P_; ++s) {
+      const int64_t n = column[s * E];
+      if (n == 0) continue;
+      rows_[owner] += sign * n;
+      if (s != owner) ApplyLink(s, owner, sign * n);
+    }
+    return;
+  }
+  if (static_cast<int64_t>(copies.size()) == P_ - 1) {  // shadowed: everything stays local
+    for (int64_t s = 0; s < P_; ++s) rows_[s] += sign * column[s * E];
+    return;
+  }
+  holder_.assign(P_, 0);
+  holder_[owner] = 1;
+  for (int32_t r : copies) holder_[r] = 1;
+  for (int64_t s = 0; s < P_; ++s) {
+    const int64_t n = column[s * E];
+    if (n == 0) continue;
+    if (holder_[s]) {
+      rows_[s] += sign * n;
+      continue;
+    }
+    RoutesOf(plan_, s, expert, n, [&](int64_t src, int64_t, int64_t dst, int64_t rows) {
+      rows_[dst] += sign * rows;
+      ApplyLink(src, dst, sign * rows);
     });
+  }
 }
 
 void LoadState::ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign) {
@@ -120,6 +177,80 @@ void LoadState::Shadow(int64_t expert) {
   for (int32_t r = 0; r < P_; ++r)
     if (r != plan_.owner[expert]) c.push_back(r);
   SetCopies(expert, std::move(c));
+}
+
+double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies) {
+  const int64_t E = counts_.num_experts;
+  const int64_t* column = counts_.counts.data() + expert;
+  const int32_t owner = plan_.owner[expert];
+  const std::vector<int32_t>& old_copies = plan_.copies[expert];
+  holder_.assign(P_, 0);
+  new_holder_.assign(P_, 0);
+  holder_[owner] = new_holder_[owner] = 1;
+  for (int32_t r : old_copies) holder_[r] = 1;
+  for (int32_t r : copies) new_holder_[r] = 1;
+  d_send_.assign(P_, 0.0);
+  d_recv_.assign(P_, 0.0);
+  d_bsend_.assign(P_, 0.0);
+  d_brecv_.assign(P_, 0.0);
+  d_rows_.assign(P_, 0);
+  d_link_.assign(P_, 0);
+  for (int32_t r : old_copies) {
+    const double t = model_.ExpertSeconds(owner, r);
+    d_bsend_[owner] -= t;
+    d_brecv_[r] -= t;
+  }
+  for (int32_t r : copies) {
+    const double t = model_.ExpertSeconds(owner, r);
+    d_bsend_[owner] += t;
+    d_brecv_[r] += t;
+  }
+  if (old_copies.empty() && static_cast<int64_t>(copies.size()) == P_ - 1) {
+    // Fast path for the common first action: shadow a plain expert.
+    for (int64_t s = 0; s < P_; ++s) {
+      const int64_t n = column[s * E];
+      if (n == 0 || s == owner) continue;
+      d_rows_[owner] -= n;
+      d_rows_[s] += n;
+      const double t = LinkDelta(s, owner, link_rows_[s * P_ + owner], -n);
+      d_send_[s] += t;
+      d_recv_[owner] += t;
+    }
+    return Finish();
+  }
+  for (int64_t s = 0; s < P_; ++s) {
+    const int64_t n = column[s * E];
+    if (n == 0) continue;
+    touched_.clear();
+    auto piece = [&](int64_t dst, int64_t rows) {
+      d_rows_[dst] += rows;
+      if (dst == s) return;
+      if (d_link_[dst] == 0) touched_.push_back(static_cast<int32_t>(dst));
+      d_link_[dst] += rows;
+    };
+    SplitRows(owner, old_copies, holder_[s], s, n, [&](int64_t d, int64_t rows) { piece(d, -rows); });
+    SplitRows(owner, copies, new_holder_[s], s, n, piece);
+    for (int32_t d : touched_) {
+      const int64_t delta = d_link_[d];
+      d_link_[d] = 0;
+      if (delta == 0) continue;
+      const double t = LinkDelta(s, d, link_rows_[s * P_ + d], delta);
+      d_send_[s] += t;
+      d_recv_[d] += t;
+    }
+  }
+  return Finish();
+}
+
+double LoadState::Finish() const {
+  double a2a = 0, bcast = 0;
+  int64_t max_rows = 0;
+  for (int64_t r = 0; r < P_; ++r) {
+    a2a = std::max({a2a, send_[r] + d_send_[r], recv_[r] + d_recv_[r]});
+    bcast = std::max({bcast, bcast_send_[r] + d_bsend_[r], bcast_recv_[r] + d_brecv_[r]});
+    max_rows = std::max(max_rows, rows_[r] + d_rows_[r]);
+  }
+  return model_.Finish(a2a, max_rows, bcast).total;
 }
 
 StepCost LoadState::Cost() const {

@@ -54,7 +54,12 @@ class CostModel {
   double Exchanges() const { return options_.training ? 4.0 : 2.0; }
   double ComputeFactor() const { return options_.training ? 3.0 : 1.0; }
   // Seconds for `rows` token rows on a link / one expert's weights on a link.
-  double RowSeconds(int64_t from, int64_t to) const { return row_bytes_ / cluster_.Bandwidth(from, to); }
+  double RowSeconds(int64_t from, int64_t to) const {
+    return cluster_.SameNode(from, to) ? row_seconds_intra_ : row_seconds_inter_;
+  }
+  double Latency(int64_t from, int64_t to) const {
+    return cluster_.SameNode(from, to) ? cluster_.intra_node_latency_s : cluster_.inter_node_latency_s;
+  }
   double ExpertSeconds(int64_t from, int64_t to) const {
     return cluster_.Latency(from, to) + expert_bytes_ / cluster_.Bandwidth(from, to);
   }
@@ -66,7 +71,7 @@ class CostModel {
   ClusterSpec cluster_;
   LayerSpec layer_;
   CostOptions options_;
-  double row_bytes_, expert_bytes_, seconds_per_row_;
+  double row_bytes_, expert_bytes_, seconds_per_row_, row_seconds_intra_, row_seconds_inter_;
 };
 
 // The per-rank terms of the cost model kept up to date under edits of a plan,
@@ -75,6 +80,7 @@ class CostModel {
 // floating-point summation order); the tests check it.
 class LoadState {
  public:
+  // One pass over the counts (plain expert parallelism), then the plan's copies as edits.
   LoadState(const CostModel& model, const CountMatrix& counts, Plan plan);
 
   const Plan& plan() const { return plan_; }
@@ -87,6 +93,9 @@ class LoadState {
   void SetCopies(int64_t expert, std::vector<int32_t> copies);
   // Copies onto every rank that lacks it.
   void Shadow(int64_t expert);
+  // The predicted total if `expert` had these copies instead, without
+  // changing the state: one pass over the ranks, no allocation.
+  double Try(int64_t expert, const std::vector<int32_t>& copies);
   int64_t RowsOn(int64_t rank) const { return rows_[rank]; }
   // Rank with the most rows (the compute bottleneck); lowest index on ties.
   int64_t BusiestRank() const;
@@ -96,10 +105,21 @@ class LoadState {
   int64_t TopNonHolderSender(int64_t expert) const;
   // Copies held on `rank` (for memory budgets).
   int64_t CopiesOn(int64_t rank) const { return copies_on_[rank]; }
+  // Tokens per expert over all ranks (CountMatrix::ExpertLoads, from the same pass).
+  const std::vector<int64_t>& expert_loads() const { return loads_; }
 
  private:
   void ApplyRoutes(int64_t expert, int64_t sign);
   void ApplyLink(int64_t from, int64_t to, int64_t rows);
+  double Finish() const;  // Try's total from the state plus its deltas
+  // Seconds of `rows` more on a link that had `before` rows (latency when it turns on or off).
+  double LinkDelta(int64_t from, int64_t to, int64_t before, int64_t rows) const {
+    const bool same = node_[from] == node_[to];
+    double t = static_cast<double>(rows) * (same ? row_intra_ : row_inter_);
+    const bool was_on = before > 0, is_on = before + rows > 0;
+    if (was_on != is_on) t += (is_on ? 1.0 : -1.0) * (same ? lat_intra_ : lat_inter_);
+    return t;
+  }
   void ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign);
 
   const CostModel& model_;
@@ -111,6 +131,15 @@ class LoadState {
   std::vector<double> send_, recv_;            // [P] one exchange, seconds
   std::vector<double> bcast_send_, bcast_recv_; // [P] seconds
   std::vector<int64_t> copies_on_;
+  std::vector<int64_t> loads_;
+  std::vector<char> holder_;  // scratch: ranks holding the expert being edited
+  std::vector<int32_t> node_;  // node of each rank
+  double row_intra_, row_inter_, lat_intra_, lat_inter_;
+  // Try's scratch.
+  std::vector<char> new_holder_;
+  std::vector<double> d_send_, d_recv_, d_bsend_, d_brecv_;
+  std::vector<int64_t> d_rows_, d_link_;
+  std::vector<int32_t> touched_;
 };
 
 }  // namespace dynamoe::placement

@@ -114,10 +114,10 @@ Plan EplbPolicy::Decide(const CountMatrix& counts) {
                              load[placed[k].first], placed[k].second,
                              k < keep ? "kept" : "dropped (its weights cost more than it saves)");
   plan = state.plan();
-  plan.predicted_step_seconds = model_.Predict(counts, plan).total;
+  plan.predicted_step_seconds = LoadState(model_, counts, plan).Evaluate();
   if (explain)
     DYNAMOE_LOG(kDebug) << LogPrefix() << " on the moving average: "
-                        << model_.Predict(avg, Plan::None(P, E)).total << " s without copies, " << current
+                        << seconds[0] << " s without copies, " << current
                         << " s with " << plan.Summary() << ";" << why;
   return plan;
 }

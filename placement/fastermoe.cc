@@ -39,8 +39,9 @@ Plan FasterMoEPolicy::Decide(const CountMatrix& counts) {
   const double per_token = training ? 3 * t_comp + 4 * t_feat : t_comp + 2 * t_feat;
   const double cost = training ? 2 * t_model : t_model;
 
-  Plan plan = Plan::None(counts.world_size, counts.num_experts);
-  const std::vector<int64_t> loads = counts.ExpertLoads();
+  LoadState state(model_, counts, Plan::None(counts.world_size, counts.num_experts));
+  const double none_seconds = state.Evaluate();
+  const std::vector<int64_t>& loads = state.expert_loads();
   const std::vector<int64_t> order = ExpertsByLoad(loads);
   const bool explain = LogEnabled(LogLevel::kDebug);
   std::string why;
@@ -61,19 +62,16 @@ Plan FasterMoEPolicy::Decide(const CountMatrix& counts) {
                                cost);
       break;
     }
-    for (int32_t r = 0; r < counts.world_size; ++r)
-      if (r != plan.owner[e]) plan.copies[e].push_back(r);
+    state.Shadow(e);
     ++shadowed;
     if (explain)
       why += absl::StrFormat(" expert %d (load %d, next %d) shadowed: gain %.3g s > weights %.3g s;", e, loads[e],
                              loads[order[k]], gain, cost);
   }
-  plan.predicted_step_seconds = model_.Predict(counts, plan).total;
+  Plan plan = state.plan();
+  plan.predicted_step_seconds = state.Evaluate();
   if (explain)
-    DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << model_.Predict(counts, Plan::None(counts.world_size,
-                                                                                               counts.num_experts))
-                                                                 .total
-                        << " s without copies, " << plan.predicted_step_seconds << " s with " << plan.Summary()
+    DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, " << plan.predicted_step_seconds << " s with " << plan.Summary()
                         << ";" << why;
   return plan;
 }

@@ -6,8 +6,9 @@
 namespace dynamoe::placement {
 
 Plan NonePolicy::Decide(const CountMatrix& counts) {
-  Plan plan = Plan::None(counts.world_size, counts.num_experts);
-  plan.predicted_step_seconds = model_.Predict(counts, plan).total;
+  LoadState state(model_, counts, Plan::None(counts.world_size, counts.num_experts));
+  Plan plan = state.plan();
+  plan.predicted_step_seconds = state.Evaluate();
   return plan;
 }
 

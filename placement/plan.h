@@ -59,19 +59,27 @@ struct Plan {
 template <typename Fn>
 void ForEachRoute(const Plan& plan, const CountMatrix& counts, Fn&& fn);
 
+// The split rule on an explicit holder set (owner, then copies ascending).
+template <typename Fn>
+void SplitRows(int32_t owner, const std::vector<int32_t>& copies, bool source_holds, int64_t source, int64_t rows,
+               Fn&& fn) {
+  if (rows <= 0) return;
+  if (source_holds) {
+    fn(source, rows);
+    return;
+  }
+  const int64_t n = 1 + static_cast<int64_t>(copies.size()), base = rows / n, rem = rows % n;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t share = base + (((i - source) % n + n) % n < rem ? 1 : 0);
+    if (share > 0) fn(static_cast<int64_t>(i == 0 ? owner : copies[i - 1]), share);
+  }
+}
+
 // One (source, expert) only.
 template <typename Fn>
 void RoutesOf(const Plan& plan, int64_t source, int64_t expert, int64_t rows, Fn&& fn) {
-  if (rows <= 0) return;
-  if (plan.Holds(source, expert)) {
-    fn(source, expert, static_cast<int64_t>(source), rows);
-    return;
-  }
-  const int64_t n = plan.NumHolders(expert), base = rows / n, rem = rows % n;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t share = base + (((i - source) % n + n) % n < rem ? 1 : 0);
-    if (share > 0) fn(source, expert, static_cast<int64_t>(plan.Holder(expert, i)), share);
-  }
+  SplitRows(plan.owner[expert], plan.copies[expert], plan.Holds(source, expert), source, rows,
+            [&](int64_t dest, int64_t n) { fn(source, expert, dest, n); });
 }
 
 template <typename Fn>

@@ -31,7 +31,8 @@ class AdaptivePolicy : public Policy {
   Plan Decide(const CountMatrix& counts) override;
 
  private:
-  Plan Search(const CountMatrix& counts, double* none_seconds);
+  // Greedy actions on `state` (which starts at plain expert parallelism).
+  void Search(LoadState& state);
   bool has_previous_ = false;
   Plan previous_;
 };

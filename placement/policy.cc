@@ -36,7 +36,7 @@ absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
     plan_ = Decide(counts);
     has_plan_ = true;
   } else {
-    plan_.predicted_step_seconds = model_.Predict(counts, plan_).total;
+    plan_.predicted_step_seconds = LoadState(model_, counts, plan_).Evaluate();
     DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the plan (" << plan_.Summary() << ") until the next re-plan; "
                         << "predicted " << plan_.predicted_step_seconds << " s";
   }

@@ -184,6 +184,15 @@ TEST(LoadState, MatchesPredictUnderRandomEdits) {
     std::uniform_int_distribution<int64_t> pick_e(0, E - 1), pick_r(0, P - 1);
     for (int edit = 0; edit < 30; ++edit) {
       const int64_t e = pick_e(rng), r = pick_r(rng);
+      // Try predicts an edit without making it; it must agree with making it.
+      std::vector<int32_t> wanted;
+      for (int32_t q = 0; q < P; ++q)
+        if (q != state.plan().owner[e] && (edit % 3 == 0 || q % 2 == edit % 2)) wanted.push_back(q);
+      const double tried = state.Try(e, wanted);
+      const std::vector<int32_t> kept = state.plan().copies[e];
+      state.SetCopies(e, wanted);
+      ASSERT_NEAR(tried, state.Evaluate(), 1e-9 * tried) << "trial " << trial << " edit " << edit;
+      state.SetCopies(e, kept);
       if (edit % 7 == 0)
         state.Shadow(e);
       else if (state.plan().owner[e] != r && !state.plan().Holds(r, e))
