@@ -69,8 +69,8 @@ LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan pla
   loads_.assign(E, 0);
   node_.resize(P_);
   for (int64_t r = 0; r < P_; ++r) node_[r] = static_cast<int32_t>(model.cluster().NodeOf(r));
-  row_intra_ = model.RowSeconds(0, 0);
-  row_inter_ = model.cluster().MultiNode() ? model.RowSeconds(0, P_ - 1) : row_intra_;
+  row_intra_ = model.RowSeconds(true);
+  row_inter_ = model.RowSeconds(false);
   lat_intra_ = model.cluster().intra_node_latency_s;
   lat_inter_ = model.cluster().inter_node_latency_s;
   // Plain expert parallelism in one pass over the matrix ...
@@ -216,7 +216,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies) {
       d_send_[s] += t;
       d_recv_[owner] += t;
     }
-    return Finish();
+    return Totals(true).total;
   }
   for (int64_t s = 0; s < P_; ++s) {
     const int64_t n = column[s * E];
@@ -239,27 +239,20 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies) {
       d_recv_[d] += t;
     }
   }
-  return Finish();
+  return Totals(true).total;
 }
 
-double LoadState::Finish() const {
+StepCost LoadState::Totals(bool with_trial) const {
   double a2a = 0, bcast = 0;
   int64_t max_rows = 0;
   for (int64_t r = 0; r < P_; ++r) {
-    a2a = std::max({a2a, send_[r] + d_send_[r], recv_[r] + d_recv_[r]});
-    bcast = std::max({bcast, bcast_send_[r] + d_bsend_[r], bcast_recv_[r] + d_brecv_[r]});
-    max_rows = std::max(max_rows, rows_[r] + d_rows_[r]);
-  }
-  return model_.Finish(a2a, max_rows, bcast).total;
-}
-
-StepCost LoadState::Cost() const {
-  double a2a = 0, bcast = 0;
-  int64_t max_rows = 0;
-  for (int64_t r = 0; r < P_; ++r) {
-    a2a = std::max({a2a, send_[r], recv_[r]});
-    bcast = std::max({bcast, bcast_send_[r], bcast_recv_[r]});
-    max_rows = std::max(max_rows, rows_[r]);
+    // Try's deltas on top of the state, or the state alone.
+    const double ds = with_trial ? d_send_[r] : 0, dr = with_trial ? d_recv_[r] : 0;
+    const double dbs = with_trial ? d_bsend_[r] : 0, dbr = with_trial ? d_brecv_[r] : 0;
+    const int64_t drows = with_trial ? d_rows_[r] : 0;
+    a2a = std::max({a2a, send_[r] + ds, recv_[r] + dr});
+    bcast = std::max({bcast, bcast_send_[r] + dbs, bcast_recv_[r] + dbr});
+    max_rows = std::max(max_rows, rows_[r] + drows);
   }
   return model_.Finish(a2a, max_rows, bcast);
 }

@@ -54,12 +54,8 @@ class CostModel {
   double Exchanges() const { return options_.training ? 4.0 : 2.0; }
   double ComputeFactor() const { return options_.training ? 3.0 : 1.0; }
   // Seconds for `rows` token rows on a link / one expert's weights on a link.
-  double RowSeconds(int64_t from, int64_t to) const {
-    return cluster_.SameNode(from, to) ? row_seconds_intra_ : row_seconds_inter_;
-  }
-  double Latency(int64_t from, int64_t to) const {
-    return cluster_.SameNode(from, to) ? cluster_.intra_node_latency_s : cluster_.inter_node_latency_s;
-  }
+  double RowSeconds(bool same_node) const { return same_node ? row_seconds_intra_ : row_seconds_inter_; }
+  double RowSeconds(int64_t from, int64_t to) const { return RowSeconds(cluster_.SameNode(from, to)); }
   double ExpertSeconds(int64_t from, int64_t to) const {
     return cluster_.Latency(from, to) + expert_bytes_ / cluster_.Bandwidth(from, to);
   }
@@ -85,7 +81,7 @@ class LoadState {
 
   const Plan& plan() const { return plan_; }
   double Evaluate() const { return Cost().total; }
-  StepCost Cost() const;
+  StepCost Cost() const { return Totals(false); }
   // Copy `expert` onto `rank` / remove that copy; rank must (not) hold it.
   void AddCopy(int64_t expert, int64_t rank);
   void RemoveCopy(int64_t expert, int64_t rank);
@@ -111,7 +107,8 @@ class LoadState {
  private:
   void ApplyRoutes(int64_t expert, int64_t sign);
   void ApplyLink(int64_t from, int64_t to, int64_t rows);
-  double Finish() const;  // Try's total from the state plus its deltas
+  // The state's cost, with Try's deltas added when with_trial.
+  StepCost Totals(bool with_trial) const;
   // Seconds of `rows` more on a link that had `before` rows (latency when it turns on or off).
   double LinkDelta(int64_t from, int64_t to, int64_t before, int64_t rows) const {
     const bool same = node_[from] == node_[to];

@@ -1,6 +1,8 @@
 #include "placement/policy.h"
 
+#include <algorithm>
 #include <limits>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -42,6 +44,13 @@ absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
   }
   ++step_;
   return plan_;
+}
+
+std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads) {
+  std::vector<int64_t> order(loads.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return loads[a] > loads[b]; });
+  return order;
 }
 
 absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,

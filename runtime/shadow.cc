@@ -110,8 +110,9 @@ std::vector<at::Tensor> ShareExperts(const std::vector<at::Tensor>& params, cons
         ++s->send_rows[d];
       }
     }
-  for (int64_t e : plan.CopiesOn(me)) ++s->recv_rows[plan.owner[e]];
-  s->num_copies = static_cast<int64_t>(plan.CopiesOn(me).size());
+  const std::vector<int64_t> held = plan.CopiesOn(me);
+  for (int64_t e : held) ++s->recv_rows[plan.owner[e]];
+  s->num_copies = static_cast<int64_t>(held.size());
   for (const at::Tensor& p : params) {
     DYNAMOE_THROW_IF(p.size(0) != per_rank, layer, ": expert parameter has ", p.size(0), " experts, expected ",
                      per_rank);

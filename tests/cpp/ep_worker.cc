@@ -26,6 +26,7 @@
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
+#include "tests/cpp/worker_expect.h"
 
 namespace {
 
@@ -52,13 +53,7 @@ int TokensOf(const std::string& list, int rank) {
   return t[rank % t.size()];
 }
 
-int failures = 0;
-void Expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::cerr << "MISMATCH: " << what << std::endl;
-  }
-}
+using dynamoe::testing::Expect;
 void ExpectClose(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   const bool same_shape = a.sizes() == b.sizes();
   const double diff = same_shape && a.numel() ? (a - b).abs().max().item<double>() : 0.0;
@@ -157,7 +152,7 @@ int Equal(const std::map<std::string, std::string>& args, const dynamoe::runtime
   Tensor bias = dist->expert_bias.clone();
   dynamoe::ThrowIfError(g.world->Broadcast(bias, 0, {"test", "check"}));
   Expect(torch::equal(bias, dist->expert_bias), "expert_bias identical on every rank");
-  return failures ? 1 : 0;
+  return dynamoe::testing::ExitCode();
 }
 
 // Every Communicator operation, blocking and async, against values each rank
@@ -202,7 +197,7 @@ int Collectives(const dynamoe::runtime::ParallelGroups& g) {
   ThrowIfError(h2->Wait());
   Expect(torch::all(ar.to(torch::kFloat) == 0.5f * P * (P + 1) / 2).item<bool>(), "all_reduce bf16");
   Expect(comm->counters().collectives == 7, "7 collectives counted, got " + std::to_string(comm->counters().collectives));
-  return failures ? 1 : 0;
+  return dynamoe::testing::ExitCode();
 }
 
 // A custom expert that, on the doomed rank in step 2, exits or stalls.

@@ -15,6 +15,7 @@
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
+#include "tests/cpp/worker_expect.h"
 
 namespace {
 
@@ -22,13 +23,7 @@ using dynamoe::MoELayer;
 using dynamoe::MoEOptions;
 using torch::Tensor;
 
-int failures = 0;
-void Expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::cerr << "MISMATCH: " << what << std::endl;
-  }
-}
+using dynamoe::testing::Expect;
 void ExpectClose(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   const bool same = a.sizes() == b.sizes();
   const double diff = same && a.numel() ? (a - b).abs().max().item<double>() : 0.0;
@@ -130,5 +125,5 @@ int main(int argc, char** argv) {
     std::cerr << e.what() << std::endl;
     return 3;
   }
-  return failures ? 1 : 0;
+  return dynamoe::testing::ExitCode();
 }
