@@ -60,6 +60,14 @@ void MoELayerImpl::set_placement(const std::string& policy) {
   placement_ = c10::make_intrusive<scheduler::PlacementState>(policy);
 }
 
+void MoELayerImpl::set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
+  schedule_ = scheduler::ScheduleOptions::Make(kind, group_size, overlap_degree);
+}
+
+std::string MoELayerImpl::schedule() const {
+  return schedule_.value_or(scheduler::ScheduleOptions::FromConfig()).Describe();
+}
+
 int64_t MoELayerImpl::num_local_experts() const { return scheduler::LocalExperts(options, ep_group_); }
 
 int64_t MoELayerImpl::first_expert() const { return ep_group_ ? ep_group_->rank() * num_local_experts() : 0; }
@@ -88,6 +96,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
     };
   in.comm = ep_group_;
   in.placement = placement_;
+  in.schedule = schedule_;
   in.training = is_training();
   in.step = step_;
   scheduler::StepResult r = scheduler::MoEForward(options, in);
@@ -110,6 +119,8 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
   stats_.predicted_step_seconds = r.plan.predicted_step_seconds;
   stats_.weight_bytes_sent = r.weight_bytes_sent;
   stats_.weight_bytes_received = r.weight_bytes_received;
+  stats_.overlapped = r.overlapped;
+  stats_.pipeline_stages = r.pipeline_stages;
   stats_.phase_seconds.clear();
   for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kPolicy,
                  monitor::Phase::kShadowBroadcast, monitor::Phase::kDispatch, monitor::Phase::kExperts,

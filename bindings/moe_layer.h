@@ -13,12 +13,14 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "runtime/communicator.h"
 #include "scheduler/options.h"
 #include "scheduler/placement_state.h"
+#include "scheduler/schedule.h"
 
 namespace dynamoe {
 
@@ -39,6 +41,11 @@ struct MoEStats {
   double predicted_step_seconds = 0;  // the cost model's prediction for this step's counts
   int64_t weight_bytes_sent = 0;      // copied experts' weights sent (forward)
   int64_t weight_bytes_received = 0;
+  // Schedule (DYNAMOE_SCHEDULE) that ran: overlapped, and the pipeline stages
+  // that moved rows (at most peer groups x token chunks); false / 0 for
+  // sequential or one process.
+  bool overlapped = false;
+  int64_t pipeline_stages = 0;
 };
 
 // Makes expert `expert_idx` of a custom-expert layer ([rows, d_model] -> same).
@@ -64,6 +71,12 @@ class MoELayerImpl : public torch::nn::Module {
   const std::string& placement() const { return placement_->policy_name(); }
   // Overrides DYNAMOE_PLACEMENT for this layer: none, fastermoe, adaptive, eplb.
   void set_placement(const std::string& policy);
+  // Overrides DYNAMOE_SCHEDULE / DYNAMOE_GROUP_SIZE / DYNAMOE_OVERLAP_DEGREE
+  // for this layer: kind sequential or overlap ("" keeps the environment's);
+  // a negative group_size or overlap_degree keeps the environment's.
+  void set_schedule(const std::string& kind, int64_t group_size = -1, int64_t overlap_degree = -1);
+  // "sequential" or "overlap(group_size=4, overlap_degree=2)".
+  std::string schedule() const;
 
   MoEOptions options;
   torch::nn::Linear gate{nullptr};  // gate.weight [num_experts, d_model]
@@ -77,6 +90,7 @@ class MoELayerImpl : public torch::nn::Module {
   void Build(const ExpertFactory* expert_factory);
   runtime::CommunicatorPtr ep_group_;
   c10::intrusive_ptr<scheduler::PlacementState> placement_;
+  std::optional<scheduler::ScheduleOptions> schedule_;  // unset: the environment, read each step
   std::vector<torch::nn::AnyModule> custom_experts_;
   MoEStats stats_;
   int64_t step_ = 0;

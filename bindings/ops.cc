@@ -123,14 +123,16 @@ CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vect
 // Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info)
 // where info is float64 [dropped, capacity, balance_loss, z_loss, bytes_sent,
 // bytes_received, comm_seconds, seconds per phase..., weight_bytes_sent,
-// weight_bytes_received]. The placement's plan is read from the Placement object.
+// weight_bytes_received, overlapped, pipeline_stages]. The placement's plan is
+// read from the Placement object. schedule "" / group_size and
+// overlap_degree < 0 keep the environment's (DYNAMOE_SCHEDULE, ...).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
     int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
     double z_loss_weight, bool check_finite, bool training, std::string name, c10::optional<CommPtr> comm,
-    c10::optional<PlacementPtr> placement) {
+    c10::optional<PlacementPtr> placement, std::string schedule, int64_t group_size, int64_t overlap_degree) {
   return Boundary([&] {
     MoEOptions o = MakeOptions(gate_weight.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
                                capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
@@ -146,6 +148,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     in.step = step;
     if (comm.has_value()) in.comm = *comm;
     if (placement.has_value()) in.placement = *placement;
+    in.schedule = scheduler::ScheduleOptions::Make(schedule, group_size, overlap_degree);
     scheduler::StepResult r = scheduler::MoEForward(o, in);
     std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
                                 r.balance_loss.item<double>(), r.z_loss.item<double>(),
@@ -154,6 +157,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
     info.push_back(static_cast<double>(r.weight_bytes_sent));
     info.push_back(static_cast<double>(r.weight_bytes_received));
+    info.push_back(r.overlapped ? 1.0 : 0.0);
+    info.push_back(static_cast<double>(r.pipeline_stages));
     return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
                            at::tensor(info, at::TensorOptions().dtype(at::kDouble)));
   });
@@ -226,7 +231,8 @@ TORCH_LIBRARY(dynamoe, m) {
       .def("counters", [](const dynamoe::CommPtr& c) {
         const auto k = c->counters();
         return std::vector<double>{static_cast<double>(k.collectives), static_cast<double>(k.bytes_sent),
-                                   static_cast<double>(k.bytes_received), k.wait_seconds};
+                                   static_cast<double>(k.bytes_received), k.wait_seconds,
+                                   static_cast<double>(k.waits), static_cast<double>(k.idle_waits)};
       });
   // A layer's placement policy and its last plan (stats()["shadowed"], ...).
   m.class_<dynamoe::scheduler::PlacementState>("Placement")
@@ -256,7 +262,8 @@ TORCH_LIBRARY(dynamoe, m) {
       "bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, float jitter_eps, "
       "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name, "
       "__torch__.torch.classes.dynamoe.Communicator? comm=None, "
-      "__torch__.torch.classes.dynamoe.Placement? placement=None) -> (Tensor y, Tensor aux_loss, Tensor counts, "
+      "__torch__.torch.classes.dynamoe.Placement? placement=None, str schedule=\"\", int group_size=-1, "
+      "int overlap_degree=-1) -> (Tensor y, Tensor aux_loss, Tensor counts, "
       "Tensor routed_counts, Tensor global_routed_counts, Tensor info)",
       &dynamoe::MoEForwardOp);
   m.def(

@@ -277,4 +277,17 @@ int64_t LoadState::TopNonHolderSender(int64_t expert) const {
   return best;
 }
 
+double PipelineSeconds(double exchange, double compute, int64_t stages, double stage_overhead) {
+  const double n = static_cast<double>(std::max<int64_t>(1, stages));
+  return std::max(exchange, compute) + std::min(exchange, compute) / n + n * stage_overhead;
+}
+
+int64_t BestStageCount(double exchange, double compute, double stage_overhead, int64_t max_stages) {
+  int64_t best = 1;
+  for (int64_t n = 2; n <= max_stages; ++n)
+    if (PipelineSeconds(exchange, compute, n, stage_overhead) < PipelineSeconds(exchange, compute, best, stage_overhead))
+      best = n;
+  return best;
+}
+
 }  // namespace dynamoe::placement

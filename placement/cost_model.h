@@ -41,6 +41,14 @@ struct StepCost {
   int64_t max_rows = 0;  // most rows computed by one rank
 };
 
+// The overlapped schedule run as `stages` pipeline stages: one stage's worth
+// of the shorter of exchange and compute is not hidden (pipeline fill and
+// drain), and every stage adds a fixed overhead (two collectives' latency):
+//   max(x, c) + min(x, c) / stages + stages * stage_overhead.
+double PipelineSeconds(double exchange, double compute, int64_t stages, double stage_overhead);
+// The stage count in [1, max_stages] that minimises PipelineSeconds.
+int64_t BestStageCount(double exchange, double compute, double stage_overhead, int64_t max_stages);
+
 class CostModel {
  public:
   CostModel(ClusterSpec cluster, LayerSpec layer, CostOptions options = {});

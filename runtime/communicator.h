@@ -34,6 +34,10 @@ class CommHandle {
   // OK once completed; DeadlineExceeded / Unavailable / Aborted naming the
   // layer, phase and peer otherwise. Call at most once.
   virtual absl::Status Wait() = 0;
+  // GPU backends: orders the caller's stream after the collective without
+  // blocking the host and returns true; Wait() must still follow, later, to
+  // report errors. Host backends return false: Wait() before reading output.
+  virtual bool OrderAfter() { return false; }
 };
 
 // Counters since creation, for benchmarks and metrics.
@@ -42,6 +46,12 @@ struct CommCounters {
   int64_t bytes_sent = 0;      // all-to-all payload to other ranks
   int64_t bytes_received = 0;  // all-to-all payload from other ranks
   double wait_seconds = 0;     // time callers spent in Wait()
+  int64_t waits = 0;           // Wait() calls
+  // Wait() calls on a collective that nothing started after it is still in
+  // flight with (started, not yet waited): the caller waited on its newest
+  // collective, a synchronous use. A pipeline makes one per run, however
+  // many stages; one that waited inside its loop would make one per stage.
+  int64_t idle_waits = 0;
 };
 
 // A group of ranks. Held by c10::intrusive_ptr (it is also the TorchBind class

@@ -73,9 +73,8 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
   const cudaError_t e = cudaLaunchHostFunc(stream_, HostDone, new std::shared_ptr<PendingCollective>(pending));
   if (e != cudaSuccess) pending->Finish(PendingCollective::State::kFailed, CudaError(e));
   // Once done, the caller's stream waits for the collective.
-  return Handle(
-      op, tag, std::move(pending), [this, done] { cudaStreamWaitEvent(compute_stream_, done, 0); },
-      [done] { cudaEventDestroy(done); });
+  auto order = [this, done] { cudaStreamWaitEvent(compute_stream_, done, 0); };
+  return Handle(op, tag, std::move(pending), order, [done] { cudaEventDestroy(done); }, order);
 }
 
 #define DYNAMOE_NCCL_TYPE(var, tensor)                                                           \

@@ -9,22 +9,31 @@ namespace dynamoe::runtime {
 class TrackedHandle : public CommHandle {
  public:
   TrackedHandle(c10::intrusive_ptr<TrackedCommunicator> comm, std::shared_ptr<PendingCollective> pending,
-                std::function<void()> after, std::function<void()> cleanup, std::string refused)
+                std::function<void()> after, std::function<void()> cleanup, std::function<void()> order,
+                std::string refused)
       : comm_(std::move(comm)), pending_(std::move(pending)), after_(std::move(after)),
-        cleanup_(std::move(cleanup)), refused_(std::move(refused)) {}
+        cleanup_(std::move(cleanup)), order_(std::move(order)), refused_(std::move(refused)) {}
   ~TrackedHandle() override {
+    if (pending_ && !waited_) comm_->Retire(pending_->seq());
     if (cleanup_) cleanup_();
   }
   absl::Status Wait() override {
     if (!pending_) return absl::FailedPreconditionError(refused_);
+    waited_ = true;
     return comm_->Complete(*pending_, after_);
+  }
+  bool OrderAfter() override {
+    if (!pending_ || !order_) return false;
+    order_();
+    return true;
   }
 
  private:
   c10::intrusive_ptr<TrackedCommunicator> comm_;
   std::shared_ptr<PendingCollective> pending_;
-  std::function<void()> after_, cleanup_;
+  std::function<void()> after_, cleanup_, order_;
   std::string refused_;
+  bool waited_ = false;
 };
 
 CommCounters TrackedCommunicator::counters() const {
@@ -48,22 +57,39 @@ std::shared_ptr<PendingCollective> TrackedCommunicator::Track(const char* op, co
 std::unique_ptr<CommHandle> TrackedCommunicator::Handle(const char* op, const CollectiveTag& tag,
                                                         std::shared_ptr<PendingCollective> pending,
                                                         std::function<void()> after,
-                                                        std::function<void()> cleanup) {
+                                                        std::function<void()> cleanup,
+                                                        std::function<void()> order) {
   std::string refused;
-  if (!pending)
+  if (pending) {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    in_flight_.insert(pending->seq());
+  } else {
     refused = absl::StrCat(tag.Describe(), ": ", op, " on group '", name(),
                            "' refused: an earlier collective of this group failed, so the group is unusable");
+  }
   return std::make_unique<TrackedHandle>(c10::intrusive_ptr<TrackedCommunicator>::unsafe_reclaim_from_nonowning(this),
                                          std::move(pending), std::move(after), std::move(cleanup),
-                                         std::move(refused));
+                                         std::move(order), std::move(refused));
+}
+
+void TrackedCommunicator::Retire(uint64_t seq) {
+  std::lock_guard<std::mutex> lock(counters_mu_);
+  in_flight_.erase(seq);
 }
 
 absl::Status TrackedCommunicator::Complete(PendingCollective& pending, const std::function<void()>& after) {
+  {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    ++counters_.waits;
+    // Idle: nothing started after this collective is still in flight.
+    if (in_flight_.empty() || *in_flight_.rbegin() == pending.seq()) ++counters_.idle_waits;
+  }
   const auto t0 = Clock::now();
   const auto state = pending.Await();
   {
     std::lock_guard<std::mutex> lock(counters_mu_);
     counters_.wait_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    in_flight_.erase(pending.seq());
   }
   if (state == PendingCollective::State::kDone) {
     monitor_.End(pending.seq());

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "runtime/communicator.h"
@@ -37,10 +38,11 @@ class TrackedCommunicator : public Communicator {
   std::shared_ptr<PendingCollective> Track(const char* op, const CollectiveTag& tag,
                                            std::function<void()> on_expire = nullptr);
   // The handle for `pending` (or, when null, one that refuses with a clear
-  // error). `after` runs once it succeeded; `cleanup` when the handle dies.
+  // error). `after` runs once it succeeded; `cleanup` when the handle dies;
+  // `order` (GPU) makes the caller's stream wait for it (CommHandle::OrderAfter).
   std::unique_ptr<CommHandle> Handle(const char* op, const CollectiveTag& tag,
                                      std::shared_ptr<PendingCollective> pending, std::function<void()> after = nullptr,
-                                     std::function<void()> cleanup = nullptr);
+                                     std::function<void()> cleanup = nullptr, std::function<void()> order = nullptr);
   // Adds an all-to-all's payload to other ranks to the byte counters.
   void CountAllToAll(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                      const std::vector<int64_t>& recv_rows);
@@ -50,12 +52,15 @@ class TrackedCommunicator : public Communicator {
   friend class TrackedHandle;
   // Blocks until `pending` finished: OK, or the diagnosed error.
   absl::Status Complete(PendingCollective& pending, const std::function<void()>& after);
+  // A handle stopped being in flight (waited, or dropped unwaited).
+  void Retire(uint64_t seq);
 
   PeerMonitor monitor_;
   std::atomic<uint64_t> seq_{0};
   std::atomic<bool> failed_{false};
   mutable std::mutex counters_mu_;
   CommCounters counters_;
+  std::set<uint64_t> in_flight_;  // collectives started and not yet waited (under counters_mu_)
 };
 
 }  // namespace dynamoe::runtime

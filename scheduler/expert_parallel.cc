@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "common/hash.h"
 #include "common/status.h"
+#include "scheduler/pipeline_layout.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -84,27 +85,6 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
   return CountMatrices{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous()};
 }
 
-namespace {
-
-// perm, or an undefined tensor when perm is the identity.
-at::Tensor Permutation(std::vector<int64_t> perm, const at::TensorOptions& options) {
-  bool identity = true;
-  for (size_t i = 0; i < perm.size() && identity; ++i) identity = perm[i] == static_cast<int64_t>(i);
-  if (identity) return at::Tensor();
-  return at::tensor(perm, options);
-}
-
-at::Tensor Inverse(const at::Tensor& perm) {
-  if (!perm.defined()) return perm;
-  at::Tensor inv = at::empty_like(perm);
-  const int64_t* p = perm.data_ptr<int64_t>();
-  int64_t* q = inv.data_ptr<int64_t>();
-  for (int64_t i = 0; i < perm.numel(); ++i) q[p[i]] = i;
-  return inv;
-}
-
-}  // namespace
-
 ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan) {
   const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1), El = E / P;
   const at::Tensor km = kept_matrix.contiguous();
@@ -136,8 +116,8 @@ ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const pla
   send_perm.reserve(offset);
   for (const Piece& p : pieces)
     for (int64_t i = 0; i < p.rows; ++i) send_perm.push_back(p.start + i);
-  out.to_dest_major = Permutation(std::move(send_perm), options);
-  out.from_dest_major = Inverse(out.to_dest_major);
+  out.to_dest_major = PermutationTensor(std::move(send_perm));
+  out.from_dest_major = InversePermutation(out.to_dest_major);
 
   // Receive side: arrivals are source-major, each source's pieces in expert
   // order; the experts want them slot-major, sources in rank order.
@@ -158,8 +138,8 @@ ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const pla
       local[k] += n;
       for (int64_t i = 0; i < n; ++i) recv_perm.push_back(start + i);
     }
-  out.to_expert_major = Permutation(std::move(recv_perm), options);
-  out.to_source_major = Inverse(out.to_expert_major);
+  out.to_expert_major = PermutationTensor(std::move(recv_perm));
+  out.to_source_major = InversePermutation(out.to_expert_major);
   return out;
 }
 

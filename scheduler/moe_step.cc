@@ -10,6 +10,7 @@
 #include "runtime/config.h"
 #include "runtime/shadow.h"
 #include "scheduler/expert_parallel.h"
+#include "scheduler/overlap.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -139,6 +140,67 @@ ExpertParams WithCopies(const ExpertParams& own, const placement::Plan& plan, co
   return all;
 }
 
+// One all-to-all each way around the experts.
+at::Tensor SequentialStep(const MoEOptions& options, const StepInputs& in, const at::Tensor& x,
+                          const Routing& routing, const ExpertParams& experts, StepResult& result) {
+  using monitor::Phase;
+  const bool distributed = in.comm && in.comm->size() > 1;
+  const int rank = distributed ? in.comm->rank() : 0;
+  at::Tensor rows;
+  ExchangePlan plan;
+  {
+    monitor::ScopedPhase timer(result.times, Phase::kDispatch);
+    rows = Dispatch(x, routing.position, routing.num_rows);
+    if (distributed) {
+      plan = MakeExchangePlan(result.counts, rank, result.plan);
+      if (plan.to_dest_major.defined()) rows = rows.index_select(0, plan.to_dest_major);
+      rows = AllToAllRows(rows, in.comm, plan.send_rows, plan.recv_rows,
+                          {options.name(), monitor::PhaseName(Phase::kDispatch), false});
+      if (plan.to_expert_major.defined()) rows = rows.index_select(0, plan.to_expert_major);
+    }
+  }
+  at::Tensor out_rows;
+  {
+    monitor::ScopedPhase timer(result.times, Phase::kExperts);
+    out_rows = distributed ? RunExperts(options, in, experts, rows, plan.local_counts,
+                                        rank * LocalExperts(options, in.comm))
+                           : RunExperts(options, in, experts, rows, routing.kept_counts, 0);
+  }
+  {
+    monitor::ScopedPhase timer(result.times, Phase::kCombine);
+    if (distributed) {
+      if (plan.to_source_major.defined()) out_rows = out_rows.index_select(0, plan.to_source_major);
+      out_rows = AllToAllRows(out_rows, in.comm, plan.recv_rows, plan.send_rows,
+                              {options.name(), monitor::PhaseName(Phase::kCombine), false});
+      if (plan.from_dest_major.defined()) out_rows = out_rows.index_select(0, plan.from_dest_major);
+    }
+  }
+  return Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
+}
+
+// The overlapped pipeline (overlap.h) around the experts.
+at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const ScheduleOptions& schedule,
+                          const at::Tensor& x, const Routing& routing, const ExpertParams& experts,
+                          StepResult& result) {
+  using monitor::Phase;
+  std::shared_ptr<const PipelineLayout> layout;
+  at::Tensor rows;
+  {
+    monitor::ScopedPhase timer(result.times, Phase::kDispatch);
+    const int64_t degree = ResolveOverlapDegree(schedule, options, result.counts, result.plan, x.element_size());
+    layout = std::make_shared<const PipelineLayout>(
+        MakePipelineLayout(result.counts, in.comm->rank(), result.plan, schedule.group_size, degree));
+    rows = Dispatch(x, routing.position, routing.num_rows);
+    if (layout->to_send_order.defined()) rows = rows.index_select(0, layout->to_send_order);
+  }
+  result.overlapped = true;
+  for (const PipelineUnit& u : layout->stages) result.pipeline_stages += u.idle ? 0 : 1;
+  at::Tensor out = OverlappedExperts(rows, experts, layout, in.comm, options.name(), &result.times);
+  monitor::ScopedPhase timer(result.times, Phase::kCombine);
+  if (layout->from_send_order.defined()) out = out.index_select(0, layout->from_send_order);
+  return Combine(out, routing.weight, routing.position).view(in.x.sizes());
+}
+
 }  // namespace
 
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
@@ -183,35 +245,19 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
     result.weight_bytes_received = c1.bytes_received - c0.bytes_received;
   }
-  at::Tensor rows;
-  ExchangePlan plan;
-  {
-    monitor::ScopedPhase timer(result.times, Phase::kDispatch);
-    rows = Dispatch(x, routing.position, routing.num_rows);
-    if (distributed) {
-      plan = MakeExchangePlan(result.counts, rank, result.plan);
-      if (plan.to_dest_major.defined()) rows = rows.index_select(0, plan.to_dest_major);
-      rows = AllToAllRows(rows, in.comm, plan.send_rows, plan.recv_rows,
-                          {options.name(), monitor::PhaseName(Phase::kDispatch), false});
-      if (plan.to_expert_major.defined()) rows = rows.index_select(0, plan.to_expert_major);
+  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromConfig());
+  if (distributed && schedule.overlap() && !in.custom_expert) {
+    result.y = OverlappedStep(options, in, schedule, x, routing, experts, result);
+  } else {
+    if (distributed && schedule.overlap()) {
+      static std::once_flag warned;
+      std::call_once(warned, [&] {
+        DYNAMOE_LOG(kWarning) << options.name()
+                              << ": DYNAMOE_SCHEDULE=overlap needs the built-in FFN experts; custom experts run "
+                                 "the sequential schedule";
+      });
     }
-  }
-  at::Tensor out_rows;
-  {
-    monitor::ScopedPhase timer(result.times, Phase::kExperts);
-    out_rows = distributed ? RunExperts(options, in, experts, rows, plan.local_counts,
-                                        rank * LocalExperts(options, in.comm))
-                           : RunExperts(options, in, experts, rows, routing.kept_counts, 0);
-  }
-  {
-    monitor::ScopedPhase timer(result.times, Phase::kCombine);
-    if (distributed) {
-      if (plan.to_source_major.defined()) out_rows = out_rows.index_select(0, plan.to_source_major);
-      out_rows = AllToAllRows(out_rows, in.comm, plan.recv_rows, plan.send_rows,
-                              {options.name(), monitor::PhaseName(Phase::kCombine), false});
-      if (plan.from_dest_major.defined()) out_rows = out_rows.index_select(0, plan.from_dest_major);
-    }
-    result.y = Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
+    result.y = SequentialStep(options, in, x, routing, experts, result);
   }
   if (distributed) {
     const runtime::CommCounters after = in.comm->counters();

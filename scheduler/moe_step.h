@@ -14,6 +14,7 @@
 #include "scheduler/options.h"
 #include "scheduler/placement_state.h"
 #include "scheduler/router.h"
+#include "scheduler/schedule.h"
 
 namespace dynamoe::scheduler {
 
@@ -32,6 +33,8 @@ struct StepInputs {
   runtime::CommunicatorPtr comm;
   // The layer's placement policy; null runs plain expert parallelism.
   c10::intrusive_ptr<PlacementState> placement;
+  // The token schedule; unset reads DYNAMOE_SCHEDULE and friends.
+  std::optional<ScheduleOptions> schedule;
   bool training = false;
   int64_t step = 0;  // seeds use_rts
 };
@@ -50,6 +53,11 @@ struct StepResult {
   int64_t weight_bytes_sent = 0;    // copied experts' weights sent (forward)
   int64_t weight_bytes_received = 0;
   placement::Plan plan;             // the placement in force this step
+  // The schedule that ran: overlapped, and the pipeline stages that moved
+  // rows (at most peer groups x token chunks; stages where no rank has rows
+  // are skipped by all); false / 0 for sequential or one process.
+  bool overlapped = false;
+  int64_t pipeline_stages = 0;
   int64_t dropped = 0;
   int64_t capacity = -1;
   monitor::PhaseTimes times;

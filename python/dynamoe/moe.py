@@ -36,6 +36,10 @@ class MoE(nn.Module):
 
     Placement: ``placement=`` (none, fastermoe, adaptive, eplb) or DYNAMOE_PLACEMENT picks
     the policy that copies hot experts to other ranks; stats() reports the plan.
+
+    Schedule: ``schedule=`` ("sequential" or "overlap"), ``group_size=`` and ``overlap_degree=``
+    override DYNAMOE_SCHEDULE, DYNAMOE_GROUP_SIZE and DYNAMOE_OVERLAP_DEGREE for this layer:
+    "overlap" pipelines the token all-to-all with the expert compute, forward and backward.
     """
 
     def __init__(self, d_model, d_hidden, num_experts, top_k=2, capacity_factor=0.0,
@@ -43,7 +47,7 @@ class MoE(nn.Module):
                  gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
                  jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
                  use_residual=False, check_finite=True, expert=None, name="moe", group=None, ep_size=None,
-                 placement=None):
+                 placement=None, schedule=None, group_size=None, overlap_degree=None):
         super().__init__()
         from . import distributed
         self.group, self._comm = None, None
@@ -103,6 +107,16 @@ class MoE(nn.Module):
             self.residual_fc1 = nn.Linear(d_model, d_hidden)
             self.residual_fc2 = nn.Linear(d_hidden, d_model)
             self.residual_coef = nn.Linear(d_model, 2)
+        if schedule not in (None, "sequential", "overlap"):
+            raise ValueError(f'{name}: schedule must be "sequential" or "overlap", got {schedule!r}')
+        if group_size is not None and int(group_size) < 1:
+            raise ValueError(f"{name}: group_size must be >= 1, got {group_size}")
+        if overlap_degree is not None and not 0 <= int(overlap_degree) <= 64:
+            raise ValueError(f"{name}: overlap_degree must be in [0, 64] (0: from the cost model), "
+                             f"got {overlap_degree}")
+        self.schedule = schedule or ""
+        self.group_size = -1 if group_size is None else int(group_size)
+        self.overlap_degree = -1 if overlap_degree is None else int(overlap_degree)
         self._placement = None
         if self.experts is None:
             self._placement = torch.classes.dynamoe.Placement(placement or "")
@@ -137,24 +151,26 @@ class MoE(nn.Module):
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
                 self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name,
-                self._comm, self._placement)
+                self._comm, self._placement, self.schedule, self.group_size, self.overlap_degree)
             info = info.tolist()
             names = _phase_names()
             phases = {n: info[7 + i] for i, n in enumerate(names)
                       if n in ("gate", "count_allgather", "policy", "shadow_broadcast", "dispatch", "experts",
                                "combine")}
             dropped, capacity, balance, z, sent, received, comm_s = info[:7]
-            weight_sent, weight_received = info[7 + len(names):9 + len(names)]
+            weight_sent, weight_received, overlapped, stages = info[7 + len(names):11 + len(names)]
             pl = self._placement
             plan = {"shadowed": list(pl.shadowed()), "replicas": list(pl.replicas()),
                     "plan_hash": pl.plan_hash() & (2 ** 64 - 1),
                     "predicted_step_seconds": pl.predicted_step_seconds(),
-                    "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received)}
+                    "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received),
+                    "overlapped": bool(overlapped), "pipeline_stages": int(stages)}
         else:
             y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
             global_routed, sent, received, comm_s = routed, 0, 0, 0.0
             plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
-                    "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0}
+                    "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0,
+                    "overlapped": False, "pipeline_stages": 0}
         if self.training:
             self._step += 1
             if self.bias_update_rate > 0:  # global loads: the bias stays identical on every rank
@@ -210,11 +226,14 @@ class MoE(nn.Module):
         (this rank's, before capacity), dropped, capacity, losses, phase_seconds, bytes_sent,
         bytes_received, comm_seconds; placement: shadowed (experts copied to every rank), replicas
         ([E] copies per expert beyond its owner), plan_hash (same on every rank),
-        predicted_step_seconds (the cost model's), weight_bytes_sent/received."""
+        predicted_step_seconds (the cost model's), weight_bytes_sent/received; schedule:
+        overlapped (the overlap pipeline ran) and pipeline_stages (stages that moved rows, at most
+        peer groups x token chunks)."""
         return dict(self._stats)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
                 f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else "")
-                + (f", placement={self._placement.policy()}" if self._placement is not None else ""))
+                + (f", placement={self._placement.policy()}" if self._placement is not None else "")
+                + (f", schedule={self.schedule}" if self.schedule else ""))

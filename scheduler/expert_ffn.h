@@ -1,0 +1,42 @@
+// The per-expert FFN over slot-sorted rows as plain functions (no autograd
+// inside). The autograd ExpertFFN runs them once per step; the overlapped
+// pipeline once per chunk, accumulating the weight gradients.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "scheduler/functions.h"
+
+namespace dynamoe::scheduler {
+
+// What backward needs besides the inputs: the pre-activations x w1 + b1 and,
+// when gated, x w3 (the activation itself is recomputed).
+struct FFNActivations {
+  at::Tensor h, g;
+};
+
+// Gradients of the parameters, summed over calls; undefined where the
+// parameter is absent.
+struct FFNGrads {
+  at::Tensor w1, w2, w3, b1, b2;
+};
+
+// A parameter is present when defined and non-empty (torch 1.13's custom
+// functions carry absent ones as empty tensors).
+bool Present(const at::Tensor& t);
+
+// counts[k] rows of slot k, for every slot of params (w1.size(0) of them).
+at::Tensor FFNForward(const at::Tensor& rows, const int64_t* counts, const ExpertParams& params,
+                      FFNActivations* saved);
+
+// Zeros shaped like the present parameters. wide: 16-bit parameters get
+// float32 sums, so gradients summed over many chunks round once (Narrow).
+FFNGrads ZeroGrads(const ExpertParams& params, bool wide = false);
+// The sums in the parameters' dtype.
+FFNGrads Narrow(FFNGrads grads, const ExpertParams& params);
+
+// Adds this call's parameter gradients into `grads`; returns d loss / d rows.
+at::Tensor FFNBackward(const at::Tensor& grad_y, const at::Tensor& rows, const int64_t* counts,
+                       const ExpertParams& params, const FFNActivations& saved, FFNGrads& grads);
+
+}  // namespace dynamoe::scheduler

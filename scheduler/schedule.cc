@@ -1,0 +1,60 @@
+#include "scheduler/schedule.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "placement/cost_model.h"
+#include "runtime/config.h"
+#include "runtime/placement_config.h"
+#include "scheduler/pipeline_layout.h"
+
+namespace dynamoe::scheduler {
+
+ScheduleOptions ScheduleOptions::FromConfig() {
+  const runtime::Config& config = runtime::GlobalConfig();
+  ScheduleOptions s;
+  s.kind = config.Get("DYNAMOE_SCHEDULE") == "overlap" ? Kind::kOverlap : Kind::kSequential;
+  s.group_size = config.GetInt("DYNAMOE_GROUP_SIZE");
+  s.overlap_degree = config.GetInt("DYNAMOE_OVERLAP_DEGREE");
+  return s;
+}
+
+ScheduleOptions ScheduleOptions::Make(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
+  ScheduleOptions s = FromConfig();
+  DYNAMOE_THROW_IF(!kind.empty() && kind != "sequential" && kind != "overlap", "schedule: unknown schedule \"",
+                   kind, "\"; expected sequential or overlap");
+  if (!kind.empty()) s.kind = kind == "overlap" ? Kind::kOverlap : Kind::kSequential;
+  DYNAMOE_THROW_IF(group_size == 0, "schedule: group_size must be >= 1 (or unset), got 0");
+  DYNAMOE_THROW_IF(overlap_degree > 64, "schedule: overlap_degree must be in [0, 64], got ", overlap_degree);
+  if (group_size > 0) s.group_size = group_size;
+  if (overlap_degree >= 0) s.overlap_degree = overlap_degree;
+  return s;
+}
+
+std::string ScheduleOptions::Describe() const {
+  if (!overlap()) return "sequential";
+  return absl::StrCat("overlap(group_size=", group_size, ", overlap_degree=",
+                      overlap_degree == 0 ? std::string("auto") : std::to_string(overlap_degree), ")");
+}
+
+int64_t ResolveOverlapDegree(const ScheduleOptions& schedule, const MoEOptions& o, const at::Tensor& kept,
+                             const placement::Plan& plan, int64_t bytes_per_element) {
+  if (schedule.overlap_degree > 0) return schedule.overlap_degree;
+  const int64_t P = kept.size(0), E = kept.size(1);
+  const at::Tensor c = kept.contiguous();
+  const placement::CountMatrix counts{P, E, std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + P * E)};
+  const runtime::Config& config = runtime::GlobalConfig();
+  const placement::ClusterSpec cluster = runtime::ClusterFromConfig(config, P);
+  const placement::CostModel model(cluster, {o.d_model(), o.d_hidden(), o.gated(), o.bias(), bytes_per_element},
+                                   {/*training=*/false, /*overlap=*/true});
+  const placement::StepCost cost = model.Predict(counts, plan);
+  constexpr int64_t kMaxStages = 16;
+  const int64_t groups = std::max<int64_t>(1, PeerGroups(schedule.group_size, P));
+  const double overhead = 2 * cluster.inter_node_latency_s;
+  const int64_t stages = placement::BestStageCount(cost.all_to_all, cost.compute, overhead, kMaxStages);
+  return std::max<int64_t>(1, stages / groups);
+}
+
+}  // namespace dynamoe::scheduler

@@ -1,0 +1,37 @@
+// How a step moves tokens: DYNAMOE_SCHEDULE (FastMoE's
+// FMOE_FASTER_SCHEDULE_ENABLE), DYNAMOE_GROUP_SIZE (FMOE_FASTER_GROUP_SIZE)
+// and DYNAMOE_OVERLAP_DEGREE, or a layer's own choice.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+#include "placement/plan.h"
+#include "scheduler/options.h"
+
+namespace dynamoe::scheduler {
+
+struct ScheduleOptions {
+  enum class Kind { kSequential, kOverlap };
+  Kind kind = Kind::kSequential;
+  int64_t group_size = 4;      // peers per pipeline stage, clamped to [1, world - 1]
+  int64_t overlap_degree = 1;  // token chunks per peer group; 0 = from the cost model
+
+  // The environment (runtime::GlobalConfig()).
+  static ScheduleOptions FromConfig();
+  // kind: "" keeps the environment's; else sequential or overlap. group_size
+  // and overlap_degree < 0 keep the environment's. Throws on bad values.
+  static ScheduleOptions Make(const std::string& kind, int64_t group_size, int64_t overlap_degree);
+  bool overlap() const { return kind == Kind::kOverlap; }
+  std::string Describe() const;  // "overlap(group_size=4, overlap_degree=2)"
+};
+
+// The overlap degree for this step: the options' own, or (0) the one the
+// cost model (DYNAMOE_NET_BW, DYNAMOE_GPU_FLOPS, DYNAMOE_LATENCY_US) finds
+// fastest for these counts, at most 16 stages in all.
+int64_t ResolveOverlapDegree(const ScheduleOptions& schedule, const MoEOptions& options,
+                             const at::Tensor& kept_matrix, const placement::Plan& plan, int64_t bytes_per_element);
+
+}  // namespace dynamoe::scheduler
