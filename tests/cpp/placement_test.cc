@@ -95,6 +95,18 @@ TEST(CostModel, HandComputedTerms) {
   EXPECT_NEAR(i.total, 30 * 8e-7 + 2.6e-6, 1e-15);  // overlapped: compute hides the exchange
 }
 
+TEST(CostModel, PipelineHidesTheShorterTerm) {
+  // 4 ms exchange, 2 ms compute, 0.1 ms per stage: 4 + 2 / n + 0.1 n.
+  EXPECT_DOUBLE_EQ(PipelineSeconds(4e-3, 2e-3, 1, 1e-4), 6.1e-3);
+  EXPECT_DOUBLE_EQ(PipelineSeconds(4e-3, 2e-3, 4, 1e-4), 4.9e-3);
+  // 0.2 ms per stage: 3 stages (5.267 ms) beat 2 (5.4 ms) and 4 (5.3 ms).
+  EXPECT_EQ(BestStageCount(4e-3, 2e-3, 2e-4, 16), 3);
+  EXPECT_EQ(BestStageCount(4e-3, 2e-3, 2e-4, 2), 2);
+  // Free stages: as many as allowed; costly stages: one.
+  EXPECT_EQ(BestStageCount(1e-3, 1e-3, 0, 16), 16);
+  EXPECT_EQ(BestStageCount(1e-3, 1e-3, 1e-2, 16), 1);
+}
+
 TEST(CostModel, InterNodeLinksUseTheirBandwidth) {
   ClusterSpec c = HandCluster(4);
   c.ranks_per_node = 2;

@@ -157,12 +157,53 @@ def placement():
             check(ref.stats()["replicas"] == [0] * E and ref.stats()["shadowed"] == [], "none made copies")
 
 
+def schedule():
+    """The overlap schedule from the environment (FastMoE's FMOE_FASTER_* names) against
+    schedule="sequential", with and without copies, float64 and bfloat16, x needing a gradient."""
+    E, d, h = args.experts, 6, 10
+    for policy in ("none", "adaptive"):
+        for dtype, tol in ((torch.float64, 1e-10), (torch.bfloat16, 5e-2)):
+            torch.manual_seed(1234)
+            ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy,
+                              schedule="sequential").to(dtype)
+            moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).to(dtype)
+            with torch.no_grad():
+                ref.expert_bias[1] = 1e4
+                for p, q in zip(moe.parameters(), ref.parameters()):
+                    p.copy_(q)
+                moe.expert_bias.copy_(ref.expert_bias)
+            what = f"{policy}/{dtype}"
+            for step in range(2):
+                x, gy = tokens_of(rank + 10 * step, d)
+                outs, xs = [], []
+                for m in (ref, moe):
+                    m.zero_grad()
+                    xi = x.to(dtype).requires_grad_(True)
+                    y = m(xi)
+                    ((y * gy.to(dtype)).sum() + m.aux_loss).backward()
+                    outs.append(y)
+                    xs.append(xi)
+                scale = 1.0 + outs[0].abs().max().item() if outs[0].numel() else 1.0
+                close(outs[1].double(), outs[0].double(), f"{what} step {step}: output", tol * scale)
+                close(xs[1].grad.double(), xs[0].grad.double(), f"{what} step {step}: gradient of x", tol * scale)
+                for (n, p), q in zip(moe.named_parameters(), ref.parameters()):
+                    gscale = 1.0 + q.grad.abs().max().item()
+                    close(p.grad.double(), q.grad.double(), f"{what} step {step}: gradient of {n}", tol * gscale)
+                st = moe.stats()
+                check(st["overlapped"] and not ref.stats()["overlapped"], f"{what}: stats overlapped")
+                check(1 <= st["pipeline_stages"] <= 2 * (world - 1), f"{what}: stages {st['pipeline_stages']}")
+                check(st["plan_hash"] == ref.stats()["plan_hash"], f"{what}: the schedule changed the plan")
+    check("schedule=sequential" in repr(ref), f"repr names the schedule: {ref!r}")
+
+
 dist.init_process_group("gloo")
 try:
     if args.scenario == "equal":
         equal()
     elif args.scenario == "placement":
         placement()
+    elif args.scenario == "schedule":
+        schedule()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":

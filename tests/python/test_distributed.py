@@ -54,6 +54,18 @@ def test_placement_policies_match_none(tmp_path, world):
         assert rep["ok"], rep["errors"]
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_overlap_schedule_matches_sequential(tmp_path, world):
+    # FastMoE's names switch the schedule on; group size 1 and degree 2: 2 * (world - 1) stages.
+    env = {"FMOE_FASTER_SCHEDULE_ENABLE": "1", "FMOE_FASTER_GROUP_SIZE": "1", "DYNAMOE_OVERLAP_DEGREE": "2",
+           "DYNAMOE_GPU_FLOPS": "1e6"}
+    proc, reports = launch(tmp_path, world, "--scenario=schedule", "--experts=6", "--tokens=13,7,0", env=env)
+    for r, rep in enumerate(reports):
+        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
+        assert "error" not in rep, rep["error"]
+        assert rep["ok"], rep["errors"]
+
+
 def test_rank_exiting_in_backward_is_named(tmp_path):
     proc, reports = launch(tmp_path, 3, "--scenario=die", env={"DYNAMOE_TIMEOUT_S": "3"})
     assert reports[2] is None  # it exited without a report
