@@ -1,8 +1,13 @@
 #include "runtime/c10d_communicator.h"
 
-#define USE_C10D_GLOO 1
 #include <ATen/ATen.h>
+// pip wheels of torch 2.x ship c10d's Gloo header without Gloo's own headers:
+// there the Gloo group reports itself unavailable (NCCL serves the GPU).
+#if __has_include(<gloo/algorithm.h>)
+#define DYNAMOE_HAVE_GLOO 1
+#define USE_C10D_GLOO 1
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 
 #include "absl/strings/str_cat.h"
 
@@ -114,6 +119,12 @@ std::unique_ptr<CommHandle> C10dCommunicator::BarrierAsync(const CollectiveTag& 
 
 absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                      const GroupInfo& info, const std::string& bind_addr) {
+#ifndef DYNAMOE_HAVE_GLOO
+  (void)store;
+  (void)bind_addr;
+  return absl::UnimplementedError(absl::StrCat("group '", info.name, "': this build has no Gloo (torch was ",
+                                               "installed without Gloo's headers); use the NCCL backend"));
+#else
   // Gloo's own timeout only unblocks its threads after ours has reported.
   auto opts = c10d::ProcessGroupGloo::Options::create(info.timeout * 2 + std::chrono::seconds(5));
   opts->threads = 2;
@@ -128,6 +139,7 @@ absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c1
     return absl::UnavailableError(absl::StrCat("creating the Gloo group '", info.name, "' (rank ", info.rank,
                                                " of ", info.size, ") failed: ", e.what()));
   }
+#endif
 }
 
 }  // namespace dynamoe::runtime

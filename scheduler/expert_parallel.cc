@@ -85,16 +85,28 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
   return CountMatrices{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous()};
 }
 
+placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix) {
+  const at::Tensor c = kept_matrix.contiguous();
+  std::vector<int64_t> v(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+  return ValueOrThrow(placement::CountMatrix::Make(c.size(0), c.size(1), std::move(v)));
+}
+
+std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank) {
+  const int64_t El = plan.experts_per_rank();
+  std::vector<int64_t> slots;
+  for (int64_t l = 0; l < El; ++l) slots.push_back(rank * El + l);
+  for (int64_t e : plan.CopiesOn(rank)) slots.push_back(e);
+  return slots;
+}
+
 ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan) {
-  const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1), El = E / P;
-  const at::Tensor km = kept_matrix.contiguous();
-  const placement::CountMatrix counts{P, E, std::vector<int64_t>(km.data_ptr<int64_t>(), km.data_ptr<int64_t>() + P * E)};
+  const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1);
+  const placement::CountMatrix counts = ToCountMatrix(kept_matrix);
   const auto options = kept_matrix.options().dtype(at::kLong);
   ExchangePlan out;
   out.send_rows.assign(P, 0);
   out.recv_rows.assign(P, 0);
-  for (int64_t l = 0; l < El; ++l) out.slot_experts.push_back(rank * El + l);
-  for (int64_t e : plan.CopiesOn(rank)) out.slot_experts.push_back(e);
+  out.slot_experts = SlotExperts(plan, rank);
   std::vector<int64_t> slot_of(E, -1);
   for (size_t k = 0; k < out.slot_experts.size(); ++k) slot_of[out.slot_experts[k]] = static_cast<int64_t>(k);
 

@@ -27,10 +27,16 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
                                            const at::Tensor& routed, const std::string& layer,
                                            uint64_t layer_hash, int64_t step);
 
+// The kept count matrix [P, E] int64 as the placement library's type.
+placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix);
+
+// The experts this rank computes, by slot: its own experts
+// [rank * E_local, (rank + 1) * E_local), then plan.CopiesOn(rank) ascending.
+std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank);
+
 // How this rank's rows move under a placement plan (placement::ForEachRoute
-// decides which holder computes which rows). This rank computes "slots": its
-// own experts [rank * E_local, (rank + 1) * E_local) first, then the copies
-// plan.CopiesOn(rank) in ascending order.
+// decides which holder computes which rows); local counts are per slot
+// (SlotExperts).
 struct ExchangePlan {
   std::vector<int64_t> send_rows, recv_rows;  // per rank, this rank included
   at::Tensor to_dest_major;    // expert-sorted rows -> destination-major send order (undefined: identity)

@@ -1,6 +1,7 @@
 #include "scheduler/moe_step.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <mutex>
 
@@ -210,7 +211,6 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   StepResult result;
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
   const bool distributed = in.comm && in.comm->size() > 1;
-  const int rank = distributed ? in.comm->rank() : 0;
 
   const RouterOptions ro = MakeRouterOptions(options, in.training, in.step);
   Routing routing;

@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "common/status.h"
-#include "placement/count_matrix.h"
+#include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -79,15 +79,13 @@ at::Tensor InversePermutation(const at::Tensor& perm) {
 PipelineLayout MakePipelineLayout(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan,
                                   int64_t group_size, int64_t degree) {
   DYNAMOE_THROW_IF(degree < 1, "overlap degree must be >= 1, got ", degree);
-  const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1), El = E / P;
-  const at::Tensor km = kept_matrix.contiguous();
-  const placement::CountMatrix counts{P, E, std::vector<int64_t>(km.data_ptr<int64_t>(), km.data_ptr<int64_t>() + P * E)};
+  const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1);
+  const placement::CountMatrix counts = ToCountMatrix(kept_matrix);
   PipelineLayout out;
   out.group_size = ClampGroupSize(group_size, P);
   out.groups = PeerGroups(group_size, P);
   out.degree = degree;
-  for (int64_t l = 0; l < El; ++l) out.slot_experts.push_back(rank * El + l);
-  for (int64_t e : plan.CopiesOn(rank)) out.slot_experts.push_back(e);
+  out.slot_experts = SlotExperts(plan, rank);
   const int64_t slots = static_cast<int64_t>(out.slot_experts.size());
   std::vector<int64_t> slot_of(E, -1);
   for (int64_t k = 0; k < slots; ++k) slot_of[out.slot_experts[k]] = k;

@@ -1,23 +1,12 @@
 #include "scheduler/placement_state.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "runtime/config.h"
 #include "runtime/placement_config.h"
+#include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
-namespace {
-
-placement::CountMatrix ToCounts(const at::Tensor& kept) {
-  const at::Tensor c = kept.contiguous();
-  std::vector<int64_t> v(c.numel());
-  std::memcpy(v.data(), c.data_ptr<int64_t>(), v.size() * sizeof(int64_t));
-  return ValueOrThrow(placement::CountMatrix::Make(c.size(0), c.size(1), std::move(v)));
-}
-
-}  // namespace
 
 PlacementState::PlacementState(std::string policy)
     : name_(policy.empty() ? runtime::GlobalConfig().Get("DYNAMOE_PLACEMENT") : std::move(policy)) {
@@ -38,13 +27,13 @@ void PlacementState::Ensure(const MoEOptions& o, int64_t world_size, int64_t byt
 
 const placement::Plan& PlacementState::Next(const MoEOptions& o, const at::Tensor& kept, int64_t bytes) {
   Ensure(o, kept.size(0), bytes);
-  plan_ = ValueOrThrow(policy_->Step(ToCounts(kept)));
+  plan_ = ValueOrThrow(policy_->Step(ToCountMatrix(kept)));
   return plan_;
 }
 
 const placement::Plan& PlacementState::UseNone(const MoEOptions& o, const at::Tensor& kept, int64_t bytes) {
   Ensure(o, kept.size(0), bytes);
-  const placement::CountMatrix counts = ToCounts(kept);
+  const placement::CountMatrix counts = ToCountMatrix(kept);
   plan_ = placement::Plan::None(counts.world_size, counts.num_experts);
   plan_.predicted_step_seconds = policy_->model().Predict(counts, plan_).total;
   return plan_;

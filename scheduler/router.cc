@@ -1,6 +1,7 @@
 #include "scheduler/router.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "common/status.h"
 #include "kernels/kernels.h"

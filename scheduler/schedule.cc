@@ -1,13 +1,13 @@
 #include "scheduler/schedule.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "placement/cost_model.h"
 #include "runtime/config.h"
 #include "runtime/placement_config.h"
+#include "scheduler/expert_parallel.h"
 #include "scheduler/pipeline_layout.h"
 
 namespace dynamoe::scheduler {
@@ -42,9 +42,8 @@ std::string ScheduleOptions::Describe() const {
 int64_t ResolveOverlapDegree(const ScheduleOptions& schedule, const MoEOptions& o, const at::Tensor& kept,
                              const placement::Plan& plan, int64_t bytes_per_element) {
   if (schedule.overlap_degree > 0) return schedule.overlap_degree;
-  const int64_t P = kept.size(0), E = kept.size(1);
-  const at::Tensor c = kept.contiguous();
-  const placement::CountMatrix counts{P, E, std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + P * E)};
+  const int64_t P = kept.size(0);
+  const placement::CountMatrix counts = ToCountMatrix(kept);
   const runtime::Config& config = runtime::GlobalConfig();
   const placement::ClusterSpec cluster = runtime::ClusterFromConfig(config, P);
   const placement::CostModel model(cluster, {o.d_model(), o.d_hidden(), o.gated(), o.bias(), bytes_per_element},

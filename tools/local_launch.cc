@@ -97,4 +97,12 @@ std::vector<RankResult> LaunchLocal(const std::string& program, const std::vecto
   return results;
 }
 
+std::string DescribeResults(const std::vector<RankResult>& results) {
+  std::string all;
+  for (size_t r = 0; r < results.size(); ++r)
+    all += "rank " + std::to_string(r) + " exit " + std::to_string(results[r].exit_code) + ":\n" + results[r].out +
+           results[r].err;
+  return all;
+}
+
 }  // namespace dynamoe::tools

@@ -29,4 +29,7 @@ std::string SelfExecutable();
 std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
                                     const LaunchOptions& options = {});
 
+// "rank r exit c:" and each rank's captured output, for test failure messages.
+std::string DescribeResults(const std::vector<RankResult>& results);
+
 }  // namespace dynamoe::tools

@@ -20,13 +20,6 @@ std::vector<RankResult> Launch(int world, const std::vector<std::string>& args,
   return dynamoe::tools::LaunchLocal(DYNAMOE_EP_WORKER, args, world, options);
 }
 
-std::string Show(const std::vector<RankResult>& results) {
-  std::string s;
-  for (size_t r = 0; r < results.size(); ++r)
-    s += "rank " + std::to_string(r) + " exit " + std::to_string(results[r].exit_code) + ":\n" + results[r].err;
-  return s;
-}
-
 double Elapsed(const RankResult& r) {
   const auto pos = r.out.find("elapsed_s=");
   return pos == std::string::npos ? -1 : std::stod(r.out.substr(pos + 10));
@@ -41,7 +34,7 @@ class EpEqualTest : public testing::TestWithParam<EqualCase> {};
 
 TEST_P(EpEqualTest, MatchesSingleProcessLayer) {
   const auto results = Launch(GetParam().world, GetParam().args);
-  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << Show(results);
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dynamoe::tools::DescribeResults(results);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -59,7 +52,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(EpCommunicatorTest, EveryCollectiveOnThreeRanks) {
   const auto results = Launch(3, {"scenario=collectives"});
-  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << Show(results);
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dynamoe::tools::DescribeResults(results);
 }
 
 constexpr double kTimeout = 3.0;
@@ -72,9 +65,9 @@ std::map<int, std::map<std::string, std::string>> WithTimeout(int world) {
 TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
   const int world = 3;
   const auto results = Launch(world, {"scenario=die"}, WithTimeout(world));
-  EXPECT_EQ(results[2].exit_code, 0) << Show(results);  // the rank that exits
+  EXPECT_EQ(results[2].exit_code, 0) << dynamoe::tools::DescribeResults(results);  // the rank that exits
   for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(results[r].exit_code, 3) << Show(results);
+    EXPECT_EQ(results[r].exit_code, 3) << dynamoe::tools::DescribeResults(results);
     EXPECT_NE(results[r].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[r].err;
     EXPECT_NE(results[r].err.find("Cause: rank 2 stopped responding"), std::string::npos) << results[r].err;
     EXPECT_GT(Elapsed(results[r]), 0);
@@ -85,7 +78,7 @@ TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
 TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
   const int world = 2;
   const auto results = Launch(world, {"scenario=hang", "hang_s=6"}, WithTimeout(world));
-  EXPECT_EQ(results[0].exit_code, 3) << Show(results);
+  EXPECT_EQ(results[0].exit_code, 3) << dynamoe::tools::DescribeResults(results);
   EXPECT_NE(results[0].err.find("DEADLINE_EXCEEDED"), std::string::npos) << results[0].err;
   EXPECT_NE(results[0].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[0].err;
   EXPECT_NE(results[0].err.find("Cause: rank 1 is alive but has not reached this collective"), std::string::npos)
@@ -98,7 +91,7 @@ TEST(EpFailureTest, DivergedLayersFailOnEveryRank) {
   const int world = 3;
   const auto results = Launch(world, {"scenario=diverge"}, WithTimeout(world));
   for (const auto& r : results) {
-    EXPECT_EQ(r.exit_code, 3) << Show(results);
+    EXPECT_EQ(r.exit_code, 3) << dynamoe::tools::DescribeResults(results);
     EXPECT_NE(r.err.find("ranks diverged"), std::string::npos) << r.err;
   }
   EXPECT_NE(results[0].err.find("rank 1 (world rank 1) is in layer hash"), std::string::npos) << results[0].err;
@@ -110,7 +103,7 @@ TEST(EpFailureTest, MismatchedConfigurationIsNamedOnEveryRank) {
   env[1]["DYNAMOE_PLACEMENT"] = "adaptive";
   const auto results = Launch(world, {"scenario=config"}, env);
   for (const auto& r : results) {
-    EXPECT_EQ(r.exit_code, 3) << Show(results);
+    EXPECT_EQ(r.exit_code, 3) << dynamoe::tools::DescribeResults(results);
     EXPECT_NE(r.err.find("configuration differs between ranks: DYNAMOE_PLACEMENT="), std::string::npos) << r.err;
   }
 }

@@ -35,15 +35,10 @@ using dynamoe::MoEOptions;
 using torch::Tensor;
 
 std::map<std::string, std::string> Args(int argc, char** argv) {
-  std::map<std::string, std::string> args = {{"scenario", "equal"}, {"experts", "12"}, {"top_k", "2"},
-                                             {"capacity", "0"},     {"ep_size", "0"},   {"dtype", "double"},
-                                             {"gated", "0"},        {"tokens", "5,0,17,9"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto eq = a.find('=');
-    if (eq != std::string::npos) args[a.substr(0, eq)] = a.substr(eq + 1);
-  }
-  return args;
+  return dynamoe::testing::ParseArgs(argc, argv,
+                                     {{"scenario", "equal"}, {"experts", "12"}, {"top_k", "2"},
+                                      {"capacity", "0"},     {"ep_size", "0"},   {"dtype", "double"},
+                                      {"gated", "0"},        {"tokens", "5,0,17,9"}});
 }
 
 int TokensOf(const std::string& list, int rank) {

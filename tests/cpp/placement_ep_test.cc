@@ -28,10 +28,7 @@ TEST_P(PlacementEpTest, EveryPolicyMatchesNone) {
                               {"DYNAMOE_GPU_FLOPS", "1e6"},
                               {"DYNAMOE_PLACEMENT_INTERVAL", "2"}};
   const auto results = dynamoe::tools::LaunchLocal(DYNAMOE_PLACEMENT_WORKER, GetParam().args, GetParam().world, options);
-  std::string all;
-  for (size_t r = 0; r < results.size(); ++r)
-    all += "rank " + std::to_string(r) + " exit " + std::to_string(results[r].exit_code) + ":\n" + results[r].out +
-           results[r].err;
+  const std::string all = dynamoe::tools::DescribeResults(results);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << all;
   // The hot expert was copied by every policy but none (the worker checks
   // each step; this is the summary rank 0 printed).

@@ -10,7 +10,6 @@
 #include <iostream>
 #include <map>
 #include <numeric>
-#include <sstream>
 
 #include "bindings/moe_layer.h"
 #include "common/status.h"
@@ -24,17 +23,11 @@ using dynamoe::MoEOptions;
 using torch::Tensor;
 
 using dynamoe::testing::Expect;
+using dynamoe::testing::Split;
 void ExpectClose(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   const bool same = a.sizes() == b.sizes();
   const double diff = same && a.numel() ? (a - b).abs().max().item<double>() : 0.0;
   Expect(same && diff <= tol, what + " (max diff " + std::to_string(diff) + ")");
-}
-
-std::vector<std::string> Split(const std::string& list) {
-  std::vector<std::string> out;
-  std::stringstream ss(list);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
-  return out;
 }
 
 // Gathers one int64 from every rank of the group.
@@ -109,14 +102,12 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> args = {{"experts", "8"}, {"gated", "0"}, {"tokens", "13,0,17,9"},
-                                             {"policies", "none,fastermoe,adaptive,eplb"},
-                                             {"routings", "hot,equal,dead"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto eq = a.find('=');
-    if (eq != std::string::npos) args[a.substr(0, eq)] = a.substr(eq + 1);
-  }
+  const auto args = dynamoe::testing::ParseArgs(argc, argv,
+                                                {{"experts", "8"},
+                                                 {"gated", "0"},
+                                                 {"tokens", "13,0,17,9"},
+                                                 {"policies", "none,fastermoe,adaptive,eplb"},
+                                                 {"routings", "hot,equal,dead"}});
   try {
     auto groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv(0));
     for (const std::string& routing : Split(args.at("routings")))

@@ -25,10 +25,7 @@ TEST_P(ScheduleEpTest, OverlapMatchesSequential) {
   for (int r = 0; r < GetParam().world; ++r)
     options.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"DYNAMOE_GPU_FLOPS", "1e6"}};
   const auto results = dynamoe::tools::LaunchLocal(DYNAMOE_SCHEDULE_WORKER, GetParam().args, GetParam().world, options);
-  std::string all;
-  for (size_t r = 0; r < results.size(); ++r)
-    all += "rank " + std::to_string(r) + " exit " + std::to_string(results[r].exit_code) + ":\n" + results[r].out +
-           results[r].err;
+  const std::string all = dynamoe::tools::DescribeResults(results);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << all;
   EXPECT_NE(results[0].out.find("all checks passed"), std::string::npos) << all;
 }

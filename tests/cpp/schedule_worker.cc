@@ -13,7 +13,6 @@
 
 #include <iostream>
 #include <map>
-#include <sstream>
 
 #include "bindings/moe_layer.h"
 #include "common/status.h"
@@ -25,14 +24,8 @@ namespace {
 using dynamoe::MoELayer;
 using dynamoe::MoEOptions;
 using dynamoe::testing::Expect;
+using dynamoe::testing::Split;
 using torch::Tensor;
-
-std::vector<std::string> Split(const std::string& list) {
-  std::vector<std::string> out;
-  std::stringstream ss(list);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
-  return out;
-}
 
 torch::Dtype DtypeOf(const std::string& name) {
   if (name == "float") return torch::kFloat;
@@ -129,15 +122,14 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> args = {{"experts", "8"},        {"gated", "0"},
-                                             {"tokens", "13,0,17,9"}, {"policies", "none,fastermoe,adaptive,eplb"},
-                                             {"groups", "1,4"},       {"degrees", "1,3"},
-                                             {"dtypes", "double"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto eq = a.find('=');
-    if (eq != std::string::npos) args[a.substr(0, eq)] = a.substr(eq + 1);
-  }
+  const auto args = dynamoe::testing::ParseArgs(argc, argv,
+                                                {{"experts", "8"},
+                                                 {"gated", "0"},
+                                                 {"tokens", "13,0,17,9"},
+                                                 {"policies", "none,fastermoe,adaptive,eplb"},
+                                                 {"groups", "1,4"},
+                                                 {"degrees", "1,3"},
+                                                 {"dtypes", "double"}});
   try {
     auto groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv(0));
     for (const std::string& dtype : Split(args.at("dtypes")))

@@ -30,6 +30,14 @@ def launch(tmp_path, world, *args, env=None, timeout=240):
     return proc, reports
 
 
+def assert_all_ok(proc, reports):
+    """Every rank wrote a report without an error or a failed check."""
+    for r, rep in enumerate(reports):
+        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
+        assert "error" not in rep, rep["error"]
+        assert rep["ok"], rep["errors"]
+
+
 @pytest.mark.parametrize("world,args", [
     (2, ["--top_k=2", "--tokens=5,0"]),
     (3, ["--top_k=1", "--gated=1", "--capacity=1.0", "--tokens=9,0,17"]),
@@ -38,20 +46,14 @@ def launch(tmp_path, world, *args, env=None, timeout=240):
 ])
 def test_matches_single_process_layer(tmp_path, world, args):
     proc, reports = launch(tmp_path, world, *args)
-    for r, rep in enumerate(reports):
-        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
-        assert "error" not in rep, rep["error"]
-        assert rep["ok"], rep["errors"]
+    assert_all_ok(proc, reports)
 
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_placement_policies_match_none(tmp_path, world):
     env = {"DYNAMOE_GPU_FLOPS": "1e6", "DYNAMOE_CHECK_PLAN": "1"}  # slow modelled GPU: copies pay off
     proc, reports = launch(tmp_path, world, "--scenario=placement", "--experts=8", "--tokens=13,7,0,9", env=env)
-    for r, rep in enumerate(reports):
-        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
-        assert "error" not in rep, rep["error"]
-        assert rep["ok"], rep["errors"]
+    assert_all_ok(proc, reports)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -60,10 +62,7 @@ def test_overlap_schedule_matches_sequential(tmp_path, world):
     env = {"FMOE_FASTER_SCHEDULE_ENABLE": "1", "FMOE_FASTER_GROUP_SIZE": "1", "DYNAMOE_OVERLAP_DEGREE": "2",
            "DYNAMOE_GPU_FLOPS": "1e6"}
     proc, reports = launch(tmp_path, world, "--scenario=schedule", "--experts=6", "--tokens=13,7,0", env=env)
-    for r, rep in enumerate(reports):
-        assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
-        assert "error" not in rep, rep["error"]
-        assert rep["ok"], rep["errors"]
+    assert_all_ok(proc, reports)
 
 
 def test_rank_exiting_in_backward_is_named(tmp_path):
