@@ -60,6 +60,35 @@ absl::Status ComputeRouting(const int64_t* expert_idx, int64_t num_tokens, int t
 absl::Status InvertPositions(const int64_t* position, int64_t num_assignments,
                              int64_t num_rows, int64_t* assignment);
 
+enum class ScoreFunction { kSoftmax, kSigmoid };
+
+// The fused router: scores, top-k, weights, capacity positions and the
+// balance-loss statistics of [num_tokens, num_experts] float logits.
+struct RouterSpec {
+  int64_t num_tokens = 0;
+  int64_t num_experts = 0;
+  int top_k = 1;
+  ScoreFunction score = ScoreFunction::kSoftmax;
+  bool normalize = true;                  // weights renormalised over the k choices
+  int64_t capacity = kUnlimitedCapacity;  // per expert
+};
+struct RouterOutputs {
+  float* scores = nullptr;          // [T, E] softmax or sigmoid of the logits
+  int64_t* expert_idx = nullptr;    // [T, k] by key = score + bias, larger first, lower index on ties
+  float* weight = nullptr;          // [T, k] the chosen scores (renormalised when normalize)
+  int64_t* position = nullptr;      // [T, k] row in the expert-sorted buffer, -1 if dropped
+  int64_t* kept_counts = nullptr;   // [E]
+  int64_t* routed_counts = nullptr; // [E] before capacity
+  float* score_sum = nullptr;       // [E] sum over tokens of scores (balance loss)
+  int64_t* dropped = nullptr;       // [1]
+};
+// Checks the spec (sizes, top_k range); shared by the CPU and CUDA versions.
+absl::Status CheckRouterSpec(const RouterSpec& spec);
+// CPU twin of cuda::FusedRouter. bias: [E] added to the selection key only, or
+// nullptr. Drop order and buffer order are those of ComputeRouting (no RTS).
+absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpec& spec,
+                         const RouterOutputs& out);
+
 // dst[row] = src[row_index[row]] for rows in [row_begin, row_end); d columns.
 template <typename T>
 void GatherRows(const T* src, const int64_t* row_index, int64_t d, T* dst,

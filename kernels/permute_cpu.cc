@@ -78,9 +78,11 @@ void CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position
 template void GatherRows<float>(const float*, const int64_t*, int64_t, float*, int64_t, int64_t);
 template void GatherRows<double>(const double*, const int64_t*, int64_t, double*, int64_t, int64_t);
 template void GatherRows<bf16>(const bf16*, const int64_t*, int64_t, bf16*, int64_t, int64_t);
+template void GatherRows<f16>(const f16*, const int64_t*, int64_t, f16*, int64_t, int64_t);
 DYNAMOE_INSTANTIATE_ROWS(float, float)
 DYNAMOE_INSTANTIATE_ROWS(double, double)
 DYNAMOE_INSTANTIATE_ROWS(bf16, float)
+DYNAMOE_INSTANTIATE_ROWS(f16, float)
 #undef DYNAMOE_INSTANTIATE_ROWS
 
 }  // namespace dynamoe::kernels

@@ -1,12 +1,14 @@
 // CUDA launchers of the MoE data path (twins of kernels/kernels.h). Device
 // pointers, sizes and a stream in, status out. Element types use the
-// layout-compatible kernels::bf16; no torch types here.
+// layout-compatible kernels::bf16 / kernels::f16; no torch types here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
 #include "kernels/dtype.h"
+#include "kernels/kernels.h"
 
 typedef struct CUstream_st* cudaStream_t;
 
@@ -19,6 +21,14 @@ bool DeviceAvailable();
 absl::Status ExpertHistogram(const int64_t* expert_idx, int64_t num_assignments,
                              int64_t num_experts, int64_t* counts, cudaStream_t stream);
 
+// The fused router (twin of kernels::FusedRouter): every output of
+// RouterOutputs in four launches, identical from run to run. `workspace`
+// (device, RouterWorkspaceBytes) holds the expert offsets.
+size_t RouterWorkspaceBytes(const RouterSpec& spec);
+absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpec& spec,
+                         const RouterOutputs& out, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream);
+
 template <typename T>
 absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d,
                         T* dst, cudaStream_t stream);
@@ -26,5 +36,15 @@ absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows
 template <typename T, typename W>
 absl::Status CombineRows(const T* rows, const int64_t* position, const W* weight, int top_k,
                          int64_t num_tokens, int64_t d, T* out, cudaStream_t stream);
+
+template <typename T, typename W>
+absl::Status ScatterWeightedRows(const T* grad_out, const int64_t* assignment, const W* weight,
+                                 int top_k, int64_t num_rows, int64_t d, T* grad_rows,
+                                 cudaStream_t stream);
+
+template <typename T, typename W>
+absl::Status CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position,
+                               int top_k, int64_t num_tokens, int64_t d, W* grad_weight,
+                               cudaStream_t stream);
 
 }  // namespace dynamoe::kernels::cuda

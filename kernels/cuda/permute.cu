@@ -1,7 +1,10 @@
-// Row gather and deterministic weighted combine on the GPU: one block per row,
-// each output element written once (no floating-point atomics).
+// Row permutation and the deterministic weighted combine on the GPU. Rows move
+// in 16-byte vectors when the row width and pointers allow it; each output
+// element is written once and sums run in choice order (no atomics).
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
+#include "common/status.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/kernels_cuda.h"
 
@@ -10,70 +13,225 @@ namespace {
 
 template <typename T> struct Native { using type = T; };
 template <> struct Native<bf16> { using type = __nv_bfloat16; };
+template <> struct Native<f16> { using type = __half; };
 
-__device__ inline float Load(const __nv_bfloat16& v) { return __bfloat162float(v); }
-__device__ inline float Load(const float& v) { return v; }
-__device__ inline double Load(const double& v) { return v; }
-__device__ inline void Put(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ inline void Put(float* p, float v) { *p = v; }
-__device__ inline void Put(double* p, double v) { *p = v; }
+__device__ inline float Load(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float Load(__half v) { return __half2float(v); }
+__device__ inline float Load(float v) { return v; }
+__device__ inline double Load(double v) { return v; }
+// Accumulator to element: Make<T>(acc) with acc float, or double for double.
+__device__ inline __nv_bfloat16 ToNative(float v, __nv_bfloat16*) { return __float2bfloat16(v); }
+__device__ inline __half ToNative(float v, __half*) { return __float2half(v); }
+__device__ inline float ToNative(float v, float*) { return v; }
+__device__ inline double ToNative(double v, double*) { return v; }
+template <typename T, typename A>
+__device__ inline T Make(A v) { return ToNative(v, static_cast<T*>(nullptr)); }
 
-}  // namespace
-
+// N elements of T in one 16-byte load.
 template <typename T>
+struct alignas(16) Vec {
+  static constexpr int N = 16 / sizeof(T);
+  T v[N];
+};
+
+// Elements per access: 16 bytes when every row start is 16-byte aligned.
+template <typename T>
+int VecWidth(int64_t d, std::initializer_list<const void*> ptrs) {
+  if ((d * sizeof(T)) % 16 != 0) return 1;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  return 16 / sizeof(T);
+}
+
+unsigned ThreadsFor(int64_t units) {
+  const int64_t t = ((units + 31) / 32) * 32;
+  return static_cast<unsigned>(t < 32 ? 32 : (t > 256 ? 256 : t));
+}
+
+template <typename T, int N>
 __global__ void GatherRowsKernel(const T* src, const int64_t* row_index, int64_t d, T* dst) {
   const int64_t row = blockIdx.x;
-  const T* s = src + row_index[row] * d;
-  T* o = dst + row * d;
-  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) o[c] = s[c];
+  using V = typename std::conditional<N == 1, T, Vec<T>>::type;
+  const V* s = reinterpret_cast<const V*>(src + row_index[row] * d);
+  V* o = reinterpret_cast<V*>(dst + row * d);
+  for (int64_t c = threadIdx.x; c < d / N; c += blockDim.x) o[c] = s[c];
 }
 
-template <typename T>
-absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d,
-                        T* dst, cudaStream_t stream) {
-  if (num_rows == 0 || d == 0) return absl::OkStatus();
-  if (num_rows > 2147483647) return absl::InvalidArgumentError("num_rows exceeds the grid limit");
-  using N = typename Native<T>::type;
-  GatherRowsKernel<N><<<static_cast<unsigned>(num_rows), 128, 0, stream>>>(
-      reinterpret_cast<const N*>(src), row_index, d, reinterpret_cast<N*>(dst));
-  DYNAMOE_CUDA_CHECK_LAUNCH();
-  return absl::OkStatus();
-}
-
-template <typename T, typename W, typename A>
-__global__ void CombineRowsKernel(const T* rows, const int64_t* position, const W* weight,
-                                  int top_k, int64_t d, T* out) {
+// out[t] = sum_j w[t, j] rows[position[t, j]] (w == nullptr: 1); accumulates in A.
+template <typename T, typename W, typename A, int N>
+__global__ void CombineRowsKernel(const T* rows, const int64_t* position, const W* weight, int top_k, int64_t d,
+                                  T* out) {
   const int64_t t = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-    A acc = 0;
+  for (int64_t c = threadIdx.x * int64_t(N); c < d; c += int64_t(blockDim.x) * N) {
+    A acc[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] = 0;
     for (int j = 0; j < top_k; ++j) {  // choice order: same sum as the CPU twin
       const int64_t p = position[t * top_k + j];
       if (p < 0) continue;
       const A w = weight ? static_cast<A>(weight[t * top_k + j]) : A(1);
-      acc += w * static_cast<A>(Load(rows[p * d + c]));
+      if constexpr (N == 1) {
+        acc[0] += w * static_cast<A>(Load(rows[p * d + c]));
+      } else {
+        const Vec<T> r = *reinterpret_cast<const Vec<T>*>(rows + p * d + c);
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc[i] += w * static_cast<A>(Load(r.v[i]));
+      }
     }
-    Put(out + t * d + c, acc);
+    if constexpr (N == 1) {
+      out[t * d + c] = Make<T>(acc[0]);
+    } else {
+      Vec<T> o;
+#pragma unroll
+      for (int i = 0; i < N; ++i) o.v[i] = Make<T>(acc[i]);
+      *reinterpret_cast<Vec<T>*>(out + t * d + c) = o;
+    }
   }
 }
 
-template <typename T, typename W>
-absl::Status CombineRows(const T* rows, const int64_t* position, const W* weight, int top_k,
-                         int64_t num_tokens, int64_t d, T* out, cudaStream_t stream) {
-  if (num_tokens == 0 || d == 0) return absl::OkStatus();
-  if (num_tokens > 2147483647) return absl::InvalidArgumentError("num_tokens exceeds the grid limit");
+// grad_rows[row] = w[a] grad_out[a / k], a = assignment[row].
+template <typename T, typename W, typename A, int N>
+__global__ void ScatterWeightedRowsKernel(const T* grad_out, const int64_t* assignment, const W* weight, int top_k,
+                                          int64_t d, T* grad_rows) {
+  const int64_t row = blockIdx.x, a = assignment[row];
+  const A w = weight ? static_cast<A>(weight[a]) : A(1);
+  const T* g = grad_out + (a / top_k) * d;
+  T* o = grad_rows + row * d;
+  for (int64_t c = threadIdx.x * int64_t(N); c < d; c += int64_t(blockDim.x) * N) {
+    if constexpr (N == 1) {
+      o[c] = Make<T>(w * static_cast<A>(Load(g[c])));
+    } else {
+      const Vec<T> in = *reinterpret_cast<const Vec<T>*>(g + c);
+      Vec<T> r;
+#pragma unroll
+      for (int i = 0; i < N; ++i) r.v[i] = Make<T>(w * static_cast<A>(Load(in.v[i])));
+      *reinterpret_cast<Vec<T>*>(o + c) = r;
+    }
+  }
+}
+
+// grad_weight[t, j] = <grad_out[t], rows[position[t, j]]>: one warp per choice,
+// a fixed-shape shuffle tree, so the sum is the same on every run.
+template <typename T, typename W, typename A, int N>
+__global__ void CombineWeightGradKernel(const T* grad_out, const T* rows, const int64_t* position, int top_k,
+                                        int64_t d, W* grad_weight) {
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int j = threadIdx.x / 32; j < top_k; j += warps) {
+    const int64_t p = position[t * top_k + j];
+    A dot = 0;
+    if (p >= 0) {
+      const T* g = grad_out + t * d;
+      const T* r = rows + p * d;
+      for (int64_t c = lane * int64_t(N); c < d; c += 32 * int64_t(N)) {
+        if constexpr (N == 1) {
+          dot += static_cast<A>(Load(g[c])) * static_cast<A>(Load(r[c]));
+        } else {
+          const Vec<T> gv = *reinterpret_cast<const Vec<T>*>(g + c), rv = *reinterpret_cast<const Vec<T>*>(r + c);
+#pragma unroll
+          for (int i = 0; i < N; ++i) dot += static_cast<A>(Load(gv.v[i])) * static_cast<A>(Load(rv.v[i]));
+        }
+      }
+    }
+    for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (lane == 0) grad_weight[t * top_k + j] = static_cast<W>(dot);
+  }
+}
+
+absl::Status CheckGrid(int64_t n, const char* what) {
+  if (n > 2147483647) return absl::InvalidArgumentError(absl::StrCat(what, " exceeds the grid limit: ", n));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+template <typename T>
+absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d, T* dst,
+                        cudaStream_t stream) {
+  if (num_rows == 0 || d == 0) return absl::OkStatus();
+  DYNAMOE_RETURN_IF_ERROR(CheckGrid(num_rows, "num_rows"));
   using N = typename Native<T>::type;
-  using A = typename Acc<T>::type;
-  CombineRowsKernel<N, W, A><<<static_cast<unsigned>(num_tokens), 128, 0, stream>>>(
-      reinterpret_cast<const N*>(rows), position, weight, top_k, d, reinterpret_cast<N*>(out));
+  const auto* s = reinterpret_cast<const N*>(src);
+  auto* o = reinterpret_cast<N*>(dst);
+  const int w = VecWidth<T>(d, {src, dst});
+  const unsigned grid = static_cast<unsigned>(num_rows), threads = ThreadsFor(d / w);
+  if (w > 1)
+    GatherRowsKernel<N, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(s, row_index, d, o);
+  else
+    GatherRowsKernel<N, 1><<<grid, threads, 0, stream>>>(s, row_index, d, o);
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
 
-template absl::Status GatherRows<float>(const float*, const int64_t*, int64_t, int64_t, float*, cudaStream_t);
-template absl::Status GatherRows<double>(const double*, const int64_t*, int64_t, int64_t, double*, cudaStream_t);
-template absl::Status GatherRows<bf16>(const bf16*, const int64_t*, int64_t, int64_t, bf16*, cudaStream_t);
-template absl::Status CombineRows<float, float>(const float*, const int64_t*, const float*, int, int64_t, int64_t, float*, cudaStream_t);
-template absl::Status CombineRows<double, double>(const double*, const int64_t*, const double*, int, int64_t, int64_t, double*, cudaStream_t);
-template absl::Status CombineRows<bf16, float>(const bf16*, const int64_t*, const float*, int, int64_t, int64_t, bf16*, cudaStream_t);
+template <typename T, typename W>
+absl::Status CombineRows(const T* rows, const int64_t* position, const W* weight, int top_k, int64_t num_tokens,
+                         int64_t d, T* out, cudaStream_t stream) {
+  if (num_tokens == 0 || d == 0) return absl::OkStatus();
+  DYNAMOE_RETURN_IF_ERROR(CheckGrid(num_tokens, "num_tokens"));
+  using N = typename Native<T>::type;
+  using A = typename Acc<T>::type;
+  const auto* r = reinterpret_cast<const N*>(rows);
+  auto* o = reinterpret_cast<N*>(out);
+  const int w = VecWidth<T>(d, {rows, out});
+  const unsigned grid = static_cast<unsigned>(num_tokens), threads = ThreadsFor(d / w);
+  if (w > 1)
+    CombineRowsKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(r, position, weight, top_k, d, o);
+  else
+    CombineRowsKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(r, position, weight, top_k, d, o);
+  DYNAMOE_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename T, typename W>
+absl::Status ScatterWeightedRows(const T* grad_out, const int64_t* assignment, const W* weight, int top_k,
+                                 int64_t num_rows, int64_t d, T* grad_rows, cudaStream_t stream) {
+  if (num_rows == 0 || d == 0) return absl::OkStatus();
+  DYNAMOE_RETURN_IF_ERROR(CheckGrid(num_rows, "num_rows"));
+  using N = typename Native<T>::type;
+  using A = typename Acc<T>::type;
+  const auto* g = reinterpret_cast<const N*>(grad_out);
+  auto* o = reinterpret_cast<N*>(grad_rows);
+  const int w = VecWidth<T>(d, {grad_out, grad_rows});
+  const unsigned grid = static_cast<unsigned>(num_rows), threads = ThreadsFor(d / w);
+  if (w > 1)
+    ScatterWeightedRowsKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(g, assignment, weight, top_k, d, o);
+  else
+    ScatterWeightedRowsKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(g, assignment, weight, top_k, d, o);
+  DYNAMOE_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+template <typename T, typename W>
+absl::Status CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position, int top_k,
+                               int64_t num_tokens, int64_t d, W* grad_weight, cudaStream_t stream) {
+  if (num_tokens == 0) return absl::OkStatus();
+  DYNAMOE_RETURN_IF_ERROR(CheckGrid(num_tokens, "num_tokens"));
+  using N = typename Native<T>::type;
+  using A = typename Acc<T>::type;
+  const auto* g = reinterpret_cast<const N*>(grad_out);
+  const auto* r = reinterpret_cast<const N*>(rows);
+  const int w = VecWidth<T>(d, {grad_out, rows});
+  const unsigned grid = static_cast<unsigned>(num_tokens), threads = 32 * static_cast<unsigned>(top_k < 8 ? top_k : 8);
+  if (w > 1)
+    CombineWeightGradKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(g, r, position, top_k, d, grad_weight);
+  else
+    CombineWeightGradKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(g, r, position, top_k, d, grad_weight);
+  DYNAMOE_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
+
+#define DYNAMOE_INSTANTIATE(T, W)                                                                                    \
+  template absl::Status GatherRows<T>(const T*, const int64_t*, int64_t, int64_t, T*, cudaStream_t);                 \
+  template absl::Status CombineRows<T, W>(const T*, const int64_t*, const W*, int, int64_t, int64_t, T*,             \
+                                          cudaStream_t);                                                             \
+  template absl::Status ScatterWeightedRows<T, W>(const T*, const int64_t*, const W*, int, int64_t, int64_t, T*,     \
+                                                  cudaStream_t);                                                     \
+  template absl::Status CombineWeightGrad<T, W>(const T*, const T*, const int64_t*, int, int64_t, int64_t, W*,       \
+                                                cudaStream_t);
+DYNAMOE_INSTANTIATE(float, float)
+DYNAMOE_INSTANTIATE(double, double)
+DYNAMOE_INSTANTIATE(bf16, float)
+DYNAMOE_INSTANTIATE(f16, float)
+#undef DYNAMOE_INSTANTIATE
 
 }  // namespace dynamoe::kernels::cuda
