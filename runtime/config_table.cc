@@ -48,6 +48,10 @@ const std::vector<ConfigEntry>& ConfigTable() {
        "Deadline of every collective, seconds."},
       {"DYNAMOE_LOG_LEVEL", ValueType::kEnum, "info", {"debug", "info", "warning", "error"}, 0, 0, "",
        AliasKind::kNone, "", false, "Log verbosity (debug explains placement decisions)."},
+      {"DYNAMOE_GROUPED_GEMM", ValueType::kEnum, "loop", {"loop", "grouped"}, 0, 0, "", AliasKind::kNone, "", false,
+       "CUDA expert GEMMs: one cuBLAS call per expert, or one cublasGemmGroupedBatchedEx call."},
+      {"DYNAMOE_OPS_LIBRARY", ValueType::kString, "", {}, 0, 0, "", AliasKind::kNone, "", false,
+       "Path of libdynamoe_ops.so for the Python package; empty searches build/*/bindings."},
       {"DYNAMOE_CHECK_PLAN", ValueType::kBool, "0", {}, 0, 0, "", AliasKind::kNone, "", true,
        "Verify every step that all ranks computed the same plan hash."},
   };

@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#ifdef DYNAMOE_TORCH_CUDA
+#include "scheduler/cuda_path.h"
+#endif
+
 namespace dynamoe::scheduler {
 namespace {
 
@@ -32,33 +36,81 @@ void AddProduct(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
     acc.add_(at::mm(a, b));
 }
 
+// The three per-expert products of the FFN over expert-sorted rows. On CUDA
+// they are the grouped GEMMs of kernels/cuda (one call sequence per product);
+// on the CPU one ATen GEMM per expert.
+bool Grouped(const at::Tensor& t) {
+#ifdef DYNAMOE_TORCH_CUDA
+  return t.is_cuda();
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+// out[rows of k] = a[rows of k] w[k]
+at::Tensor SlotProduct(const at::Tensor& a, const at::Tensor& w, const int64_t* counts) {
+#ifdef DYNAMOE_TORCH_CUDA
+  if (Grouped(a)) return cuda_path::GroupedForward(a, w, counts);
+#endif
+  at::Tensor out = at::empty({a.size(0), w.size(2)}, a.options());
+  ForEachSlot(w.size(0), counts, [&](int64_t k, int64_t off, int64_t m) {
+    at::Tensor out_k = out.narrow(0, off, m);
+    at::mm_out(out_k, a.narrow(0, off, m), w[k]);
+  });
+  return out;
+}
+
+// out[rows of k] (+)= a[rows of k] w[k]^T
+void SlotProductT(const at::Tensor& a, const at::Tensor& w, const int64_t* counts, at::Tensor& out, bool accumulate) {
+#ifdef DYNAMOE_TORCH_CUDA
+  if (Grouped(a)) {
+    at::Tensor r = cuda_path::GroupedDataGrad(a, w, counts);
+    if (accumulate) out.add_(r);
+    else out = r;
+    return;
+  }
+#endif
+  if (!accumulate) out = at::empty({a.size(0), w.size(1)}, a.options());
+  ForEachSlot(w.size(0), counts, [&](int64_t k, int64_t off, int64_t m) {
+    at::Tensor out_k = out.narrow(0, off, m);
+    if (accumulate) out_k.addmm_(a.narrow(0, off, m), w[k].t());
+    else at::mm_out(out_k, a.narrow(0, off, m), w[k].t());
+  });
+}
+
+// acc[k] += a[rows of k]^T b[rows of k]
+void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc) {
+#ifdef DYNAMOE_TORCH_CUDA
+  if (Grouped(a)) return cuda_path::GroupedWeightGradAdd(a, b, counts, acc);
+#endif
+  ForEachSlot(acc.size(0), counts, [&](int64_t k, int64_t off, int64_t m) {
+    AddProduct(acc[k], a.narrow(0, off, m).t(), b.narrow(0, off, m));
+  });
+}
+
+// out[rows of k] += bias[k]
+void AddSlotBias(at::Tensor& out, const at::Tensor& bias, const int64_t* counts) {
+  ForEachSlot(bias.size(0), counts, [&](int64_t k, int64_t off, int64_t m) { out.narrow(0, off, m).add_(bias[k]); });
+}
+
+// acc[k] += sum of rows of k
+void AddSlotSums(const at::Tensor& g, const int64_t* counts, at::Tensor& acc) {
+  ForEachSlot(acc.size(0), counts, [&](int64_t k, int64_t off, int64_t m) { acc[k].add_(g.narrow(0, off, m).sum(0)); });
+}
+
 }  // namespace
 
 bool Present(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
 
 at::Tensor FFNForward(const at::Tensor& rows, const int64_t* counts, const ExpertParams& p, FFNActivations* saved) {
-  const int64_t slots = p.w1.size(0), d_hidden = p.w1.size(2), d_model = p.w1.size(1);
-  const int64_t n = rows.size(0);
-  at::Tensor h = at::empty({n, d_hidden}, rows.options());
-  at::Tensor g = Present(p.w3) ? at::empty({n, d_hidden}, rows.options()) : at::Tensor();
-  ForEachSlot(slots, counts, [&](int64_t k, int64_t off, int64_t m) {
-    const at::Tensor x_k = rows.narrow(0, off, m);
-    at::Tensor h_k = h.narrow(0, off, m);
-    at::mm_out(h_k, x_k, p.w1[k]);
-    if (Present(p.b1)) h_k.add_(p.b1[k]);
-    if (g.defined()) {
-      at::Tensor g_k = g.narrow(0, off, m);
-      at::mm_out(g_k, x_k, p.w3[k]);
-    }
-  });
+  at::Tensor h = SlotProduct(rows, p.w1, counts);
+  if (Present(p.b1)) AddSlotBias(h, p.b1, counts);
+  at::Tensor g = Present(p.w3) ? SlotProduct(rows, p.w3, counts) : at::Tensor();
   at::Tensor a = Activate(h, p.activation);
   if (g.defined()) a.mul_(g);
-  at::Tensor y = at::empty({n, d_model}, rows.options());
-  ForEachSlot(slots, counts, [&](int64_t k, int64_t off, int64_t m) {
-    at::Tensor y_k = y.narrow(0, off, m);
-    at::mm_out(y_k, a.narrow(0, off, m), p.w2[k]);
-    if (Present(p.b2)) y_k.add_(p.b2[k]);
-  });
+  at::Tensor y = SlotProduct(a, p.w2, counts);
+  if (Present(p.b2)) AddSlotBias(y, p.b2, counts);
   if (saved != nullptr) *saved = {h, g};
   return y;
 }
@@ -82,18 +134,13 @@ FFNGrads Narrow(FFNGrads g, const ExpertParams& p) {
 
 at::Tensor FFNBackward(const at::Tensor& grad_y, const at::Tensor& rows, const int64_t* counts,
                        const ExpertParams& p, const FFNActivations& saved, FFNGrads& grads) {
-  const int64_t slots = p.w1.size(0);
   const at::Tensor gy = grad_y.contiguous();
   const at::Tensor act = Activate(saved.h, p.activation);
   const at::Tensor a = saved.g.defined() ? act * saved.g : act;
-  at::Tensor grad_a = at::empty_like(saved.h);
-  ForEachSlot(slots, counts, [&](int64_t k, int64_t off, int64_t m) {
-    const at::Tensor gy_k = gy.narrow(0, off, m);
-    at::Tensor grad_a_k = grad_a.narrow(0, off, m);
-    at::mm_out(grad_a_k, gy_k, p.w2[k].t());
-    AddProduct(grads.w2[k], a.narrow(0, off, m).t(), gy_k);
-    if (grads.b2.defined()) grads.b2[k].add_(gy_k.sum(0));
-  });
+  at::Tensor grad_a;
+  SlotProductT(gy, p.w2, counts, grad_a, false);
+  AddSlotOuter(a, gy, counts, grads.w2);
+  if (grads.b2.defined()) AddSlotSums(gy, counts, grads.b2);
   // Through the (gated) activation.
   at::Tensor grad_g, grad_h;
   if (saved.g.defined()) {
@@ -102,20 +149,14 @@ at::Tensor FFNBackward(const at::Tensor& grad_y, const at::Tensor& rows, const i
   } else {
     grad_h = ActivationBackward(grad_a, saved.h, p.activation);
   }
-  at::Tensor grad_rows = at::empty_like(rows);
-  ForEachSlot(slots, counts, [&](int64_t k, int64_t off, int64_t m) {
-    const at::Tensor x_k = rows.narrow(0, off, m);
-    const at::Tensor gh_k = grad_h.narrow(0, off, m);
-    at::Tensor gx_k = grad_rows.narrow(0, off, m);
-    AddProduct(grads.w1[k], x_k.t(), gh_k);
-    at::mm_out(gx_k, gh_k, p.w1[k].t());
-    if (grads.b1.defined()) grads.b1[k].add_(gh_k.sum(0));
-    if (grads.w3.defined()) {
-      const at::Tensor gg_k = grad_g.narrow(0, off, m);
-      AddProduct(grads.w3[k], x_k.t(), gg_k);
-      gx_k.addmm_(gg_k, p.w3[k].t());
-    }
-  });
+  at::Tensor grad_rows;
+  AddSlotOuter(rows, grad_h, counts, grads.w1);
+  SlotProductT(grad_h, p.w1, counts, grad_rows, false);
+  if (grads.b1.defined()) AddSlotSums(grad_h, counts, grads.b1);
+  if (grads.w3.defined()) {
+    AddSlotOuter(rows, grad_g, counts, grads.w3);
+    SlotProductT(grad_g, p.w3, counts, grad_rows, true);
+  }
   return grad_rows;
 }
 

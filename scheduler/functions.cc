@@ -7,6 +7,10 @@
 #include "scheduler/expert_ffn.h"
 #include "scheduler/tensor_util.h"
 
+#ifdef DYNAMOE_TORCH_CUDA
+#include "scheduler/cuda_path.h"
+#endif
+
 namespace dynamoe::scheduler {
 namespace {
 
@@ -14,6 +18,9 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 at::Tensor Assignments(const at::Tensor& position, int64_t num_rows) {
+#ifdef DYNAMOE_TORCH_CUDA
+  if (position.is_cuda()) return cuda_path::Assignments(position, num_rows);
+#endif
   at::Tensor assignment = at::empty({num_rows}, position.options());
   ThrowIfError(kernels::InvertPositions(Ptr<int64_t>(position), position.numel(), num_rows,
                                         Ptr<int64_t>(assignment)));
@@ -22,6 +29,9 @@ at::Tensor Assignments(const at::Tensor& position, int64_t num_rows) {
 
 // out[t] = sum_j weight[t,j] * rows[position[t,j]]; weight may be undefined (= 1).
 at::Tensor CombineImpl(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& position) {
+#ifdef DYNAMOE_TORCH_CUDA
+  if (rows.is_cuda()) return cuda_path::CombineRows(rows, weight, position);
+#endif
   const int64_t num_tokens = position.size(0), d = rows.size(1);
   const int top_k = static_cast<int>(position.size(1));
   at::Tensor out = at::empty({num_tokens, d}, rows.options());
@@ -41,6 +51,10 @@ class DispatchFunction : public torch::autograd::Function<DispatchFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& position,
                             int64_t num_rows) {
     const at::Tensor assignment = Assignments(position, num_rows);
+    ctx->save_for_backward({position});
+#ifdef DYNAMOE_TORCH_CUDA
+    if (x.is_cuda()) return cuda_path::GatherRows(x, assignment, position.size(1));
+#endif
     const at::Tensor token = at::div(assignment, position.size(1), "floor");
     const int64_t d = x.size(1);
     at::Tensor rows = at::empty({num_rows, d}, x.options());
@@ -50,7 +64,6 @@ class DispatchFunction : public torch::autograd::Function<DispatchFunction> {
         kernels::GatherRows<T>(Ptr<T>(x), Ptr<int64_t>(token), d, Ptr<T>(rows), b, e);
       });
     });
-    ctx->save_for_backward({position});
     return rows;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
@@ -73,6 +86,11 @@ class CombineFunction : public torch::autograd::Function<CombineFunction> {
     const int64_t num_tokens = position.size(0), num_rows = rows.size(0), d = rows.size(1);
     const int top_k = static_cast<int>(position.size(1));
     const at::Tensor assignment = Assignments(position, num_rows);
+#ifdef DYNAMOE_TORCH_CUDA
+    if (rows.is_cuda())
+      return {cuda_path::ScatterWeightedRows(g, assignment, weight, top_k),
+              cuda_path::CombineWeightGrad(g, rows, position, weight.scalar_type()), at::Tensor()};
+#endif
     at::Tensor grad_rows = at::empty_like(rows);
     at::Tensor grad_weight = at::empty_like(weight);
     DispatchDataType(rows.scalar_type(), "combine backward", [&](auto t_tag, auto w_tag) {

@@ -48,11 +48,20 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   DYNAMOE_CHECK_ARG(x.defined(), o.name(), ": x is undefined");
   DYNAMOE_CHECK_ARG(x.dim() >= 1 && x.size(-1) == o.d_model(), o.name(), ": x must have shape [..., d_model=",
                     o.d_model(), "], got ", Shape(x));
+#ifdef DYNAMOE_TORCH_CUDA
+  DYNAMOE_CHECK_ARG(x.device().is_cpu() || x.is_cuda(), o.name(), ": x is on ", x.device().str(),
+                    "; expected the CPU or a CUDA device");
+#else
   DYNAMOE_CHECK_ARG(x.device().is_cpu(), o.name(), ": x is on ", x.device().str(),
-                    "; this build runs on CPU only");
+                    "; this build runs on CPU only (build against a torch with CUDA for the GPU path)");
+#endif
+  DYNAMOE_CHECK_ARG(!in.gate_weight.defined() || in.gate_weight.device() == x.device(), o.name(),
+                    ": gate.weight is on ", in.gate_weight.device().str(), " but x is on ", x.device().str());
   const auto dt = x.scalar_type();
-  DYNAMOE_CHECK_ARG(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, o.name(),
-                    ": x must be float32, float64 or bfloat16, got ", c10::toString(dt));
+  const bool half_ok = x.is_cuda();  // fp16 GEMMs exist on CUDA (not in torch 1.13's CPU kernels)
+  DYNAMOE_CHECK_ARG(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || (half_ok && dt == at::kHalf),
+                    o.name(), ": x must be float32, float64 or bfloat16", half_ok ? " or float16" : "", ", got ",
+                    c10::toString(dt));
   const int64_t E = o.num_experts(), d = o.d_model(), h = o.d_hidden();
   DYNAMOE_CHECK_ARG(in.gate_weight.defined() && in.gate_weight.sizes().vec() == std::vector<int64_t>({E, d}),
                     o.name(), ": gate.weight must have shape [", E, ", ", d, "], got ", Shape(in.gate_weight));

@@ -7,6 +7,10 @@
 #include "kernels/kernels.h"
 #include "scheduler/tensor_util.h"
 
+#ifdef DYNAMOE_TORCH_CUDA
+#include "scheduler/cuda_path.h"
+#endif
+
 namespace dynamoe::scheduler {
 
 at::ScalarType RouterDtype(at::ScalarType data_dtype) {
@@ -15,6 +19,15 @@ at::ScalarType RouterDtype(at::ScalarType data_dtype) {
 
 absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight,
                               const at::Tensor& expert_bias, const RouterOptions& options) {
+  if (x.is_cuda()) {
+#ifdef DYNAMOE_TORCH_CUDA
+    return cuda_path::Route(x, gate_weight, expert_bias, options);
+#else
+    return absl::FailedPreconditionError(absl::StrCat(
+        options.name, ": input is on ", x.device().str(), " but this dynamoe was built without torch CUDA; ",
+        "rebuild against a torch with CUDA (scripts/gpu_build.sh) or move the layer to the CPU"));
+#endif
+  }
   const int64_t num_tokens = x.size(0);
   const int64_t num_experts = gate_weight.size(0);
   const int top_k = static_cast<int>(options.top_k);

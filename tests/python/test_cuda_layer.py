@@ -1,0 +1,65 @@
+"""The layer's CUDA path against its CPU path: same routing, outputs and
+gradients. Skipped where torch has no usable GPU."""
+import pytest
+import torch
+
+import dynamoe
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device: the CUDA path is compiled but not run here")
+
+CASES = [
+    # d_model, d_hidden, experts, top_k, capacity_factor, gated, activation, bias, tokens
+    (64, 96, 8, 2, 0.0, True, "silu", False, 300),
+    (48, 80, 6, 6, 0.0, False, "gelu", True, 129),     # k = experts
+    (64, 64, 16, 4, 1.0, False, "relu", False, 517),   # capacity: some rows dropped
+    (32, 40, 4, 1, 0.0, True, "silu", False, 1),       # one token
+    (40, 56, 8, 2, 0.5, True, "gelu", True, 250),      # tight capacity, biases
+]
+
+
+def _gpu_twin(cpu, d, h, e, k, cf, gated, act, bias):
+    gpu = dynamoe.MoE(d, h, e, top_k=k, capacity_factor=cf, gated=gated, activation=act, bias=bias,
+                      name="gpu_twin").to(device="cuda", dtype=next(cpu.parameters()).dtype)
+    gpu.load_state_dict(cpu.state_dict())
+    return gpu
+
+
+def _run(layer, x, grad):
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (y * grad).sum().add(layer.aux_loss).backward()
+    grads = {n: p.grad.detach().clone() for n, p in layer.named_parameters() if p.grad is not None}
+    return y.detach(), x.grad.detach(), grads, layer.stats()
+
+
+def _rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_layer_matches_cpu_layer(case, dtype, tol):
+    d, h, e, k, cf, gated, act, bias, tokens = case
+    torch.manual_seed(0)
+    cpu = dynamoe.MoE(d, h, e, top_k=k, capacity_factor=cf, gated=gated, activation=act, bias=bias,
+                      name="cpu_twin").to(dtype)
+    gpu = _gpu_twin(cpu, d, h, e, k, cf, gated, act, bias)
+    x = torch.randn(tokens, d, dtype=dtype)
+    grad = torch.randn(tokens, d, dtype=dtype)
+    y0, gx0, g0, s0 = _run(cpu, x, grad)
+    y1, gx1, g1, s1 = _run(gpu, x.cuda(), grad.cuda())
+    assert torch.equal(s0["counts"].cpu(), s1["counts"].cpu()), "routing differs"
+    assert s0["dropped"] == s1["dropped"]
+    assert _rel(y1, y0) < tol
+    assert _rel(gx1, gx0) < tol
+    assert set(g0) == set(g1)
+    for name in g0:
+        assert _rel(g1[name], g0[name]) < tol, name
+
+
+def test_cuda_layer_rejects_float64_with_a_clear_error():
+    layer = dynamoe.MoE(16, 16, 4).double().cuda()
+    with pytest.raises(RuntimeError, match="float64"):
+        layer(torch.randn(8, 16, dtype=torch.float64, device="cuda"))
