@@ -114,4 +114,17 @@ void CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position
                        int top_k, int64_t d, W* grad_weight, int64_t token_begin,
                        int64_t token_end);
 
+enum class Activation { kGelu, kRelu, kSilu };  // gelu is the erf form (torch's default)
+
+// a = act(h) * g (g == nullptr: a = act(h)) over [begin, end) of n elements.
+template <typename T>
+void ActivationForward(const T* h, const T* g, Activation act, T* a, int64_t begin, int64_t end);
+
+// Backward through a = act(h) [* g], one pass: grad_h = grad_a [* g] act'(h),
+// grad_g = grad_a act(h) (when g), a_out = a (when non-null, for the next
+// weight gradient). grad_h may alias grad_a.
+template <typename T>
+void ActivationBackward(const T* grad_a, const T* h, const T* g, Activation act, T* grad_h, T* grad_g, T* a_out,
+                        int64_t begin, int64_t end);
+
 }  // namespace dynamoe::kernels

@@ -174,11 +174,8 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
 at::Tensor Assignments(const at::Tensor& position, int64_t num_rows) {
   at::Tensor assignment = at::empty({num_rows}, position.options());
   if (num_rows == 0) return assignment;
-  const at::Tensor flat = position.reshape({-1});
-  const at::Tensor kept = flat.ge(0);
   // Kept positions are a permutation of [0, num_rows): every row written once.
-  assignment.index_put_({flat.masked_select(kept)},
-                        at::arange(flat.numel(), position.options()).masked_select(kept));
+  ThrowIfError(kc::InvertPositions(Ptr<int64_t>(position), position.numel(), Ptr<int64_t>(assignment), Stream()));
   return assignment;
 }
 
@@ -250,9 +247,46 @@ at::Tensor GroupedDataGrad(const at::Tensor& a, const at::Tensor& b, const int64
   return out;
 }
 
-void GroupedWeightGradAdd(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& out) {
+void GroupedWeightGrad(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& out,
+                       bool overwrite) {
   DYNAMOE_THROW_IF(!out.is_contiguous(), "grouped GEMM: the weight-gradient accumulator must be contiguous");
-  RunGemm(kc::GemmOp::kTN, a.contiguous(), b.contiguous(), out, counts, out.size(0), out.size(1), out.size(2), 1.0f);
+  RunGemm(kc::GemmOp::kTN, a.contiguous(), b.contiguous(), out, counts, out.size(0), out.size(1), out.size(2),
+          overwrite ? 0.0f : 1.0f);
+}
+
+namespace {
+kernels::Activation ActivationKind(const std::string& name) {
+  if (name == "relu") return kernels::Activation::kRelu;
+  if (name == "silu") return kernels::Activation::kSilu;
+  return kernels::Activation::kGelu;
+}
+}  // namespace
+
+at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) {
+  at::Tensor a = at::empty_like(h);
+  const bool gated = g.defined() && g.numel() > 0;
+  DispatchCuda(h.scalar_type(), "activation", [&](auto t_tag, auto) {
+    using T = decltype(t_tag);
+    ThrowIfError(kc::ActivationForward<T>(Ptr<T>(h), gated ? Ptr<T>(g) : nullptr, ActivationKind(activation),
+                                          h.numel(), Ptr<T>(a), Stream()));
+  });
+  return a;
+}
+
+ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
+                                   const std::string& activation) {
+  const bool gated = g.defined() && g.numel() > 0;
+  ActivationGrads r;
+  r.grad_h = grad_a.contiguous();
+  r.a = at::empty_like(h);
+  if (gated) r.grad_g = at::empty_like(h);
+  DispatchCuda(h.scalar_type(), "activation backward", [&](auto t_tag, auto) {
+    using T = decltype(t_tag);
+    ThrowIfError(kc::ActivationBackward<T>(Ptr<T>(r.grad_h), Ptr<T>(h), gated ? Ptr<T>(g) : nullptr,
+                                           ActivationKind(activation), h.numel(), Ptr<T>(r.grad_h),
+                                           gated ? Ptr<T>(r.grad_g) : nullptr, Ptr<T>(r.a), Stream()));
+  });
+  return r;
 }
 
 }  // namespace dynamoe::scheduler::cuda_path

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "scheduler/router.h"
@@ -36,6 +37,18 @@ at::Tensor CombineWeightGrad(const at::Tensor& grad_out, const at::Tensor& rows,
 // WeightGrad out[g] += a[rows_g, k]^T . b[rows_g, n]  out: [G, k, n], may be wider
 at::Tensor GroupedForward(const at::Tensor& a, const at::Tensor& b, const int64_t* counts);
 at::Tensor GroupedDataGrad(const at::Tensor& a, const at::Tensor& b, const int64_t* counts);
-void GroupedWeightGradAdd(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& out);
+// overwrite: out[g] = ... (beta 0; experts without rows get zeros) instead of +=.
+void GroupedWeightGrad(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& out,
+                       bool overwrite);
+
+// a = act(h) [* g] in one pass (g may be undefined).
+at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation);
+// One pass back through a = act(h) [* g]: grad_h (written over grad_a's
+// memory), grad_g (undefined without g) and a itself for the w2 gradient.
+struct ActivationGrads {
+  at::Tensor grad_h, grad_g, a;
+};
+ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
+                                   const std::string& activation);
 
 }  // namespace dynamoe::scheduler::cuda_path

@@ -79,11 +79,12 @@ void SlotProductT(const at::Tensor& a, const at::Tensor& w, const int64_t* count
   });
 }
 
-// acc[k] += a[rows of k]^T b[rows of k]
-void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc) {
+// acc[k] += a[rows of k]^T b[rows of k] (fresh on CUDA: acc[k] = ...)
+void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc, bool fresh) {
 #ifdef DYNAMOE_TORCH_CUDA
-  if (Grouped(a)) return cuda_path::GroupedWeightGradAdd(a, b, counts, acc);
+  if (Grouped(a)) return cuda_path::GroupedWeightGrad(a, b, counts, acc, fresh);
 #endif
+  (void)fresh;  // the CPU sums start from zeros
   ForEachSlot(acc.size(0), counts, [&](int64_t k, int64_t off, int64_t m) {
     AddProduct(acc[k], a.narrow(0, off, m).t(), b.narrow(0, off, m));
   });
@@ -107,21 +108,30 @@ at::Tensor FFNForward(const at::Tensor& rows, const int64_t* counts, const Exper
   at::Tensor h = SlotProduct(rows, p.w1, counts);
   if (Present(p.b1)) AddSlotBias(h, p.b1, counts);
   at::Tensor g = Present(p.w3) ? SlotProduct(rows, p.w3, counts) : at::Tensor();
-  at::Tensor a = Activate(h, p.activation);
-  if (g.defined()) a.mul_(g);
+  at::Tensor a;
+#ifdef DYNAMOE_TORCH_CUDA
+  if (Grouped(h)) a = cuda_path::ActivationForward(h, g, p.activation);
+#endif
+  if (!a.defined()) {
+    a = Activate(h, p.activation);
+    if (g.defined()) a.mul_(g);
+  }
   at::Tensor y = SlotProduct(a, p.w2, counts);
   if (Present(p.b2)) AddSlotBias(y, p.b2, counts);
   if (saved != nullptr) *saved = {h, g};
   return y;
 }
 
-FFNGrads ZeroGrads(const ExpertParams& p, bool wide) {
-  auto zeros = [&](const at::Tensor& t) {
+FFNGrads ZeroGrads(const ExpertParams& p, bool wide, bool fresh) {
+  auto make = [&](const at::Tensor& t, bool weight) {
     if (!Present(t)) return at::Tensor();
     const bool half = t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
-    return at::zeros_like(t, t.options().dtype(wide && half ? at::kFloat : t.scalar_type()));
+    const auto options = t.options().dtype(wide && half ? at::kFloat : t.scalar_type());
+    return weight && fresh && Grouped(t) ? at::empty_like(t, options) : at::zeros_like(t, options);
   };
-  return {zeros(p.w1), zeros(p.w2), zeros(p.w3), zeros(p.b1), zeros(p.b2)};
+  FFNGrads g{make(p.w1, true), make(p.w2, true), make(p.w3, true), make(p.b1, false), make(p.b2, false)};
+  g.fresh = fresh;
+  return g;
 }
 
 FFNGrads Narrow(FFNGrads g, const ExpertParams& p) {
@@ -134,27 +144,39 @@ FFNGrads Narrow(FFNGrads g, const ExpertParams& p) {
 
 at::Tensor FFNBackward(const at::Tensor& grad_y, const at::Tensor& rows, const int64_t* counts,
                        const ExpertParams& p, const FFNActivations& saved, FFNGrads& grads) {
+  const bool fresh = grads.fresh;
+  grads.fresh = false;
   const at::Tensor gy = grad_y.contiguous();
-  const at::Tensor act = Activate(saved.h, p.activation);
-  const at::Tensor a = saved.g.defined() ? act * saved.g : act;
   at::Tensor grad_a;
   SlotProductT(gy, p.w2, counts, grad_a, false);
-  AddSlotOuter(a, gy, counts, grads.w2);
-  if (grads.b2.defined()) AddSlotSums(gy, counts, grads.b2);
-  // Through the (gated) activation.
-  at::Tensor grad_g, grad_h;
-  if (saved.g.defined()) {
-    grad_g = grad_a * act;
-    grad_h = ActivationBackward(grad_a * saved.g, saved.h, p.activation);
-  } else {
-    grad_h = ActivationBackward(grad_a, saved.h, p.activation);
+  // Through the (gated) activation; `a` is recomputed for the w2 gradient.
+  at::Tensor a, grad_g, grad_h;
+#ifdef DYNAMOE_TORCH_CUDA
+  if (Grouped(gy)) {
+    cuda_path::ActivationGrads r = cuda_path::ActivationBackward(grad_a, saved.h, saved.g, p.activation);
+    grad_a.reset();  // its memory now holds grad_h
+    a = std::move(r.a), grad_g = std::move(r.grad_g), grad_h = std::move(r.grad_h);
   }
+#endif
+  if (!a.defined()) {
+    const at::Tensor act = Activate(saved.h, p.activation);
+    a = saved.g.defined() ? act * saved.g : act;
+    if (saved.g.defined()) {
+      grad_g = grad_a * act;
+      grad_h = ActivationBackward(grad_a * saved.g, saved.h, p.activation);
+    } else {
+      grad_h = ActivationBackward(grad_a, saved.h, p.activation);
+    }
+  }
+  AddSlotOuter(a, gy, counts, grads.w2, fresh);
+  a.reset();
+  if (grads.b2.defined()) AddSlotSums(gy, counts, grads.b2);
   at::Tensor grad_rows;
-  AddSlotOuter(rows, grad_h, counts, grads.w1);
+  AddSlotOuter(rows, grad_h, counts, grads.w1, fresh);
   SlotProductT(grad_h, p.w1, counts, grad_rows, false);
   if (grads.b1.defined()) AddSlotSums(grad_h, counts, grads.b1);
   if (grads.w3.defined()) {
-    AddSlotOuter(rows, grad_g, counts, grads.w3);
+    AddSlotOuter(rows, grad_g, counts, grads.w3, fresh);
     SlotProductT(grad_g, p.w3, counts, grad_rows, true);
   }
   return grad_rows;

@@ -19,6 +19,9 @@ struct FFNActivations {
 // parameter is absent.
 struct FFNGrads {
   at::Tensor w1, w2, w3, b1, b2;
+  // The next FFNBackward overwrites w1..w3 instead of adding (CUDA: no zero
+  // fill, GEMM beta 0); cleared by that call.
+  bool fresh = false;
 };
 
 // A parameter is present when defined and non-empty (torch 1.13's custom
@@ -31,7 +34,9 @@ at::Tensor FFNForward(const at::Tensor& rows, const int64_t* counts, const Exper
 
 // Zeros shaped like the present parameters. wide: 16-bit parameters get
 // float32 sums, so gradients summed over many chunks round once (Narrow).
-FFNGrads ZeroGrads(const ExpertParams& params, bool wide = false);
+// fresh: for a single FFNBackward call; on CUDA the weight sums are left
+// unfilled and that call writes them.
+FFNGrads ZeroGrads(const ExpertParams& params, bool wide = false, bool fresh = false);
 // The sums in the parameters' dtype.
 FFNGrads Narrow(FFNGrads grads, const ExpertParams& params);
 

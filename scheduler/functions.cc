@@ -124,7 +124,7 @@ class ExpertFFNFunction : public torch::autograd::Function<ExpertFFNFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto s = ctx->get_saved_variables();
     const ExpertParams params{s[2], s[3], s[4], s[5], s[6], ctx->saved_data["activation"].toStringRef()};
-    FFNGrads grads = ZeroGrads(params);
+    FFNGrads grads = ZeroGrads(params, /*wide=*/false, /*fresh=*/true);
     const at::Tensor grad_rows = FFNBackward(grad[0], s[0], Ptr<int64_t>(s[1]), params, {s[7], s[8]}, grads);
     return {grad_rows, at::Tensor(), grads.w1, grads.w2, grads.w3, grads.b1, grads.b2, at::Tensor()};
   }

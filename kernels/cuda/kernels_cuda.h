@@ -29,6 +29,11 @@ absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpe
                          const RouterOutputs& out, void* workspace, size_t workspace_bytes,
                          cudaStream_t stream);
 
+// assignment[position[a]] = a for each kept a (positions must be a
+// permutation of the rows, as the router makes them).
+absl::Status InvertPositions(const int64_t* position, int64_t num_assignments, int64_t* assignment,
+                             cudaStream_t stream);
+
 template <typename T>
 absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d,
                         T* dst, cudaStream_t stream);
@@ -46,5 +51,12 @@ template <typename T, typename W>
 absl::Status CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position,
                                int top_k, int64_t num_tokens, int64_t d, W* grad_weight,
                                cudaStream_t stream);
+
+// Twins of kernels::ActivationForward / ActivationBackward over n elements.
+template <typename T>
+absl::Status ActivationForward(const T* h, const T* g, Activation act, int64_t n, T* a, cudaStream_t stream);
+template <typename T>
+absl::Status ActivationBackward(const T* grad_a, const T* h, const T* g, Activation act, int64_t n, T* grad_h,
+                                T* grad_g, T* a_out, cudaStream_t stream);
 
 }  // namespace dynamoe::kernels::cuda

@@ -1,46 +1,18 @@
 // Row permutation and the deterministic weighted combine on the GPU. Rows move
 // in 16-byte vectors when the row width and pointers allow it; each output
 // element is written once and sums run in choice order (no atomics).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "common/status.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/kernels_cuda.h"
+#include "kernels/cuda/native.cuh"
 
 namespace dynamoe::kernels::cuda {
 namespace {
 
-template <typename T> struct Native { using type = T; };
-template <> struct Native<bf16> { using type = __nv_bfloat16; };
-template <> struct Native<f16> { using type = __half; };
-
-__device__ inline float Load(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float Load(__half v) { return __half2float(v); }
-__device__ inline float Load(float v) { return v; }
-__device__ inline double Load(double v) { return v; }
-// Accumulator to element: Make<T>(acc) with acc float, or double for double.
-__device__ inline __nv_bfloat16 ToNative(float v, __nv_bfloat16*) { return __float2bfloat16(v); }
-__device__ inline __half ToNative(float v, __half*) { return __float2half(v); }
-__device__ inline float ToNative(float v, float*) { return v; }
-__device__ inline double ToNative(double v, double*) { return v; }
-template <typename T, typename A>
-__device__ inline T Make(A v) { return ToNative(v, static_cast<T*>(nullptr)); }
-
-// N elements of T in one 16-byte load.
-template <typename T>
-struct alignas(16) Vec {
-  static constexpr int N = 16 / sizeof(T);
-  T v[N];
-};
-
 // Elements per access: 16 bytes when every row start is 16-byte aligned.
 template <typename T>
 int VecWidth(int64_t d, std::initializer_list<const void*> ptrs) {
-  if ((d * sizeof(T)) % 16 != 0) return 1;
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
-  return 16 / sizeof(T);
+  return (d * sizeof(T)) % 16 == 0 && Aligned16(ptrs) ? 16 / sizeof(T) : 1;
 }
 
 unsigned ThreadsFor(int64_t units) {
@@ -138,12 +110,25 @@ __global__ void CombineWeightGradKernel(const T* grad_out, const T* rows, const 
   }
 }
 
+__global__ void InvertPositionsKernel(const int64_t* position, int64_t n, int64_t* assignment) {
+  for (int64_t a = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; a < n; a += int64_t(gridDim.x) * blockDim.x)
+    if (position[a] >= 0) assignment[position[a]] = a;
+}
+
 absl::Status CheckGrid(int64_t n, const char* what) {
   if (n > 2147483647) return absl::InvalidArgumentError(absl::StrCat(what, " exceeds the grid limit: ", n));
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::Status InvertPositions(const int64_t* position, int64_t num_assignments, int64_t* assignment,
+                             cudaStream_t stream) {
+  if (num_assignments == 0) return absl::OkStatus();
+  InvertPositionsKernel<<<BlocksFor(num_assignments, 256), 256, 0, stream>>>(position, num_assignments, assignment);
+  DYNAMOE_CUDA_CHECK_LAUNCH();
+  return absl::OkStatus();
+}
 
 template <typename T>
 absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows, int64_t d, T* dst,

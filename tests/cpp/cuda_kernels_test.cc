@@ -199,6 +199,60 @@ TEST(CudaKernels, PermuteAndCombineMatchCpuTwins) {
   CheckPermute<float>(0, 4, 2, 64, rng, 1e-6);  // zero tokens
 }
 
+template <typename T>
+void CheckActivation(Activation act, bool gated, int64_t n, std::mt19937& rng, double tol) {
+  SCOPED_TRACE(testing::Message() << "act=" << int(act) << " gated=" << gated << " n=" << n << " bytes=" << sizeof(T));
+  const std::vector<T> h = Random<T>(n, rng, 2.0f), g = Random<T>(n, rng), ga = Random<T>(n, rng);
+  std::vector<T> a(n), gh(n), gg(n), a2(n);
+  const T* gp = gated ? g.data() : nullptr;
+  ActivationForward<T>(h.data(), gp, act, a.data(), 0, n);
+  ActivationBackward<T>(ga.data(), h.data(), gp, act, gh.data(), gated ? gg.data() : nullptr, a2.data(), 0, n);
+  Dev<T> d_h(h), d_g(g), d_ga(ga), d_a(n), d_gg(n), d_a2(n);
+  ASSERT_TRUE(cuda::ActivationForward<T>(d_h.get(), gated ? d_g.get() : nullptr, act, n, d_a.get(), nullptr).ok());
+  // grad_h written over grad_a (the layer does this in place).
+  ASSERT_TRUE(cuda::ActivationBackward<T>(d_ga.get(), d_h.get(), gated ? d_g.get() : nullptr, act, n, d_ga.get(),
+                                          gated ? d_gg.get() : nullptr, d_a2.get(), nullptr)
+                  .ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ExpectClose(d_a.Host(), a, tol, "activation forward");
+  ExpectClose(d_a2.Host(), a2, tol, "activation recomputed in backward");
+  ExpectClose(d_ga.Host(), gh, tol, "grad_h");
+  if (gated) ExpectClose(d_gg.Host(), gg, tol, "grad_g");
+}
+
+TEST(CudaKernels, FusedActivationMatchesCpuTwin) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  for (Activation act : {Activation::kGelu, Activation::kRelu, Activation::kSilu})
+    for (bool gated : {false, true})
+      for (int64_t n : {int64_t(0), int64_t(1), int64_t(1001), int64_t(1 << 16)}) {  // odd: scalar path
+        CheckActivation<float>(act, gated, n, rng, 1e-5);
+        CheckActivation<double>(act, gated, n, rng, 1e-12);
+        CheckActivation<bf16>(act, gated, n, rng, 1e-2);
+        CheckActivation<f16>(act, gated, n, rng, 2e-3);
+      }
+  // The derivative against a central difference of the CPU twin in double.
+  for (Activation act : {Activation::kGelu, Activation::kSilu}) {
+    const double x0 = 0.37, eps = 1e-6, one = 1.0;
+    double lo, hi, grad, unused;
+    const double xl = x0 - eps, xh = x0 + eps;
+    ActivationForward<double>(&xl, nullptr, act, &lo, 0, 1);
+    ActivationForward<double>(&xh, nullptr, act, &hi, 0, 1);
+    ActivationBackward<double>(&one, &x0, nullptr, act, &grad, nullptr, &unused, 0, 1);
+    EXPECT_NEAR(grad, (hi - lo) / (2 * eps), 1e-8);
+  }
+}
+
+TEST(CudaKernels, InvertPositionsIsTheInverse) {
+  SKIP_WITHOUT_GPU();
+  std::vector<int64_t> pos = {3, -1, 0, 2, -1, 1};
+  std::vector<int64_t> want(4);
+  ASSERT_TRUE(InvertPositions(pos.data(), 6, 4, want.data()).ok());
+  Dev<int64_t> d_pos(pos), d_out(4);
+  ASSERT_TRUE(cuda::InvertPositions(d_pos.get(), 6, d_out.get(), nullptr).ok());
+  EXPECT_EQ(d_out.Host(), want);
+}
+
 // Reference for the three grouped forms in double.
 std::vector<double> ReferenceGemm(cuda::GemmOp op, const std::vector<int64_t>& m, int64_t K, int64_t N,
                                   const std::vector<double>& a, const std::vector<double>& b,
