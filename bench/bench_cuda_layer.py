@@ -104,6 +104,10 @@ def breakdown(step):
         torch.cuda.synchronize()
     ours = ("RowsKernel", "ExpertKernel", "OffsetsKernel", "PlaceKernel", "GatherRowsKernel", "CombineRowsKernel",
             "ScatterWeightedRowsKernel", "CombineWeightGradKernel")
+    top = sorted(((getattr(ev, "device_time_total", None) or ev.cuda_time_total, ev.key)
+                  for ev in prof.key_averages()), reverse=True)[:10]
+    for t, name in top:
+        print(f"    {t / 1e3:8.3f} ms  {name[:100]}")
     cls = {"gemm": 0.0, "dynamoe routing/permute/combine": 0.0, "other (activation, gate softmax, copies)": 0.0}
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None)
@@ -132,9 +136,15 @@ def run_shape(name, s, iters, warmup):
     gy = torch.randn(T, d, device="cuda", dtype=DT)
     results = {}
 
-    def record(label, step):
-        ms, lo, hi = median_ms(step, iters, warmup)
-        mem = peak_bytes(step)
+    def record(label, step, params=()):
+        # Timed as a training loop runs: gradients set to None before each step
+        # (zero_grad's default), so none is summed into an old one.
+        def fresh_step():
+            for q in list(params) + [x]:
+                q.grad = None
+            step()
+        ms, lo, hi = median_ms(fresh_step, iters, warmup)
+        mem = peak_bytes(step)  # gradients kept: the peak counts activations only
         results[label] = (ms, lo, hi, mem)
 
     # Dense GEMM chain of the same FLOPs: the practical limit.
@@ -149,15 +159,16 @@ def run_shape(name, s, iters, warmup):
         ((xd @ W1) @ W2).backward(gd)
         (xd @ W3).backward(gh)
 
-    record("dense GEMMs (same FLOPs)", dense_gemms)
-    record("dense SwiGLU MLP (same FLOPs)", lambda: ((F.silu(xd @ W1) * (xd @ W3)) @ W2).backward(gd))
+    record("dense GEMMs (same FLOPs)", dense_gemms, (xd, W1, W2, W3))
+    record("dense SwiGLU MLP (same FLOPs)", lambda: ((F.silu(xd @ W1) * (xd @ W3)) @ W2).backward(gd),
+           (xd, W1, W2, W3))
     del xd, gd, gh, W1, W2, W3
 
     layer = dynamoe.MoE(d, h, E, top_k=k, gated=True, activation="silu", capacity_factor=0.0,
                         name="bench").cuda().to(DT)
     for algo in ("loop", "grouped"):
         os.environ["DYNAMOE_GROUPED_GEMM"] = algo
-        record(f"dynamoe ({algo} cuBLAS)", lambda: layer(x).backward(gy))
+        record(f"dynamoe ({algo} cuBLAS)", lambda: layer(x).backward(gy), list(layer.parameters()))
     best = min(("loop", "grouped"), key=lambda a: results[f"dynamoe ({a} cuBLAS)"][0])
     os.environ["DYNAMOE_GROUPED_GEMM"] = best
     share = breakdown(lambda: layer(x).backward(gy))
@@ -165,7 +176,8 @@ def run_shape(name, s, iters, warmup):
     torch.cuda.empty_cache()
 
     p = Params(s)
-    record("naive per-expert loop", lambda: naive_loop(p, x, k).backward(gy))
+    pp = (p.gate, p.w1, p.w2, p.w3)
+    record("naive per-expert loop", lambda: naive_loop(p, x, k).backward(gy), pp)
     layouts = {"b [E,K,N] row-major": (lambda: p.w1, lambda: p.w3, lambda: p.w2),
                "b column-major": None}
     try:
@@ -181,7 +193,7 @@ def run_shape(name, s, iters, warmup):
         if lay is None or gm_done:
             continue
         try:
-            record(f"torch._grouped_mm ({lname})", lambda: grouped_mm_layer(p, x, k, *lay).backward(gy))
+            record(f"torch._grouped_mm ({lname})", lambda: grouped_mm_layer(p, x, k, *lay).backward(gy), pp)
             gm_done = True
         except Exception as e:  # noqa: BLE001 - report and go on with the others
             print(f"torch._grouped_mm with {lname}: {type(e).__name__}: {str(e)[:200]}")

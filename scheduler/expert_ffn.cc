@@ -79,12 +79,18 @@ void SlotProductT(const at::Tensor& a, const at::Tensor& w, const int64_t* count
   });
 }
 
-// acc[k] += a[rows of k]^T b[rows of k] (fresh on CUDA: acc[k] = ...)
-void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc, bool fresh) {
+// acc[k] += a[rows of k]^T b[rows of k]. Fresh on CUDA: acc is allocated here,
+// shaped like `param`, and written (acc[k] = ...), so it holds memory only
+// from this point of the backward on.
+void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc, bool fresh,
+                  const at::Tensor& param) {
 #ifdef DYNAMOE_TORCH_CUDA
-  if (Grouped(a)) return cuda_path::GroupedWeightGrad(a, b, counts, acc, fresh);
+  if (Grouped(a)) {
+    if (!acc.defined()) acc = at::empty_like(param);
+    return cuda_path::GroupedWeightGrad(a, b, counts, acc, fresh);
+  }
 #endif
-  (void)fresh;  // the CPU sums start from zeros
+  (void)fresh, (void)param;  // the CPU sums start from zeros
   ForEachSlot(acc.size(0), counts, [&](int64_t k, int64_t off, int64_t m) {
     AddProduct(acc[k], a.narrow(0, off, m).t(), b.narrow(0, off, m));
   });
@@ -127,7 +133,8 @@ FFNGrads ZeroGrads(const ExpertParams& p, bool wide, bool fresh) {
     if (!Present(t)) return at::Tensor();
     const bool half = t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
     const auto options = t.options().dtype(wide && half ? at::kFloat : t.scalar_type());
-    return weight && fresh && Grouped(t) ? at::empty_like(t, options) : at::zeros_like(t, options);
+    // Fresh CUDA weight sums are made by their first (and only) GEMM.
+    return weight && fresh && Grouped(t) ? at::Tensor() : at::zeros_like(t, options);
   };
   FFNGrads g{make(p.w1, true), make(p.w2, true), make(p.w3, true), make(p.b1, false), make(p.b2, false)};
   g.fresh = fresh;
@@ -168,15 +175,15 @@ at::Tensor FFNBackward(const at::Tensor& grad_y, const at::Tensor& rows, const i
       grad_h = ActivationBackward(grad_a, saved.h, p.activation);
     }
   }
-  AddSlotOuter(a, gy, counts, grads.w2, fresh);
+  AddSlotOuter(a, gy, counts, grads.w2, fresh, p.w2);
   a.reset();
   if (grads.b2.defined()) AddSlotSums(gy, counts, grads.b2);
   at::Tensor grad_rows;
-  AddSlotOuter(rows, grad_h, counts, grads.w1, fresh);
+  AddSlotOuter(rows, grad_h, counts, grads.w1, fresh, p.w1);
   SlotProductT(grad_h, p.w1, counts, grad_rows, false);
   if (grads.b1.defined()) AddSlotSums(grad_h, counts, grads.b1);
-  if (grads.w3.defined()) {
-    AddSlotOuter(rows, grad_g, counts, grads.w3, fresh);
+  if (Present(p.w3)) {
+    AddSlotOuter(rows, grad_g, counts, grads.w3, fresh, p.w3);
     SlotProductT(grad_g, p.w3, counts, grad_rows, true);
   }
   return grad_rows;

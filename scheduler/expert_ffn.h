@@ -34,8 +34,8 @@ at::Tensor FFNForward(const at::Tensor& rows, const int64_t* counts, const Exper
 
 // Zeros shaped like the present parameters. wide: 16-bit parameters get
 // float32 sums, so gradients summed over many chunks round once (Narrow).
-// fresh: for a single FFNBackward call; on CUDA the weight sums are left
-// unfilled and that call writes them.
+// fresh: for a single FFNBackward call; on CUDA the weight sums stay
+// undefined and that call allocates and writes each just before its GEMM.
 FFNGrads ZeroGrads(const ExpertParams& params, bool wide = false, bool fresh = false);
 // The sums in the parameters' dtype.
 FFNGrads Narrow(FFNGrads grads, const ExpertParams& params);

@@ -56,13 +56,16 @@ std::vector<T> Random(size_t n, std::mt19937& rng, float scale = 1.0f) {
 template <typename T>
 void ExpectClose(const std::vector<T>& got, const std::vector<T>& want, double rel, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
-  double err = 0, ref = 0;
+  double err = 0, ref = 0, worst = -1;
+  size_t at = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     const double g = ToFloat(got[i]), w = ToFloat(want[i]);
     ASSERT_FALSE(std::isnan(g)) << what << ": NaN (unwritten?) at " << i;
     err += (g - w) * (g - w), ref += w * w;
+    if (std::fabs(g - w) > worst) worst = std::fabs(g - w), at = i;
   }
-  EXPECT_LE(std::sqrt(err), rel * std::sqrt(ref) + 1e-30) << what;
+  EXPECT_LE(std::sqrt(err), rel * std::sqrt(ref) + 1e-30)
+      << what << ": worst at " << at << " got " << ToFloat(got[at]) << " want " << ToFloat(want[at]);
 }
 
 struct RouterCase {
