@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/cpp/gloo_skip.h"
 #include "tools/local_launch.h"
 
 namespace {
@@ -33,6 +34,7 @@ struct EqualCase {
 class EpEqualTest : public testing::TestWithParam<EqualCase> {};
 
 TEST_P(EpEqualTest, MatchesSingleProcessLayer) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const auto results = Launch(GetParam().world, GetParam().args);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dynamoe::tools::DescribeResults(results);
 }
@@ -51,6 +53,7 @@ INSTANTIATE_TEST_SUITE_P(
         EqualCase{3, {"top_k=2", "dtype=bfloat16", "tokens=20,0,11"}}));
 
 TEST(EpCommunicatorTest, EveryCollectiveOnThreeRanks) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const auto results = Launch(3, {"scenario=collectives"});
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << dynamoe::tools::DescribeResults(results);
 }
@@ -63,6 +66,7 @@ std::map<int, std::map<std::string, std::string>> WithTimeout(int world) {
 }
 
 TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const int world = 3;
   const auto results = Launch(world, {"scenario=die"}, WithTimeout(world));
   EXPECT_EQ(results[2].exit_code, 0) << dynamoe::tools::DescribeResults(results);  // the rank that exits
@@ -76,6 +80,7 @@ TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
 }
 
 TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const int world = 2;
   const auto results = Launch(world, {"scenario=hang", "hang_s=6"}, WithTimeout(world));
   EXPECT_EQ(results[0].exit_code, 3) << dynamoe::tools::DescribeResults(results);
@@ -88,6 +93,7 @@ TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
 }
 
 TEST(EpFailureTest, DivergedLayersFailOnEveryRank) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const int world = 3;
   const auto results = Launch(world, {"scenario=diverge"}, WithTimeout(world));
   for (const auto& r : results) {
@@ -98,6 +104,7 @@ TEST(EpFailureTest, DivergedLayersFailOnEveryRank) {
 }
 
 TEST(EpFailureTest, MismatchedConfigurationIsNamedOnEveryRank) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   const int world = 3;
   auto env = WithTimeout(world);
   env[1]["DYNAMOE_PLACEMENT"] = "adaptive";

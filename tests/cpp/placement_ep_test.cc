@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cpp/gloo_skip.h"
 #include "tools/local_launch.h"
 
 namespace {
@@ -21,6 +22,7 @@ struct Case {
 class PlacementEpTest : public testing::TestWithParam<Case> {};
 
 TEST_P(PlacementEpTest, EveryPolicyMatchesNone) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   dynamoe::tools::LaunchOptions options;
   for (int r = 0; r < GetParam().world; ++r)
     options.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"},

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cpp/gloo_skip.h"
 #include "tools/local_launch.h"
 
 namespace {
@@ -21,6 +22,7 @@ struct Case {
 class ScheduleEpTest : public testing::TestWithParam<Case> {};
 
 TEST_P(ScheduleEpTest, OverlapMatchesSequential) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
   dynamoe::tools::LaunchOptions options;
   for (int r = 0; r < GetParam().world; ++r)
     options.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"DYNAMOE_GPU_FLOPS", "1e6"}};
