@@ -94,14 +94,46 @@ def grouped_mm_layer(p, x, k, w1t, w3t, w2t):
     return torch.zeros_like(x).index_add(0, tok, ys)
 
 
+def idle_report(prof):
+    """Where the GPU waits inside one step: kernel-time union vs span, the
+    largest gaps (with the kernels around them) and the host's sync calls."""
+    from torch.autograd import DeviceType
+    ks = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                if e.device_type == DeviceType.CUDA)
+    if not ks:
+        return
+    busy, gaps = 0.0, []
+    cur_s, cur_e, last = ks[0][0], ks[0][1], ks[0][2]
+    for st, en, name in ks[1:]:
+        if st > cur_e:
+            gaps.append((st - cur_e, last[:60], name[:60]))
+            busy += cur_e - cur_s
+            cur_s, cur_e = st, en
+        else:
+            cur_e = max(cur_e, en)
+        last = name
+    busy += cur_e - cur_s
+    span = ks[-1][1] - ks[0][0]
+    print(f"    GPU busy {busy / 1e3:.2f} ms of a {span / 1e3:.2f} ms span; largest gaps:")
+    for g, a, b in sorted(gaps, reverse=True)[:5]:
+        print(f"      {g / 1e3:7.3f} ms after {a} before {b}")
+    syncs = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CPU and any(k in e.name for k in ("Synchronize", "_local_scalar_dense",
+                                                                         "cudaMemcpy")):
+            syncs[e.name] = syncs.get(e.name, 0) + 1
+    print(f"    host sync-like calls: {syncs}")
+
+
 def breakdown(step):
     """Device time per kernel class over one step (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
+    idle_report(prof)
     def device_us(ev):
         t = getattr(ev, "device_time_total", None)
         return t if t is not None else getattr(ev, "cuda_time_total", 0)

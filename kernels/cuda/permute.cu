@@ -30,18 +30,28 @@ __global__ void GatherRowsKernel(const T* src, const int64_t* row_index, int64_t
 }
 
 // out[t] = sum_j w[t, j] rows[position[t, j]] (w == nullptr: 1); accumulates in A.
+// The token's positions and weights are read once into shared memory, so the
+// row loads of all k choices can be in flight together.
 template <typename T, typename W, typename A, int N>
 __global__ void CombineRowsKernel(const T* rows, const int64_t* position, const W* weight, int top_k, int64_t d,
                                   T* out) {
+  __shared__ int64_t pos[kMaxTopK];
+  __shared__ A wt[kMaxTopK];
   const int64_t t = blockIdx.x;
+  for (int j = threadIdx.x; j < top_k; j += blockDim.x) {
+    pos[j] = position[t * top_k + j];
+    wt[j] = weight ? static_cast<A>(weight[t * top_k + j]) : A(1);
+  }
+  __syncthreads();
   for (int64_t c = threadIdx.x * int64_t(N); c < d; c += int64_t(blockDim.x) * N) {
     A acc[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) acc[i] = 0;
+#pragma unroll 4
     for (int j = 0; j < top_k; ++j) {  // choice order: same sum as the CPU twin
-      const int64_t p = position[t * top_k + j];
+      const int64_t p = pos[j];
       if (p < 0) continue;
-      const A w = weight ? static_cast<A>(weight[t * top_k + j]) : A(1);
+      const A w = wt[j];
       if constexpr (N == 1) {
         acc[0] += w * static_cast<A>(Load(rows[p * d + c]));
       } else {

@@ -63,3 +63,21 @@ def test_cuda_layer_rejects_float64_with_a_clear_error():
     layer = dynamoe.MoE(16, 16, 4).double().cuda()
     with pytest.raises(RuntimeError, match="float64"):
         layer(torch.randn(8, 16, dtype=torch.float64, device="cuda"))
+
+
+def test_cuda_layer_fp16_matches_fp32_on_the_same_values():
+    torch.manual_seed(2)
+    ref = dynamoe.MoE(128, 192, 8, top_k=2, gated=True, activation="silu", name="fp32").cuda()
+    half = dynamoe.MoE(128, 192, 8, top_k=2, gated=True, activation="silu", name="fp16").cuda().half()
+    half.load_state_dict(ref.state_dict())
+    ref.load_state_dict(half.state_dict())  # both hold fp16-representable values
+    x = torch.randn(700, 128, device="cuda").half()
+    grad = torch.randn(700, 128, device="cuda").half()
+    y0, gx0, g0, s0 = _run(ref, x.float(), grad.float())
+    y1, gx1, g1, s1 = _run(half, x, grad)
+    assert y1.dtype == torch.float16 and gx1.dtype == torch.float16
+    assert torch.equal(s0["counts"], s1["counts"]), "same logits in fp32: same routing"
+    assert _rel(y1, y0) < 5e-3
+    assert _rel(gx1, gx0) < 5e-3
+    for name in ("w1", "w2", "w3"):
+        assert _rel(g1[name], g0[name]) < 5e-3, name
