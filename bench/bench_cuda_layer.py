@@ -134,19 +134,16 @@ def breakdown(step):
         step()
         torch.cuda.synchronize()
     idle_report(prof)
-    def device_us(ev):
-        t = getattr(ev, "device_time_total", None)
-        return t if t is not None else getattr(ev, "cuda_time_total", 0)
-
-    top = sorted(((device_us(ev), ev.key) for ev in prof.key_averages()), reverse=True)[:10]
-    for t, name in top:
+    from torch.autograd import DeviceType
+    per_kernel = {}
+    for ev in prof.events():
+        if ev.device_type == DeviceType.CUDA:
+            per_kernel[ev.name] = per_kernel.get(ev.name, 0.0) + ev.time_range.end - ev.time_range.start
+    for name, t in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:10]:
         print(f"    {t / 1e3:8.3f} ms  {name[:100]}")
     cls = {"GEMMs (experts and gate)": 0.0, "dynamoe fused activation": 0.0,
            "dynamoe router/permute/combine": 0.0, "other (ATen elementwise, copies, memsets)": 0.0}
-    for ev in prof.key_averages():
-        t, name = device_us(ev), ev.key
-        if t <= 0:
-            continue
+    for name, t in per_kernel.items():
         if any(g in name.lower() for g in ("gemm", "nvjet", "xmma", "cutlass", "sm90_")):
             cls["GEMMs (experts and gate)"] += t
         elif "dynamoe" in name and ("ForwardKernel" in name or "BackwardKernel" in name):
@@ -204,7 +201,12 @@ def run_shape(name, s, iters, warmup):
         record(f"dynamoe ({algo} cuBLAS)", lambda: layer(x).backward(gy), list(layer.parameters()))
     best = min(("loop", "grouped"), key=lambda a: results[f"dynamoe ({a} cuBLAS)"][0])
     os.environ["DYNAMOE_GROUPED_GEMM"] = best
-    share = breakdown(lambda: layer(x).backward(gy))
+    def dyn_fresh_step():
+        for q in list(layer.parameters()) + [x]:
+            q.grad = None
+        layer(x).backward(gy)
+
+    share = breakdown(dyn_fresh_step)
     del layer
     torch.cuda.empty_cache()
 

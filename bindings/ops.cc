@@ -3,6 +3,7 @@
 // composite: its autograd comes from the C++ autograd functions it calls, so
 // the same kernels serve C++ and Python. Errors surface as RuntimeError with
 // the full dynamoe message.
+#include <limits>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -126,7 +127,7 @@ CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vect
 // weight_bytes_received, overlapped, pipeline_stages]. The placement's plan is
 // read from the Placement object. schedule "" / group_size and
 // overlap_degree < 0 keep the environment's (DYNAMOE_SCHEDULE, ...).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
@@ -150,8 +151,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     if (placement.has_value()) in.placement = *placement;
     in.schedule = scheduler::ScheduleOptions::Make(schedule, group_size, overlap_degree);
     scheduler::StepResult r = scheduler::MoEForward(o, in);
+    // On a GPU the losses stay on the device (reading them here would stall the
+    // stream before backward); Python reads `losses` when stats() asks.
+    const bool host = r.balance_loss.device().is_cpu();
+    const double nan = std::numeric_limits<double>::quiet_NaN();
     std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
-                                r.balance_loss.item<double>(), r.z_loss.item<double>(),
+                                host ? r.balance_loss.item<double>() : nan, host ? r.z_loss.item<double>() : nan,
                                 static_cast<double>(r.bytes_sent), static_cast<double>(r.bytes_received),
                                 r.comm_seconds};
     info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
@@ -160,7 +165,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     info.push_back(r.overlapped ? 1.0 : 0.0);
     info.push_back(static_cast<double>(r.pipeline_stages));
     return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
-                           at::tensor(info, at::TensorOptions().dtype(at::kDouble)));
+                           at::tensor(info, at::TensorOptions().dtype(at::kDouble)),
+                           at::stack({r.balance_loss.detach(), r.z_loss.detach().to(r.balance_loss.scalar_type())}));
   });
 }
 
@@ -264,7 +270,7 @@ TORCH_LIBRARY(dynamoe, m) {
       "__torch__.torch.classes.dynamoe.Communicator? comm=None, "
       "__torch__.torch.classes.dynamoe.Placement? placement=None, str schedule=\"\", int group_size=-1, "
       "int overlap_degree=-1) -> (Tensor y, Tensor aux_loss, Tensor counts, "
-      "Tensor routed_counts, Tensor global_routed_counts, Tensor info)",
+      "Tensor routed_counts, Tensor global_routed_counts, Tensor info, Tensor losses)",
       &dynamoe::MoEForwardOp);
   m.def(
       "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "

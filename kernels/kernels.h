@@ -81,6 +81,7 @@ struct RouterOutputs {
   int64_t* routed_counts = nullptr; // [E] before capacity
   float* score_sum = nullptr;       // [E] sum over tokens of scores (balance loss)
   int64_t* dropped = nullptr;       // [1]
+  int64_t* nonfinite_rows = nullptr; // [1] rows with a NaN or Inf logit; optional
 };
 // Checks the spec (sizes, top_k range); shared by the CPU and CUDA versions.
 absl::Status CheckRouterSpec(const RouterSpec& spec);

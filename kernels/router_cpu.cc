@@ -25,8 +25,14 @@ absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpe
   const int64_t T = spec.num_tokens, E = spec.num_experts;
   const int k = spec.top_k;
   std::vector<float> key(T * E);
+  int64_t nonfinite = 0;
   for (int64_t t = 0; t < T; ++t) {
     const float* l = logits + t * E;
+    for (int64_t e = 0; e < E; ++e)
+      if (!std::isfinite(l[e])) {
+        ++nonfinite;
+        break;
+      }
     float* s = out.scores + t * E;
     if (spec.score == ScoreFunction::kSoftmax) {
       float mx = -INFINITY, sum = 0;
@@ -38,6 +44,7 @@ absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpe
     }
     for (int64_t e = 0; e < E; ++e) key[t * E + e] = s[e] + (bias ? bias[e] : 0.0f);
   }
+  if (out.nonfinite_rows) *out.nonfinite_rows = nonfinite;
   DYNAMOE_RETURN_IF_ERROR(TopK<float>(key.data(), T, E, k, out.expert_idx, 0, T));
   for (int64_t t = 0; t < T; ++t) {
     float sum = 0;

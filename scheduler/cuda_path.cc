@@ -80,14 +80,15 @@ class FusedRouterFunction : public torch::autograd::Function<FusedRouterFunction
     const auto i64 = logits.options().dtype(at::kLong);
     at::Tensor scores = at::empty({T, E}, f32), weight = at::empty({T, top_k}, f32);
     at::Tensor idx = at::empty({T, top_k}, i64), position = at::empty({T, top_k}, i64);
-    // kept [E], routed [E], dropped [1] in one buffer: one copy to the host.
-    at::Tensor counts = at::empty({2 * E + 1}, i64), score_sum = at::empty({E}, f32);
+    // kept [E], routed [E], dropped, non-finite rows in one buffer: one copy to the host.
+    at::Tensor counts = at::empty({2 * E + 2}, i64), score_sum = at::empty({E}, f32);
     kernels::RouterSpec spec{T, E, static_cast<int>(top_k), kernels::ScoreFunction::kSoftmax, normalize, capacity};
     const size_t ws_bytes = kc::RouterWorkspaceBytes(spec);
     at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, logits.options().dtype(at::kByte));
     kernels::RouterOutputs out{Ptr<float>(scores),   Ptr<int64_t>(idx),        Ptr<float>(weight),
                                Ptr<int64_t>(position), Ptr<int64_t>(counts),   Ptr<int64_t>(counts) + E,
-                               Ptr<float>(score_sum),  Ptr<int64_t>(counts) + 2 * E};
+                               Ptr<float>(score_sum),  Ptr<int64_t>(counts) + 2 * E,
+                               Ptr<int64_t>(counts) + 2 * E + 1};
     ThrowIfError(kc::FusedRouter(Ptr<float>(logits), bias.defined() ? Ptr<float>(bias) : nullptr, spec, out,
                                  ws.data_ptr(), ws_bytes, Stream()));
     ctx->save_for_backward({scores, weight, idx});
@@ -128,17 +129,16 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
     xr = xr * at::empty_like(xr).uniform_(1.0 - options.jitter_eps, 1.0 + options.jitter_eps);
   Routing r;
   r.logits = at::linear(xr, gate_weight.to(at::kFloat)).contiguous();
-  if (options.check_finite && num_tokens > 0) {
-    const int64_t bad = (~at::isfinite(r.logits).all(1)).sum().item<int64_t>();
-    DYNAMOE_CHECK_ARG(bad == 0, options.name, ": ", bad, " of ", num_tokens,
-                      " rows of router logits are not finite (NaN or Inf); check the input or ",
-                      "the gate weights, or pass check_finite=false");
-  }
   const int64_t capacity = kernels::ExpertCapacity(num_tokens, top_k, num_experts, options.capacity_factor,
                                                    options.min_capacity);
   const at::Tensor bias = expert_bias.defined() ? expert_bias.detach().to(at::kFloat).contiguous() : at::Tensor();
   variable_list outs = FusedRouterFunction::apply(r.logits, bias, top_k, capacity, options.normalize);
   r.weight = outs[0], r.scores = outs[1], r.expert_idx = outs[2], r.position = outs[3];
+  const at::Tensor counts = outs[4].cpu();  // the forward's one synchronisation
+  const int64_t bad = Ptr<int64_t>(counts)[2 * num_experts + 1];
+  DYNAMOE_CHECK_ARG(!options.check_finite || bad == 0, options.name, ": ", bad, " of ", num_tokens,
+                    " rows of router logits are not finite (NaN or Inf); check the input or ",
+                    "the gate weights, or pass check_finite=false");
   if (options.use_rts) {
     // Random drop order: the CPU twin decides (the GPU kernel keeps choice-then-token order).
     const at::Tensor idx_host = r.expert_idx.cpu();
@@ -152,7 +152,6 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
     r.position = pos.to(x.device());
     r.kept_counts = kept, r.routed_counts = routed;
   } else {
-    const at::Tensor counts = outs[4].cpu();  // the step's one synchronisation
     r.kept_counts = counts.narrow(0, 0, num_experts).clone();
     r.routed_counts = counts.narrow(0, num_experts, num_experts).clone();
     r.dropped = Ptr<int64_t>(counts)[2 * num_experts];
@@ -163,8 +162,8 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
     r.balance_loss = r.logits.sum() * 0;
     r.z_loss = r.logits.sum() * 0;
   } else {
-    const at::Tensor routed_fraction =
-        r.routed_counts.to(x.device(), at::kFloat) / static_cast<double>(num_tokens * top_k);
+    const at::Tensor routed = options.use_rts ? r.routed_counts.to(x.device()) : outs[4].narrow(0, num_experts, num_experts);
+    const at::Tensor routed_fraction = routed.to(at::kFloat) / static_cast<double>(num_tokens * top_k);
     r.balance_loss = (r.scores.mean(0) * routed_fraction).sum() * static_cast<double>(num_experts);
     r.z_loss = at::logsumexp(r.logits, {1}).pow(2).mean();
   }

@@ -34,6 +34,12 @@ __global__ void RowsKernel(const float* logits, const float* bias, RouterSpec sp
   const int64_t E = spec.num_experts;
   const float* l = logits + t * E;
   float* s = out.scores + t * E;
+  if (out.nonfinite_rows) {  // counted here so the caller needs no extra read of the logits
+    bool bad = false;
+    for (int64_t e = lane; e < E; e += kWarp) bad |= !isfinite(l[e]);
+    if (__any_sync(0xffffffffu, bad) && lane == 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(out.nonfinite_rows), 1ull);  // integer: exact
+  }
   if (spec.score == ScoreFunction::kSoftmax) {
     float mx = -INFINITY, sum = 0;
     for (int64_t e = lane; e < E; e += kWarp) mx = fmaxf(mx, l[e]);
@@ -159,6 +165,7 @@ absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpe
     return absl::InvalidArgumentError(absl::StrCat("router workspace: need ", RouterWorkspaceBytes(spec),
                                                    " bytes, got ", workspace_bytes));
   const int64_t T = spec.num_tokens, E = spec.num_experts;
+  if (out.nonfinite_rows) DYNAMOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out.nonfinite_rows, 0, sizeof(int64_t), stream));
   if (T > 0) {
     const int64_t blocks = (T + kRowsPerBlock - 1) / kRowsPerBlock;
     if (blocks > 2147483647) return absl::InvalidArgumentError("num_tokens exceeds the grid limit");

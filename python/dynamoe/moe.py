@@ -146,7 +146,7 @@ class MoE(nn.Module):
 
     def forward(self, x):
         if self.experts is None:
-            y, aux, counts, routed, global_routed, info = ops().moe_forward(
+            y, aux, counts, routed, global_routed, info, losses = ops().moe_forward(
                 x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
@@ -167,6 +167,7 @@ class MoE(nn.Module):
                     "overlapped": bool(overlapped), "pipeline_stages": int(stages)}
         else:
             y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
+            losses = None
             global_routed, sent, received, comm_s = routed, 0, 0, 0.0
             plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
                     "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0,
@@ -178,6 +179,7 @@ class MoE(nn.Module):
         self.aux_loss = aux
         self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
                        "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
+                       "_losses": losses,
                        "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
                        "comm_seconds": comm_s, **plan}
         if self.use_residual:
@@ -229,7 +231,11 @@ class MoE(nn.Module):
         predicted_step_seconds (the cost model's), weight_bytes_sent/received; schedule:
         overlapped (the overlap pipeline ran) and pipeline_stages (stages that moved rows, at most
         peer groups x token chunks)."""
-        return dict(self._stats)
+        s = dict(self._stats)
+        losses = s.pop("_losses", None)
+        if losses is not None and math.isnan(s["balance_loss"]):  # on a GPU: read only when asked
+            s["balance_loss"], s["z_loss"] = losses.tolist()
+        return s
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "

@@ -134,6 +134,31 @@ TEST(CudaKernels, FusedRouterMatchesCpuTwin) {
   }
 }
 
+TEST(CudaKernels, FusedRouterCountsNonFiniteRows) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(9);
+  const int64_t T = 100, E = 6;
+  std::vector<float> logits = Random<float>(T * E, rng);
+  logits[7 * E + 2] = NAN, logits[40 * E] = INFINITY, logits[40 * E + 5] = -INFINITY, logits[99 * E + 1] = NAN;
+  RouterSpec spec{T, E, 2, ScoreFunction::kSoftmax, true, kUnlimitedCapacity};
+  std::vector<float> scores(T * E), weight(T * 2), sum(E);
+  std::vector<int64_t> idx(T * 2), pos(T * 2), kept(E), routed(E), dropped(1), bad(1, -1);
+  ASSERT_TRUE(FusedRouter(logits.data(), nullptr, spec,
+                          {scores.data(), idx.data(), weight.data(), pos.data(), kept.data(), routed.data(),
+                           sum.data(), dropped.data(), bad.data()})
+                  .ok());
+  EXPECT_EQ(bad[0], 3);
+  Dev<float> d_logits(logits), d_scores(T * E), d_weight(T * 2), d_sum(E);
+  Dev<int64_t> d_idx(T * 2), d_pos(T * 2), d_kept(E), d_routed(E), d_dropped(1), d_bad(1);
+  Dev<char> ws(cuda::RouterWorkspaceBytes(spec));
+  RouterOutputs out{d_scores.get(), d_idx.get(), d_weight.get(), d_pos.get(), d_kept.get(),
+                    d_routed.get(), d_sum.get(), d_dropped.get(), d_bad.get()};
+  ASSERT_TRUE(
+      cuda::FusedRouter(d_logits.get(), nullptr, spec, out, ws.get(), cuda::RouterWorkspaceBytes(spec), nullptr).ok());
+  EXPECT_EQ(d_bad.Host(), bad);
+  EXPECT_EQ(d_kept.Host(), kept);  // rows with NaN still route (NaN ranks last on both)
+}
+
 TEST(CudaKernels, FusedRouterRejectsBadSpec) {
   SKIP_WITHOUT_GPU();
   RouterSpec spec{10, 4, 5, ScoreFunction::kSoftmax, true, kUnlimitedCapacity};

@@ -81,3 +81,13 @@ def test_cuda_layer_fp16_matches_fp32_on_the_same_values():
     assert _rel(gx1, gx0) < 5e-3
     for name in ("w1", "w2", "w3"):
         assert _rel(g1[name], g0[name]) < 5e-3, name
+
+
+def test_cuda_layer_names_non_finite_router_rows():
+    layer = dynamoe.MoE(16, 16, 4, name="nan_check").cuda()
+    x = torch.randn(10, 16, device="cuda")
+    x[3, 0] = float("nan")
+    with pytest.raises(RuntimeError, match="1 of 10 rows of router logits are not finite"):
+        layer(x)
+    layer.check_finite = False
+    assert layer(x).shape == (10, 16)
