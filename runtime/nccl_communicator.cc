@@ -1,11 +1,14 @@
 #include "runtime/nccl_communicator.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace dynamoe::runtime {
 namespace {
 
 absl::StatusOr<ncclDataType_t> NcclType(const at::Tensor& t) {
+  if (!t.is_cuda())
+    return absl::InvalidArgumentError(absl::StrCat("NCCL moves CUDA tensors only; got one on ", t.device().str()));
   switch (t.scalar_type()) {
     case at::kFloat: return ncclFloat32;
     case at::kDouble: return ncclFloat64;
@@ -80,6 +83,7 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
 #define DYNAMOE_NCCL_TYPE(var, tensor)                                                           \
   auto var##_or = NcclType(tensor);                                                              \
   if (!var##_or.ok()) {                                                                          \
+    DYNAMOE_LOG(kError) << tag.layer << ": " << var##_or.status().message();                     \
     return Launch(#var, tag, [](cudaStream_t) { return ncclInvalidArgument; });                  \
   }                                                                                              \
   const ncclDataType_t var = *var##_or

@@ -21,19 +21,6 @@ namespace kc = kernels::cuda;
 
 cudaStream_t Stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
-template <typename F>
-void DispatchCuda(at::ScalarType dtype, const char* what, F&& f) {
-  switch (dtype) {
-    case at::kFloat: return f(float{}, float{});
-    case at::kDouble: return f(double{}, double{});
-    case at::kBFloat16: return f(kernels::bf16{}, float{});
-    case at::kHalf: return f(kernels::f16{}, float{});
-    default:
-      throw Error(absl::InvalidArgumentError(absl::StrCat(
-          what, ": expected float32, float64, bfloat16 or float16 on CUDA, got ", c10::toString(dtype))));
-  }
-}
-
 kc::DType GemmType(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return kc::DType::kFloat;
@@ -182,7 +169,7 @@ at::Tensor GatherRows(const at::Tensor& x, const at::Tensor& assignment, int64_t
   const int64_t n = assignment.numel(), d = x.size(1);
   const at::Tensor token = at::div(assignment, top_k, "floor");
   at::Tensor rows = at::empty({n, d}, x.options());
-  DispatchCuda(x.scalar_type(), "dispatch", [&](auto t_tag, auto) {
+  DispatchDataType(x.scalar_type(), "dispatch", [&](auto t_tag, auto) {
     using T = decltype(t_tag);
     ThrowIfError(kc::GatherRows<T>(Ptr<T>(x), Ptr<int64_t>(token), n, d, Ptr<T>(rows), Stream()));
   });
@@ -193,7 +180,7 @@ at::Tensor CombineRows(const at::Tensor& rows, const at::Tensor& weight, const a
   const int64_t T = position.size(0), d = rows.size(1);
   const int k = static_cast<int>(position.size(1));
   at::Tensor out = at::empty({T, d}, rows.options());
-  DispatchCuda(rows.scalar_type(), "combine", [&](auto t_tag, auto w_tag) {
+  DispatchDataType(rows.scalar_type(), "combine", [&](auto t_tag, auto w_tag) {
     using T_ = decltype(t_tag);
     using W = decltype(w_tag);
     const at::Tensor w = weight.defined() ? weight.to(c10::CppTypeToScalarType<W>::value).contiguous() : weight;
@@ -207,7 +194,7 @@ at::Tensor ScatterWeightedRows(const at::Tensor& grad_out, const at::Tensor& ass
                                int64_t top_k) {
   const int64_t n = assignment.numel(), d = grad_out.size(1);
   at::Tensor grad_rows = at::empty({n, d}, grad_out.options());
-  DispatchCuda(grad_out.scalar_type(), "combine backward", [&](auto t_tag, auto w_tag) {
+  DispatchDataType(grad_out.scalar_type(), "combine backward", [&](auto t_tag, auto w_tag) {
     using T = decltype(t_tag);
     using W = decltype(w_tag);
     const at::Tensor w = weight.to(c10::CppTypeToScalarType<W>::value).contiguous();
@@ -222,7 +209,7 @@ at::Tensor CombineWeightGrad(const at::Tensor& grad_out, const at::Tensor& rows,
   const int64_t T = position.size(0), d = rows.size(1);
   const int k = static_cast<int>(position.size(1));
   at::Tensor grad_w;
-  DispatchCuda(rows.scalar_type(), "combine backward", [&](auto t_tag, auto w_tag) {
+  DispatchDataType(rows.scalar_type(), "combine backward", [&](auto t_tag, auto w_tag) {
     using T_ = decltype(t_tag);
     using W = decltype(w_tag);
     grad_w = at::empty({T, k}, position.options().dtype(c10::CppTypeToScalarType<W>::value));
@@ -264,7 +251,7 @@ kernels::Activation ActivationKind(const std::string& name) {
 at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) {
   at::Tensor a = at::empty_like(h);
   const bool gated = g.defined() && g.numel() > 0;
-  DispatchCuda(h.scalar_type(), "activation", [&](auto t_tag, auto) {
+  DispatchDataType(h.scalar_type(), "activation", [&](auto t_tag, auto) {
     using T = decltype(t_tag);
     ThrowIfError(kc::ActivationForward<T>(Ptr<T>(h), gated ? Ptr<T>(g) : nullptr, ActivationKind(activation),
                                           h.numel(), Ptr<T>(a), Stream()));
@@ -279,7 +266,7 @@ ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h
   r.grad_h = grad_a.contiguous();
   r.a = at::empty_like(h);
   if (gated) r.grad_g = at::empty_like(h);
-  DispatchCuda(h.scalar_type(), "activation backward", [&](auto t_tag, auto) {
+  DispatchDataType(h.scalar_type(), "activation backward", [&](auto t_tag, auto) {
     using T = decltype(t_tag);
     ThrowIfError(kc::ActivationBackward<T>(Ptr<T>(r.grad_h), Ptr<T>(h), gated ? Ptr<T>(g) : nullptr,
                                            ActivationKind(activation), h.numel(), Ptr<T>(r.grad_h),

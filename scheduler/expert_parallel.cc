@@ -56,9 +56,26 @@ uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model
   return Fnv1a64(absl::StrFormat("%s/%d/%d", name, num_experts, d_model));
 }
 
+namespace {
+
+// All-gathers a small host tensor into [size * numel] on the host. NCCL moves
+// device memory only, so over NCCL it travels through the layer's device.
+absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::Tensor& mine,
+                                         const at::Device& device, const runtime::CollectiveTag& tag) {
+  const bool nccl = comm.backend() == "nccl";
+  DYNAMOE_CHECK_ARG(!nccl || device.is_cuda(), "layer '", tag.layer, "' phase '", tag.phase,
+                    "': an NCCL group needs the layer on a CUDA device, got ", device.str());
+  const at::Tensor in = nccl ? mine.to(device) : mine;
+  at::Tensor all = at::empty({comm.size() * mine.numel()}, in.options());
+  DYNAMOE_RETURN_IF_ERROR(comm.AllGather(in, all, tag));
+  return nccl ? all.cpu() : all;
+}
+
+}  // namespace
+
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           uint64_t layer_hash, int64_t step) {
+                                           uint64_t layer_hash, int64_t step, const at::Device& device) {
   const int64_t E = kept.numel(), P = comm.size();
   at::Tensor payload = at::empty({2 * E + 2}, kept.options().dtype(at::kLong));
   payload.narrow(0, 0, E).copy_(kept);
@@ -67,9 +84,9 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
   std::memcpy(&hash_bits, &layer_hash, sizeof(hash_bits));
   payload[2 * E] = hash_bits;
   payload[2 * E + 1] = step;
-  at::Tensor gathered = at::empty({P * (2 * E + 2)}, payload.options());
-  runtime::CollectiveTag tag{layer, monitor::PhaseName(monitor::Phase::kCountAllGather), false};
-  DYNAMOE_RETURN_IF_ERROR(comm.AllGather(payload, gathered, tag));
+  at::Tensor gathered;
+  DYNAMOE_ASSIGN_OR_RETURN(gathered, AllGatherHost(comm, payload, device,
+                                                   {layer, monitor::PhaseName(monitor::Phase::kCountAllGather), false}));
   gathered = gathered.view({P, 2 * E + 2});
   const int64_t* g = gathered.data_ptr<int64_t>();
   for (int64_t r = 0; r < P; ++r) {
@@ -156,12 +173,13 @@ ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const pla
 }
 
 absl::Status CheckPlanAgreement(runtime::Communicator& comm, uint64_t plan_hash, const std::string& layer,
-                                int64_t step) {
+                                int64_t step, const at::Device& device) {
   int64_t bits;
   std::memcpy(&bits, &plan_hash, sizeof(bits));
   const at::Tensor mine = at::full({1}, bits, at::TensorOptions().dtype(at::kLong));
-  at::Tensor all = at::empty({comm.size()}, mine.options());
-  DYNAMOE_RETURN_IF_ERROR(comm.AllGather(mine, all, {layer, monitor::PhaseName(monitor::Phase::kPolicy), false}));
+  at::Tensor all;
+  DYNAMOE_ASSIGN_OR_RETURN(all, AllGatherHost(comm, mine, device,
+                                              {layer, monitor::PhaseName(monitor::Phase::kPolicy), false}));
   const int64_t* h = all.data_ptr<int64_t>();
   std::vector<std::string> differ;
   for (int64_t r = 0; r < comm.size(); ++r)

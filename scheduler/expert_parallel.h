@@ -23,9 +23,11 @@ struct CountMatrices {
 // All-gathers this rank's kept and routed counts. The payload also carries a
 // hash of the layer and the step, so ranks that call different layers (or
 // the same layer a different number of times) get an error naming the peer.
+// `device` is the layer's: an NCCL group moves the payload through it.
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           uint64_t layer_hash, int64_t step);
+                                           uint64_t layer_hash, int64_t step,
+                                           const at::Device& device = at::Device(at::kCPU));
 
 // The kept count matrix [P, E] int64 as the placement library's type.
 placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix);
@@ -51,7 +53,7 @@ ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const pla
 // DYNAMOE_CHECK_PLAN: all-gathers the plan hash; FailedPrecondition naming the
 // ranks whose plan differs from this rank's.
 absl::Status CheckPlanAgreement(runtime::Communicator& comm, uint64_t plan_hash, const std::string& layer,
-                                int64_t step);
+                                int64_t step, const at::Device& device = at::Device(at::kCPU));
 
 // rows [sum send_rows, d] out, [sum recv_rows, d] in; backward sends the
 // gradient back the same way.

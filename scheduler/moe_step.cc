@@ -235,7 +235,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
                                                 options.name(), LayerHash(options.name(), options.num_experts(),
                                                                           options.d_model()),
-                                                in.step));
+                                                in.step, x.device()));
     result.counts = m.kept;
     result.global_routed_counts = m.routed.sum(0);
   }
@@ -243,7 +243,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     monitor::ScopedPhase timer(result.times, Phase::kPolicy);
     result.plan = ChoosePlan(options, in, result.counts, x.element_size());
     if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
-      ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), in.step));
+      ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), in.step, x.device()));
   }
   ExpertParams experts = in.experts;
   if (distributed && result.plan.HasCopies()) {

@@ -18,9 +18,10 @@ void DispatchDataType(at::ScalarType dtype, const char* what, F&& f) {
     case at::kFloat: return f(float{}, float{});
     case at::kDouble: return f(double{}, double{});
     case at::kBFloat16: return f(kernels::bf16{}, float{});
+    case at::kHalf: return f(kernels::f16{}, float{});  // reaches the kernels on CUDA only (ValidateInputs)
     default:
-      throw Error(absl::InvalidArgumentError(
-          absl::StrCat(what, ": expected float32, float64 or bfloat16, got ", c10::toString(dtype))));
+      throw Error(absl::InvalidArgumentError(absl::StrCat(
+          what, ": expected float32, float64, bfloat16 or float16, got ", c10::toString(dtype))));
   }
 }
 
