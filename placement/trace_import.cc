@@ -1,0 +1,147 @@
+// Routing statistics from elsewhere into the trace's in-memory form: CSV of
+// counts and JSONL of per-token routing; and the CSV export.
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status.h"
+#include "placement/trace.h"
+
+namespace dynamoe::placement {
+namespace {
+
+// Counts keyed by (step, layer index) then (rank, expert), gathered before
+// the matrices' sizes are known.
+struct Accumulator {
+  std::vector<std::string> layer_names;
+  std::map<std::string, int64_t> layer_index;
+  std::map<std::pair<int64_t, int64_t>, std::map<std::pair<int64_t, int64_t>, int64_t>> cells;
+  int64_t world = 0;
+  std::map<int64_t, int64_t> experts;  // per layer
+
+  int64_t Layer(const std::string& name) {
+    auto [it, added] = layer_index.emplace(name, static_cast<int64_t>(layer_names.size()));
+    if (added) layer_names.push_back(name);
+    return it->second;
+  }
+  void Add(int64_t step, int64_t layer, int64_t rank, int64_t expert, int64_t count) {
+    cells[{step, layer}][{rank, expert}] += count;
+    world = std::max(world, rank + 1);
+    experts[layer] = std::max(experts[layer], expert + 1);
+  }
+  absl::StatusOr<Trace> Build() const {
+    Trace t;
+    t.rank = -1;
+    t.world_size = world;
+    for (size_t i = 0; i < layer_names.size(); ++i) {
+      TraceLayerSpec l;
+      l.name = layer_names[i];
+      l.num_experts = experts.at(static_cast<int64_t>(i));
+      t.layers.push_back(l);
+    }
+    for (const auto& [key, entries] : cells) {
+      const int64_t E = experts.at(key.second);
+      std::vector<int64_t> counts(world * E, 0);
+      for (const auto& [cell, count] : entries) counts[cell.first * E + cell.second] = count;
+      TraceStep s;
+      s.step = key.first, s.layer = key.second;
+      DYNAMOE_ASSIGN_OR_RETURN(s.kept, CountMatrix::Make(world, E, counts));
+      s.routed = s.kept;
+      t.steps.push_back(std::move(s));
+    }
+    return t;
+  }
+};
+
+bool ParseInt(absl::string_view field, int64_t* out) {
+  return absl::SimpleAtoi(absl::StripAsciiWhitespace(field), out);
+}
+
+}  // namespace
+
+absl::StatusOr<Trace> ImportCountsCsv(std::string_view text) {
+  Accumulator acc;
+  std::set<std::tuple<int64_t, int64_t, int64_t, int64_t>> seen;
+  int64_t line_no = 0;
+  bool header = false;
+  for (absl::string_view line : absl::StrSplit(absl::string_view(text.data(), text.size()), '\n')) {
+    ++line_no;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty()) continue;
+    if (!header) {
+      DYNAMOE_CHECK_ARG(line == "step,layer,rank,expert,count", "CSV line 1: expected the header ",
+                        "\"step,layer,rank,expert,count\", got \"", line, "\"");
+      header = true;
+      continue;
+    }
+    const std::vector<absl::string_view> f = absl::StrSplit(line, ',');
+    int64_t step, rank, expert, count;
+    DYNAMOE_CHECK_ARG(f.size() == 5 && ParseInt(f[0], &step) && ParseInt(f[2], &rank) && ParseInt(f[3], &expert) &&
+                          ParseInt(f[4], &count),
+                      "CSV line ", line_no, ": expected step,layer,rank,expert,count with integer step, rank, ",
+                      "expert and count, got \"", line, "\"");
+    DYNAMOE_CHECK_ARG(step >= 0 && rank >= 0 && rank < (1 << 20) && expert >= 0 && expert < (1 << 20) && count >= 0,
+                      "CSV line ", line_no, ": step, count >= 0 and rank, expert in [0, 2^20) expected, got \"", line,
+                      "\"");
+    const int64_t layer = acc.Layer(std::string(absl::StripAsciiWhitespace(f[1])));
+    DYNAMOE_CHECK_ARG(seen.emplace(step, layer, rank, expert).second, "CSV line ", line_no, ": step ", step,
+                      " layer ", f[1], " rank ", rank, " expert ", expert, " appears twice");
+    acc.Add(step, layer, rank, expert, count);
+  }
+  DYNAMOE_CHECK_ARG(header, "CSV: empty input; expected the header \"step,layer,rank,expert,count\"");
+  return acc.Build();
+}
+
+std::string ExportCountsCsv(const Trace& trace) {
+  std::ostringstream out;
+  out << "step,layer,rank,expert,count\n";
+  for (const TraceStep& s : trace.steps)
+    for (int64_t r = 0; r < s.kept.world_size; ++r)
+      for (int64_t e = 0; e < s.kept.num_experts; ++e)
+        out << s.step << ',' << trace.layers[s.layer].name << ',' << r << ',' << e << ',' << s.kept.at(r, e) << '\n';
+  return out.str();
+}
+
+absl::StatusOr<Trace> ImportRoutingJsonl(std::string_view text) {
+  Accumulator acc;
+  int64_t line_no = 0;
+  for (absl::string_view line : absl::StrSplit(absl::string_view(text.data(), text.size()), '\n')) {
+    ++line_no;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+    const auto where = [&] { return absl::StrCat("JSONL line ", line_no, ": "); };
+    DYNAMOE_CHECK_ARG(j.is_object(), where(), "expected a JSON object like ",
+                      "{\"step\": 0, \"layer\": \"moe0\", \"experts\": [3, 1]}, got \"", line, "\"");
+    DYNAMOE_CHECK_ARG(j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() >= 0, where(),
+                      "\"step\" must be an integer >= 0");
+    DYNAMOE_CHECK_ARG(j.contains("layer") && (j["layer"].is_string() || j["layer"].is_number_integer()), where(),
+                      "\"layer\" must be a name or an integer");
+    DYNAMOE_CHECK_ARG(j.contains("experts") && j["experts"].is_array(), where(),
+                      "\"experts\" must be an array of expert indices");
+    int64_t rank = 0;
+    if (j.contains("rank")) {
+      DYNAMOE_CHECK_ARG(j["rank"].is_number_integer(), where(), "\"rank\" must be an integer");
+      rank = j["rank"].get<int64_t>();
+    }
+    DYNAMOE_CHECK_ARG(rank >= 0 && rank < (1 << 20), where(), "\"rank\" must be in [0, 2^20), got ", rank);
+    const std::string name =
+        j["layer"].is_string() ? j["layer"].get<std::string>() : std::to_string(j["layer"].get<int64_t>());
+    const int64_t layer = acc.Layer(name);
+    for (const auto& e : j["experts"]) {
+      DYNAMOE_CHECK_ARG(e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < (1 << 20), where(),
+                        "expert indices must be integers in [0, 2^20), got ", e.dump());
+      acc.Add(j["step"].get<int64_t>(), layer, rank, e.get<int64_t>(), 1);
+    }
+  }
+  DYNAMOE_CHECK_ARG(!acc.cells.empty(), "JSONL: no routing records in the input");
+  return acc.Build();
+}
+
+}  // namespace dynamoe::placement
