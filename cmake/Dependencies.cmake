@@ -2,6 +2,9 @@
 # monitor/, kernels/ and common/ build without it.
 find_package(absl CONFIG REQUIRED)
 find_package(Threads REQUIRED)
+# Metrics exposer (Debian prometheus-cpp-dev 1.0.1; no version asked). Optional:
+# without it the layer runs and DYNAMOE_METRICS_PORT reports that it is missing.
+find_package(prometheus-cpp CONFIG QUIET)
 find_package(Torch REQUIRED)
 # Torch's config adds its flags to CMAKE_CXX_FLAGS on some versions; keep the
 # link line through the imported target only.

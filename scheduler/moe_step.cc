@@ -8,7 +8,10 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "monitor/metrics_report.h"
+#include "monitor/trace_recorder.h"
 #include "runtime/config.h"
+#include "runtime/metrics_service.h"
 #include "runtime/shadow.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/overlap.h"
@@ -211,6 +214,42 @@ at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const
   return Combine(out, routing.weight, routing.position).view(in.x.sizes());
 }
 
+// DYNAMOE_TRACE: this step's count matrices, plan and phase times.
+void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, const StepResult& result) {
+  monitor::TraceRecorder* recorder = monitor::ProcessTraceRecorder(runtime::GlobalConfig().Get("DYNAMOE_TRACE"));
+  if (recorder == nullptr) return;
+  placement::TraceLayerSpec layer{options.name(), options.num_experts(), options.d_model(), options.d_hidden(),
+                                  options.gated(), options.bias(), x.element_size()};
+  placement::TraceStep step;
+  step.step = in.step;
+  step.kept = ToCountMatrix(result.counts);
+  step.routed = ToCountMatrix(result.routed_matrix);
+  if (in.placement) step.plan = result.plan;
+  step.phase_seconds.assign(result.times.seconds.begin(), result.times.seconds.end());
+  const int64_t rank = in.comm ? in.comm->global_rank(in.comm->rank()) : 0;
+  recorder->Record(layer, rank, std::move(step));
+}
+
+std::vector<int64_t> ToVector(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+// DYNAMOE_METRICS_PORT: this step's load, drops, plan and phase times.
+void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routing& routing, const StepResult& result) {
+  monitor::StepReport r;
+  r.layer = options.name();
+  r.routed = ToVector(routing.routed_counts);
+  r.expert_loads = ToVector(result.counts.sum(0));
+  r.dropped = routing.dropped;
+  for (const auto& c : result.plan.copies) r.copied_experts += c.empty() ? 0 : 1;
+  r.plan_hash = result.plan.Hash();
+  r.bytes_sent = result.bytes_sent, r.bytes_received = result.bytes_received;
+  r.times = result.times;
+  for (double s : result.times.seconds) r.step_seconds += s;
+  runtime::RecordMetrics(r, in.comm ? in.comm->global_rank(in.comm->rank()) : 0);
+}
+
 }  // namespace
 
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
@@ -229,6 +268,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   }
   result.counts = routing.kept_counts.unsqueeze(0);
   result.global_routed_counts = routing.routed_counts;
+  result.routed_matrix = routing.routed_counts.unsqueeze(0);
   const runtime::CommCounters before = distributed ? in.comm->counters() : runtime::CommCounters{};
   if (distributed) {
     monitor::ScopedPhase timer(result.times, Phase::kCountAllGather);
@@ -237,6 +277,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
                                                                           options.d_model()),
                                                 in.step, x.device()));
     result.counts = m.kept;
+    result.routed_matrix = m.routed;
     result.global_routed_counts = m.routed.sum(0);
   }
   {
@@ -281,6 +322,8 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.routed_counts = routing.routed_counts;
   result.dropped = routing.dropped;
   result.capacity = routing.capacity;
+  if (in.training) RecordTrace(options, in, x, result);
+  if (runtime::MetricsEnabled()) ReportMetrics(options, in, routing, result);
   return result;
 }
 

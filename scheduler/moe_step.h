@@ -47,6 +47,7 @@ struct StepResult {
   at::Tensor counts;         // [ep_size, E] int64: rows each rank sent to each expert
   at::Tensor routed_counts;  // [E] int64: this rank's assignments before capacity
   at::Tensor global_routed_counts;  // [E] int64: summed over the EP group
+  at::Tensor routed_matrix;         // [ep_size, E] int64: each rank's assignments before capacity
   int64_t bytes_sent = 0;           // token rows sent to other ranks (forward)
   int64_t bytes_received = 0;
   double comm_seconds = 0;          // time spent waiting on collectives (forward)

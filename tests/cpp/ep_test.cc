@@ -4,8 +4,12 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include "monitor/trace_recorder.h"
+#include "placement/trace.h"
 #include "tests/cpp/gloo_skip.h"
 #include "tools/local_launch.h"
 
@@ -51,6 +55,47 @@ INSTANTIATE_TEST_SUITE_P(
         EqualCase{4, {"top_k=2", "ep_size=1", "tokens=8,3,13,5"}},        // pure data parallel
         EqualCase{2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}},
         EqualCase{3, {"top_k=2", "dtype=bfloat16", "tokens=20,0,11"}}));
+
+// DYNAMOE_TRACE: each rank writes its file, and the count matrices the ranks
+// all-gathered are recorded identically, with each row the tokens * k its
+// rank routed (dropless).
+TEST(EpTraceTest, EveryRankRecordsTheGatheredCounts) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
+  char dir[] = "/tmp/dynamoe_eptrace_XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string prefix = std::string(dir) + "/run";
+  std::map<int, std::map<std::string, std::string>> env;
+  for (int r = 0; r < 2; ++r) env[r]["DYNAMOE_TRACE"] = prefix;
+  const auto results = Launch(2, {"top_k=2", "tokens=12,7"}, env);
+  for (const auto& r : results) ASSERT_EQ(r.exit_code, 0) << dynamoe::tools::DescribeResults(results);
+  std::vector<std::vector<dynamoe::placement::TraceStep>> ep_steps(2);
+  for (int r = 0; r < 2; ++r) {
+    const std::string path = dynamoe::monitor::TraceRecorder::PathFor(prefix, r);
+    const auto t = dynamoe::placement::ReadTraceFile(path);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->rank, r);
+    EXPECT_EQ(t->phase_names.size(), 8u);
+    EXPECT_FALSE(t->stats.truncated);
+    for (const auto& s : t->steps)
+      if (s.kept.world_size == 2) ep_steps[r].push_back(s);  // the worker's single-process reference has 1
+    std::remove(path.c_str());
+  }
+  rmdir(dir);
+  ASSERT_FALSE(ep_steps[0].empty());
+  ASSERT_EQ(ep_steps[0].size(), ep_steps[1].size());
+  const int64_t tokens[2] = {12, 7};
+  for (size_t i = 0; i < ep_steps[0].size(); ++i) {
+    const auto &a = ep_steps[0][i], &b = ep_steps[1][i];
+    EXPECT_EQ(a.step, b.step);
+    EXPECT_EQ(a.kept.counts, b.kept.counts);
+    EXPECT_EQ(a.routed.counts, b.routed.counts);
+    for (int r = 0; r < 2; ++r) {
+      int64_t row = 0;
+      for (int64_t e = 0; e < a.kept.num_experts; ++e) row += a.kept.at(r, e);
+      EXPECT_EQ(row, tokens[r] * 2) << "step " << a.step << " rank " << r;
+    }
+  }
+}
 
 TEST(EpCommunicatorTest, EveryCollectiveOnThreeRanks) {
   DYNAMOE_SKIP_WITHOUT_GLOO();

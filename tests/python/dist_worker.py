@@ -24,6 +24,7 @@ p.add_argument("--capacity", type=float, default=0.0)
 p.add_argument("--ep_size", type=int, default=0)
 p.add_argument("--gated", type=int, default=0)
 p.add_argument("--tokens", default="5,0,17,9")
+p.add_argument("--stop_file", default="")
 args = p.parse_args()
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -196,6 +197,26 @@ def schedule():
     check("schedule=sequential" in repr(ref), f"repr names the schedule: {ref!r}")
 
 
+def metrics():
+    """Runs 3 training steps with DYNAMOE_METRICS_PORT set, reports the routing
+    it did, then stays up (so Prometheus can scrape) until the stop file appears."""
+    E, d, h = args.experts, 6, 10
+    torch.manual_seed(1234)
+    moe = dynamoe.MoE(d, h, E, top_k=args.top_k, group=dist.group.WORLD, name="prom")
+    routed = [0] * E
+    for step in range(3):
+        x, gy = tokens_of(rank + 10 * step, d)
+        moe(x.float()).backward(gy.float())
+        for e, c in enumerate(moe.stats()["routed_counts"].tolist()):
+            routed[e] += c
+    report["routed"] = routed
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+    deadline = time.time() + 120
+    while not os.path.exists(args.stop_file) and time.time() < deadline:
+        time.sleep(0.2)
+
+
 dist.init_process_group("gloo")
 try:
     if args.scenario == "equal":
@@ -204,6 +225,8 @@ try:
         placement()
     elif args.scenario == "schedule":
         schedule()
+    elif args.scenario == "metrics":
+        metrics()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":

@@ -1,0 +1,157 @@
+#include "monitor/metrics.h"
+
+#include <prometheus/client_metric.h>
+#include <prometheus/exposer.h>
+#include <prometheus/metric_family.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "placement/count_matrix.h"
+
+namespace dynamoe::monitor {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+ClientMetric Labeled(std::vector<ClientMetric::Label> labels) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  return m;
+}
+
+}  // namespace
+
+const std::vector<double>& DurationBuckets() {
+  static const std::vector<double> b = {1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10};
+  return b;
+}
+
+void MetricsRegistry::Histogram::Observe(double v) {
+  const auto& bounds = DurationBuckets();
+  if (buckets.empty()) buckets.assign(bounds.size(), 0);
+  const size_t i = std::lower_bound(bounds.begin(), bounds.end(), v) - bounds.begin();
+  if (i < buckets.size()) ++buckets[i];
+  ++count;
+  sum += v;
+}
+
+void MetricsRegistry::RecordStep(const StepReport& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Layer& l = layers_[r.layer];
+  const size_t E = std::max(r.routed.size(), r.expert_loads.size());
+  if (l.tokens.size() < E) l.tokens.resize(E, 0), l.last_seen.resize(E, -1);
+  for (size_t e = 0; e < r.routed.size(); ++e) l.tokens[e] += static_cast<uint64_t>(r.routed[e]);
+  for (size_t e = 0; e < r.expert_loads.size(); ++e)
+    if (r.expert_loads[e] > 0) l.last_seen[e] = l.steps;
+  l.imbalance = placement::LoadImbalance(r.expert_loads);
+  l.dropped += static_cast<uint64_t>(r.dropped);
+  if (l.steps > 0 && r.plan_hash != l.plan_hash) ++l.plan_changes;
+  l.plan_hash = r.plan_hash;
+  l.copied = r.copied_experts;
+  l.bytes_sent += static_cast<uint64_t>(r.bytes_sent);
+  l.bytes_received += static_cast<uint64_t>(r.bytes_received);
+  for (int p = 0; p < kNumPhases; ++p)
+    if (r.times.seconds[p] > 0) l.phases[p].Observe(r.times.seconds[p]);
+  l.step.Observe(r.step_seconds);
+  ++l.steps;
+}
+
+std::vector<MetricFamily> MetricsRegistry::Collect() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string rank = std::to_string(rank_);
+  auto family = [](std::string name, std::string help, MetricType type) {
+    MetricFamily f;
+    f.name = std::move(name), f.help = std::move(help), f.type = type;
+    return f;
+  };
+  MetricFamily tokens = family("dynamoe_expert_tokens_total",
+                               "Token assignments routed to each expert, counted by the rank that routed them.",
+                               MetricType::Counter);
+  MetricFamily dropped = family("dynamoe_tokens_dropped_total", "Token assignments dropped by expert capacity.",
+                                MetricType::Counter);
+  MetricFamily imbalance = family("dynamoe_load_imbalance_ratio",
+                                  "Max over mean of the experts' loads in the last step's count matrix (1 = balanced).",
+                                  MetricType::Gauge);
+  MetricFamily dead = family("dynamoe_dead_experts",
+                             absl::StrCat("Experts that received no tokens in the layer's last ", kDeadExpertWindow,
+                                          " steps (or since the start)."),
+                             MetricType::Gauge);
+  MetricFamily copied = family("dynamoe_copied_experts", "Experts shadowed or replicated by the current plan.",
+                               MetricType::Gauge);
+  MetricFamily changes = family("dynamoe_plan_changes_total", "Steps whose placement plan differs from the previous.",
+                                MetricType::Counter);
+  MetricFamily bytes = family("dynamoe_alltoall_bytes_total", "Token bytes moved by the all-to-all, forward.",
+                              MetricType::Counter);
+  MetricFamily phases = family("dynamoe_phase_duration_seconds", "Wall time of each phase of a layer's step.",
+                               MetricType::Histogram);
+  MetricFamily steps = family("dynamoe_step_duration_seconds", "Wall time of a layer's forward step.",
+                              MetricType::Histogram);
+  auto histogram = [](const Histogram& h, ClientMetric m) {
+    const auto& bounds = DurationBuckets();
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      cumulative += h.buckets.empty() ? 0 : h.buckets[i];
+      m.histogram.bucket.push_back({cumulative, bounds[i]});
+    }
+    m.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
+    m.histogram.sample_count = h.count;
+    m.histogram.sample_sum = h.sum;
+    return m;
+  };
+  for (const auto& [name, l] : layers_) {
+    int64_t n_dead = 0;
+    for (size_t e = 0; e < l.tokens.size(); ++e) {
+      ClientMetric m = Labeled({{"expert", std::to_string(e)}, {"layer", name}, {"rank", rank}});
+      m.counter.value = static_cast<double>(l.tokens[e]);
+      tokens.metric.push_back(m);
+      // Dead: no tokens in the latest kDeadExpertWindow steps (steps are 0-based, so the
+      // latest window is [steps - window, steps)).
+      if (l.last_seen[e] < 0 || l.last_seen[e] < l.steps - kDeadExpertWindow) ++n_dead;
+    }
+    const std::vector<ClientMetric::Label> base = {{"layer", name}, {"rank", rank}};
+    ClientMetric m = Labeled(base);
+    m.counter.value = static_cast<double>(l.dropped);
+    dropped.metric.push_back(m);
+    m = Labeled(base);
+    m.gauge.value = l.imbalance;
+    imbalance.metric.push_back(m);
+    m = Labeled(base);
+    m.gauge.value = static_cast<double>(n_dead);
+    dead.metric.push_back(m);
+    m = Labeled(base);
+    m.gauge.value = static_cast<double>(l.copied);
+    copied.metric.push_back(m);
+    m = Labeled(base);
+    m.counter.value = static_cast<double>(l.plan_changes);
+    changes.metric.push_back(m);
+    for (const auto& [dir, v] : {std::pair<const char*, uint64_t>{"received", l.bytes_received}, {"sent", l.bytes_sent}}) {
+      m = Labeled({{"direction", dir}, {"layer", name}, {"rank", rank}});
+      m.counter.value = static_cast<double>(v);
+      bytes.metric.push_back(m);
+    }
+    for (int p = 0; p < kNumPhases; ++p)
+      phases.metric.push_back(histogram(l.phases[p], Labeled({{"layer", name}, {"phase", kPhaseNames[p]}, {"rank", rank}})));
+    steps.metric.push_back(histogram(l.step, Labeled(base)));
+  }
+  return {tokens, dropped, imbalance, dead, copied, changes, bytes, phases, steps};
+}
+
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartExposer(const std::string& addr, int port,
+                                                                 const std::shared_ptr<MetricsRegistry>& registry) {
+  const std::string where = absl::StrCat(addr, ":", port);
+  try {
+    auto exposer = std::make_unique<prometheus::Exposer>(where, 1);
+    exposer->RegisterCollectable(registry);
+    return exposer;
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("metrics: cannot serve http://", where, "/metrics (", e.what(),
+                                               "); is the port in use? Pick another DYNAMOE_METRICS_PORT (each ",
+                                               "process takes port + its local rank) or set it to 0"));
+  }
+}
+
+}  // namespace dynamoe::monitor

@@ -1,0 +1,28 @@
+// What the step reports to the metrics registry, per layer and step (kept
+// apart from metrics.h so the step builds without prometheus-cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "monitor/phases.h"
+
+namespace dynamoe::monitor {
+
+// Experts with no tokens in this many of the layer's latest steps are dead.
+constexpr int64_t kDeadExpertWindow = 100;
+
+struct StepReport {
+  std::string layer;
+  std::vector<int64_t> routed;        // [E] assignments this rank routed to each expert (before capacity)
+  std::vector<int64_t> expert_loads;  // [E] rows each expert received from all ranks (the count matrix's columns)
+  int64_t dropped = 0;                // this rank's dropped assignments
+  int64_t copied_experts = 0;         // experts shadowed or replicated by the plan
+  uint64_t plan_hash = 0;
+  int64_t bytes_sent = 0, bytes_received = 0;  // token all-to-all, this rank
+  PhaseTimes times;
+  double step_seconds = 0;
+};
+
+}  // namespace dynamoe::monitor

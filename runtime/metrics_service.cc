@@ -1,0 +1,48 @@
+#include "runtime/metrics_service.h"
+
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "runtime/config.h"
+
+#ifdef DYNAMOE_HAVE_PROMETHEUS
+#include <prometheus/exposer.h>
+
+#include "monitor/metrics.h"
+#endif
+
+namespace dynamoe::runtime {
+
+bool MetricsEnabled() { return GlobalConfig().GetInt("DYNAMOE_METRICS_PORT") != 0; }
+
+void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
+#ifndef DYNAMOE_HAVE_PROMETHEUS
+  (void)report, (void)rank;
+  throw Error(absl::UnimplementedError(
+      "DYNAMOE_METRICS_PORT is set but this build has no prometheus-cpp (install prometheus-cpp-dev and rebuild)"));
+#else
+  static std::mutex mu;
+  static std::shared_ptr<monitor::MetricsRegistry> registry;
+  static std::unique_ptr<prometheus::Exposer> exposer;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!registry) {
+    int local_rank = 0;
+    if (const char* v = std::getenv("LOCAL_RANK"); v != nullptr && !absl::SimpleAtoi(v, &local_rank))
+      throw Error(absl::InvalidArgumentError(absl::StrCat("LOCAL_RANK must be an integer, got '", v, "'")));
+    const int port = static_cast<int>(GlobalConfig().GetInt("DYNAMOE_METRICS_PORT")) + local_rank;
+    auto r = std::make_shared<monitor::MetricsRegistry>(rank);
+    exposer = ValueOrThrow(monitor::StartExposer(GlobalConfig().Get("DYNAMOE_METRICS_ADDR"), port, r));
+    registry = r;
+    DYNAMOE_LOG(kInfo) << "metrics at http://" << GlobalConfig().Get("DYNAMOE_METRICS_ADDR") << ":" << port
+                       << "/metrics";
+  }
+  registry->RecordStep(report);
+#endif
+}
+
+}  // namespace dynamoe::runtime
