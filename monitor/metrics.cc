@@ -1,7 +1,6 @@
 #include "monitor/metrics.h"
 
 #include <prometheus/client_metric.h>
-#include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
 
 #include <algorithm>
@@ -138,20 +137,6 @@ std::vector<MetricFamily> MetricsRegistry::Collect() const {
     steps.metric.push_back(histogram(l.step, Labeled(base)));
   }
   return {tokens, dropped, imbalance, dead, copied, changes, bytes, phases, steps};
-}
-
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartExposer(const std::string& addr, int port,
-                                                                 const std::shared_ptr<MetricsRegistry>& registry) {
-  const std::string where = absl::StrCat(addr, ":", port);
-  try {
-    auto exposer = std::make_unique<prometheus::Exposer>(where, 1);
-    exposer->RegisterCollectable(registry);
-    return exposer;
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("metrics: cannot serve http://", where, "/metrics (", e.what(),
-                                               "); is the port in use? Pick another DYNAMOE_METRICS_PORT (each ",
-                                               "process takes port + its local rank) or set it to 0"));
-  }
 }
 
 }  // namespace dynamoe::monitor

@@ -18,10 +18,6 @@
 #include "absl/status/statusor.h"
 #include "monitor/metrics_report.h"
 
-namespace prometheus {
-class Exposer;
-}
-
 namespace dynamoe::monitor {
 
 class MetricsRegistry : public prometheus::Collectable {
@@ -52,11 +48,6 @@ class MetricsRegistry : public prometheus::Collectable {
   mutable std::mutex mu_;
   std::map<std::string, Layer> layers_;
 };
-
-// An HTTP exposer serving `registry` at http://addr:port/metrics. A port
-// that cannot be bound is an error naming it (never an exception or crash).
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartExposer(const std::string& addr, int port,
-                                                                 const std::shared_ptr<MetricsRegistry>& registry);
 
 // The bucket upper bounds (seconds) of the duration histograms.
 const std::vector<double>& DurationBuckets();

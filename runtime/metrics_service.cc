@@ -11,9 +11,8 @@
 #include "runtime/config.h"
 
 #ifdef DYNAMOE_HAVE_PROMETHEUS
-#include <prometheus/exposer.h>
-
 #include "monitor/metrics.h"
+#include "monitor/metrics_server.h"
 #endif
 
 namespace dynamoe::runtime {
@@ -28,7 +27,7 @@ void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
 #else
   static std::mutex mu;
   static std::shared_ptr<monitor::MetricsRegistry> registry;
-  static std::unique_ptr<prometheus::Exposer> exposer;
+  static std::unique_ptr<monitor::MetricsServer> server;
   std::lock_guard<std::mutex> lock(mu);
   if (!registry) {
     int local_rank = 0;
@@ -36,7 +35,7 @@ void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
       throw Error(absl::InvalidArgumentError(absl::StrCat("LOCAL_RANK must be an integer, got '", v, "'")));
     const int port = static_cast<int>(GlobalConfig().GetInt("DYNAMOE_METRICS_PORT")) + local_rank;
     auto r = std::make_shared<monitor::MetricsRegistry>(rank);
-    exposer = ValueOrThrow(monitor::StartExposer(GlobalConfig().Get("DYNAMOE_METRICS_ADDR"), port, r));
+    server = ValueOrThrow(monitor::MetricsServer::Start(GlobalConfig().Get("DYNAMOE_METRICS_ADDR"), port, r));
     registry = r;
     DYNAMOE_LOG(kInfo) << "metrics at http://" << GlobalConfig().Get("DYNAMOE_METRICS_ADDR") << ":" << port
                        << "/metrics";

@@ -13,11 +13,11 @@
 #include <string>
 
 #include <gtest/gtest.h>
-#include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
 #include "monitor/metrics.h"
+#include "monitor/metrics_server.h"
 
 namespace dynamoe::monitor {
 namespace {
@@ -126,28 +126,44 @@ TEST(Metrics, ExpositionPassesPromtool) {
   EXPECT_EQ(rc, 0) << out;
 }
 
-int FreePort() {
+std::string HttpGet(int port, const std::string& path) {
   const int s = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t n = sizeof(a);
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &n);
+  EXPECT_EQ(connect(s, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  EXPECT_EQ(send(s, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = recv(s, buf, sizeof(buf), 0)) > 0;) out.append(buf, static_cast<size_t>(n));
   close(s);
-  return ntohs(a.sin_port);
+  return out;
 }
 
-TEST(Metrics, PortInUseIsAClearError) {
-  auto reg = std::make_shared<MetricsRegistry>(0);
-  const int port = FreePort();
-  auto first = StartExposer("127.0.0.1", port, reg);
+TEST(Metrics, ServerAnswersScrapesAndNamesABusyPort) {
+  auto reg = std::make_shared<MetricsRegistry>(1);
+  reg->RecordStep(Report({2, 0, 1}, {2, 0, 1}, 0));
+  auto first = MetricsServer::Start("127.0.0.1", 0, reg);
   ASSERT_TRUE(first.ok()) << first.status();
-  auto second = StartExposer("127.0.0.1", port, reg);
+  const int port = (*first)->port();
+  for (int i = 0; i < 3; ++i) {  // several scrapes in a row
+    const std::string r = HttpGet(port, "/metrics");
+    EXPECT_NE(r.find("HTTP/1.1 200 OK"), std::string::npos) << r;
+    EXPECT_NE(r.find("text/plain; version=0.0.4"), std::string::npos) << r;
+    EXPECT_NE(r.find("dynamoe_expert_tokens_total{expert=\"2\",layer=\"moe0\",rank=\"1\"} 1"), std::string::npos)
+        << r;
+  }
+  EXPECT_NE(HttpGet(port, "/other").find("404"), std::string::npos);
+  auto second = MetricsServer::Start("127.0.0.1", port, reg);
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("127.0.0.1:" + std::to_string(port)), std::string::npos)
       << second.status();
+  EXPECT_NE(second.status().message().find("Address already in use"), std::string::npos) << second.status();
   EXPECT_NE(second.status().message().find("DYNAMOE_METRICS_PORT"), std::string::npos) << second.status();
+  const auto bad = MetricsServer::Start("not-an-address", 1, reg);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
 }
 
 }  // namespace
