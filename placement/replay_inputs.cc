@@ -1,0 +1,126 @@
+#include "placement/replay_inputs.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status.h"
+
+namespace dynamoe::placement {
+
+std::vector<std::string> ClusterPresetNames() { return {"default", "h100-nvlink-ib", "a100-nvlink-ib"}; }
+
+absl::StatusOr<ClusterSpec> ClusterPreset(const std::string& name) {
+  ClusterSpec c;
+  c.world_size = 0;
+  if (name == "default") return c;  // the DYNAMOE_* cost-model defaults, one node
+  if (name == "h100-nvlink-ib") {
+    // NVLink 4 (450 GB/s per direction) inside a node of 8; 400 Gb/s InfiniBand
+    // per GPU between nodes; 700 TFLOP/s bf16 (a dense 8192^3 GEMM measured
+    // 707-721 TFLOP/s on the lent H100, bench/README.md).
+    c.ranks_per_node = 8, c.intra_node_bw = 450e9, c.inter_node_bw = 50e9;
+    c.intra_node_latency_s = 3e-6, c.inter_node_latency_s = 8e-6, c.flops = 700e12;
+    return c;
+  }
+  if (name == "a100-nvlink-ib") {
+    // NVLink 3 (300 GB/s per direction), 200 Gb/s InfiniBand per GPU, 250 TFLOP/s.
+    c.ranks_per_node = 8, c.intra_node_bw = 300e9, c.inter_node_bw = 25e9;
+    c.intra_node_latency_s = 3e-6, c.inter_node_latency_s = 10e-6, c.flops = 250e12;
+    return c;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown cluster preset '", name, "'; expected one of ",
+                                                 absl::StrJoin(ClusterPresetNames(), ", ")));
+}
+
+absl::StatusOr<ClusterSpec> ParseClusterFile(const std::string& text, ClusterSpec c) {
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    line = absl::StripAsciiWhitespace(line.substr(0, line.find('#')));
+    if (line.empty()) continue;
+    const std::vector<absl::string_view> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    double v = 0;
+    DYNAMOE_CHECK_ARG(kv.size() == 2 && absl::SimpleAtod(absl::StripAsciiWhitespace(kv[1]), &v) && v >= 0,
+                      "cluster file line ", line_no, ": expected key = non-negative number, got \"", line, "\"");
+    const std::string key(absl::StripAsciiWhitespace(kv[0]));
+    if (key == "world_size") c.world_size = static_cast<int64_t>(v);
+    else if (key == "ranks_per_node") c.ranks_per_node = static_cast<int64_t>(v);
+    else if (key == "intra_node_bw") c.intra_node_bw = v;
+    else if (key == "inter_node_bw") c.inter_node_bw = v;
+    else if (key == "intra_node_latency_s") c.intra_node_latency_s = v;
+    else if (key == "inter_node_latency_s") c.inter_node_latency_s = v;
+    else if (key == "flops") c.flops = v;
+    else
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cluster file line ", line_no, ": unknown key '", key, "'; expected world_size, ranks_per_node, ",
+          "intra_node_bw, inter_node_bw, intra_node_latency_s, inter_node_latency_s or flops"));
+  }
+  DYNAMOE_CHECK_ARG(c.intra_node_bw > 0 && c.inter_node_bw > 0 && c.flops > 0,
+                    "cluster file: bandwidths and flops must be > 0");
+  return c;
+}
+
+absl::StatusOr<Trace> ParseAnyTrace(const std::string& bytes) {
+  if (bytes.size() >= 7 && std::memcmp(bytes.data(), "DMOETRC", 7) == 0) return ParseTrace(bytes);
+  const absl::string_view head = absl::StripLeadingAsciiWhitespace(bytes);
+  if (absl::StartsWith(head, "step,layer,rank,expert,count")) return ImportCountsCsv(bytes);
+  if (absl::StartsWith(head, "{")) return ImportRoutingJsonl(bytes);
+  return absl::InvalidArgumentError(
+      "not a trace: expected the binary format (docs/trace-format.md), CSV with the header "
+      "\"step,layer,rank,expert,count\", or JSONL lines like {\"step\": 0, \"layer\": \"moe0\", \"experts\": [1, 2]}");
+}
+
+absl::StatusOr<Trace> Synthesize(const SynthOptions& o) {
+  DYNAMOE_CHECK_ARG(o.steps >= 1 && o.layers >= 1 && o.world >= 1 && o.tokens >= 0 && o.experts >= 1 &&
+                        o.top_k >= 1 && o.top_k <= o.experts && o.zipf >= 0 && o.drift_every >= 0 &&
+                        o.burst_every >= 0,
+                    "synth: expected steps, layers, world, experts >= 1, tokens >= 0, 1 <= top_k <= experts, ",
+                    "zipf, drift_every, burst_every >= 0");
+  Trace t;
+  t.rank = -1;
+  t.world_size = o.world;
+  for (int64_t l = 0; l < o.layers; ++l) t.layers.push_back({absl::StrCat("moe", l), o.experts, 0, 0, false, false, 2});
+  std::mt19937_64 rng(o.seed);
+  std::vector<double> zipf(o.experts);
+  for (int64_t i = 0; i < o.experts; ++i) zipf[i] = 1.0 / std::pow(static_cast<double>(i + 1), o.zipf);
+  for (int64_t s = 0; s < o.steps; ++s)
+    for (int64_t l = 0; l < o.layers; ++l) {
+      // The hot set moves by one expert every drift_every steps; layers are offset.
+      const int64_t shift = (o.drift_every > 0 ? s / o.drift_every : 0) + l;
+      std::vector<double> weight(o.experts);
+      for (int64_t e = 0; e < o.experts; ++e) weight[(e + shift) % o.experts] = zipf[e];
+      if (o.burst_every > 0 && s % o.burst_every == o.burst_every - 1) weight[(s / o.burst_every) % o.experts] *= 20;
+      std::vector<int64_t> counts(o.world * o.experts, 0);
+      for (int64_t r = 0; r < o.world; ++r)
+        for (int64_t tok = 0; tok < o.tokens; ++tok) {
+          std::vector<double> w = weight;  // k distinct experts
+          for (int64_t j = 0; j < o.top_k; ++j) {
+            std::discrete_distribution<int64_t> pick(w.begin(), w.end());
+            const int64_t e = pick(rng);
+            ++counts[r * o.experts + e];
+            w[e] = 0;
+          }
+        }
+      TraceStep st;
+      st.step = s, st.layer = l;
+      DYNAMOE_ASSIGN_OR_RETURN(st.kept, CountMatrix::Make(o.world, o.experts, counts));
+      st.routed = st.kept;
+      t.steps.push_back(std::move(st));
+    }
+  return t;
+}
+
+std::string EncodeTrace(const Trace& trace) {
+  std::string out = EncodeTraceHeader(trace.world_size, trace.rank, trace.phase_names, trace.layers);
+  for (const TraceStep& s : trace.steps) out += EncodeStepRecord(s);
+  return out;
+}
+
+}  // namespace dynamoe::placement

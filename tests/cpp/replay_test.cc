@@ -1,0 +1,92 @@
+// The replay engine on traces whose predicted times are worked out by hand.
+#include <gtest/gtest.h>
+
+#include "placement/replay.h"
+
+namespace dynamoe::placement {
+namespace {
+
+// One layer (d_model 8, d_hidden 16, fp32, not gated), world 2, 4 experts.
+// Cluster: 1000 FLOP/s, 32 B/s links, 0.5 s latency, so that
+//   seconds per row  = 2 matrices * 2 * 8 * 16 / 1000 = 0.512 s (forward)
+//   row transfer     = 8 * 4 B / 32 B/s = 1 s
+// Plain expert parallelism: experts 0, 1 on rank 0; 2, 3 on rank 1.
+Trace TwoStepTrace() {
+  Trace t;
+  t.world_size = 2;
+  t.layers.push_back({"moe0", 4, 8, 16, false, false, 4});
+  TraceStep a, b;
+  a.step = 0, b.step = 1;
+  a.kept = *CountMatrix::Make(2, 4, {4, 0, 0, 0, /**/ 0, 0, 2, 0});  // every row stays home
+  b.kept = *CountMatrix::Make(2, 4, {0, 0, 3, 0, /**/ 1, 0, 0, 0});  // 3 rows 0 -> 1, 1 row 1 -> 0
+  a.routed = a.kept, b.routed = b.kept;
+  t.steps = {a, b};
+  return t;
+}
+
+ReplayOptions Options() {
+  ReplayOptions o;
+  o.policies = {"none"};
+  o.cluster.flops = 1000;
+  o.cluster.intra_node_bw = 32;
+  o.cluster.intra_node_latency_s = 0.5;
+  return o;
+}
+
+TEST(Replay, PredictsTheHandComputedTimes) {
+  const auto r = Replay(TwoStepTrace(), Options());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->policies.size(), 1u);
+  const PolicyReport& p = r->policies[0];
+  ASSERT_EQ(p.step_seconds.size(), 2u);
+  // Step 0: no exchange; rank 0 computes 4 rows, forward + backward = 3x:
+  //   4 * 0.512 * 3 = 6.144 s.
+  EXPECT_NEAR(p.step_seconds[0], 6.144, 1e-12);
+  // Step 1: the busiest link carries 3 rows: 0.5 + 3 * 1 = 3.5 s per exchange,
+  // 4 exchanges in training; rank 1 computes 3 rows: 3 * 0.512 * 3 = 4.608 s.
+  EXPECT_NEAR(p.step_seconds[1], 4 * 3.5 + 4.608, 1e-12);
+  EXPECT_NEAR(p.mean_seconds, (6.144 + 18.608) / 2, 1e-12);
+  EXPECT_NEAR(p.p99_seconds, 18.608, 1e-12);
+  EXPECT_DOUBLE_EQ(p.speedup_vs_none, 1.0);
+  // Expert loads {4,0,2,0} and {1,0,3,0}: max/mean 4/1.5 and 3/1; rows per
+  // rank {4,2} and {1,3}: 4/3 and 3/2.
+  EXPECT_NEAR(p.imbalance_before, (4 / 1.5 + 3.0) / 2, 1e-12);
+  EXPECT_NEAR(p.imbalance_after, (4 / 3.0 + 1.5) / 2, 1e-12);
+  EXPECT_EQ(p.plan_changes, 0);
+  EXPECT_EQ(p.copies_per_step, 0);
+}
+
+TEST(Replay, RehomesToALargerWorldAndChecksTheFit) {
+  const CountMatrix c = *CountMatrix::Make(2, 4, {1, 2, 3, 4, 5, 6, 7, 8});
+  const auto four = Rehome(c, 4);
+  ASSERT_TRUE(four.ok()) << four.status();
+  EXPECT_EQ(four->counts, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8}));
+  const auto three = Rehome(c, 3);
+  ASSERT_FALSE(three.ok());
+  EXPECT_NE(three.status().message().find("4 experts do not divide over 3 ranks"), std::string::npos)
+      << three.status();
+  ReplayOptions o = Options();
+  o.world_size = 8;
+  const auto r = Replay(TwoStepTrace(), o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+}
+
+TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
+  ReplayOptions o = Options();
+  o.policies = {"none", "fastermoe", "adaptive", "eplb"};
+  const auto a = Replay(TwoStepTrace(), o), b = Replay(TwoStepTrace(), o);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->policies.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(a->policies[i].step_seconds, b->policies[i].step_seconds) << a->policies[i].policy;
+    EXPECT_NEAR(a->policies[i].speedup_vs_none, a->policies[0].mean_seconds / a->policies[i].mean_seconds, 1e-12);
+  }
+  o.policies = {"nonsense"};
+  const auto bad = Replay(TwoStepTrace(), o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("nonsense"), std::string::npos) << bad.status();
+  EXPECT_FALSE(Replay(Trace{}, Options()).ok());
+}
+
+}  // namespace
+}  // namespace dynamoe::placement

@@ -1,0 +1,203 @@
+// dynamoe-replay: replays recorded routing through placement policies under a
+// cluster model and prints what each policy would have cost.
+//
+//   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
+//                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
+//                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//   dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N]
+//                  [--tokens N] [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]
+//
+// Exit codes: 0 done, 1 bad input (trace, cluster file), 2 bad usage.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "placement/replay.h"
+#include "placement/replay_inputs.h"
+
+namespace {
+
+using namespace dynamoe::placement;
+
+constexpr char kUsage[] =
+    "usage: dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
+    "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
+    "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]\n"
+    "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
+    "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;
+};
+
+// --key value pairs (and bare --overlap); positional arguments otherwise.
+bool ParseArgs(int argc, char** argv, Args* a) {
+  for (int i = 2; i < argc; ++i) {
+    const std::string s = argv[i];
+    if (s.rfind("--", 0) != 0) {
+      a->positional.push_back(s);
+    } else if (s == "--overlap") {
+      a->flags[s] = "1";
+    } else if (i + 1 < argc) {
+      a->flags[s] = argv[++i];
+    } else {
+      std::cerr << "dynamoe-replay: " << s << " needs a value\n" << kUsage;
+      return false;
+    }
+  }
+  return true;
+}
+
+template <typename T>
+bool Number(const Args& a, const std::string& key, T* out) {
+  auto it = a.flags.find(key);
+  if (it == a.flags.end()) return true;
+  double v;
+  if (!absl::SimpleAtod(it->second, &v) || v < 0) {
+    std::cerr << "dynamoe-replay: " << key << " expects a non-negative number, got '" << it->second << "'\n";
+    return false;
+  }
+  *out = static_cast<T>(v);
+  return true;
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+void PrintReport(const std::string& path, const Trace& t, const ReplayReport& r) {
+  std::cout << absl::StrFormat("%s: %d steps, %d layers, recorded on %d ranks, replayed on %d\n", path,
+                               static_cast<int64_t>(t.steps.size()), static_cast<int64_t>(t.layers.size()),
+                               t.steps.empty() ? 0 : t.steps[0].kept.world_size, r.world_size);
+  std::cout << absl::StrFormat("%-10s %12s %12s %9s %18s %12s %12s\n", "policy", "mean ms", "p99 ms", "speedup",
+                               "imbalance bef/aft", "copies/step", "plan changes");
+  for (const PolicyReport& p : r.policies)
+    std::cout << absl::StrFormat("%-10s %12.4f %12.4f %8.3fx %8.2f / %-7.2f %12.2f %12d\n", p.policy,
+                                 p.mean_seconds * 1e3, p.p99_seconds * 1e3, p.speedup_vs_none, p.imbalance_before,
+                                 p.imbalance_after, p.copies_per_step, p.plan_changes);
+}
+
+int Run(const Args& a) {
+  if (a.positional.empty()) {
+    std::cerr << "dynamoe-replay run: no trace given\n" << kUsage;
+    return 2;
+  }
+  ReplayOptions o;
+  auto preset = ClusterPreset(a.flags.count("--preset") ? a.flags.at("--preset") : "default");
+  if (!preset.ok()) {
+    std::cerr << "dynamoe-replay: " << preset.status().message() << "\n";
+    return 2;
+  }
+  o.cluster = *preset;
+  if (a.flags.count("--cluster")) {
+    std::string text;
+    if (!ReadFile(a.flags.at("--cluster"), &text)) {
+      std::cerr << "dynamoe-replay: cannot read cluster file '" << a.flags.at("--cluster") << "'\n";
+      return 1;
+    }
+    auto c = ParseClusterFile(text, o.cluster);
+    if (!c.ok()) {
+      std::cerr << "dynamoe-replay: " << a.flags.at("--cluster") << ": " << c.status().message() << "\n";
+      return 1;
+    }
+    o.cluster = *c;
+    o.world_size = c->world_size;
+  }
+  if (a.flags.count("--policies")) o.policies = absl::StrSplit(a.flags.at("--policies"), ',');
+  if (!Number(a, "--world", &o.world_size) || !Number(a, "--interval", &o.policy.interval) ||
+      !Number(a, "--hysteresis", &o.policy.hysteresis) || !Number(a, "--max-copied", &o.policy.max_copied))
+    return 2;
+  o.policy.cost.overlap = a.flags.count("--overlap") > 0;
+  std::ofstream csv;
+  if (a.flags.count("--csv")) {
+    csv.open(a.flags.at("--csv"));
+    if (!csv) {
+      std::cerr << "dynamoe-replay: cannot write '" << a.flags.at("--csv") << "'\n";
+      return 1;
+    }
+    csv << "trace,policy,step_index,predicted_seconds\n";
+  }
+  int rc = 0;
+  for (const std::string& path : a.positional) {
+    std::string bytes;
+    if (!ReadFile(path, &bytes)) {
+      std::cerr << "dynamoe-replay: cannot read trace '" << path << "'\n";
+      rc = 1;
+      continue;
+    }
+    auto t = ParseAnyTrace(bytes);
+    if (!t.ok()) {
+      std::cerr << "dynamoe-replay: " << path << ": " << t.status().message() << "\n";
+      rc = 1;
+      continue;
+    }
+    for (const std::string& w : t->stats.warnings) std::cerr << "dynamoe-replay: " << path << ": warning: " << w << "\n";
+    auto r = Replay(*t, o);
+    if (!r.ok()) {
+      std::cerr << "dynamoe-replay: " << path << ": " << r.status().message() << "\n";
+      rc = r.status().code() == absl::StatusCode::kInvalidArgument && r.status().message().find("unknown") != std::string::npos ? 2 : 1;
+      continue;
+    }
+    PrintReport(path, *t, *r);
+    if (csv.is_open())
+      for (const PolicyReport& p : r->policies)
+        for (size_t i = 0; i < p.step_seconds.size(); ++i)
+          csv << path << ',' << p.policy << ',' << i << ',' << absl::StrFormat("%.9g", p.step_seconds[i]) << '\n';
+  }
+  return rc;
+}
+
+int Synth(const Args& a) {
+  if (!a.flags.count("--out")) {
+    std::cerr << "dynamoe-replay synth: --out FILE is required\n" << kUsage;
+    return 2;
+  }
+  SynthOptions o;
+  if (!Number(a, "--steps", &o.steps) || !Number(a, "--layers", &o.layers) || !Number(a, "--experts", &o.experts) ||
+      !Number(a, "--world", &o.world) || !Number(a, "--tokens", &o.tokens) || !Number(a, "--top-k", &o.top_k) ||
+      !Number(a, "--zipf", &o.zipf) || !Number(a, "--drift-every", &o.drift_every) ||
+      !Number(a, "--burst-every", &o.burst_every) || !Number(a, "--seed", &o.seed))
+    return 2;
+  auto t = Synthesize(o);
+  if (!t.ok()) {
+    std::cerr << "dynamoe-replay: " << t.status().message() << "\n";
+    return 2;
+  }
+  const std::string& out = a.flags.at("--out");
+  const bool as_csv = out.size() > 4 && out.substr(out.size() - 4) == ".csv";
+  std::ofstream f(out, std::ios::binary);
+  f << (as_csv ? ExportCountsCsv(*t) : EncodeTrace(*t));
+  if (!f) {
+    std::cerr << "dynamoe-replay: cannot write '" << out << "'\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat("wrote %s: %d steps x %d layers, %d experts, %d ranks, %d tokens per rank, top-%d\n",
+                               out, o.steps, o.layers, o.experts, o.world, o.tokens, o.top_k);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || (std::string(argv[1]) != "run" && std::string(argv[1]) != "synth")) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  Args a;
+  if (!ParseArgs(argc, argv, &a)) return 2;
+  return std::string(argv[1]) == "run" ? Run(a) : Synth(a);
+}
