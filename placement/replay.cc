@@ -20,6 +20,15 @@ double RowImbalance(const CountMatrix& counts, const Plan& plan) {
   return LoadImbalance(rows);
 }
 
+// Bytes the step moves between ranks under the plan.
+double BytesMoved(const CountMatrix& counts, const Plan& plan, const CostModel& model) {
+  int64_t off_rank = 0;
+  ForEachRoute(plan, counts, [&](int64_t s, int64_t, int64_t d, int64_t n) { off_rank += s != d ? n : 0; });
+  const double weights = static_cast<double>(plan.TotalCopies()) * model.layer().ExpertBytes() *
+                         (model.options().training ? 2.0 : 1.0);
+  return static_cast<double>(off_rank) * model.layer().RowBytes() * model.Exchanges() + weights;
+}
+
 double P99(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -59,7 +68,7 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     std::vector<std::unique_ptr<Policy>> per_layer(trace.layers.size());
     std::vector<Plan> last(trace.layers.size());
     std::vector<bool> has_last(trace.layers.size(), false);
-    double before = 0, after = 0, copies = 0;
+    double before = 0, after = 0, copies = 0, bytes = 0;
     for (const TraceStep& s : trace.steps) {
       DYNAMOE_CHECK_ARG(s.layer >= 0 && s.layer < static_cast<int64_t>(trace.layers.size()),
                         "replay: step ", s.step, " names layer ", s.layer, " of ", trace.layers.size());
@@ -81,6 +90,7 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
       before += LoadImbalance(counts.ExpertLoads());
       after += RowImbalance(counts, plan);
       copies += static_cast<double>(plan.TotalCopies());
+      bytes += BytesMoved(counts, plan, policy->model());
       if (has_last[s.layer] && !SamePlan(plan, last[s.layer])) ++pr.plan_changes;
       last[s.layer] = std::move(plan);
       has_last[s.layer] = true;
@@ -89,6 +99,7 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     pr.mean_seconds = std::accumulate(pr.step_seconds.begin(), pr.step_seconds.end(), 0.0) / n;
     pr.p99_seconds = P99(pr.step_seconds);
     pr.imbalance_before = before / n, pr.imbalance_after = after / n, pr.copies_per_step = copies / n;
+    pr.bytes_per_step = bytes / n;
     report.policies.push_back(std::move(pr));
   }
   for (const PolicyReport& p : report.policies)

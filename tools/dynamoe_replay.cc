@@ -4,6 +4,7 @@
 //   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
 //                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
 //                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//   dynamoe-replay calibrate TRACE [--heldout 0.2]
 //   dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N]
 //                  [--tokens N] [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]
 //
@@ -20,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "placement/calibrate.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
 
@@ -31,6 +33,7 @@ constexpr char kUsage[] =
     "usage: dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
     "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]\n"
+    "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
 
@@ -83,12 +86,12 @@ void PrintReport(const std::string& path, const Trace& t, const ReplayReport& r)
   std::cout << absl::StrFormat("%s: %d steps, %d layers, recorded on %d ranks, replayed on %d\n", path,
                                static_cast<int64_t>(t.steps.size()), static_cast<int64_t>(t.layers.size()),
                                t.steps.empty() ? 0 : t.steps[0].kept.world_size, r.world_size);
-  std::cout << absl::StrFormat("%-10s %12s %12s %9s %18s %12s %12s\n", "policy", "mean ms", "p99 ms", "speedup",
-                               "imbalance bef/aft", "copies/step", "plan changes");
+  std::cout << absl::StrFormat("%-10s %12s %12s %9s %18s %12s %12s %12s\n", "policy", "mean ms", "p99 ms",
+                               "speedup", "imbalance bef/aft", "MB/step", "copies/step", "plan changes");
   for (const PolicyReport& p : r.policies)
-    std::cout << absl::StrFormat("%-10s %12.4f %12.4f %8.3fx %8.2f / %-7.2f %12.2f %12d\n", p.policy,
+    std::cout << absl::StrFormat("%-10s %12.4f %12.4f %8.3fx %8.2f / %-7.2f %12.3f %12.2f %12d\n", p.policy,
                                  p.mean_seconds * 1e3, p.p99_seconds * 1e3, p.speedup_vs_none, p.imbalance_before,
-                                 p.imbalance_after, p.copies_per_step, p.plan_changes);
+                                 p.imbalance_after, p.bytes_per_step / 1e6, p.copies_per_step, p.plan_changes);
 }
 
 int Run(const Args& a) {
@@ -161,6 +164,40 @@ int Run(const Args& a) {
   return rc;
 }
 
+int Calibrate(const Args& a) {
+  if (a.positional.size() != 1) {
+    std::cerr << "dynamoe-replay calibrate: give one trace recorded with DYNAMOE_TRACE\n" << kUsage;
+    return 2;
+  }
+  double heldout = 0.2;
+  if (!Number(a, "--heldout", &heldout)) return 2;
+  std::string bytes;
+  if (!ReadFile(a.positional[0], &bytes)) {
+    std::cerr << "dynamoe-replay: cannot read trace '" << a.positional[0] << "'\n";
+    return 1;
+  }
+  auto t = ParseAnyTrace(bytes);
+  if (!t.ok()) {
+    std::cerr << "dynamoe-replay: " << a.positional[0] << ": " << t.status().message() << "\n";
+    return 1;
+  }
+  auto c = dynamoe::placement::Calibrate(*t, heldout);
+  if (!c.ok()) {
+    std::cerr << "dynamoe-replay: " << a.positional[0] << ": " << c.status().message() << "\n";
+    return 1;
+  }
+  std::cout << absl::StrFormat("%s: fitted on %d steps, checked on the %d after them\n", a.positional[0],
+                               c->fit_steps, c->heldout_steps);
+  std::cout << absl::StrFormat("%-9s %14s %14s %24s\n", "phase", "s per row", "intercept s", "held-out median error");
+  for (const auto& f : c->fits)
+    std::cout << absl::StrFormat("%-9s %14.4g %14.4g %23.1f%%\n", f.phase, f.slope, f.intercept,
+                                 100 * f.heldout_median_error);
+  if (c->flops > 0) std::cout << absl::StrFormat("implied expert rate: %.4g FLOP/s\n", c->flops);
+  if (c->bytes_per_second > 0) std::cout << absl::StrFormat("implied exchange rate: %.4g B/s\n", c->bytes_per_second);
+  std::cout << absl::StrFormat("forward step time, held-out steps: median error %.1f%%\n", 100 * c->step_median_error);
+  return 0;
+}
+
 int Synth(const Args& a) {
   if (!a.flags.count("--out")) {
     std::cerr << "dynamoe-replay synth: --out FILE is required\n" << kUsage;
@@ -193,11 +230,12 @@ int Synth(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || (std::string(argv[1]) != "run" && std::string(argv[1]) != "synth")) {
+  const std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd != "run" && cmd != "synth" && cmd != "calibrate") {
     std::cerr << kUsage;
     return 2;
   }
   Args a;
   if (!ParseArgs(argc, argv, &a)) return 2;
-  return std::string(argv[1]) == "run" ? Run(a) : Synth(a);
+  return cmd == "run" ? Run(a) : cmd == "calibrate" ? Calibrate(a) : Synth(a);
 }

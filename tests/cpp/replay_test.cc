@@ -1,6 +1,7 @@
 // The replay engine on traces whose predicted times are worked out by hand.
 #include <gtest/gtest.h>
 
+#include "placement/calibrate.h"
 #include "placement/replay.h"
 
 namespace dynamoe::placement {
@@ -54,6 +55,8 @@ TEST(Replay, PredictsTheHandComputedTimes) {
   EXPECT_NEAR(p.imbalance_after, (4 / 3.0 + 1.5) / 2, 1e-12);
   EXPECT_EQ(p.plan_changes, 0);
   EXPECT_EQ(p.copies_per_step, 0);
+  // Step 1 moves 4 rows off their rank (3 + 1), 32 bytes each, in 4 exchanges.
+  EXPECT_DOUBLE_EQ(p.bytes_per_step, (0 + 4 * 32 * 4) / 2.0);
 }
 
 TEST(Replay, RehomesToALargerWorldAndChecksTheFit) {
@@ -86,6 +89,50 @@ TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("nonsense"), std::string::npos) << bad.status();
   EXPECT_FALSE(Replay(Trace{}, Options()).ok());
+}
+
+}  // namespace
+}  // namespace dynamoe::placement
+
+namespace dynamoe::placement {
+namespace {
+
+// Phase times that are exactly linear in the rows: the fit recovers the
+// coefficients, the implied rates follow from the layer sizes, and the
+// held-out error is 0.
+TEST(Calibrate, RecoversALinearCostModel) {
+  Trace t;
+  t.rank = 0;
+  t.phase_names = {"gate", "dispatch", "experts", "combine"};
+  t.layers.push_back({"moe0", 4, 8, 16, false, false, 4});
+  for (int64_t s = 0; s < 20; ++s) {
+    TraceStep st;
+    st.step = s;
+    // Rank 0 keeps 2 + s rows on expert 0 and sends s % 5 rows to expert 2 (rank 1).
+    st.kept = *CountMatrix::Make(2, 4, {2 + s, 0, s % 5, 0, /**/ 0, 0, 1, 0});
+    st.routed = st.kept;
+    const double rows = 2.0 + s, sent = s % 5;
+    st.phase_seconds = {0.001, 0.5 * (1e-3 * sent + 2e-4), 4e-3 * rows + 1e-3, 0.5 * (1e-3 * sent + 2e-4)};
+    t.steps.push_back(st);
+  }
+  const auto c = Calibrate(t, 0.25);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->fit_steps, 15);
+  EXPECT_EQ(c->heldout_steps, 5);
+  ASSERT_EQ(c->fits.size(), 2u);
+  EXPECT_NEAR(c->fits[0].slope, 4e-3, 1e-12);
+  EXPECT_NEAR(c->fits[0].intercept, 1e-3, 1e-12);
+  EXPECT_NEAR(c->fits[1].slope, 1e-3, 1e-12);
+  EXPECT_NEAR(c->fits[1].intercept, 2e-4, 1e-12);
+  EXPECT_NEAR(c->step_median_error, 0, 1e-9);
+  EXPECT_NEAR(c->flops, 2.0 * 2 * 8 * 16 / 4e-3, 1e-3);    // FLOP per row / seconds per row
+  EXPECT_NEAR(c->bytes_per_second, 2.0 * 8 * 4 / 1e-3, 1e-6);  // two exchanges of 32-byte rows
+
+  Trace imported = t;
+  for (auto& st : imported.steps) st.phase_seconds.clear();
+  const auto none = Calibrate(imported);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("at least 5"), std::string::npos) << none.status();
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 """dynamoe-replay as users run it: synth, run on every input form, CSV output,
 and the exit codes and messages of bad input."""
+import os
 import pathlib
 import subprocess
 
@@ -74,3 +75,19 @@ def test_truncated_trace_replays_what_parsed(tmp_path, trace):
     assert r.returncode == 0, r.stderr
     assert "warning" in r.stderr and "cut short" in r.stderr
     assert "39 steps" in r.stdout
+
+
+def test_calibrate_on_a_trace_the_demo_recorded(tmp_path, trace):
+    demo = ROOT / "build" / "default" / "tools" / "dynamoe-demo"
+    env = dict(os.environ, DYNAMOE_TRACE=str(tmp_path / "run"), DYNAMOE_LOG_LEVEL="warning")
+    r = subprocess.run([str(demo), "--ranks", "2", "--steps", "60", "--log-every", "60"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = replay("calibrate", tmp_path / "run.rank0.dmtrace")
+    assert c.returncode == 0, c.stderr
+    assert "fitted on 48 steps, checked on the 12 after them" in c.stdout
+    assert "forward step time, held-out steps: median error" in c.stdout
+    # The recorded trace replays too (2 ranks, 8 experts: re-homed to 8 ranks).
+    assert replay("run", tmp_path / "run.rank1.dmtrace", "--world", 8).returncode == 0
+    bad = replay("calibrate", trace)  # a synthetic trace has no phase timings
+    assert bad.returncode == 1 and "record it with DYNAMOE_TRACE" in bad.stderr

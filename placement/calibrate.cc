@@ -1,0 +1,105 @@
+#include "placement/calibrate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "placement/plan.h"
+
+namespace dynamoe::placement {
+namespace {
+
+struct Sample {
+  double compute_rows = 0, exchange_rows = 0;  // the x of each fit
+  double experts = 0, exchange = 0, total = 0;  // recorded seconds
+  double other = 0;                             // recorded seconds of the phases without a fit
+  int64_t layer = 0;
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void Fit(const std::vector<Sample>& s, size_t n, double Sample::*x, double Sample::*y, PhaseFit* f) {
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < n; ++i) mx += s[i].*x, my += s[i].*y;
+  mx /= static_cast<double>(n), my /= static_cast<double>(n);
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < n; ++i) sxy += (s[i].*x - mx) * (s[i].*y - my), sxx += (s[i].*x - mx) * (s[i].*x - mx);
+  f->slope = sxx > 0 ? sxy / sxx : 0;
+  f->intercept = my - f->slope * mx;
+}
+
+}  // namespace
+
+absl::StatusOr<Calibration> Calibrate(const Trace& trace, double heldout) {
+  DYNAMOE_CHECK_ARG(heldout > 0 && heldout < 1, "calibrate: the held-out fraction must be in (0, 1), got ", heldout);
+  const auto index = [&](const char* name) -> int64_t {
+    for (size_t i = 0; i < trace.phase_names.size(); ++i)
+      if (trace.phase_names[i] == name) return static_cast<int64_t>(i);
+    return -1;
+  };
+  const int64_t experts = index("experts"), dispatch = index("dispatch"), combine = index("combine");
+  DYNAMOE_CHECK_ARG(experts >= 0 && dispatch >= 0 && combine >= 0,
+                    "calibrate: the trace names no experts/dispatch/combine phases; record it with DYNAMOE_TRACE");
+  std::vector<Sample> samples;
+  for (const TraceStep& st : trace.steps) {
+    if (st.phase_seconds.size() != trace.phase_names.size()) continue;
+    const int64_t P = st.kept.world_size;
+    const Plan plan = st.plan ? *st.plan : Plan::None(P, st.kept.num_experts);
+    std::vector<int64_t> rows(P, 0), send(P, 0), recv(P, 0);
+    ForEachRoute(plan, st.kept, [&](int64_t s, int64_t, int64_t d, int64_t n) {
+      rows[d] += n;
+      if (s != d) send[s] += n, recv[d] += n;
+    });
+    // The recording rank's own work; the busiest rank's for merged traces.
+    const int64_t r = trace.rank >= 0 && trace.rank < P ? trace.rank : -1;
+    Sample x;
+    x.layer = st.layer;
+    x.compute_rows = static_cast<double>(r >= 0 ? rows[r] : *std::max_element(rows.begin(), rows.end()));
+    x.exchange_rows = static_cast<double>(r >= 0 ? std::max(send[r], recv[r])
+                                                 : std::max(*std::max_element(send.begin(), send.end()),
+                                                            *std::max_element(recv.begin(), recv.end())));
+    x.experts = st.phase_seconds[experts];
+    x.exchange = st.phase_seconds[dispatch] + st.phase_seconds[combine];
+    for (double v : st.phase_seconds) x.total += v;
+    x.other = x.total - x.experts - x.exchange;
+    samples.push_back(x);
+  }
+  DYNAMOE_CHECK_ARG(samples.size() >= 5, "calibrate: ", samples.size(),
+                    " steps have phase timings; at least 5 are needed (imported CSV/JSONL traces have none)");
+  Calibration c;
+  c.heldout_steps = std::max<int64_t>(1, static_cast<int64_t>(std::floor(heldout * samples.size())));
+  c.fit_steps = static_cast<int64_t>(samples.size()) - c.heldout_steps;
+  const size_t n = static_cast<size_t>(c.fit_steps);
+  PhaseFit fe{"experts"}, fx{"exchange"};
+  Fit(samples, n, &Sample::compute_rows, &Sample::experts, &fe);
+  Fit(samples, n, &Sample::exchange_rows, &Sample::exchange, &fx);
+  double other = 0;
+  for (size_t i = 0; i < n; ++i) other += samples[i].other;
+  other /= static_cast<double>(n);
+  std::vector<double> err_e, err_x;
+  for (size_t i = n; i < samples.size(); ++i) {
+    const Sample& s = samples[i];
+    const double pe = fe.slope * s.compute_rows + fe.intercept, px = fx.slope * s.exchange_rows + fx.intercept;
+    if (s.experts > 0) err_e.push_back(std::fabs(pe - s.experts) / s.experts);
+    if (s.exchange > 0) err_x.push_back(std::fabs(px - s.exchange) / s.exchange);
+    if (s.total > 0) c.step_errors.push_back(std::fabs(pe + px + other - s.total) / s.total);
+  }
+  fe.heldout_median_error = Median(err_e), fx.heldout_median_error = Median(err_x);
+  c.fits = {fe, fx};
+  c.step_median_error = Median(c.step_errors);
+  const TraceLayerSpec& l = trace.layers.empty() ? TraceLayerSpec{} : trace.layers[samples[0].layer];
+  if (l.d_model > 0 && l.d_hidden > 0) {
+    const double flops_per_row = 2.0 * (l.gated ? 3 : 2) * l.d_model * l.d_hidden;
+    if (fe.slope > 0) c.flops = flops_per_row / fe.slope;
+    // Two exchanges (dispatch, combine) per forward.
+    if (fx.slope > 0) c.bytes_per_second = 2.0 * static_cast<double>(l.d_model * l.bytes_per_element) / fx.slope;
+  }
+  return c;
+}
+
+}  // namespace dynamoe::placement
