@@ -61,6 +61,9 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   ClusterSpec cluster = options.cluster;
   cluster.world_size = report.world_size;
 
+  const int64_t total = report.steps * static_cast<int64_t>(options.policies.size());
+  const int64_t every = std::max<int64_t>(1, total / 100);
+  int64_t done = 0;
   for (const std::string& name : options.policies) {
     PolicyReport pr;
     pr.policy = name;
@@ -94,6 +97,7 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
       if (has_last[s.layer] && !SamePlan(plan, last[s.layer])) ++pr.plan_changes;
       last[s.layer] = std::move(plan);
       has_last[s.layer] = true;
+      if (options.progress && (++done % every == 0 || done == total)) options.progress(done, total);
     }
     const double n = static_cast<double>(pr.step_seconds.size());
     pr.mean_seconds = std::accumulate(pr.step_seconds.begin(), pr.step_seconds.end(), 0.0) / n;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ struct ReplayOptions {
   // Sizes for layers the trace does not give (imported CSV/JSONL): d_model,
   // d_hidden, bf16.
   LayerSpec default_layer{1024, 4096, false, false, 2};
+  // Called about every 1% of (steps x policies) replayed, and at the end.
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 struct PolicyReport {

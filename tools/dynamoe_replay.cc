@@ -9,6 +9,8 @@
 //                  [--tokens N] [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]
 //
 // Exit codes: 0 done, 1 bad input (trace, cluster file), 2 bad usage.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -125,6 +127,12 @@ int Run(const Args& a) {
       !Number(a, "--hysteresis", &o.policy.hysteresis) || !Number(a, "--max-copied", &o.policy.max_copied))
     return 2;
   o.policy.cost.overlap = a.flags.count("--overlap") > 0;
+  if (isatty(2))  // a progress bar on a terminal; logs and pipes stay clean
+    o.progress = [](int64_t done, int64_t total) {
+      const int pct = static_cast<int>(100 * done / total);
+      std::cerr << "\rreplaying [" << std::string(pct / 5, '#') << std::string(20 - pct / 5, ' ') << "] " << pct
+                << "%" << (done == total ? "\r" + std::string(40, ' ') + "\r" : "") << std::flush;
+    };
   std::ofstream csv;
   if (a.flags.count("--csv")) {
     csv.open(a.flags.at("--csv"));

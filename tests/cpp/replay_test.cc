@@ -84,6 +84,13 @@ TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
     EXPECT_EQ(a->policies[i].step_seconds, b->policies[i].step_seconds) << a->policies[i].policy;
     EXPECT_NEAR(a->policies[i].speedup_vs_none, a->policies[0].mean_seconds / a->policies[i].mean_seconds, 1e-12);
   }
+  std::vector<int64_t> seen;
+  o.progress = [&](int64_t done, int64_t total) {
+    EXPECT_EQ(total, 8);  // 2 steps x 4 policies
+    seen.push_back(done);
+  };
+  ASSERT_TRUE(Replay(TwoStepTrace(), o).ok());
+  EXPECT_EQ(seen, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
   o.policies = {"nonsense"};
   const auto bad = Replay(TwoStepTrace(), o);
   ASSERT_FALSE(bad.ok());
