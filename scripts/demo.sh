@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# deps -> build -> the main job: train the skewed demo model on 4 CPU ranks
-# (expert parallelism over Gloo) and show the loss and the imbalance of the
-# all-gathered count matrix. Ranks: DYNAMOE_DEMO_RANKS or --ranks N (1 runs
-# in one process). Other arguments go to dynamoe-demo: --steps N
-# --log-every N --experts N --top-k N --seed N --batch N.
+# deps -> build -> the main job: 4 CPU ranks (expert parallelism over Gloo)
+# train the skewed demo model (64 experts) with placement `adaptive` and the
+# `overlap` schedule, expose Prometheus metrics (port 9400 + local rank) and
+# write a routing trace; then dynamoe-replay replays that trace against all
+# four policies for a 64-GPU H100 cluster and prints the table.
+# Every DYNAMOE_* variable overrides its default here (DYNAMOE_METRICS_PORT=0
+# turns metrics off). Ranks: DYNAMOE_DEMO_RANKS or --ranks N. Other arguments
+# go to dynamoe-demo: --steps N --log-every N --experts N --top-k N --seed N --batch N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 ./scripts/build.sh >/dev/null
-exec ./build/default/tools/dynamoe-demo --ranks "${DYNAMOE_DEMO_RANKS:-4}" "$@"
+mkdir -p build/demo
+export DYNAMOE_PLACEMENT=${DYNAMOE_PLACEMENT:-adaptive}
+export DYNAMOE_SCHEDULE=${DYNAMOE_SCHEDULE:-overlap}
+export DYNAMOE_METRICS_PORT=${DYNAMOE_METRICS_PORT:-9400}
+export DYNAMOE_TRACE=${DYNAMOE_TRACE:-build/demo/trace}
+rm -f "$DYNAMOE_TRACE".rank*.dmtrace
+./build/default/tools/dynamoe-demo --ranks "${DYNAMOE_DEMO_RANKS:-4}" --experts 64 "$@"
+echo
+echo "metrics were served at http://127.0.0.1:${DYNAMOE_METRICS_PORT}/metrics (+ local rank) while it ran;"
+echo "trace: ${DYNAMOE_TRACE}.rank*.dmtrace. Replaying it for a 64-GPU H100 cluster (8 per NVLink node, InfiniBand):"
+./build/default/tools/dynamoe-replay run "${DYNAMOE_TRACE}.rank0.dmtrace" --world 64 --preset h100-nvlink-ib \
+  --csv build/demo/replay.csv
+echo "per-step predictions per policy: build/demo/replay.csv"
