@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     dynamoe::tools::LaunchOptions opts;
     opts.rank0_passthrough = true;
     opts.timeout_s = 600;
-    for (int r = 0; r < std::stoi(w); ++r) opts.env_of_rank[r]["DYNAMOE_LOG_LEVEL"] = "warning";
+    opts.env = {{"DYNAMOE_LOG_LEVEL", "warning"}};
     const auto results = dynamoe::tools::LaunchLocal(dynamoe::tools::SelfExecutable(), args, std::stoi(w), opts);
     for (size_t r = 0; r < results.size(); ++r)
       if (results[r].exit_code != 0) {

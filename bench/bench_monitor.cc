@@ -13,22 +13,15 @@
 #include <iostream>
 
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "bindings/moe_layer.h"
 #include "monitor/metrics.h"
 #include "monitor/trace_writer.h"
 
 namespace {
 
-double Seconds(const std::function<void()>& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using dynamoe::bench::Median;
+using dynamoe::bench::Seconds;
 
 }  // namespace
 

@@ -28,6 +28,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "bench/bench_util.h"
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "placement/cost_model.h"
@@ -73,10 +74,7 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 using dynamoe::runtime::ParallelGroups;
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
+using dynamoe::bench::Median;
 
 // One training step; returns (wall seconds between barriers, seconds this rank waited on the EP group).
 std::pair<double, double> Step(dynamoe::MoELayer& layer, const torch::Tensor& x0, const ParallelGroups& g) {
@@ -195,7 +193,7 @@ int main(int argc, char** argv) {
   for (int world : Ints(a.worlds)) {
     dynamoe::tools::LaunchOptions opts;
     opts.timeout_s = 900;
-    for (int r = 0; r < world; ++r) opts.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"OMP_NUM_THREADS", "1"}};
+    opts.env = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"OMP_NUM_THREADS", "1"}};
     const auto results =
         dynamoe::tools::LaunchLocal(dynamoe::tools::SelfExecutable(), std::vector<std::string>(argv + 1, argv + argc),
                                     world, opts);

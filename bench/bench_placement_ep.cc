@@ -144,10 +144,8 @@ int main(int argc, char** argv) {
   auto launch = [&](const std::string& mode, const std::map<std::string, std::string>& env) {
     dynamoe::tools::LaunchOptions opts;
     opts.timeout_s = 900;
-    for (int r = 0; r < world; ++r) {
-      opts.env_of_rank[r] = env;
-      opts.env_of_rank[r]["DYNAMOE_LOG_LEVEL"] = "warning";
-    }
+    opts.env = env;
+    opts.env["DYNAMOE_LOG_LEVEL"] = "warning";
     std::vector<std::string> args(argv + 1, argv + argc);
     args.push_back("--mode");
     args.push_back(mode);

@@ -57,6 +57,7 @@ std::vector<RankResult> LaunchLocal(const std::string& program, const std::vecto
       setenv("RANK", std::to_string(r).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      for (const auto& [k, v] : options.env) setenv(k.c_str(), v.c_str(), 1);
       if (auto it = options.env_of_rank.find(r); it != options.env_of_rank.end())
         for (const auto& [k, v] : it->second) setenv(k.c_str(), v.c_str(), 1);
       if (!(r == 0 && options.rank0_passthrough)) {

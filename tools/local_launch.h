@@ -17,7 +17,8 @@ struct RankResult {
 struct LaunchOptions {
   double timeout_s = 120;        // then every rank is killed
   bool rank0_passthrough = false;  // rank 0 writes to this process's stdout/stderr
-  std::map<int, std::map<std::string, std::string>> env_of_rank;  // extra variables per rank
+  std::map<std::string, std::string> env;                         // extra variables on every rank
+  std::map<int, std::map<std::string, std::string>> env_of_rank;  // per rank, over `env`
 };
 
 // A free TCP port on 127.0.0.1 (for MASTER_PORT).

@@ -20,8 +20,8 @@ using dynamoe::tools::RankResult;
 std::vector<RankResult> Launch(int world, const std::vector<std::string>& args,
                                std::map<int, std::map<std::string, std::string>> env_of_rank = {}) {
   dynamoe::tools::LaunchOptions options;
-  for (int r = 0; r < world; ++r) env_of_rank[r].emplace("DYNAMOE_LOG_LEVEL", "warning");
-  options.env_of_rank = env_of_rank;
+  options.env = {{"DYNAMOE_LOG_LEVEL", "warning"}};
+  options.env_of_rank = std::move(env_of_rank);
   return dynamoe::tools::LaunchLocal(DYNAMOE_EP_WORKER, args, world, options);
 }
 

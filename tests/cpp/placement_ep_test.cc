@@ -24,11 +24,10 @@ class PlacementEpTest : public testing::TestWithParam<Case> {};
 TEST_P(PlacementEpTest, EveryPolicyMatchesNone) {
   DYNAMOE_SKIP_WITHOUT_GLOO();
   dynamoe::tools::LaunchOptions options;
-  for (int r = 0; r < GetParam().world; ++r)
-    options.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"},
-                              {"DYNAMOE_CHECK_PLAN", "1"},
-                              {"DYNAMOE_GPU_FLOPS", "1e6"},
-                              {"DYNAMOE_PLACEMENT_INTERVAL", "2"}};
+  options.env = {{"DYNAMOE_LOG_LEVEL", "warning"},
+                 {"DYNAMOE_CHECK_PLAN", "1"},
+                 {"DYNAMOE_GPU_FLOPS", "1e6"},
+                 {"DYNAMOE_PLACEMENT_INTERVAL", "2"}};
   const auto results = dynamoe::tools::LaunchLocal(DYNAMOE_PLACEMENT_WORKER, GetParam().args, GetParam().world, options);
   const std::string all = dynamoe::tools::DescribeResults(results);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << all;

@@ -24,8 +24,7 @@ class ScheduleEpTest : public testing::TestWithParam<Case> {};
 TEST_P(ScheduleEpTest, OverlapMatchesSequential) {
   DYNAMOE_SKIP_WITHOUT_GLOO();
   dynamoe::tools::LaunchOptions options;
-  for (int r = 0; r < GetParam().world; ++r)
-    options.env_of_rank[r] = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"DYNAMOE_GPU_FLOPS", "1e6"}};
+  options.env = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"DYNAMOE_GPU_FLOPS", "1e6"}};
   const auto results = dynamoe::tools::LaunchLocal(DYNAMOE_SCHEDULE_WORKER, GetParam().args, GetParam().world, options);
   const std::string all = dynamoe::tools::DescribeResults(results);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << all;
