@@ -73,26 +73,34 @@ LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan pla
   row_inter_ = model.RowSeconds(false);
   lat_intra_ = model.cluster().intra_node_latency_s;
   lat_inter_ = model.cluster().inter_node_latency_s;
-  // Plain expert parallelism in one pass over the matrix ...
+  // Plain expert parallelism in one pass over the matrix's nonzeros; the
+  // links each source uses are collected as they first appear, so sparse
+  // counts cost O(nonzeros), not O(world^2).
   const int32_t* owner = plan_.owner.data();
+  std::vector<int32_t> used;
   for (int64_t s = 0; s < P_; ++s) {
     const int64_t* row = counts.counts.data() + s * E;
     int64_t* link = link_rows_.data() + s * P_;
+    used.clear();
     for (int64_t e = 0; e < E; ++e) {
-      loads_[e] += row[e];
-      link[owner[e]] += row[e];
-    }
-  }
-  for (int64_t s = 0; s < P_; ++s)
-    for (int64_t d = 0; d < P_; ++d) {
-      int64_t& n = link_rows_[s * P_ + d];
-      rows_[d] += n;
-      if (s == d) n = 0;  // rows kept on their rank are not link traffic
+      const int64_t n = row[e];
       if (n == 0) continue;
-      const double t = LinkDelta(s, d, 0, n);
-      send_[s] += t;
+      const int32_t d = owner[e];
+      loads_[e] += n;
+      rows_[d] += n;
+      if (d == s) continue;  // rows kept on their rank are not link traffic
+      if (link[d] == 0) used.push_back(d);
+      link[d] += n;
+    }
+    double sent = 0;  // in a register: send_ and recv_ may alias for the compiler
+    for (int32_t d : used) {
+      const double t = LinkDelta(s, d, 0, link[d]);
+      off_rank_rows_ += link[d];
+      sent += t;
       recv_[d] += t;
     }
+    send_[s] = sent;
+  }
   // ... then the plan's copies as edits.
   for (int64_t e = 0; e < E; ++e) {
     if (plan_.copies[e].empty()) continue;
@@ -106,6 +114,7 @@ void LoadState::ApplyLink(int64_t from, int64_t to, int64_t rows) {
   int64_t& n = link_rows_[from * P_ + to];
   const double t = LinkDelta(from, to, n, rows);
   n += rows;
+  off_rank_rows_ += rows;
   send_[from] += t;
   recv_[to] += t;
 }

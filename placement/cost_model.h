@@ -101,6 +101,10 @@ class LoadState {
   // changing the state: one pass over the ranks, no allocation.
   double Try(int64_t expert, const std::vector<int32_t>& copies);
   int64_t RowsOn(int64_t rank) const { return rows_[rank]; }
+  // [P] rows computed per rank.
+  const std::vector<int64_t>& rows() const { return rows_; }
+  // Rows that leave their source rank in one exchange.
+  int64_t OffRankRows() const { return off_rank_rows_; }
   // Rank with the most rows (the compute bottleneck); lowest index on ties.
   int64_t BusiestRank() const;
   // Least-loaded rank not holding `expert`, or -1.
@@ -133,6 +137,7 @@ class LoadState {
   int64_t P_;
   std::vector<int64_t> rows_;       // [P] rows computed per rank
   std::vector<int64_t> link_rows_;  // [P * P] rows from -> to (to != from)
+  int64_t off_rank_rows_ = 0;       // sum of link_rows_
   std::vector<double> send_, recv_;            // [P] one exchange, seconds
   std::vector<double> bcast_send_, bcast_recv_; // [P] seconds
   std::vector<int64_t> copies_on_;

@@ -1,9 +1,12 @@
 #include "placement/replay.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <numeric>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -13,20 +16,42 @@ namespace {
 
 bool SamePlan(const Plan& a, const Plan& b) { return a.owner == b.owner && a.copies == b.copies; }
 
-// max / mean of the rows each rank computes under the plan.
-double RowImbalance(const CountMatrix& counts, const Plan& plan) {
-  std::vector<int64_t> rows(counts.world_size, 0);
-  ForEachRoute(plan, counts, [&](int64_t, int64_t, int64_t d, int64_t n) { rows[d] += n; });
-  return LoadImbalance(rows);
+// What the plan does with the step's rows: rows computed per rank and rows
+// leaving their rank per exchange, in one pass over the matrix (the policy
+// already predicted the time, so no second cost-model evaluation is needed).
+struct Traffic {
+  std::vector<int64_t> rows;
+  int64_t off_rank = 0;
+};
+
+void RouteTotals(const CountMatrix& counts, const Plan& plan, Traffic& t) {
+  const int64_t P = counts.world_size, E = counts.num_experts;
+  t.rows.assign(P, 0);
+  t.off_rank = 0;
+  for (int64_t s = 0; s < P; ++s) {
+    const int64_t* row = counts.counts.data() + s * E;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = row[e];
+      if (n == 0) continue;
+      if (plan.copies[e].empty()) {  // plain expert parallelism
+        t.rows[plan.owner[e]] += n;
+        t.off_rank += plan.owner[e] != s ? n : 0;
+      } else if (plan.Holds(s, e)) {
+        t.rows[s] += n;
+      } else {
+        t.off_rank += n;
+        SplitRows(plan.owner[e], plan.copies[e], false, s, n, [&](int64_t d, int64_t r) { t.rows[d] += r; });
+      }
+    }
+  }
 }
 
-// Bytes the step moves between ranks under the plan.
-double BytesMoved(const CountMatrix& counts, const Plan& plan, const CostModel& model) {
-  int64_t off_rank = 0;
-  ForEachRoute(plan, counts, [&](int64_t s, int64_t, int64_t d, int64_t n) { off_rank += s != d ? n : 0; });
+// Bytes the step moves between ranks: token rows leaving their rank in every
+// exchange, plus the copies' weights (and their gradients in training).
+double BytesMoved(const Traffic& t, const Plan& plan, const CostModel& model) {
   const double weights = static_cast<double>(plan.TotalCopies()) * model.layer().ExpertBytes() *
                          (model.options().training ? 2.0 : 1.0);
-  return static_cast<double>(off_rank) * model.layer().RowBytes() * model.Exchanges() + weights;
+  return static_cast<double>(t.off_rank) * model.layer().RowBytes() * model.Exchanges() + weights;
 }
 
 double P99(std::vector<double> v) {
@@ -52,6 +77,60 @@ absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size
   return CountMatrix::Make(world_size, E, std::move(out));
 }
 
+namespace {
+
+// One policy on one layer: the unit of parallel work. Sums are per item and
+// combined in layer order, so results do not depend on the thread count.
+struct LayerResult {
+  double before = 0, after = 0, copies = 0, bytes = 0;
+  int64_t plan_changes = 0;
+  absl::Status status;
+};
+
+// Replays the steps of one layer (indices into trace.steps, in trace order)
+// through a fresh instance of the policy; writes pr's per-step vectors (and
+// `before` when given) at those indices.
+LayerResult ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, int64_t layer,
+                        const ReplayOptions& options, const ClusterSpec& cluster, const std::string& name,
+                        const std::function<void()>& tick, PolicyReport& pr, std::vector<double>* before) {
+  LayerResult out;
+  const TraceLayerSpec& l = trace.layers[layer];
+  LayerSpec spec = options.default_layer;
+  if (l.d_model > 0 && l.d_hidden > 0)
+    spec = LayerSpec{l.d_model, l.d_hidden, l.gated, l.bias, l.bytes_per_element > 0 ? l.bytes_per_element : 2};
+  PolicyOptions po = options.policy;
+  po.layer = l.name;
+  auto policy = MakePolicy(name, cluster, spec, po);
+  if (!policy.ok()) return out.status = policy.status(), out;
+  Plan last;
+  bool has_last = false;
+  Traffic traffic;
+  for (size_t i : steps) {
+    auto counts = Rehome(trace.steps[i].kept, cluster.world_size);
+    if (!counts.ok()) return out.status = counts.status(), out;
+    auto plan = (*policy)->Step(*counts);
+    if (!plan.ok()) return out.status = plan.status(), out;
+    // Every policy predicts its plan on the counts it was given.
+    pr.step_seconds[i] = plan->predicted_step_seconds;
+    RouteTotals(*counts, *plan, traffic);
+    const double imbalance = LoadImbalance(counts->ExpertLoads());
+    if (before) (*before)[i] = imbalance;
+    pr.step_imbalance_after[i] = LoadImbalance(traffic.rows);
+    pr.step_copies[i] = static_cast<int32_t>(plan->TotalCopies());
+    out.before += imbalance;
+    out.after += pr.step_imbalance_after[i];
+    out.copies += pr.step_copies[i];
+    out.bytes += BytesMoved(traffic, *plan, (*policy)->model());
+    if (has_last && !SamePlan(*plan, last)) ++out.plan_changes;
+    last = std::move(*plan);
+    has_last = true;
+    tick();
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& options) {
   DYNAMOE_CHECK_ARG(!trace.steps.empty(), "replay: the trace has no steps");
   DYNAMOE_CHECK_ARG(!options.policies.empty(), "replay: no policy to replay");
@@ -60,51 +139,68 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   report.steps = static_cast<int64_t>(trace.steps.size());
   ClusterSpec cluster = options.cluster;
   cluster.world_size = report.world_size;
+  for (const std::string& name : options.policies)  // unknown names fail before any work
+    DYNAMOE_RETURN_IF_ERROR(MakePolicy(name, cluster, options.default_layer, options.policy).status());
+  const int64_t L = static_cast<int64_t>(trace.layers.size());
+  std::vector<std::vector<size_t>> by_layer(L);
+  for (size_t i = 0; i < trace.steps.size(); ++i) {
+    const TraceStep& s = trace.steps[i];
+    DYNAMOE_CHECK_ARG(s.layer >= 0 && s.layer < L, "replay: step ", s.step, " names layer ", s.layer, " of ", L);
+    by_layer[s.layer].push_back(i);
+  }
 
-  const int64_t total = report.steps * static_cast<int64_t>(options.policies.size());
+  const size_t P = options.policies.size();
+  const int64_t total = report.steps * static_cast<int64_t>(P);
   const int64_t every = std::max<int64_t>(1, total / 100);
-  int64_t done = 0;
-  for (const std::string& name : options.policies) {
-    PolicyReport pr;
-    pr.policy = name;
-    // One stateful policy per layer, made on the layer's first step.
-    std::vector<std::unique_ptr<Policy>> per_layer(trace.layers.size());
-    std::vector<Plan> last(trace.layers.size());
-    std::vector<bool> has_last(trace.layers.size(), false);
-    double before = 0, after = 0, copies = 0, bytes = 0;
-    for (const TraceStep& s : trace.steps) {
-      DYNAMOE_CHECK_ARG(s.layer >= 0 && s.layer < static_cast<int64_t>(trace.layers.size()),
-                        "replay: step ", s.step, " names layer ", s.layer, " of ", trace.layers.size());
-      CountMatrix counts;
-      DYNAMOE_ASSIGN_OR_RETURN(counts, Rehome(s.kept, report.world_size));
-      auto& policy = per_layer[s.layer];
-      if (!policy) {
-        const TraceLayerSpec& l = trace.layers[s.layer];
-        LayerSpec spec = options.default_layer;
-        if (l.d_model > 0 && l.d_hidden > 0)
-          spec = LayerSpec{l.d_model, l.d_hidden, l.gated, l.bias, l.bytes_per_element > 0 ? l.bytes_per_element : 2};
-        PolicyOptions po = options.policy;
-        po.layer = l.name;
-        DYNAMOE_ASSIGN_OR_RETURN(policy, MakePolicy(name, cluster, spec, po));
-      }
-      Plan plan;
-      DYNAMOE_ASSIGN_OR_RETURN(plan, policy->Step(counts));
-      pr.step_seconds.push_back(policy->model().Predict(counts, plan).total);
-      before += LoadImbalance(counts.ExpertLoads());
-      after += RowImbalance(counts, plan);
-      copies += static_cast<double>(plan.TotalCopies());
-      bytes += BytesMoved(counts, plan, policy->model());
-      if (has_last[s.layer] && !SamePlan(plan, last[s.layer])) ++pr.plan_changes;
-      last[s.layer] = std::move(plan);
-      has_last[s.layer] = true;
-      if (options.progress && (++done % every == 0 || done == total)) options.progress(done, total);
+  std::atomic<int64_t> done{0};
+  std::mutex progress_mu;
+  auto tick = [&] {
+    const int64_t d = ++done;
+    if (options.progress && (d % every == 0 || d == total)) {
+      std::lock_guard<std::mutex> lock(progress_mu);
+      options.progress(d, total);
     }
-    const double n = static_cast<double>(pr.step_seconds.size());
+  };
+  // Every (policy, layer) pair is independent: a pool of one thread per core
+  // takes them in turn.
+  report.policies.resize(P);
+  for (size_t p = 0; p < P; ++p) {
+    report.policies[p].policy = options.policies[p];
+    report.policies[p].step_seconds.assign(trace.steps.size(), 0.0);
+    report.policies[p].step_imbalance_after.assign(trace.steps.size(), 0.0);
+    report.policies[p].step_copies.assign(trace.steps.size(), 0);
+  }
+  report.step_imbalance_before.assign(trace.steps.size(), 0.0);
+  std::vector<LayerResult> results(P * L);
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i; (i = next++) < results.size();) {
+      const size_t p = i / L, l = i % L;
+      results[i] = ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, options.policies[p],
+                               tick, report.policies[p], p == 0 ? &report.step_imbalance_before : nullptr);
+    }
+  };
+  const size_t threads = std::min<size_t>(results.size(), std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+
+  const double n = static_cast<double>(report.steps);
+  for (size_t p = 0; p < P; ++p) {
+    PolicyReport& pr = report.policies[p];
+    LayerResult sum;
+    for (int64_t l = 0; l < L; ++l) {
+      const LayerResult& r = results[p * L + l];
+      DYNAMOE_RETURN_IF_ERROR(r.status);
+      sum.before += r.before, sum.after += r.after, sum.copies += r.copies, sum.bytes += r.bytes;
+      sum.plan_changes += r.plan_changes;
+    }
     pr.mean_seconds = std::accumulate(pr.step_seconds.begin(), pr.step_seconds.end(), 0.0) / n;
     pr.p99_seconds = P99(pr.step_seconds);
-    pr.imbalance_before = before / n, pr.imbalance_after = after / n, pr.copies_per_step = copies / n;
-    pr.bytes_per_step = bytes / n;
-    report.policies.push_back(std::move(pr));
+    pr.imbalance_before = sum.before / n, pr.imbalance_after = sum.after / n;
+    pr.copies_per_step = sum.copies / n, pr.bytes_per_step = sum.bytes / n;
+    pr.plan_changes = sum.plan_changes;
   }
   for (const PolicyReport& p : report.policies)
     if (p.policy == "none")

@@ -30,7 +30,11 @@ struct ReplayOptions {
 
 struct PolicyReport {
   std::string policy;
-  std::vector<double> step_seconds;  // predicted, per replayed step, in trace order
+  // Per replayed layer-step, in trace order: predicted seconds, max/mean
+  // rows per rank under the plan, and the plan's copies.
+  std::vector<double> step_seconds;
+  std::vector<double> step_imbalance_after;
+  std::vector<int32_t> step_copies;
   double mean_seconds = 0, p99_seconds = 0;
   double speedup_vs_none = 0;    // none's mean / this mean; 0 when none was not replayed
   double imbalance_before = 0;   // mean over steps of max/mean expert load
@@ -44,6 +48,7 @@ struct PolicyReport {
 struct ReplayReport {
   int64_t world_size = 0;
   int64_t steps = 0;
+  std::vector<double> step_imbalance_before;  // per layer-step: max/mean expert load (policy-independent)
   std::vector<PolicyReport> policies;
 };
 

@@ -90,6 +90,7 @@ absl::StatusOr<Trace> Synthesize(const SynthOptions& o) {
   std::mt19937_64 rng(o.seed);
   std::vector<double> zipf(o.experts);
   for (int64_t i = 0; i < o.experts; ++i) zipf[i] = 1.0 / std::pow(static_cast<double>(i + 1), o.zipf);
+  std::vector<double> scratch;
   for (int64_t s = 0; s < o.steps; ++s)
     for (int64_t l = 0; l < o.layers; ++l) {
       // The hot set moves by one expert every drift_every steps; layers are offset.
@@ -98,13 +99,23 @@ absl::StatusOr<Trace> Synthesize(const SynthOptions& o) {
       for (int64_t e = 0; e < o.experts; ++e) weight[(e + shift) % o.experts] = zipf[e];
       if (o.burst_every > 0 && s % o.burst_every == o.burst_every - 1) weight[(s / o.burst_every) % o.experts] *= 20;
       std::vector<int64_t> counts(o.world * o.experts, 0);
+      double weight_sum = 0;
+      for (double v : weight) weight_sum += v;
       for (int64_t r = 0; r < o.world; ++r)
         for (int64_t tok = 0; tok < o.tokens; ++tok) {
-          std::vector<double> w = weight;  // k distinct experts
+          // k distinct experts by sequential draws without replacement. The
+          // draw is our own (53 random bits, linear scan), so a seed gives the
+          // same trace with every standard library.
+          std::vector<double>& w = scratch;
+          w = weight;
+          double left = weight_sum;
           for (int64_t j = 0; j < o.top_k; ++j) {
-            std::discrete_distribution<int64_t> pick(w.begin(), w.end());
-            const int64_t e = pick(rng);
+            double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * left;
+            int64_t e = 0;
+            while (e + 1 < o.experts && (w[e] == 0 || u >= w[e])) u -= w[e++];
+            while (w[e] == 0) --e;  // rounding ran past the last nonzero weight
             ++counts[r * o.experts + e];
+            left -= w[e];
             w[e] = 0;
           }
         }

@@ -3,7 +3,8 @@
 # train the skewed demo model (64 experts) with placement `adaptive` and the
 # `overlap` schedule, expose Prometheus metrics (port 9400 + local rank) and
 # write a routing trace; then dynamoe-replay replays that trace against all
-# four policies for a 64-GPU H100 cluster and prints the table.
+# four policies for a 64-GPU H100 cluster, prints the table and draws the
+# plots (build/demo/replay/*.png).
 # Every DYNAMOE_* variable overrides its default here (DYNAMOE_METRICS_PORT=0
 # turns metrics off). Ranks: DYNAMOE_DEMO_RANKS or --ranks N. Other arguments
 # go to dynamoe-demo: --steps N --log-every N --experts N --top-k N --seed N --batch N.
@@ -22,5 +23,5 @@ echo
 echo "metrics were served at http://127.0.0.1:${DYNAMOE_METRICS_PORT}/metrics (+ local rank) while it ran;"
 echo "trace: ${DYNAMOE_TRACE}.rank*.dmtrace. Replaying it for a 64-GPU H100 cluster (8 per NVLink node, InfiniBand):"
 ./build/default/tools/dynamoe-replay run "${DYNAMOE_TRACE}.rank0.dmtrace" --world 64 --preset h100-nvlink-ib \
-  --csv build/demo/replay.csv
-echo "per-step predictions per policy: build/demo/replay.csv"
+  --out-dir build/demo/replay
+PYTHONPATH=python /usr/bin/python3 -m dynamoe.replay plot build/demo/replay

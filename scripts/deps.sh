@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake ninja-build libtorch-dev python3-torch libgloo-dev libabsl-dev
   libboost-dev libboost-system-dev nlohmann-json3-dev libbenchmark-dev libgtest-dev libgmock-dev
-  prometheus-cpp-dev prometheus python3-pytest
+  prometheus-cpp-dev prometheus python3-pytest python3-matplotlib
   libopenblas0-pthread)  # takes over libblas.so.3 from the reference BLAS torch links against
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -4,6 +4,8 @@
 //   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
 //                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
 //                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
+//                                     `python3 -m dynamoe.replay plot DIR`)
 //   dynamoe-replay calibrate TRACE [--heldout 0.2]
 //   dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N]
 //                  [--tokens N] [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]
@@ -13,6 +15,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -26,6 +29,7 @@
 #include "placement/calibrate.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
+#include "tools/replay_files.h"
 
 namespace {
 
@@ -34,7 +38,7 @@ using namespace dynamoe::placement;
 constexpr char kUsage[] =
     "usage: dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
-    "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]\n"
+    "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR]\n"
     "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
@@ -133,14 +137,33 @@ int Run(const Args& a) {
       std::cerr << "\rreplaying [" << std::string(pct / 5, '#') << std::string(20 - pct / 5, ' ') << "] " << pct
                 << "%" << (done == total ? "\r" + std::string(40, ' ') + "\r" : "") << std::flush;
     };
-  std::ofstream csv;
-  if (a.flags.count("--csv")) {
-    csv.open(a.flags.at("--csv"));
-    if (!csv) {
-      std::cerr << "dynamoe-replay: cannot write '" << a.flags.at("--csv") << "'\n";
+  // --csv: the per-step rows; --out-dir: those plus the summary and the
+  // expert loads, under fixed names.
+  std::ofstream csv, steps, summary, loads;
+  auto open = [](std::ofstream& f, const std::string& path) {
+    f.open(path);
+    if (!f) std::cerr << "dynamoe-replay: cannot write '" << path << "'\n";
+    return static_cast<bool>(f);
+  };
+  std::string out_dir;
+  if (a.flags.count("--out-dir")) {
+    out_dir = a.flags.at("--out-dir");
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec) {
+      std::cerr << "dynamoe-replay: cannot create '" << out_dir << "': " << ec.message() << "\n";
       return 1;
     }
-    csv << "trace,policy,step_index,predicted_seconds\n";
+    if (!open(summary, out_dir + "/summary.csv") || !open(steps, out_dir + "/steps.csv") ||
+        !open(loads, out_dir + "/expert_load.csv"))
+      return 1;
+    dynamoe::tools::WriteSummaryHeader(summary);
+    dynamoe::tools::WriteStepsHeader(steps);
+    dynamoe::tools::WriteExpertLoadHeader(loads);
+  }
+  if (a.flags.count("--csv")) {
+    if (!open(csv, a.flags.at("--csv"))) return 1;
+    dynamoe::tools::WriteStepsHeader(csv);
   }
   int rc = 0;
   for (const std::string& path : a.positional) {
@@ -164,10 +187,19 @@ int Run(const Args& a) {
       continue;
     }
     PrintReport(path, *t, *r);
-    if (csv.is_open())
-      for (const PolicyReport& p : r->policies)
-        for (size_t i = 0; i < p.step_seconds.size(); ++i)
-          csv << path << ',' << p.policy << ',' << i << ',' << absl::StrFormat("%.9g", p.step_seconds[i]) << '\n';
+    for (std::ofstream* f : {&csv, &steps})
+      if (f->is_open()) dynamoe::tools::WriteStepsRows(*f, path, *t, *r);
+    if (summary.is_open()) dynamoe::tools::WriteSummaryRows(summary, path, *r);
+    if (loads.is_open()) dynamoe::tools::WriteExpertLoadRows(loads, path, *t);
+  }
+  for (std::ofstream* f : {&csv, &steps, &summary, &loads})
+    if (f->is_open() && !f->flush()) {
+      std::cerr << "dynamoe-replay: writing the CSV files failed (disk full?)\n";
+      return 1;
+    }
+  if (!out_dir.empty()) {
+    std::cout << "wrote " << out_dir << "/{summary,steps,expert_load}.csv; plot them with: python3 -m dynamoe.replay plot "
+              << out_dir << "\n";
   }
   return rc;
 }

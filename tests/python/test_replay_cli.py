@@ -1,8 +1,10 @@
 """dynamoe-replay as users run it: synth, run on every input form, CSV output,
 and the exit codes and messages of bad input."""
+import csv
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -32,7 +34,7 @@ def test_run_compares_every_policy_and_writes_csv(tmp_path, trace):
     for p in POLICIES:
         assert any(line.startswith(p) for line in r.stdout.splitlines()), r.stdout
     rows = csv.read_text().splitlines()
-    assert rows[0] == "trace,policy,step_index,predicted_seconds"
+    assert rows[0] == "trace,policy,step_index,step,layer,predicted_seconds,imbalance_before,imbalance_after,copies"
     assert len(rows) == 1 + 4 * 40
     assert replay("run", trace, "--world", 16, "--preset", "h100-nvlink-ib").stdout == r.stdout  # deterministic
 
@@ -91,3 +93,44 @@ def test_calibrate_on_a_trace_the_demo_recorded(tmp_path, trace):
     assert replay("run", tmp_path / "run.rank1.dmtrace", "--world", 8).returncode == 0
     bad = replay("calibrate", trace)  # a synthetic trace has no phase timings
     assert bad.returncode == 1 and "record it with DYNAMOE_TRACE" in bad.stderr
+
+
+def test_out_dir_files_agree_with_the_table_and_plot(tmp_path):
+    path = tmp_path / "burst.dmtrace"
+    assert replay("synth", "--out", path, "--steps", 60, "--layers", 2, "--experts", 8, "--world", 2, "--tokens", 64,
+                  "--burst-every", 20).returncode == 0
+    out = tmp_path / "out"
+    r = replay("run", path, "--world", 4, "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    assert f"python3 -m dynamoe.replay plot {out}" in r.stdout
+    summary = {row["policy"]: row for row in csv.DictReader(open(out / "summary.csv"))}
+    steps = list(csv.DictReader(open(out / "steps.csv")))
+    assert set(summary) == set(POLICIES) and len(steps) == 4 * 60 * 2
+    for p, row in summary.items():
+        mine = [float(s["predicted_seconds"]) for s in steps if s["policy"] == p]
+        assert sum(mine) / len(mine) == pytest.approx(float(row["mean_seconds"]), rel=1e-6)
+        copies = [int(s["copies"]) for s in steps if s["policy"] == p]
+        assert sum(copies) / len(copies) == pytest.approx(float(row["copies_per_step"]), rel=1e-5)
+        # The table printed the same numbers.
+        line = next(l for l in r.stdout.splitlines() if l.startswith(p + " "))
+        assert f"{float(row['mean_seconds']) * 1e3:.4f}" in line
+    loads = list(csv.DictReader(open(out / "expert_load.csv")))
+    assert len(loads) == 60 * 8
+    per_step = {}
+    for row in loads:
+        per_step[row["step"]] = per_step.get(row["step"], 0) + int(row["tokens"])
+    assert set(per_step.values()) == {2 * 2 * 64 * 2}  # layers x ranks x tokens x top-2: synth drops nothing
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    plot = subprocess.run([sys.executable, "-m", "dynamoe.replay", "plot", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    import matplotlib.image
+    for name in ("step_time.png", "imbalance.png", "expert_load.png"):
+        assert f"wrote {out / name}" in plot.stdout
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 300 and image.shape[1] > 600
+        assert image[..., :3].std() > 0.01  # something was drawn
+    missing = subprocess.run([sys.executable, "-m", "dynamoe.replay", "plot", str(tmp_path / "nowhere")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "missing summary.csv" in missing.stderr

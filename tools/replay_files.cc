@@ -1,0 +1,67 @@
+#include "tools/replay_files.h"
+
+#include <map>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+
+namespace dynamoe::tools {
+
+using placement::PolicyReport;
+using placement::ReplayReport;
+using placement::Trace;
+
+namespace {
+
+// Trace names are paths: quote them when they could break the CSV.
+std::string Field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+void WriteSummaryHeader(std::ostream& out) {
+  out << "trace,policy,world_size,steps,mean_seconds,p99_seconds,speedup_vs_none,imbalance_before,"
+         "imbalance_after,bytes_per_step,copies_per_step,plan_changes\n";
+}
+
+void WriteSummaryRows(std::ostream& out, const std::string& trace_name, const ReplayReport& r) {
+  for (const PolicyReport& p : r.policies)
+    out << absl::StrFormat("%s,%s,%d,%d,%.9g,%.9g,%.6g,%.6g,%.6g,%.9g,%.6g,%d\n", Field(trace_name), p.policy,
+                           r.world_size, r.steps, p.mean_seconds, p.p99_seconds, p.speedup_vs_none,
+                           p.imbalance_before, p.imbalance_after, p.bytes_per_step, p.copies_per_step,
+                           p.plan_changes);
+}
+
+void WriteStepsHeader(std::ostream& out) {
+  out << "trace,policy,step_index,step,layer,predicted_seconds,imbalance_before,imbalance_after,copies\n";
+}
+
+void WriteStepsRows(std::ostream& out, const std::string& trace_name, const Trace& t, const ReplayReport& r) {
+  const std::string name = Field(trace_name);
+  for (const PolicyReport& p : r.policies)
+    for (size_t i = 0; i < p.step_seconds.size(); ++i)
+      out << absl::StrFormat("%s,%s,%d,%d,%s,%.9g,%.6g,%.6g,%d\n", name, p.policy, i, t.steps[i].step,
+                             Field(t.layers[t.steps[i].layer].name), p.step_seconds[i], r.step_imbalance_before[i],
+                             p.step_imbalance_after[i], p.step_copies[i]);
+}
+
+void WriteExpertLoadHeader(std::ostream& out) { out << "trace,step,expert,tokens\n"; }
+
+void WriteExpertLoadRows(std::ostream& out, const std::string& trace_name, const Trace& t) {
+  std::map<int64_t, std::vector<int64_t>> per_step;  // ordered by step number
+  for (const auto& s : t.steps) {
+    const std::vector<int64_t> loads = s.kept.ExpertLoads();
+    std::vector<int64_t>& sum = per_step[s.step];
+    if (sum.size() < loads.size()) sum.resize(loads.size(), 0);
+    for (size_t e = 0; e < loads.size(); ++e) sum[e] += loads[e];
+  }
+  const std::string name = Field(trace_name);
+  for (const auto& [step, loads] : per_step)
+    for (size_t e = 0; e < loads.size(); ++e) out << name << ',' << step << ',' << e << ',' << loads[e] << '\n';
+}
+
+}  // namespace dynamoe::tools
