@@ -11,7 +11,8 @@
 
 namespace dynamoe::placement {
 
-// y = slope * x + intercept, least squares on the fit steps.
+// y = slope * x + intercept, fitted to minimise the relative absolute error
+// on the fit steps.
 struct PhaseFit {
   std::string phase;   // "experts" (x: rows this rank computes) or "exchange" (dispatch + combine; x: rows this
                        // rank sends or receives, the larger)
@@ -20,6 +21,7 @@ struct PhaseFit {
 };
 
 struct Calibration {
+  int64_t warmup_steps = 0;  // leading steps left out (one-time costs): min(10, steps / 10)
   int64_t fit_steps = 0, heldout_steps = 0;
   std::vector<PhaseFit> fits;
   double flops = 0;           // forward FLOP/s implied by the experts fit (0 without layer sizes)
@@ -28,6 +30,11 @@ struct Calibration {
   // (every recorded phase; phases without a fit count at their fit-steps mean).
   std::vector<double> step_errors;
   double step_median_error = 0;
+  // The same without the count all-gather, whose time is mostly waiting for
+  // peers still in the previous step's backward (not a function of this
+  // step's routing).
+  std::vector<double> work_errors;
+  double work_median_error = 0;
 };
 
 // InvalidArgument when the trace has no phase timings (imported traces) or

@@ -6,6 +6,7 @@
 // all-gathered count matrix's imbalance (max/mean) per expert and per rank.
 //
 //   dynamoe-demo [--ranks 1] [--steps 300] [--log-every 50] [--experts 8] [--top-k 2] [--seed 0]
+//                [--batch 512] [--d-model 32] [--d-hidden 64]
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adam.h>
 
@@ -28,6 +29,7 @@ namespace {
 
 struct Args {
   int steps = 300, log_every = 50, experts = 8, top_k = 2, seed = 0, batch = 512, ranks = 1;
+  int d_model = 32, d_hidden = 64;  // small enough for 2 cores; larger for calibration runs
 };
 
 Args Parse(int argc, char** argv) {
@@ -47,15 +49,18 @@ Args Parse(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--seed")) a.seed = next("--seed");
     else if (!std::strcmp(argv[i], "--batch")) a.batch = next("--batch");
     else if (!std::strcmp(argv[i], "--ranks")) a.ranks = next("--ranks");
+    else if (!std::strcmp(argv[i], "--d-model")) a.d_model = next("--d-model");
+    else if (!std::strcmp(argv[i], "--d-hidden")) a.d_hidden = next("--d-hidden");
     else {
       std::cerr << "dynamoe-demo: unknown argument " << argv[i]
-                << "\nusage: dynamoe-demo [--ranks N] [--steps N] [--log-every N] [--experts N] [--top-k N] [--seed N] [--batch N]\n";
+                << "\nusage: dynamoe-demo [--ranks N] [--steps N] [--log-every N] [--experts N] [--top-k N] [--seed N] [--batch N]\n"
+                   "                    [--d-model N] [--d-hidden N]\n";
       std::exit(2);
     }
   }
   if (a.steps < 1 || a.log_every < 1 || a.experts < 1 || a.top_k < 1 || a.top_k > a.experts || a.batch < 1 ||
-      a.ranks < 1 || a.experts % a.ranks != 0) {
-    std::cerr << "dynamoe-demo: need steps, log-every, experts, batch, ranks >= 1, 1 <= top-k <= experts, and "
+      a.ranks < 1 || a.d_model < 1 || a.d_hidden < 1 || a.experts % a.ranks != 0) {
+    std::cerr << "dynamoe-demo: need steps, log-every, experts, batch, ranks, d-model, d-hidden >= 1, 1 <= top-k <= experts, and "
                  "ranks dividing experts\n";
     std::exit(2);
   }
@@ -97,7 +102,7 @@ int main(int argc, char** argv) {
   if (args.ranks > 1) groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv());
   const int rank = groups ? groups->world_rank : 0;
   torch::manual_seed(args.seed);
-  const int64_t d_model = 32, d_hidden = 64, num_clusters = 16;
+  const int64_t d_model = args.d_model, d_hidden = args.d_hidden, num_clusters = 16;
   Task task;
   task.centers = 2.0 * torch::randn({num_clusters, d_model});
   task.maps = torch::randn({num_clusters, d_model, d_model}) / std::sqrt(static_cast<double>(d_model));

@@ -226,8 +226,8 @@ int Calibrate(const Args& a) {
     std::cerr << "dynamoe-replay: " << a.positional[0] << ": " << c.status().message() << "\n";
     return 1;
   }
-  std::cout << absl::StrFormat("%s: fitted on %d steps, checked on the %d after them\n", a.positional[0],
-                               c->fit_steps, c->heldout_steps);
+  std::cout << absl::StrFormat("%s: fitted on %d steps (after %d warm-up steps), checked on the %d after them\n",
+                               a.positional[0], c->fit_steps, c->warmup_steps, c->heldout_steps);
   std::cout << absl::StrFormat("%-9s %14s %14s %24s\n", "phase", "s per row", "intercept s", "held-out median error");
   for (const auto& f : c->fits)
     std::cout << absl::StrFormat("%-9s %14.4g %14.4g %23.1f%%\n", f.phase, f.slope, f.intercept,
@@ -235,6 +235,8 @@ int Calibrate(const Args& a) {
   if (c->flops > 0) std::cout << absl::StrFormat("implied expert rate: %.4g FLOP/s\n", c->flops);
   if (c->bytes_per_second > 0) std::cout << absl::StrFormat("implied exchange rate: %.4g B/s\n", c->bytes_per_second);
   std::cout << absl::StrFormat("forward step time, held-out steps: median error %.1f%%\n", 100 * c->step_median_error);
+  std::cout << absl::StrFormat("  without the count all-gather (waiting for peers): median error %.1f%%\n",
+                               100 * c->work_median_error);
   return 0;
 }
 

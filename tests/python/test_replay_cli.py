@@ -87,7 +87,7 @@ def test_calibrate_on_a_trace_the_demo_recorded(tmp_path, trace):
     assert r.returncode == 0, r.stdout + r.stderr
     c = replay("calibrate", tmp_path / "run.rank0.dmtrace")
     assert c.returncode == 0, c.stderr
-    assert "fitted on 48 steps, checked on the 12 after them" in c.stdout
+    assert "fitted on 44 steps (after 6 warm-up steps), checked on the 10 after them" in c.stdout
     assert "forward step time, held-out steps: median error" in c.stdout
     # The recorded trace replays too (2 ranks, 8 experts: re-homed to 8 ranks).
     assert replay("run", tmp_path / "run.rank1.dmtrace", "--world", 8).returncode == 0
