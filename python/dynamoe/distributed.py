@@ -152,13 +152,18 @@ def reduce_gradients(model):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if not params:
-            continue
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        if dist.get_world_size(group) > 1:
-            dist.all_reduce(flat, group=group)
-        flat.div_(world)
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+        sum_gradients(params, group, divide_by=world)
+
+
+def sum_gradients(params, group, divide_by=1):
+    """All-reduces the gradients of params over group in one flat buffer, divided by divide_by."""
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(flat, group=group)
+    flat.div_(divide_by)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()

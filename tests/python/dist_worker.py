@@ -25,6 +25,7 @@ p.add_argument("--ep_size", type=int, default=0)
 p.add_argument("--gated", type=int, default=0)
 p.add_argument("--tokens", default="5,0,17,9")
 p.add_argument("--stop_file", default="")
+p.add_argument("--compat", default="")
 args = p.parse_args()
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -217,6 +218,42 @@ def metrics():
         time.sleep(0.2)
 
 
+def compat():
+    """A compatibility adapter (test_compat.py) expert-parallel over the world
+    against a one-process dynamoe.MoE holding every expert, same weights."""
+    import compat_cases
+    from dynamoe.compat import fastmoe
+    torch.manual_seed(7)
+    layer, ref = compat_cases.build(args.compat, world)
+    first, el = compat_cases.copy_weights(layer, ref)
+    check(compat_cases.inner(layer).group is not None, "the adapter is expert-parallel")
+
+    def run(adapter, r):
+        x, gy = tokens_of(r, compat_cases.D)
+        x = x.reshape(1, -1, compat_cases.D).requires_grad_()  # [batch, seq, d_model]
+        y, aux = compat_cases.output_of(layer, x) if adapter else (ref(x), ref.aux_loss)
+        return x, y, (y * gy.reshape(y.shape)).sum() + aux.double()
+
+    x, y, loss = run(True, rank)
+    loss.backward()
+    raw = {n: p.grad.clone() for n, p in compat_cases.inner(layer).named_parameters()}
+    xr, yr, loss_ref = run(False, rank)
+    loss_ref.backward()
+    close(y, yr, "output")
+    close(x.grad, xr.grad, "input gradient")
+    close(raw["gate.weight"], ref.gate.weight.grad, "gate gradient")
+    ref.zero_grad()
+    for r in range(world):  # the experts' gradients come from every rank's tokens
+        run(False, r)[2].backward()
+    for n in ("w1", "w2", "b1", "b2"):
+        if n in raw:
+            close(raw[n], getattr(ref, n).grad[first:first + el], f"gradient of {n}")
+    if args.compat.startswith("fastmoe"):  # FastMoE's wrapper: dense averaged, experts kept
+        fastmoe.DistributedGroupedDataParallel(layer).allreduce_params()
+        close(layer.moe.gate.weight.grad, ref.gate.weight.grad / world, "allreduce_params gate gradient")
+        close(layer.moe.w1.grad, raw["w1"], "allreduce_params expert gradient")
+
+
 dist.init_process_group("gloo")
 try:
     if args.scenario == "equal":
@@ -227,6 +264,8 @@ try:
         schedule()
     elif args.scenario == "metrics":
         metrics()
+    elif args.scenario == "compat":
+        compat()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":
