@@ -30,8 +30,14 @@ def launch(tmp_path, world, *args, env=None, timeout=240):
     return proc, reports
 
 
+NO_GLOO = "this build has no Gloo"  # dynamoe built against a torch without Gloo's headers (pip CUDA wheels)
+
+
 def assert_all_ok(proc, reports):
     """Every rank wrote a report without an error or a failed check."""
+    for rep in reports:
+        if rep is not None and NO_GLOO in rep.get("error", ""):
+            pytest.skip(rep["error"])
     for r, rep in enumerate(reports):
         assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
         assert "error" not in rep, rep["error"]
