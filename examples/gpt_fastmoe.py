@@ -71,7 +71,7 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", default=CORPUS)
-    p.add_argument("--log", help="write {'loss': [...], 'shadowed': [...]} here (rank 0)")
+    p.add_argument("--loss-log", help="write {'loss': [...], 'shadowed': [...]} here (rank 0)")
     args = p.parse_args()
 
     dist.init_process_group("gloo")
@@ -105,8 +105,8 @@ def main():
         shadowed.append(sum(len(b.mlp.moe.stats()["shadowed"]) for b in model.module.blocks))
         if rank == 0 and (step % 20 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {losses[-1]:.4f}  shadowed experts {shadowed[-1]}", flush=True)
-    if rank == 0 and args.log:
-        pathlib.Path(args.log).write_text(json.dumps({"loss": losses, "shadowed": shadowed}))
+    if rank == 0 and args.loss_log:
+        pathlib.Path(args.loss_log).write_text(json.dumps({"loss": losses, "shadowed": shadowed}))
     dist.destroy_process_group()
 
 

@@ -3,10 +3,11 @@
 // experts spread over the ranks, launched by torchrun:
 //
 //   /usr/bin/python3 -m torch.distributed.run --nproc_per_node=2 --redirects=2 --tee=2 \
-//       --no_python build/default/examples/gpt_moe [--steps 200] [--log FILE]
+//       --no_python build/default/examples/gpt_moe [--steps 200] [--loss-log FILE]
 //
 // Same corpus (/usr/share/common-licenses/GPL-3, characters as tokens).
 // FMOE_FASTER_* / DYNAMOE_* variables pick the policy, as for Python jobs.
+// (--loss-log, not --log: newer torchrun takes --log as an abbreviation of its own options.)
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
@@ -85,11 +86,11 @@ Args Parse(int argc, char** argv) {
     else if (flag == "--layers") a.layers = std::atoi(v);
     else if (flag == "--seed") a.seed = std::atoi(v);
     else if (flag == "--corpus") a.corpus = v;
-    else if (flag == "--log") a.log = v;
+    else if (flag == "--loss-log") a.log = v;
     else {
       std::cerr << "gpt_moe: unknown argument " << flag
                 << "\nusage: gpt_moe [--steps N] [--batch N] [--seq N] [--layers N] [--seed N] [--corpus FILE] "
-                   "[--log FILE]\n";
+                   "[--loss-log FILE]\n";
       std::exit(2);
     }
   }

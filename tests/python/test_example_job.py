@@ -22,7 +22,7 @@ def train(tmp_path, name, program, env):
     log = tmp_path / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "--redirects=2", "--tee=2", *program, "--steps", str(STEPS),
-           "--log", str(log)]
+           "--loss-log", str(log)]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", DYNAMOE_LOG_LEVEL="warning", **env)
     r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
     if NO_GLOO in r.stdout + r.stderr:
