@@ -16,17 +16,23 @@ struct f16 {
   uint16_t bits;
 };
 
-inline float ToFloat(bf16 v) {
-  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+// A float's IEEE bits and back (memcpy: no aliasing rules broken).
+inline uint32_t BitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+inline float FloatOf(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
 
+inline float ToFloat(bf16 v) { return FloatOf(static_cast<uint32_t>(v.bits) << 16); }
+
 // Round to nearest even, NaN kept quiet.
 inline bf16 FromFloat(float f, bf16*) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
+  uint32_t u = BitsOf(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
   u += 0x7fffu + ((u >> 16) & 1u);
   return bf16{static_cast<uint16_t>(u >> 16)};
@@ -45,14 +51,11 @@ inline float ToFloat(f16 v) {
     do { ++e; man <<= 1; } while ((man & 0x400u) == 0);
     u = sign | static_cast<uint32_t>(112 - e) << 23 | ((man & 0x3ffu) << 13);
   }
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return FloatOf(u);
 }
 // Round to nearest even, overflow to Inf, NaN kept.
 inline f16 FromFloat(float f, f16*) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t u = BitsOf(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return f16{static_cast<uint16_t>(sign | 0x7e00u)};

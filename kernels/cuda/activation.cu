@@ -68,10 +68,10 @@ absl::Status ActivationForward(const T* h, const T* g, Activation act, int64_t n
   const auto* hp = reinterpret_cast<const NT*>(h);
   const auto* gp = reinterpret_cast<const NT*>(g);
   auto* ap = reinterpret_cast<NT*>(a);
-  if (vec)
-    ForwardKernel<NT, A, V><<<GridFor(n / V), 256, 0, stream>>>(hp, gp, static_cast<int>(act), ap, n);
-  else
-    ForwardKernel<NT, A, 1><<<GridFor(n), 256, 0, stream>>>(hp, gp, static_cast<int>(act), ap, n);
+  WithVecWidth<T>(vec, [&](auto v) {
+    constexpr int width = decltype(v)::value;
+    ForwardKernel<NT, A, width><<<GridFor(n / width), 256, 0, stream>>>(hp, gp, static_cast<int>(act), ap, n);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
@@ -88,12 +88,11 @@ absl::Status ActivationBackward(const T* grad_a, const T* h, const T* g, Activat
   const bool vec = n % V == 0 && Aligned16({grad_a, h, g, grad_h, grad_g, a_out});
   const auto c = [](const T* p) { return reinterpret_cast<const NT*>(p); };
   const auto m = [](T* p) { return reinterpret_cast<NT*>(p); };
-  if (vec)
-    BackwardKernel<NT, A, V><<<GridFor(n / V), 256, 0, stream>>>(c(grad_a), c(h), c(g), static_cast<int>(act),
-                                                                m(grad_h), m(grad_g), m(a_out), n);
-  else
-    BackwardKernel<NT, A, 1><<<GridFor(n), 256, 0, stream>>>(c(grad_a), c(h), c(g), static_cast<int>(act), m(grad_h),
-                                                            m(grad_g), m(a_out), n);
+  WithVecWidth<T>(vec, [&](auto v) {
+    constexpr int width = decltype(v)::value;
+    BackwardKernel<NT, A, width><<<GridFor(n / width), 256, 0, stream>>>(c(grad_a), c(h), c(g), static_cast<int>(act),
+                                                                        m(grad_h), m(grad_g), m(a_out), n);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "kernels/dtype.h"
 
@@ -46,6 +47,16 @@ inline bool Aligned16(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
+}
+
+// One kernel instantiation per vector width: calls launch(width) with width a
+// std::integral_constant of 16 / sizeof(T) when `vectorised`, else of 1.
+template <typename T, typename F>
+inline void WithVecWidth(bool vectorised, F&& launch) {
+  if (vectorised)
+    launch(std::integral_constant<int, 16 / sizeof(T)>{});
+  else
+    launch(std::integral_constant<int, 1>{});
 }
 
 }  // namespace dynamoe::kernels::cuda

@@ -150,10 +150,9 @@ absl::Status GatherRows(const T* src, const int64_t* row_index, int64_t num_rows
   auto* o = reinterpret_cast<N*>(dst);
   const int w = VecWidth<T>(d, {src, dst});
   const unsigned grid = static_cast<unsigned>(num_rows), threads = ThreadsFor(d / w);
-  if (w > 1)
-    GatherRowsKernel<N, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(s, row_index, d, o);
-  else
-    GatherRowsKernel<N, 1><<<grid, threads, 0, stream>>>(s, row_index, d, o);
+  WithVecWidth<T>(w > 1, [&](auto v) {
+    GatherRowsKernel<N, decltype(v)::value><<<grid, threads, 0, stream>>>(s, row_index, d, o);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
@@ -169,10 +168,9 @@ absl::Status CombineRows(const T* rows, const int64_t* position, const W* weight
   auto* o = reinterpret_cast<N*>(out);
   const int w = VecWidth<T>(d, {rows, out});
   const unsigned grid = static_cast<unsigned>(num_tokens), threads = ThreadsFor(d / w);
-  if (w > 1)
-    CombineRowsKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(r, position, weight, top_k, d, o);
-  else
-    CombineRowsKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(r, position, weight, top_k, d, o);
+  WithVecWidth<T>(w > 1, [&](auto v) {
+    CombineRowsKernel<N, W, A, decltype(v)::value><<<grid, threads, 0, stream>>>(r, position, weight, top_k, d, o);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
@@ -188,10 +186,10 @@ absl::Status ScatterWeightedRows(const T* grad_out, const int64_t* assignment, c
   auto* o = reinterpret_cast<N*>(grad_rows);
   const int w = VecWidth<T>(d, {grad_out, grad_rows});
   const unsigned grid = static_cast<unsigned>(num_rows), threads = ThreadsFor(d / w);
-  if (w > 1)
-    ScatterWeightedRowsKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(g, assignment, weight, top_k, d, o);
-  else
-    ScatterWeightedRowsKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(g, assignment, weight, top_k, d, o);
+  WithVecWidth<T>(w > 1, [&](auto v) {
+    ScatterWeightedRowsKernel<N, W, A, decltype(v)::value>
+        <<<grid, threads, 0, stream>>>(g, assignment, weight, top_k, d, o);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
@@ -207,10 +205,10 @@ absl::Status CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* 
   const auto* r = reinterpret_cast<const N*>(rows);
   const int w = VecWidth<T>(d, {grad_out, rows});
   const unsigned grid = static_cast<unsigned>(num_tokens), threads = 32 * static_cast<unsigned>(top_k < 8 ? top_k : 8);
-  if (w > 1)
-    CombineWeightGradKernel<N, W, A, 16 / sizeof(T)><<<grid, threads, 0, stream>>>(g, r, position, top_k, d, grad_weight);
-  else
-    CombineWeightGradKernel<N, W, A, 1><<<grid, threads, 0, stream>>>(g, r, position, top_k, d, grad_weight);
+  WithVecWidth<T>(w > 1, [&](auto v) {
+    CombineWeightGradKernel<N, W, A, decltype(v)::value>
+        <<<grid, threads, 0, stream>>>(g, r, position, top_k, d, grad_weight);
+  });
   DYNAMOE_CUDA_CHECK_LAUNCH();
   return absl::OkStatus();
 }
