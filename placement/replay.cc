@@ -82,14 +82,15 @@ namespace {
 // One policy on one layer: the unit of parallel work. Sums are per item and
 // combined in layer order, so results do not depend on the thread count.
 struct LayerResult {
-  double before = 0, after = 0, copies = 0, bytes = 0;
+  double after = 0, copies = 0, bytes = 0;
   int64_t plan_changes = 0;
   absl::Status status;
 };
 
 // Replays the steps of one layer (indices into trace.steps, in trace order)
 // through a fresh instance of the policy; writes pr's per-step vectors (and
-// `before` when given) at those indices.
+// the policy-independent `before`, when given: one policy's items fill it) at
+// those indices.
 LayerResult ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, int64_t layer,
                         const ReplayOptions& options, const ClusterSpec& cluster, const std::string& name,
                         const std::function<void()>& tick, PolicyReport& pr, std::vector<double>* before) {
@@ -113,11 +114,9 @@ LayerResult ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, in
     // Every policy predicts its plan on the counts it was given.
     pr.step_seconds[i] = plan->predicted_step_seconds;
     RouteTotals(*counts, *plan, traffic);
-    const double imbalance = LoadImbalance(counts->ExpertLoads());
-    if (before) (*before)[i] = imbalance;
+    if (before) (*before)[i] = LoadImbalance(counts->ExpertLoads());
     pr.step_imbalance_after[i] = LoadImbalance(traffic.rows);
     pr.step_copies[i] = static_cast<int32_t>(plan->TotalCopies());
-    out.before += imbalance;
     out.after += pr.step_imbalance_after[i];
     out.copies += pr.step_copies[i];
     out.bytes += BytesMoved(traffic, *plan, (*policy)->model());
@@ -187,18 +186,19 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   for (std::thread& t : pool) t.join();
 
   const double n = static_cast<double>(report.steps);
+  const double before = std::accumulate(report.step_imbalance_before.begin(), report.step_imbalance_before.end(), 0.0);
   for (size_t p = 0; p < P; ++p) {
     PolicyReport& pr = report.policies[p];
     LayerResult sum;
     for (int64_t l = 0; l < L; ++l) {
       const LayerResult& r = results[p * L + l];
       DYNAMOE_RETURN_IF_ERROR(r.status);
-      sum.before += r.before, sum.after += r.after, sum.copies += r.copies, sum.bytes += r.bytes;
+      sum.after += r.after, sum.copies += r.copies, sum.bytes += r.bytes;
       sum.plan_changes += r.plan_changes;
     }
     pr.mean_seconds = std::accumulate(pr.step_seconds.begin(), pr.step_seconds.end(), 0.0) / n;
     pr.p99_seconds = P99(pr.step_seconds);
-    pr.imbalance_before = sum.before / n, pr.imbalance_after = sum.after / n;
+    pr.imbalance_before = before / n, pr.imbalance_after = sum.after / n;
     pr.copies_per_step = sum.copies / n, pr.bytes_per_step = sum.bytes / n;
     pr.plan_changes = sum.plan_changes;
   }
