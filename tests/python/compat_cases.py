@@ -59,9 +59,9 @@ def inner(layer):
     return layer.moe
 
 
-def copy_weights(layer, ref):
-    """The reference's router and this rank's slice of its experts into the adapter."""
-    moe = inner(layer)
+def copy_weights(moe, ref):
+    """The reference's router and this rank's slice of its experts into a
+    dynamoe.MoE (an adapter's inner(layer), or any expert-parallel layer)."""
     first, el = moe.first_expert, moe.num_local_experts
     with torch.no_grad():
         moe.gate.weight.copy_(ref.gate.weight)

@@ -32,6 +32,7 @@ rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 if args.scenario == "config" and rank == 1:
     os.environ["DYNAMOE_PLACEMENT"] = "adaptive"  # read once, at dynamoe's first use
 import dynamoe  # noqa: E402
+import compat_cases  # noqa: E402  (shared weight copying; the compat scenario's cases)
 
 report = {"ok": True, "errors": []}
 
@@ -65,14 +66,10 @@ def equal():
     else:
         moe = dynamoe.MoE(d, h, E, group=dist.group.WORLD, **kw).double()
         ep_group = dist.group.WORLD
-    first, el = moe.first_expert, moe.num_local_experts
     with torch.no_grad():
         ref.expert_bias[E - 1] = -1e4  # an expert that never gets a token
-        moe.gate.weight.copy_(ref.gate.weight)
         moe.expert_bias.copy_(ref.expert_bias)
-        for n in ("w1", "w2", "w3", "b1", "b2"):
-            if getattr(moe, n) is not None:
-                getattr(moe, n).copy_(getattr(ref, n)[first:first + el])
+    first, el = compat_cases.copy_weights(moe, ref)
 
     def loss(m, r):
         x, gy = tokens_of(r, d)
@@ -221,11 +218,10 @@ def metrics():
 def compat():
     """A compatibility adapter (test_compat.py) expert-parallel over the world
     against a one-process dynamoe.MoE holding every expert, same weights."""
-    import compat_cases
     from dynamoe.compat import fastmoe
     torch.manual_seed(7)
     layer, ref = compat_cases.build(args.compat, world)
-    first, el = compat_cases.copy_weights(layer, ref)
+    first, el = compat_cases.copy_weights(compat_cases.inner(layer), ref)
     check(compat_cases.inner(layer).group is not None, "the adapter is expert-parallel")
 
     def run(adapter, r):

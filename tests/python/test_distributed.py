@@ -16,13 +16,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def torchrun(world, *program):
+    """torchrun's command line for `world` local ranks running program (a free port)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            # Debian torch 1.13 on Python 3.11: torchrun maps the default "0" to None (IntFlag change).
+            "--redirects=2", "--tee=2", *map(str, program)]
+
+
+def rank_env(**extra):
+    """The environment of test ranks: quiet logs, one thread each (2 cores)."""
+    return dict(os.environ, DYNAMOE_LOG_LEVEL="warning", OMP_NUM_THREADS="1", **extra)
+
+
 def launch(tmp_path, world, *args, env=None, timeout=240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           # Debian torch 1.13 on Python 3.11: torchrun maps the default "0" to None (IntFlag change).
-           "--redirects=2", "--tee=2", WORKER, "--out", str(tmp_path), *args]
-    full_env = dict(os.environ, DYNAMOE_LOG_LEVEL="warning", OMP_NUM_THREADS="1", **(env or {}))
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    cmd = torchrun(world, WORKER, "--out", tmp_path, *args)
+    proc = subprocess.run(cmd, env=rank_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
     reports = []
     for r in range(world):
         path = tmp_path / f"rank{r}.json"

@@ -2,14 +2,12 @@
 once with policy none and once with FastMoE's shadowing switched on by
 FMOE_FASTER_* variables. The loss must fall and match step for step."""
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
-from test_distributed import NO_GLOO, free_port
+from test_distributed import NO_GLOO, rank_env, torchrun
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CPP = ROOT / "build" / "default" / "examples" / "gpt_moe"
@@ -20,11 +18,8 @@ SHADOW = {"FMOE_FASTER_SHADOW_ENABLE": "1", "FMOE_FASTER_SCHEDULE_ENABLE": "1", 
 
 def train(tmp_path, name, program, env):
     log = tmp_path / f"{name}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "--redirects=2", "--tee=2", *program, "--steps", str(STEPS),
-           "--loss-log", str(log)]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", DYNAMOE_LOG_LEVEL="warning", **env)
-    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+    cmd = torchrun(2, *program, "--steps", STEPS, "--loss-log", log)
+    r = subprocess.run(cmd, env=rank_env(**env), capture_output=True, text=True, timeout=300)
     if NO_GLOO in r.stdout + r.stderr:
         pytest.skip("dynamoe was built without Gloo (a pip CUDA wheel of torch); these ranks are CPU processes")
     assert r.returncode == 0 and log.exists(), r.stdout + r.stderr

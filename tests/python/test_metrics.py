@@ -2,18 +2,16 @@
 by a real Prometheus server (Debian's `prometheus` package) on loopback; the
 per-expert token totals Prometheus stored equal the routing the ranks did."""
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from test_distributed import WORKER, free_port
+from test_distributed import WORKER, free_port, rank_env, torchrun
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
                                 reason="the prometheus package (server and promtool) is not installed")
@@ -42,11 +40,9 @@ def test_prometheus_scrapes_expert_token_totals(tmp_path):
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop = tmp_path / "stop"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "--redirects=2", "--tee=2", WORKER, "--out", str(tmp_path),
-           "--scenario=metrics", "--tokens=13,6", "--experts=8", f"--stop_file={stop}"]
-    env = dict(os.environ, DYNAMOE_LOG_LEVEL="warning", OMP_NUM_THREADS="1",
-               DYNAMOE_METRICS_PORT=str(base))
+    cmd = torchrun(2, WORKER, "--out", tmp_path, "--scenario=metrics", "--tokens=13,6", "--experts=8",
+                   f"--stop_file={stop}")
+    env = rank_env(DYNAMOE_METRICS_PORT=str(base))
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         reports = []

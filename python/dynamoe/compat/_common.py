@@ -71,11 +71,16 @@ def ffn_spec(expert):
     return fc1.out_features, name, fc1.bias is not None
 
 
+def ffn_linears(expert):
+    """(fc1, fc2) of an expert that ffn_spec accepted."""
+    fc1, fc2 = [m for m in expert if isinstance(m, nn.Linear)]
+    return fc1, fc2
+
+
 def load_ffn(moe, expert):
     """Copies one nn.Sequential FFN's weights into every local expert of moe
     (DeepSpeed deep-copies its expert module, so all experts start equal)."""
-    layers = [m for m in expert if isinstance(m, nn.Linear)]
-    fc1, fc2 = layers[0], layers[-1]
+    fc1, fc2 = ffn_linears(expert)
     with torch.no_grad():
         moe.w1.copy_(fc1.weight.t().unsqueeze(0).expand_as(moe.w1))
         moe.w2.copy_(fc2.weight.t().unsqueeze(0).expand_as(moe.w2))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..distributed import expert_parallel_groups
 from ..moe import MoE as _DynamoeMoE
-from ._common import ffn_spec, group_size, ignored, load_ffn, unsupported
+from ._common import ffn_linears, ffn_spec, group_size, ignored, load_ffn, unsupported
 
 
 class MoE(nn.Module):
@@ -59,7 +59,7 @@ class MoE(nn.Module):
             if spec is None:
                 unsupported(where, "use_residual with a custom expert module",
                             "the residual MLP is an FFN; pass an nn.Sequential(Linear, activation, Linear) expert")
-            fc1, fc2 = [m for m in expert if isinstance(m, nn.Linear)]
+            fc1, fc2 = ffn_linears(expert)
             with torch.no_grad():
                 for mine, theirs in ((self.moe.residual_fc1, fc1), (self.moe.residual_fc2, fc2)):
                     mine.weight.copy_(theirs.weight)

@@ -59,7 +59,7 @@ class GShardGate(_Gate):
     """Top-2 with GShard's balance loss and capacity (train, eval) factors."""
 
     def __init__(self, d_model, num_expert, world_size, topk=2, capacity=(1.2, 2.4), random_routing=None,
-                 gate_bias=True):
+                 gate_bias=True):  # gate_bias: dynamoe's router has no bias either way
         super().__init__(d_model, num_expert, world_size, topk)
         if topk != 2:
             unsupported("GShardGate", f"topk={topk}", "GShard routing is top-2")
@@ -70,8 +70,6 @@ class GShardGate(_Gate):
             ignored("GShardGate", "random_routing (FastMoE's default True)",
                     "dynamoe keeps every second choice that fits the capacity instead of sampling it; "
                     "pass random_routing=False to silence this")
-        if not gate_bias:
-            pass  # dynamoe's router has no bias either way
         self.balance_loss_weight = 1.0
         self.capacity = (float(capacity[0]), float(capacity[1]))
 
