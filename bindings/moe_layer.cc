@@ -6,7 +6,6 @@
 
 #include "common/status.h"
 #include "runtime/config.h"
-#include "scheduler/moe_step.h"
 
 namespace dynamoe {
 
@@ -24,8 +23,9 @@ MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_fact
 
 void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   ThrowIfError(options.Validate());
+  if (options.name().empty()) options.name(scheduler::NextDefaultLayerName());
   runtime::GlobalConfig();  // read, validate and log the environment once
-  placement_ = c10::make_intrusive<scheduler::PlacementState>();
+  state_ = c10::make_intrusive<scheduler::LayerState>();
   if (ep_group_)
     DYNAMOE_THROW_IF(options.num_experts() % ep_group_->size() != 0, options.name(), ": num_experts=",
                      options.num_experts(), " must be divisible by the expert-parallel group size ",
@@ -56,9 +56,7 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   reset_parameters();
 }
 
-void MoELayerImpl::set_placement(const std::string& policy) {
-  placement_ = c10::make_intrusive<scheduler::PlacementState>(policy);
-}
+void MoELayerImpl::set_placement(const std::string& policy) { state_->set_placement(policy); }
 
 void MoELayerImpl::set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
   schedule_ = scheduler::ScheduleOptions::Make(kind, group_size, overlap_degree);
@@ -95,17 +93,16 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
       return custom_experts_[e - first_expert()].forward<torch::Tensor>(rows);
     };
   in.comm = ep_group_;
-  in.placement = placement_;
+  in.state = state_;
   in.schedule = schedule_;
   in.training = is_training();
-  in.step = step_;
   scheduler::StepResult r = scheduler::MoEForward(options, in);
-  if (is_training()) {
-    ++step_;
-    // Global loads, so the bias stays identical on every rank.
-    scheduler::UpdateExpertBias(expert_bias, r.global_routed_counts, options.bias_update_rate());
-  }
-  aux_loss = r.aux_loss;
+  aux_loss = r.aux_loss;  // a recomputation's too: a checkpointed function may return it
+  if (!r.recomputed) FillStats(r);
+  return Residual(x, r.y);
+}
+
+void MoELayerImpl::FillStats(const scheduler::StepResult& r) {
   stats_.counts = r.counts;
   stats_.routed_counts = r.routed_counts;
   stats_.dropped = r.dropped;
@@ -126,8 +123,10 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
                  monitor::Phase::kShadowBroadcast, monitor::Phase::kDispatch, monitor::Phase::kExperts,
                  monitor::Phase::kCombine})
     stats_.phase_seconds[monitor::PhaseName(p)] = r.times[p];
+}
 
-  if (!options.use_residual()) return r.y;
+torch::Tensor MoELayerImpl::Residual(const torch::Tensor& x, const torch::Tensor& y) {
+  if (!options.use_residual()) return y;
   // DeepSpeed residual MoE: a dense MLP mixed in by a learned 2-way softmax.
   const torch::Tensor coef = torch::softmax(residual_coef->forward(x), -1);
   torch::Tensor hidden = residual_fc1->forward(x);
@@ -135,7 +134,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
            : options.activation() == "silu" ? torch::silu(hidden)
                                             : torch::gelu(hidden);
   const torch::Tensor mlp = residual_fc2->forward(hidden);
-  return r.y * coef.narrow(-1, 0, 1) + mlp * coef.narrow(-1, 1, 1);
+  return y * coef.narrow(-1, 0, 1) + mlp * coef.narrow(-1, 1, 1);
 }
 
 }  // namespace dynamoe

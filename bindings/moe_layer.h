@@ -18,8 +18,9 @@
 #include <vector>
 
 #include "runtime/communicator.h"
+#include "scheduler/layer_state.h"
+#include "scheduler/moe_step.h"
 #include "scheduler/options.h"
-#include "scheduler/placement_state.h"
 #include "scheduler/schedule.h"
 
 namespace dynamoe {
@@ -68,7 +69,7 @@ class MoELayerImpl : public torch::nn::Module {
   int64_t first_expert() const;  // global index of local expert 0
   const runtime::CommunicatorPtr& ep_group() const { return ep_group_; }
   // The placement policy in force (DYNAMOE_PLACEMENT unless set_placement chose one).
-  const std::string& placement() const { return placement_->policy_name(); }
+  const std::string& placement() const { return state_->placement().policy_name(); }
   // Overrides DYNAMOE_PLACEMENT for this layer: none, fastermoe, adaptive, eplb.
   void set_placement(const std::string& policy);
   // Overrides DYNAMOE_SCHEDULE / DYNAMOE_GROUP_SIZE / DYNAMOE_OVERLAP_DEGREE
@@ -77,6 +78,8 @@ class MoELayerImpl : public torch::nn::Module {
   void set_schedule(const std::string& kind, int64_t group_size = -1, int64_t overlap_degree = -1);
   // "sequential" or "overlap(group_size=4, overlap_degree=2)".
   std::string schedule() const;
+  // Training forwards so far (recomputations by activation checkpointing not counted).
+  int64_t step() const { return state_->step(); }
 
   MoEOptions options;
   torch::nn::Linear gate{nullptr};  // gate.weight [num_experts, d_model]
@@ -88,12 +91,13 @@ class MoELayerImpl : public torch::nn::Module {
 
  private:
   void Build(const ExpertFactory* expert_factory);
+  void FillStats(const scheduler::StepResult& r);
+  torch::Tensor Residual(const torch::Tensor& x, const torch::Tensor& y);
   runtime::CommunicatorPtr ep_group_;
-  c10::intrusive_ptr<scheduler::PlacementState> placement_;
+  c10::intrusive_ptr<scheduler::LayerState> state_;
   std::optional<scheduler::ScheduleOptions> schedule_;  // unset: the environment, read each step
   std::vector<torch::nn::AnyModule> custom_experts_;
   MoEStats stats_;
-  int64_t step_ = 0;
 };
 TORCH_MODULE(MoELayer);
 

@@ -3,17 +3,22 @@
 // composite: its autograd comes from the C++ autograd functions it calls, so
 // the same kernels serve C++ and Python. Errors surface as RuntimeError with
 // the full dynamoe message.
+#include <cmath>
 #include <limits>
+#include <set>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "bindings/op_checks.h"
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "runtime/config.h"
 #include "runtime/rendezvous.h"
+#include "scheduler/layer_state.h"
 #include "scheduler/moe_step.h"
 #include "scheduler/router.h"
 
@@ -24,6 +29,12 @@ using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
 
 Tensor Or(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+void CheckFloating(const char* op, const char* arg, const Tensor& t) {
+  const auto dt = t.scalar_type();
+  DYNAMOE_THROW_IF(dt != at::kFloat && dt != at::kDouble && dt != at::kBFloat16 && !(dt == at::kHalf && t.is_cuda()),
+                   op, ": ", arg, " must be float32, float64 or bfloat16 (float16 on CUDA), got ", c10::toString(dt));
+}
 
 // Runs f and turns any dynamoe::Error into a c10::Error whose message is the
 // full dynamoe message (Python then sees RuntimeError with that text).
@@ -59,14 +70,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
     int64_t step, std::string noisy_gate_policy, double jitter_eps, bool check_finite, bool training,
     std::string name) {
   return Boundary([&] {
+    ops::CheckTensor("route", "gate_weight", gate_weight, 2);
     const MoEOptions o = MakeOptions(gate_weight.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
                                      normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
                                      check_finite, name);
     ThrowIfError(o.Validate());
     // The caller passes the capacity factor in force, so eval_capacity_factor stays unset.
     const scheduler::RouterOptions ro = scheduler::MakeRouterOptions(o, training, step);
-    DYNAMOE_THROW_IF(x.dim() != 2 || x.size(1) != gate_weight.size(1), name, ": route expects x [tokens, ",
-                     gate_weight.size(1), "]");
+    ops::CheckTensor("route", "x", x, 2);
+    ops::CheckShape("route", "x", x, {x.size(0), gate_weight.size(1)});
+    CheckFloating("route", "x", x);
+    DYNAMOE_THROW_IF(gate_weight.device() != x.device(), "route: gate_weight is on ", gate_weight.device().str(),
+                     " but x is on ", x.device().str());
+    if (expert_bias.has_value() && expert_bias->defined()) {
+      ops::CheckShape("route", "expert_bias", *expert_bias, {gate_weight.size(0)});
+      DYNAMOE_THROW_IF(expert_bias->device() != x.device(), "route: expert_bias is on ",
+                       expert_bias->device().str(), " but x is on ", x.device().str());
+    }
     auto r = ValueOrThrow(scheduler::Route(x.contiguous(), gate_weight, Or(expert_bias), ro));
     return std::make_tuple(r.expert_idx, r.weight, r.position, r.kept_counts, r.routed_counts, r.balance_loss,
                            r.z_loss);
@@ -75,21 +95,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
 
 Tensor DispatchOp(const Tensor& x, const Tensor& position) {
   return Boundary([&] {
-    DYNAMOE_THROW_IF(x.dim() != 2 || position.dim() != 2 || position.size(0) != x.size(0) ||
-                         position.scalar_type() != at::kLong,
-                     "dispatch expects x [tokens, d] and position [tokens, top_k] int64");
+    ops::CheckTensor("dispatch", "x", x, 2);
+    CheckFloating("dispatch", "x", x);
+    ops::CheckTensor("dispatch", "position", position, 2, at::kLong);
+    ops::CheckShape("dispatch", "position", position, {x.size(0), position.size(1)});
+    DYNAMOE_THROW_IF(position.device() != x.device(), "dispatch: position is on ", position.device().str(),
+                     " but x is on ", x.device().str());
     const int64_t num_rows = (position >= 0).sum().item<int64_t>();
+    ops::CheckPositions("dispatch", position, num_rows);
     return scheduler::Dispatch(x, position, num_rows);
   });
 }
 
 Tensor CombineOp(const Tensor& rows, const Tensor& weight, const Tensor& position) {
   return Boundary([&] {
-    DYNAMOE_THROW_IF(rows.dim() != 2 || weight.sizes() != position.sizes() || position.scalar_type() != at::kLong,
-                     "combine expects rows [rows, d], weight and position [tokens, top_k] (int64 position)");
-    DYNAMOE_THROW_IF(weight.scalar_type() != scheduler::RouterDtype(rows.scalar_type()), "combine: weight must be ",
-                     c10::toString(scheduler::RouterDtype(rows.scalar_type())), " for ",
-                     c10::toString(rows.scalar_type()), " rows, got ", c10::toString(weight.scalar_type()));
+    ops::CheckTensor("combine", "rows", rows, 2);
+    CheckFloating("combine", "rows", rows);
+    ops::CheckTensor("combine", "position", position, 2, at::kLong);
+    ops::CheckTensor("combine", "weight", weight, 2, scheduler::RouterDtype(rows.scalar_type()));
+    ops::CheckShape("combine", "weight", weight, position.sizes().vec());
+    DYNAMOE_THROW_IF(weight.device() != rows.device() || position.device() != rows.device(),
+                     "combine: rows, weight and position must be on one device, got ", rows.device().str(), ", ",
+                     weight.device().str(), " and ", position.device().str());
+    ops::CheckPositions("combine", position, rows.size(0));
     return scheduler::Combine(rows, weight, position);
   });
 }
@@ -97,20 +125,50 @@ Tensor CombineOp(const Tensor& rows, const Tensor& weight, const Tensor& positio
 Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, const Tensor& w2,
                    const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation) {
   return Boundary([&] {
-    DYNAMOE_THROW_IF(counts.dim() != 1 || counts.size(0) != w1.size(0) || counts.sum().item<int64_t>() != rows.size(0),
-                     "expert_ffn: counts must be [num_experts] and sum to the number of rows (", rows.size(0), ")");
-    return scheduler::ExpertFFN(rows, counts.to(at::kLong), {w1, w2, Or(w3), Or(b1), Or(b2), activation});
+    const char* op = "expert_ffn";
+    ops::CheckTensor(op, "rows", rows, 2);
+    CheckFloating(op, "rows", rows);
+    ops::CheckTensor(op, "w1", w1, 3);
+    const int64_t E = w1.size(0), d = rows.size(1), h = w1.size(2);
+    ops::CheckShape(op, "w1", w1, {E, d, h});
+    ops::CheckShape(op, "w2", w2, {E, h, d});
+    ops::CheckLike(op, "w1", w1, "rows", rows);
+    ops::CheckLike(op, "w2", w2, "rows", rows);
+    const std::vector<std::pair<const char*, const OptTensor*>> optional = {{"w3", &w3}, {"b1", &b1}, {"b2", &b2}};
+    for (const auto& [arg, t] : optional) {
+      if (!t->has_value() || !(*t)->defined()) continue;
+      ops::CheckShape(op, arg, **t, std::string(arg) == "w3" ? std::vector<int64_t>{E, d, h}
+                                    : std::string(arg) == "b1" ? std::vector<int64_t>{E, h}
+                                                               : std::vector<int64_t>{E, d});
+      ops::CheckLike(op, arg, **t, "rows", rows);
+    }
+    DYNAMOE_THROW_IF(activation != "gelu" && activation != "relu" && activation != "silu",
+                     "expert_ffn: activation must be one of gelu, relu, silu, got \"", activation, "\"");
+    ops::CheckCounts(op, counts, E, rows.size(0));
+    return scheduler::ExpertFFN(rows, counts.to(at::kCPU, at::kLong).contiguous(),
+                                {w1, w2, Or(w3), Or(b1), Or(b2), activation});
   });
 }
 
 using CommPtr = c10::intrusive_ptr<runtime::Communicator>;
-using PlacementPtr = c10::intrusive_ptr<scheduler::PlacementState>;
+using StatePtr = c10::intrusive_ptr<scheduler::LayerState>;
 
 // Joins the group whose store is hosted at host:port (dynamoe/distributed.py
 // hosts it on the group's rank 0) and creates its communicator.
 CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vector<int64_t> global_ranks,
                          std::string name, std::string backend) {
   return Boundary([&] {
+    DYNAMOE_THROW_IF(global_ranks.empty(), "Communicator: members is empty; expected the world rank of each of "
+                     "the group's members");
+    DYNAMOE_THROW_IF(rank < 0 || rank >= static_cast<int64_t>(global_ranks.size()), "Communicator: rank must be in [0, ",
+                     global_ranks.size(), "), got ", rank);
+    DYNAMOE_THROW_IF(port < 1 || port > 65535, "Communicator: port must be in [1, 65535], got ", port);
+    DYNAMOE_THROW_IF(host.empty(), "Communicator: host is empty; expected the store's address");
+    std::set<int64_t> seen;
+    for (int64_t r : global_ranks)
+      DYNAMOE_THROW_IF(r < 0 || r > std::numeric_limits<int>::max() || !seen.insert(r).second,
+                       "Communicator: members must be distinct world ranks >= 0, got ", r, " in [",
+                       absl::StrJoin(global_ranks, ", "), "]");
     const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
     auto store = ValueOrThrow(runtime::ConnectStore(
         host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
@@ -121,34 +179,37 @@ CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vect
   });
 }
 
-// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info)
+// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info, losses)
 // where info is float64 [dropped, capacity, balance_loss, z_loss, bytes_sent,
 // bytes_received, comm_seconds, seconds per phase..., weight_bytes_sent,
-// weight_bytes_received, overlapped, pipeline_stages]. The placement's plan is
-// read from the Placement object. schedule "" / group_size and
-// overlap_degree < 0 keep the environment's (DYNAMOE_SCHEDULE, ...).
+// weight_bytes_received, overlapped, pipeline_stages, recomputed, step]. The
+// plan and the step counter live in `state` (the layer's LayerState), which
+// also applies the training step's side effects (step, expert-bias update).
+// schedule "" / group_size and overlap_degree < 0 keep the environment's.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
-    int64_t step, std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight,
-    double z_loss_weight, bool check_finite, bool training, std::string name, c10::optional<CommPtr> comm,
-    c10::optional<PlacementPtr> placement, std::string schedule, int64_t group_size, int64_t overlap_degree) {
+    std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight, double z_loss_weight,
+    double bias_update_rate, bool check_finite, bool training, std::string name, StatePtr state,
+    c10::optional<CommPtr> comm, std::string schedule, int64_t group_size, int64_t overlap_degree) {
   return Boundary([&] {
-    MoEOptions o = MakeOptions(gate_weight.size(-1), w1.dim() == 3 ? w1.size(2) : 0, gate_weight.size(0), top_k,
-                               capacity_factor, min_capacity, normalize_topk, use_rts, rts_seed,
-                               noisy_gate_policy, jitter_eps, check_finite, name);
+    ops::CheckTensor("moe_forward", "gate_weight", gate_weight, 2);
+    ops::CheckTensor("moe_forward", "w1", w1, 3);
+    DYNAMOE_THROW_IF(!state, "moe_forward: state is None; expected the layer's torch.classes.dynamoe.LayerState");
+    MoEOptions o = MakeOptions(gate_weight.size(-1), w1.size(2), gate_weight.size(0), top_k, capacity_factor,
+                               min_capacity, normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
+                               check_finite, name);
     o.activation(activation).gated(w3.has_value()).bias(b1.has_value() || b2.has_value());
-    o.balance_loss_weight(balance_loss_weight).z_loss_weight(z_loss_weight);
+    o.balance_loss_weight(balance_loss_weight).z_loss_weight(z_loss_weight).bias_update_rate(bias_update_rate);
     scheduler::StepInputs in;
     in.x = x;
     in.gate_weight = gate_weight;
     in.expert_bias = Or(expert_bias);
     in.experts = {w1, w2, Or(w3), Or(b1), Or(b2), activation};
     in.training = training;
-    in.step = step;
+    in.state = state;
     if (comm.has_value()) in.comm = *comm;
-    if (placement.has_value()) in.placement = *placement;
     in.schedule = scheduler::ScheduleOptions::Make(schedule, group_size, overlap_degree);
     scheduler::StepResult r = scheduler::MoEForward(o, in);
     // On a GPU the losses stay on the device (reading them here would stall the
@@ -164,6 +225,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     info.push_back(static_cast<double>(r.weight_bytes_received));
     info.push_back(r.overlapped ? 1.0 : 0.0);
     info.push_back(static_cast<double>(r.pipeline_stages));
+    info.push_back(r.recomputed ? 1.0 : 0.0);
+    info.push_back(static_cast<double>(r.step));
     return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
                            at::tensor(info, at::TensorOptions().dtype(at::kDouble)),
                            at::stack({r.balance_loss.detach(), r.z_loss.detach().to(r.balance_loss.scalar_type())}));
@@ -185,10 +248,6 @@ void ValidateOptionsOp(int64_t d_model, int64_t d_hidden, int64_t num_experts, i
   });
 }
 
-void UpdateExpertBiasOp(Tensor bias, const Tensor& counts, double rate) {
-  scheduler::UpdateExpertBias(bias, counts, rate);
-}
-
 std::string ConfigDescribe() {
   return Boundary([] { return runtime::GlobalConfig().Describe(); });
 }
@@ -205,7 +264,12 @@ std::string ConfigHash() {
 }
 int64_t ExpertCapacityOp(int64_t num_tokens, int64_t top_k, int64_t num_experts, double capacity_factor,
                          int64_t min_capacity) {
-  return kernels::ExpertCapacity(num_tokens, static_cast<int>(top_k), num_experts, capacity_factor, min_capacity);
+  return Boundary([&] {
+    DYNAMOE_THROW_IF(top_k < 1 || top_k > kernels::kMaxTopK, "expert_capacity: top_k must be in [1, ",
+                     kernels::kMaxTopK, "], got ", top_k);
+    return ValueOrThrow(
+        kernels::ExpertCapacity(num_tokens, static_cast<int>(top_k), num_experts, capacity_factor, min_capacity));
+  });
 }
 
 double RtsPriorityOp(int64_t seed, int64_t step, int64_t token, int64_t choice) {
@@ -240,16 +304,64 @@ TORCH_LIBRARY(dynamoe, m) {
                                    static_cast<double>(k.bytes_received), k.wait_seconds,
                                    static_cast<double>(k.waits), static_cast<double>(k.idle_waits)};
       });
-  // A layer's placement policy and its last plan (stats()["shadowed"], ...).
-  m.class_<dynamoe::scheduler::PlacementState>("Placement")
+  // A layer's state across steps: its placement policy and last plan
+  // (stats()["shadowed"], ...), its step counter, and the records that let a
+  // checkpointing recomputation route as the original did. The custom-expert
+  // path, which routes through the `route` op, uses begin_forward /
+  // commit_forward for the same side effects.
+  m.class_<dynamoe::scheduler::LayerState>("LayerState")
       .def(torch::init([](std::string policy) {
-        return dynamoe::Boundary([&] { return c10::make_intrusive<dynamoe::scheduler::PlacementState>(policy); });
+        return dynamoe::Boundary([&] { return c10::make_intrusive<dynamoe::scheduler::LayerState>(policy); });
       }))
-      .def("policy", [](const dynamoe::PlacementPtr& p) { return p->policy_name(); })
-      .def("shadowed", [](const dynamoe::PlacementPtr& p) { return p->plan().Shadowed(); })
-      .def("replicas", [](const dynamoe::PlacementPtr& p) { return p->plan().ReplicaCounts(); })
-      .def("plan_hash", [](const dynamoe::PlacementPtr& p) { return static_cast<int64_t>(p->plan().Hash()); })
-      .def("predicted_step_seconds", [](const dynamoe::PlacementPtr& p) { return p->plan().predicted_step_seconds; });
+      .def("policy", [](const dynamoe::StatePtr& s) { return s->placement().policy_name(); })
+      .def("shadowed", [](const dynamoe::StatePtr& s) { return s->placement().plan().Shadowed(); })
+      .def("replicas", [](const dynamoe::StatePtr& s) { return s->placement().plan().ReplicaCounts(); })
+      .def("plan_hash", [](const dynamoe::StatePtr& s) { return static_cast<int64_t>(s->placement().plan().Hash()); })
+      .def("predicted_step_seconds",
+           [](const dynamoe::StatePtr& s) { return s->placement().plan().predicted_step_seconds; })
+      .def("step", [](const dynamoe::StatePtr& s) { return s->step(); })
+      // copy.deepcopy, torch.save (through dynamoe.MoE's __getstate__) and
+      // TorchScript keep the policy and the step; the records of forwards
+      // awaiting recomputation and the policy's history start afresh.
+      .def_pickle(
+          [](const dynamoe::StatePtr& s) {
+            return std::make_tuple(s->placement().policy_name(), s->step());
+          },
+          [](std::tuple<std::string, int64_t> t) {
+            return dynamoe::Boundary([&] {
+              auto s = c10::make_intrusive<dynamoe::scheduler::LayerState>(std::get<0>(t));
+              s->set_step(std::get<1>(t));
+              return s;
+            });
+          })
+      .def("set_step", [](const dynamoe::StatePtr& s, int64_t step) {
+        dynamoe::Boundary([&] {
+          DYNAMOE_THROW_IF(step < 0, "LayerState.set_step: step must be >= 0, got ", step);
+          s->set_step(step);
+          return 0;
+        });
+      })
+      // -> (id, step, recomputed, expert bias to route with)
+      .def("begin_forward", [](const dynamoe::StatePtr& s, bool training, std::string name, at::Tensor bias) {
+        return dynamoe::Boundary([&] {
+          const auto b = dynamoe::ValueOrThrow(s->Begin(training, name));
+          const bool again = b.original != nullptr;
+          const at::Tensor use = again && b.original->expert_bias.defined() ? b.original->expert_bias : bias;
+          return std::make_tuple(static_cast<int64_t>(b.id), again ? b.original->step : s->step(), again, use);
+        });
+      })
+      .def("commit_forward", [](const dynamoe::StatePtr& s, int64_t id, int64_t step, at::Tensor bias,
+                                double bias_update_rate, at::Tensor routed_counts) {
+        dynamoe::Boundary([&] {
+          DYNAMOE_THROW_IF(!std::isfinite(bias_update_rate) || bias_update_rate < 0,
+                           "LayerState.commit_forward: bias_update_rate must be finite and >= 0, got ",
+                           bias_update_rate);
+          const at::Tensor routed = routed_counts.reshape({1, -1});
+          s->Commit(static_cast<uint64_t>(id), step, bias, bias_update_rate, routed, routed,
+                    dynamoe::placement::Plan::None(1, routed.size(1)));
+          return 0;
+        });
+      });
   m.def(
       "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
       "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
@@ -265,10 +377,10 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def(
       "moe_forward(Tensor x, Tensor gate_weight, Tensor? expert_bias, Tensor w1, Tensor w2, Tensor? w3, "
       "Tensor? b1, Tensor? b2, str activation, int top_k, float capacity_factor, int min_capacity, "
-      "bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, float jitter_eps, "
-      "float balance_loss_weight, float z_loss_weight, bool check_finite, bool training, str name, "
-      "__torch__.torch.classes.dynamoe.Communicator? comm=None, "
-      "__torch__.torch.classes.dynamoe.Placement? placement=None, str schedule=\"\", int group_size=-1, "
+      "bool normalize_topk, bool use_rts, int rts_seed, str noisy_gate_policy, float jitter_eps, "
+      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, bool check_finite, bool training, "
+      "str name, __torch__.torch.classes.dynamoe.LayerState state, "
+      "__torch__.torch.classes.dynamoe.Communicator? comm=None, str schedule=\"\", int group_size=-1, "
       "int overlap_degree=-1) -> (Tensor y, Tensor aux_loss, Tensor counts, "
       "Tensor routed_counts, Tensor global_routed_counts, Tensor info, Tensor losses)",
       &dynamoe::MoEForwardOp);
@@ -277,11 +389,11 @@ TORCH_LIBRARY(dynamoe, m) {
       "float? eval_capacity_factor, int min_capacity, str activation, str noisy_gate_policy, float jitter_eps, "
       "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name) -> ()",
       &dynamoe::ValidateOptionsOp);
-  m.def("update_expert_bias(Tensor(a!) bias, Tensor counts, float rate) -> ()", &dynamoe::UpdateExpertBiasOp);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("config_get(str name) -> str", &dynamoe::ConfigGet);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
+  m.def("default_layer_name() -> str", [] { return dynamoe::scheduler::NextDefaultLayerName(); });
   m.def("expert_capacity(int num_tokens, int top_k, int num_experts, float capacity_factor, int min_capacity) -> int",
         &dynamoe::ExpertCapacityOp);
   m.def("rts_priority(int seed, int step, int token, int choice) -> float", &dynamoe::RtsPriorityOp);

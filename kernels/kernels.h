@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/dtype.h"
 
 namespace dynamoe::kernels {
@@ -22,8 +23,10 @@ constexpr int64_t kUnlimitedCapacity = -1;
 //   capacity_factor < 0: dropless up to the same bound computed with |cf|.
 // Without padding both signs drop the same assignments; they differ only in
 // intent (a fixed buffer vs. a safety bound), kept for Tutel compatibility.
-int64_t ExpertCapacity(int64_t num_tokens, int top_k, int64_t num_experts,
-                       double capacity_factor, int64_t min_capacity);
+// The bound is clamped to num_tokens (no expert can receive more), so any
+// finite factor is exact. InvalidArgument names a bad argument.
+absl::StatusOr<int64_t> ExpertCapacity(int64_t num_tokens, int top_k, int64_t num_experts,
+                                       double capacity_factor, int64_t min_capacity);
 
 // Deterministic top-k per row: larger key first, lower expert index on ties.
 // key: [num_tokens, num_experts]; expert_idx: [num_tokens, top_k].

@@ -9,13 +9,23 @@
 
 namespace dynamoe::kernels {
 
-int64_t ExpertCapacity(int64_t num_tokens, int top_k, int64_t num_experts,
-                       double capacity_factor, int64_t min_capacity) {
+absl::StatusOr<int64_t> ExpertCapacity(int64_t num_tokens, int top_k, int64_t num_experts,
+                                       double capacity_factor, int64_t min_capacity) {
+  DYNAMOE_CHECK_ARG(num_tokens >= 0, "expert capacity: num_tokens must be >= 0, got ", num_tokens);
+  DYNAMOE_CHECK_ARG(num_experts >= 1, "expert capacity: num_experts must be >= 1, got ", num_experts);
+  DYNAMOE_CHECK_ARG(top_k >= 1 && top_k <= num_experts, "expert capacity: top_k must be in [1, num_experts=",
+                    num_experts, "], got ", top_k);
+  DYNAMOE_CHECK_ARG(std::isfinite(capacity_factor), "expert capacity: capacity_factor must be finite, got ",
+                    capacity_factor);
+  DYNAMOE_CHECK_ARG(min_capacity >= 0, "expert capacity: min_capacity must be >= 0, got ", min_capacity);
   if (capacity_factor == 0.0) return kUnlimitedCapacity;
-  const double per_expert = static_cast<double>(top_k) * static_cast<double>(num_tokens) /
-                            static_cast<double>(num_experts);
-  const auto bound = static_cast<int64_t>(std::ceil(per_expert * std::fabs(capacity_factor)));
-  return std::max(min_capacity, bound);
+  // Top-k experts are distinct, so no expert gets more than num_tokens
+  // assignments: a larger bound changes nothing, and clamping here keeps a
+  // huge factor from overflowing int64.
+  const double bound = std::ceil(static_cast<double>(top_k) * static_cast<double>(num_tokens) /
+                                 static_cast<double>(num_experts) * std::fabs(capacity_factor));
+  const int64_t capacity = bound >= static_cast<double>(num_tokens) ? num_tokens : static_cast<int64_t>(bound);
+  return std::max(min_capacity, capacity);
 }
 
 template <typename T>

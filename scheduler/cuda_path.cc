@@ -116,8 +116,9 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
     xr = xr * at::empty_like(xr).uniform_(1.0 - options.jitter_eps, 1.0 + options.jitter_eps);
   Routing r;
   r.logits = at::linear(xr, gate_weight.to(at::kFloat)).contiguous();
-  const int64_t capacity = kernels::ExpertCapacity(num_tokens, top_k, num_experts, options.capacity_factor,
-                                                   options.min_capacity);
+  DYNAMOE_ASSIGN_OR_RETURN(const int64_t capacity, kernels::ExpertCapacity(num_tokens, top_k, num_experts,
+                                                                           options.capacity_factor,
+                                                                           options.min_capacity));
   const at::Tensor bias = expert_bias.defined() ? expert_bias.detach().to(at::kFloat).contiguous() : at::Tensor();
   variable_list outs = FusedRouterFunction::apply(r.logits, bias, top_k, capacity, options.normalize);
   r.weight = outs[0], r.scores = outs[1], r.expert_idx = outs[2], r.position = outs[3];

@@ -52,14 +52,11 @@ class AllToAllFunction : public torch::autograd::Function<AllToAllFunction> {
 
 }  // namespace
 
-uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model) {
-  return Fnv1a64(absl::StrFormat("%s/%d/%d", name, num_experts, d_model));
+uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model, int64_t d_hidden,
+                   at::ScalarType dtype) {
+  return Fnv1a64(absl::StrFormat("%s/%d/%d/%d/%s", name, num_experts, d_model, d_hidden, c10::toString(dtype)));
 }
 
-namespace {
-
-// All-gathers a small host tensor into [size * numel] on the host. NCCL moves
-// device memory only, so over NCCL it travels through the layer's device.
 absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::Tensor& mine,
                                          const at::Device& device, const runtime::CollectiveTag& tag) {
   const bool nccl = comm.backend() == "nccl";
@@ -71,34 +68,15 @@ absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::
   return nccl ? all.cpu() : all;
 }
 
-}  // namespace
-
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           uint64_t layer_hash, int64_t step, const at::Device& device) {
+                                           const at::Device& device) {
   const int64_t E = kept.numel(), P = comm.size();
-  at::Tensor payload = at::empty({2 * E + 2}, kept.options().dtype(at::kLong));
-  payload.narrow(0, 0, E).copy_(kept);
-  payload.narrow(0, E, E).copy_(routed);
-  int64_t hash_bits;
-  std::memcpy(&hash_bits, &layer_hash, sizeof(hash_bits));
-  payload[2 * E] = hash_bits;
-  payload[2 * E + 1] = step;
+  at::Tensor payload = at::cat({kept.reshape({-1}), routed.reshape({-1})}).to(at::kLong);
   at::Tensor gathered;
   DYNAMOE_ASSIGN_OR_RETURN(gathered, AllGatherHost(comm, payload, device,
                                                    {layer, monitor::PhaseName(monitor::Phase::kCountAllGather), false}));
-  gathered = gathered.view({P, 2 * E + 2});
-  const int64_t* g = gathered.data_ptr<int64_t>();
-  for (int64_t r = 0; r < P; ++r) {
-    const int64_t their_hash = g[r * (2 * E + 2) + 2 * E], their_step = g[r * (2 * E + 2) + 2 * E + 1];
-    if (their_hash != hash_bits || their_step != step)
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "layer '%s' phase 'count_allgather': ranks diverged: rank %d (world rank %d) is in layer hash %016x "
-          "step %d while rank %d is in layer '%s' (hash %016x) step %d; every rank must call the MoE layers in "
-          "the same order and the same number of times",
-          layer, r, comm.global_rank(static_cast<int>(r)), static_cast<uint64_t>(their_hash), their_step,
-          comm.rank(), layer, layer_hash, step));
-  }
+  gathered = gathered.view({P, 2 * E});
   return CountMatrices{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous()};
 }
 

@@ -20,14 +20,18 @@ struct CountMatrices {
   at::Tensor routed;  // [ep_size, E] int64: assignments before capacity
 };
 
-// All-gathers this rank's kept and routed counts. The payload also carries a
-// hash of the layer and the step, so ranks that call different layers (or
-// the same layer a different number of times) get an error naming the peer.
+// All-gathers this rank's kept and routed counts [E] into [ep_size, E]
+// matrices. Call after CheckSignatures passed for this step: the payload's
+// size is the layer's, so every rank must be in the same layer.
 // `device` is the layer's: an NCCL group moves the payload through it.
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           uint64_t layer_hash, int64_t step,
                                            const at::Device& device = at::Device(at::kCPU));
+
+// All-gathers a small host tensor into [size * numel] on the host. NCCL moves
+// device memory only, so over NCCL it travels through `device`.
+absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::Tensor& mine,
+                                         const at::Device& device, const runtime::CollectiveTag& tag);
 
 // The kept count matrix [P, E] int64 as the placement library's type.
 placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix);
@@ -61,7 +65,9 @@ at::Tensor AllToAllRows(const at::Tensor& rows, const runtime::CommunicatorPtr& 
                         const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows,
                         const runtime::CollectiveTag& tag);
 
-// FNV-1a of the layer's name and shape, for the divergence check.
-uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model);
+// FNV-1a of the layer's name, shape and dtype: its identity in the
+// divergence check and in traces.
+uint64_t LayerHash(const std::string& name, int64_t num_experts, int64_t d_model, int64_t d_hidden,
+                   at::ScalarType dtype);
 
 }  // namespace dynamoe::scheduler

@@ -6,14 +6,17 @@
 #include <mutex>
 
 #include "absl/strings/str_join.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "monitor/metrics_report.h"
 #include "monitor/trace_recorder.h"
 #include "runtime/config.h"
 #include "runtime/metrics_service.h"
+#include "runtime/placement_config.h"
 #include "runtime/shadow.h"
 #include "scheduler/expert_parallel.h"
+#include "scheduler/layer_signature.h"
 #include "scheduler/overlap.h"
 
 namespace dynamoe::scheduler {
@@ -35,6 +38,11 @@ absl::Status CheckParam(const MoEOptions& o, const at::Tensor& x, const at::Tens
                     c10::toString(x.scalar_type()), " but ", name, " has dtype ", c10::toString(t.scalar_type()),
                     "; convert the layer with .to(", c10::toString(x.scalar_type()), ")");
   return absl::OkStatus();
+}
+
+std::vector<int64_t> ToVectorOf(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
 }  // namespace
@@ -126,17 +134,18 @@ at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const Exp
 // The plan for this step: the layer's policy, or plain expert parallelism.
 placement::Plan ChoosePlan(const MoEOptions& options, const StepInputs& in, const at::Tensor& counts,
                            int64_t bytes_per_element) {
-  if (!in.placement) return placement::Plan::None(counts.size(0), counts.size(1));
+  if (!in.state) return placement::Plan::None(counts.size(0), counts.size(1));
+  PlacementState& placement = in.state->placement();
   if (in.custom_expert) {
     static std::once_flag warned;
-    if (in.placement->policy_name() != "none")
+    if (placement.policy_name() != "none")
       std::call_once(warned, [&] {
-        DYNAMOE_LOG(kWarning) << options.name() << ": DYNAMOE_PLACEMENT=" << in.placement->policy_name()
+        DYNAMOE_LOG(kWarning) << options.name() << ": DYNAMOE_PLACEMENT=" << placement.policy_name()
                               << " needs the built-in FFN experts; custom experts run without copies";
       });
-    return in.placement->UseNone(options, counts, bytes_per_element);
+    return placement.UseNone(options, counts, bytes_per_element);
   }
-  return in.placement->Next(options, counts, bytes_per_element);
+  return placement.Next(options, counts, bytes_per_element);
 }
 
 // The layer's own experts followed by the copies this rank holds.
@@ -221,26 +230,22 @@ void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tens
   placement::TraceLayerSpec layer{options.name(), options.num_experts(), options.d_model(), options.d_hidden(),
                                   options.gated(), options.bias(), x.element_size()};
   placement::TraceStep step;
-  step.step = in.step;
+  step.step = result.step;
   step.kept = ToCountMatrix(result.counts);
   step.routed = ToCountMatrix(result.routed_matrix);
-  if (in.placement) step.plan = result.plan;
+  if (in.state) step.plan = result.plan;
   step.phase_seconds.assign(result.times.seconds.begin(), result.times.seconds.end());
   const int64_t rank = in.comm ? in.comm->global_rank(in.comm->rank()) : 0;
   recorder->Record(layer, rank, std::move(step));
 }
 
-std::vector<int64_t> ToVector(const at::Tensor& t) {
-  const at::Tensor c = t.to(at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 // DYNAMOE_METRICS_PORT: this step's load, drops, plan and phase times.
 void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routing& routing, const StepResult& result) {
   monitor::StepReport r;
   r.layer = options.name();
-  r.routed = ToVector(routing.routed_counts);
-  r.expert_loads = ToVector(result.counts.sum(0));
+  r.routed = ToVectorOf(routing.routed_counts);
+  r.expert_loads = ToVectorOf(result.counts.sum(0));
   r.dropped = routing.dropped;
   for (const auto& c : result.plan.copies) r.copied_experts += c.empty() ? 0 : 1;
   r.plan_hash = result.plan.Hash();
@@ -252,6 +257,56 @@ void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routin
 
 }  // namespace
 
+namespace {
+
+// What the ranks compare before this step's tokens move (layer_signature.h).
+LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const ScheduleOptions& schedule,
+                         const at::Tensor& x, int64_t step) {
+  const runtime::Config& config = runtime::GlobalConfig();
+  LayerSignature s;
+  s[LayerSignature::kName] = static_cast<int64_t>(Fnv1a64(o.name()));
+  s[LayerSignature::kLayer] =
+      static_cast<int64_t>(LayerHash(o.name(), o.num_experts(), o.d_model(), o.d_hidden(), x.scalar_type()));
+  s[LayerSignature::kStep] = step;
+  s[LayerSignature::kNumExperts] = o.num_experts();
+  s[LayerSignature::kDModel] = o.d_model();
+  s[LayerSignature::kDHidden] = o.d_hidden();
+  s[LayerSignature::kDtype] = static_cast<int64_t>(x.scalar_type());
+  s[LayerSignature::kGated] = o.gated();
+  s[LayerSignature::kBias] = o.bias();
+  s[LayerSignature::kTopK] = o.top_k();
+  s[LayerSignature::kCustomExperts] = in.custom_expert ? 1 : 0;
+  s[LayerSignature::kPlacement] = in.state ? PolicyIndex(in.state->placement().policy_name()) : 0;
+  s[LayerSignature::kSchedule] = schedule.overlap() ? 1 : 0;
+  s[LayerSignature::kGroupSize] = schedule.group_size;
+  s[LayerSignature::kOverlapDegree] = schedule.overlap_degree;
+  s[LayerSignature::kRanksPerNode] = runtime::ClusterFromConfig(config, in.comm->size()).ranks_per_node;
+  s[LayerSignature::kTraining] = in.training;
+  const bool grad = at::GradMode::is_enabled();
+  s[LayerSignature::kInputRequiresGrad] = grad && in.x.requires_grad();
+  bool params = in.gate_weight.requires_grad();
+  for (const at::Tensor* t : {&in.experts.w1, &in.experts.w2, &in.experts.w3, &in.experts.b1, &in.experts.b2})
+    params = params || (t->defined() && t->requires_grad());
+  s[LayerSignature::kParamsRequireGrad] = grad && params;
+  s[LayerSignature::kConfigHash] = static_cast<int64_t>(config.Hash());
+  return s;
+}
+
+// A recomputation must route as the forward it repeats: its rows for each
+// expert, this rank's row of the gathered matrix, must be the same.
+void CheckReplay(const MoEOptions& options, const ForwardRecord& original, const at::Tensor& kept, int rank) {
+  const at::Tensor before = original.kept_matrix[rank];
+  if (at::equal(before, kept.to(before.scalar_type()))) return;
+  throw Error(absl::FailedPreconditionError(absl::StrCat(
+      "layer '", options.name(), "': the recomputed forward of step ", original.step,
+      " (activation checkpointing) routed differently from the original (rows per expert [",
+      absl::StrJoin(ToVectorOf(kept), ", "), "] now, [", absl::StrJoin(ToVectorOf(before), ", "),
+      "] then); the recomputation must see the same input and random state: keep preserve_rng_state=True and "
+      "do not change the layer's weights between forward and backward")));
+}
+
+}  // namespace
+
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   ThrowIfError(options.Validate());
   ThrowIfError(ValidateInputs(options, in));
@@ -259,32 +314,52 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   StepResult result;
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
   const bool distributed = in.comm && in.comm->size() > 1;
+  const int rank = distributed ? in.comm->rank() : 0;
+  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromConfig());
 
-  const RouterOptions ro = MakeRouterOptions(options, in.training, in.step);
+  // A recomputation replays the step, bias, counts and plan of its original.
+  LayerState::Begun begun;
+  if (in.state) begun = ValueOrThrow(in.state->Begin(in.training, options.name()));
+  const ForwardRecord* original = begun.original.get();
+  result.recomputed = original != nullptr;
+  result.step = original ? original->step : in.state ? in.state->step() : 0;
+  const at::Tensor& expert_bias =
+      original && original->expert_bias.defined() ? original->expert_bias : in.expert_bias;
+
+  const RouterOptions ro = MakeRouterOptions(options, in.training, result.step);
   Routing routing;
   {
     monitor::ScopedPhase timer(result.times, Phase::kGate);
-    routing = ValueOrThrow(Route(x, in.gate_weight, in.expert_bias, ro));
+    routing = ValueOrThrow(Route(x, in.gate_weight, expert_bias, ro));
   }
   result.counts = routing.kept_counts.unsqueeze(0);
   result.global_routed_counts = routing.routed_counts;
   result.routed_matrix = routing.routed_counts.unsqueeze(0);
   const runtime::CommCounters before = distributed ? in.comm->counters() : runtime::CommCounters{};
-  if (distributed) {
+  if (original) {
+    CheckReplay(options, *original, routing.kept_counts, rank);
+    result.counts = original->kept_matrix;
+    result.routed_matrix = original->routed_matrix;
+    result.global_routed_counts = original->routed_matrix.sum(0);
+  } else if (distributed) {
     monitor::ScopedPhase timer(result.times, Phase::kCountAllGather);
+    ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, schedule, x, result.step), options.name(),
+                                 x.device()));
     CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
-                                                options.name(), LayerHash(options.name(), options.num_experts(),
-                                                                          options.d_model()),
-                                                in.step, x.device()));
+                                                options.name(), x.device()));
     result.counts = m.kept;
     result.routed_matrix = m.routed;
     result.global_routed_counts = m.routed.sum(0);
   }
   {
     monitor::ScopedPhase timer(result.times, Phase::kPolicy);
-    result.plan = ChoosePlan(options, in, result.counts, x.element_size());
-    if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
-      ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), in.step, x.device()));
+    if (original) {
+      result.plan = original->plan;
+    } else {
+      result.plan = ChoosePlan(options, in, result.counts, x.element_size());
+      if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
+        ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), result.step, x.device()));
+    }
   }
   ExpertParams experts = in.experts;
   if (distributed && result.plan.HasCopies()) {
@@ -295,7 +370,6 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
     result.weight_bytes_received = c1.bytes_received - c0.bytes_received;
   }
-  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromConfig());
   if (distributed && schedule.overlap() && !in.custom_expert) {
     result.y = OverlappedStep(options, in, schedule, x, routing, experts, result);
   } else {
@@ -322,16 +396,13 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.routed_counts = routing.routed_counts;
   result.dropped = routing.dropped;
   result.capacity = routing.capacity;
+  if (original) return result;  // the original already counted, recorded and updated
+  if (in.training && in.state)
+    in.state->Commit(begun.id, result.step, in.expert_bias, options.bias_update_rate(), result.counts,
+                     result.routed_matrix, result.plan);
   if (in.training) RecordTrace(options, in, x, result);
   if (runtime::MetricsEnabled()) ReportMetrics(options, in, routing, result);
   return result;
-}
-
-void UpdateExpertBias(at::Tensor& expert_bias, const at::Tensor& counts, double rate) {
-  if (rate <= 0 || !expert_bias.defined()) return;
-  at::NoGradGuard no_grad;
-  const at::Tensor load = counts.reshape({-1, expert_bias.size(0)}).sum(0).to(expert_bias.scalar_type());
-  expert_bias.add_(at::sign(load.mean() - load) * rate);
 }
 
 }  // namespace dynamoe::scheduler

@@ -11,8 +11,8 @@
 #include "runtime/communicator.h"
 #include "scheduler/functions.h"
 #include "placement/plan.h"
+#include "scheduler/layer_state.h"
 #include "scheduler/options.h"
-#include "scheduler/placement_state.h"
 #include "scheduler/router.h"
 #include "scheduler/schedule.h"
 
@@ -31,12 +31,13 @@ struct StepInputs {
   CustomExpertFn custom_expert;
   // The expert-parallel group; null (or size 1) runs every expert locally.
   runtime::CommunicatorPtr comm;
-  // The layer's placement policy; null runs plain expert parallelism.
-  c10::intrusive_ptr<PlacementState> placement;
+  // The layer's state across steps (step counter, placement, what a
+  // recomputation replays); null runs one stateless step: step 0, plain
+  // expert parallelism, nothing recorded.
+  c10::intrusive_ptr<LayerState> state;
   // The token schedule; unset reads DYNAMOE_SCHEDULE and friends.
   std::optional<ScheduleOptions> schedule;
   bool training = false;
-  int64_t step = 0;  // seeds use_rts
 };
 
 struct StepResult {
@@ -59,6 +60,10 @@ struct StepResult {
   // are skipped by all); false / 0 for sequential or one process.
   bool overlapped = false;
   int64_t pipeline_stages = 0;
+  // This forward recomputed an earlier one (activation checkpointing): it
+  // routed as that one did and had no side effects of its own.
+  bool recomputed = false;
+  int64_t step = 0;  // the training step it ran as
   int64_t dropped = 0;
   int64_t capacity = -1;
   monitor::PhaseTimes times;
@@ -71,12 +76,12 @@ int64_t LocalExperts(const MoEOptions& options, const runtime::CommunicatorPtr& 
 // InvalidArgument names the layer, what was expected and what came.
 absl::Status ValidateInputs(const MoEOptions& options, const StepInputs& in);
 
+// One forward step. In training (and not a recomputation) it also advances
+// the state's step and applies the expert-bias update (bias_update_rate),
+// in place on in.expert_bias.
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in);
 
 // The router's view of the layer options for one step.
 RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_t step);
-
-// DeepSeek-V3 auxiliary-loss-free update: bias[e] += rate * sign(mean - load[e]).
-void UpdateExpertBias(at::Tensor& expert_bias, const at::Tensor& counts, double rate);
 
 }  // namespace dynamoe::scheduler

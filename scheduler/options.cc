@@ -8,7 +8,7 @@
 namespace dynamoe {
 
 absl::Status MoEOptions::Validate() const {
-  const std::string& n = name_;
+  const std::string n = name_.empty() ? "moe" : name_;
   DYNAMOE_CHECK_ARG(d_model_ > 0, n, ": d_model must be > 0, got ", d_model_);
   DYNAMOE_CHECK_ARG(d_hidden_ > 0, n, ": d_hidden must be > 0, got ", d_hidden_);
   DYNAMOE_CHECK_ARG(num_experts_ > 0, n, ": num_experts must be > 0, got ", num_experts_);
@@ -26,9 +26,13 @@ absl::Status MoEOptions::Validate() const {
                     n, ": noisy_gate_policy must be one of none, Jitter, RSample, got \"",
                     noisy_gate_policy_, "\"");
   DYNAMOE_CHECK_ARG(jitter_eps_ >= 0 && jitter_eps_ < 1, n, ": jitter_eps must be in [0, 1), got ", jitter_eps_);
-  DYNAMOE_CHECK_ARG(balance_loss_weight_ >= 0, n, ": balance_loss_weight must be >= 0, got ", balance_loss_weight_);
-  DYNAMOE_CHECK_ARG(z_loss_weight_ >= 0, n, ": z_loss_weight must be >= 0, got ", z_loss_weight_);
-  DYNAMOE_CHECK_ARG(bias_update_rate_ >= 0, n, ": bias_update_rate must be >= 0, got ", bias_update_rate_);
+  // Finite as well: an infinite weight or rate turns the loss or the bias into inf/NaN.
+  DYNAMOE_CHECK_ARG(balance_loss_weight_ >= 0 && std::isfinite(balance_loss_weight_), n,
+                    ": balance_loss_weight must be finite and >= 0, got ", balance_loss_weight_);
+  DYNAMOE_CHECK_ARG(z_loss_weight_ >= 0 && std::isfinite(z_loss_weight_), n,
+                    ": z_loss_weight must be finite and >= 0, got ", z_loss_weight_);
+  DYNAMOE_CHECK_ARG(bias_update_rate_ >= 0 && std::isfinite(bias_update_rate_), n,
+                    ": bias_update_rate must be finite and >= 0, got ", bias_update_rate_);
   return absl::OkStatus();
 }
 

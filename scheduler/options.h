@@ -41,7 +41,9 @@ struct MoEOptions {
   TORCH_ARG(double, bias_update_rate) = 0.0;
   TORCH_ARG(bool, use_residual) = false;  // DeepSpeed residual MoE
   TORCH_ARG(bool, check_finite) = true;   // error on non-finite router logits
-  TORCH_ARG(std::string, name) = "moe";   // used in error messages and metrics
+  // Used in errors, metrics and traces; "" (the default): MoELayer names
+  // itself moe0, moe1, ... in creation order (scheduler::NextDefaultLayerName).
+  TORCH_ARG(std::string, name) = "";
 
 
  public:  // TORCH_ARG leaves the section private

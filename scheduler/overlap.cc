@@ -94,14 +94,14 @@ void RunPipeline(const PipelineLayout& layout, runtime::Communicator& comm, cons
   }
 }
 
-// What the forward pass leaves for backward.
+// What the forward pass leaves for backward besides the saved tensors (the
+// per-unit inputs and pre-activations go through save_for_backward, so
+// retain_graph, saved-tensor hooks and checkpointing treat them as any other).
 struct PipelineContext : torch::CustomClassHolder {
   std::shared_ptr<const PipelineLayout> layout;
   runtime::CommunicatorPtr comm;
   std::string layer, activation;
   monitor::PhaseTimes* times = nullptr;  // forward only
-  std::vector<at::Tensor> inputs;        // per unit, slot-major
-  std::vector<FFNActivations> activations;
 };
 
 const int64_t* UnitCounts(const PipelineLayout& layout, int64_t unit) {
@@ -120,25 +120,35 @@ class OverlapFunction : public torch::autograd::Function<OverlapFunction> {
                             c10::intrusive_ptr<PipelineContext> pc) {
     const ExpertParams params{w1, w2, w3, b1, b2, pc->activation};
     const PipelineLayout& layout = *pc->layout;
-    const size_t units = 1 + layout.stages.size();
-    pc->inputs.assign(units, at::Tensor());
-    pc->activations.assign(units, FFNActivations());
+    const int64_t units = 1 + static_cast<int64_t>(layout.stages.size());
+    // Saved: the five parameters, then per unit its slot-major input and
+    // pre-activations h, g (undefined for units that computed nothing).
+    std::vector<at::Tensor> saved(5 + 3 * units);
     at::Tensor out = at::empty_like(send_rows);
     RunPipeline(
         layout, *pc->comm, send_rows, out,
         [&](int64_t unit, const at::Tensor& rows) {
-          pc->inputs[unit] = rows;
-          return FFNForward(rows, UnitCounts(layout, unit), params, &pc->activations[unit]);
+          FFNActivations act;
+          at::Tensor y = FFNForward(rows, UnitCounts(layout, unit), params, &act);
+          // Detached: the local unit's rows may be a view of send_rows made
+          // here without grad mode, which autograd cannot re-materialise
+          // through saved-tensor hooks (non-reentrant checkpointing).
+          saved[5 + 3 * unit] = rows.detach();
+          saved[6 + 3 * unit] = act.h;
+          saved[7 + 3 * unit] = act.g;
+          return y;
         },
         Tag(pc->layer, Phase::kDispatch, false), Tag(pc->layer, Phase::kCombine, false), pc->times);
     pc->times = nullptr;
-    ctx->save_for_backward({w1, w2, w3, b1, b2});
+    saved[0] = w1, saved[1] = w2, saved[2] = w3, saved[3] = b1, saved[4] = b2;
+    ctx->save_for_backward(saved);
     ctx->saved_data["pipeline"] = c10::IValue::make_capsule(pc);
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     auto pc = c10::static_intrusive_pointer_cast<PipelineContext>(ctx->saved_data["pipeline"].toCapsule());
+    // Unpacked once per backward (a second one, under retain_graph, unpacks again).
     const auto w = ctx->get_saved_variables();
     const ExpertParams params{w[0], w[1], w[2], w[3], w[4], pc->activation};
     const PipelineLayout& layout = *pc->layout;
@@ -150,12 +160,10 @@ class OverlapFunction : public torch::autograd::Function<OverlapFunction> {
     RunPipeline(
         layout, *pc->comm, grad_out, grad_in,
         [&](int64_t unit, const at::Tensor& grad_rows) {
-          return FFNBackward(grad_rows, pc->inputs[unit], UnitCounts(layout, unit), params, pc->activations[unit],
-                             grads);
+          return FFNBackward(grad_rows, w[5 + 3 * unit], UnitCounts(layout, unit), params,
+                             {w[6 + 3 * unit], w[7 + 3 * unit]}, grads);
         },
         Tag(pc->layer, Phase::kDispatch, true), Tag(pc->layer, Phase::kCombine, true), nullptr);
-    pc->inputs.clear();
-    pc->activations.clear();
     grads = Narrow(std::move(grads), params);
     return {grad_in, grads.w1, grads.w2, grads.w3, grads.b1, grads.b2, at::Tensor()};
   }

@@ -73,8 +73,8 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
   if (options.normalize) r.weight = r.weight / r.weight.sum(-1, true);
 
   kernels::RoutingOptions ro;
-  ro.capacity = kernels::ExpertCapacity(num_tokens, top_k, num_experts, options.capacity_factor,
-                                        options.min_capacity);
+  DYNAMOE_ASSIGN_OR_RETURN(ro.capacity, kernels::ExpertCapacity(num_tokens, top_k, num_experts,
+                                                                options.capacity_factor, options.min_capacity));
   ro.use_rts = options.use_rts;
   ro.rts_seed = options.rts_seed;
   ro.step = options.step;

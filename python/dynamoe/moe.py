@@ -46,10 +46,12 @@ class MoE(nn.Module):
                  eval_capacity_factor=None, min_capacity=4, normalize_topk=None, activation="gelu",
                  gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
                  jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
-                 use_residual=False, check_finite=True, expert=None, name="moe", group=None, ep_size=None,
+                 use_residual=False, check_finite=True, expert=None, name=None, group=None, ep_size=None,
                  placement=None, schedule=None, group_size=None, overlap_degree=None):
         super().__init__()
         from . import distributed
+        if name is None:  # unique per process, and the same on every rank that builds the same model
+            name = ops().default_layer_name()
         self.group, self._comm = None, None
         if ep_size is not None:
             if group is not None:
@@ -117,13 +119,17 @@ class MoE(nn.Module):
         self.schedule = schedule or ""
         self.group_size = -1 if group_size is None else int(group_size)
         self.overlap_degree = -1 if overlap_degree is None else int(overlap_degree)
-        self._placement = None
-        if self.experts is None:
-            self._placement = torch.classes.dynamoe.Placement(placement or "")
+        # Step counter, placement and the records that let an activation-checkpointing
+        # recomputation route exactly as the forward it repeats (custom experts: no copies).
+        self._state = torch.classes.dynamoe.LayerState((placement or "") if expert is None else "none")
         self.aux_loss = None
         self._stats = {}
-        self._step = 0
         self.reset_parameters()
+
+    @property
+    def step(self):
+        """Training forwards so far; a checkpointing recomputation does not count."""
+        return self._state.step()
 
     def reset_parameters(self):
         """Each expert initialised like nn.Linear(d_model, d_hidden) / (d_hidden, d_model)."""
@@ -149,39 +155,37 @@ class MoE(nn.Module):
             y, aux, counts, routed, global_routed, info, losses = ops().moe_forward(
                 x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
-                self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy, self.jitter_eps,
-                self.balance_loss_weight, self.z_loss_weight, self.check_finite, self.training, self.name,
-                self._comm, self._placement, self.schedule, self.group_size, self.overlap_degree)
+                self.use_rts, self.rts_seed, self.noisy_gate_policy, self.jitter_eps, self.balance_loss_weight,
+                self.z_loss_weight, self.bias_update_rate, self.check_finite, self.training, self.name,
+                self._state, self._comm, self.schedule, self.group_size, self.overlap_degree)
             info = info.tolist()
+            recomputed = bool(info[-2])
             names = _phase_names()
             phases = {n: info[7 + i] for i, n in enumerate(names)
                       if n in ("gate", "count_allgather", "policy", "shadow_broadcast", "dispatch", "experts",
                                "combine")}
             dropped, capacity, balance, z, sent, received, comm_s = info[:7]
             weight_sent, weight_received, overlapped, stages = info[7 + len(names):11 + len(names)]
-            pl = self._placement
-            plan = {"shadowed": list(pl.shadowed()), "replicas": list(pl.replicas()),
-                    "plan_hash": pl.plan_hash() & (2 ** 64 - 1),
-                    "predicted_step_seconds": pl.predicted_step_seconds(),
+            st = self._state
+            plan = {"shadowed": list(st.shadowed()), "replicas": list(st.replicas()),
+                    "plan_hash": st.plan_hash() & (2 ** 64 - 1),
+                    "predicted_step_seconds": st.predicted_step_seconds(),
                     "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received),
                     "overlapped": bool(overlapped), "pipeline_stages": int(stages)}
         else:
-            y, aux, counts, routed, dropped, capacity, balance, z, phases = self._custom_forward(x)
+            y, aux, counts, routed, dropped, capacity, balance, z, phases, recomputed = self._custom_forward(x)
             losses = None
-            global_routed, sent, received, comm_s = routed, 0, 0, 0.0
+            sent, received, comm_s = 0, 0, 0.0
             plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
                     "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0,
                     "overlapped": False, "pipeline_stages": 0}
-        if self.training:
-            self._step += 1
-            if self.bias_update_rate > 0:  # global loads: the bias stays identical on every rank
-                ops().update_expert_bias(self.expert_bias, global_routed, self.bias_update_rate)
-        self.aux_loss = aux
-        self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
-                       "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
-                       "_losses": losses,
-                       "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
-                       "comm_seconds": comm_s, **plan}
+        self.aux_loss = aux  # a recomputation's too: a checkpointed function may return it
+        if not recomputed:  # stats describe the step's forward, not its checkpointing recomputation
+            self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
+                           "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
+                           "_losses": losses,
+                           "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
+                           "comm_seconds": comm_s, **plan}
         if self.use_residual:
             coef = torch.softmax(self.residual_coef(x), -1)
             mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
@@ -194,9 +198,11 @@ class MoE(nn.Module):
             raise ValueError(f"{self.name}: x must have shape [..., d_model={self.d_model}], got {list(x.shape)}")
         t0 = time.perf_counter()
         x2 = x.reshape(-1, self.d_model)
+        # The same step, bias and side effects as the built-in path (LayerState).
+        forward_id, step, recomputed, bias = self._state.begin_forward(self.training, self.name, self.expert_bias)
         idx, weight, pos, kept, routed, balance, z = ops().route(
-            x2, self.gate.weight, self.expert_bias, self.top_k, self._capacity_factor(), self.min_capacity,
-            self.normalize_topk, self.use_rts, self.rts_seed, self._step, self.noisy_gate_policy,
+            x2, self.gate.weight, bias, self.top_k, self._capacity_factor(), self.min_capacity,
+            self.normalize_topk, self.use_rts, self.rts_seed, step, self.noisy_gate_policy,
             self.jitter_eps, self.check_finite, self.training, self.name)
         t1 = time.perf_counter()
         rows = ops().dispatch(x2, pos)
@@ -221,7 +227,9 @@ class MoE(nn.Module):
         capacity = ops().expert_capacity(x2.shape[0], self.top_k, self.num_experts, self._capacity_factor(),
                                          self.min_capacity)
         phases = {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3}
-        return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases
+        if self.training and not recomputed:
+            self._state.commit_forward(forward_id, step, self.expert_bias, self.bias_update_rate, routed)
+        return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases, recomputed
 
     def stats(self):
         """Last step: counts [ep_size, E] int64 (rows each rank sent to each expert), routed_counts
@@ -241,5 +249,5 @@ class MoE(nn.Module):
         return (f"d_model={self.d_model}, d_hidden={self.d_hidden}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
                 f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else "")
-                + (f", placement={self._placement.policy()}" if self._placement is not None else "")
+                + (f", placement={self._state.policy()}" if self.experts is None else "")
                 + (f", schedule={self.schedule}" if self.schedule else ""))

@@ -217,7 +217,7 @@ int Failure(const std::map<std::string, std::string>& args, const dynamoe::runti
   const std::string scenario = args.at("scenario");
   const std::string how = scenario == "hang" ? "hang:" + args.at("hang_s") : scenario;
   MoEOptions opts(4, 8, 12);
-  opts.top_k(2);
+  opts.top_k(2).name("moe");
   const bool doomed = g.world_rank == g.world_size - 1;
   MoELayer layer(opts, [&](int64_t) { return torch::nn::AnyModule(Doomed(doomed, how)); }, g.ep);
   MoELayer other(MoEOptions(4, 8, 12).name("other_layer"), g.ep);

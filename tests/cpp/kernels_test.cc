@@ -24,12 +24,36 @@ Routed Route(const std::vector<int64_t>& idx, int64_t T, int k, int64_t E, Routi
 }
 
 TEST(Capacity, SignedFactor) {
-  EXPECT_EQ(ExpertCapacity(100, 2, 8, 0.0, 4), kUnlimitedCapacity);
-  EXPECT_EQ(ExpertCapacity(100, 2, 8, 1.0, 4), 25);
-  EXPECT_EQ(ExpertCapacity(100, 2, 8, 1.25, 4), 32);  // ceil(31.25)
-  EXPECT_EQ(ExpertCapacity(100, 2, 8, -1.25, 4), 32);
-  EXPECT_EQ(ExpertCapacity(8, 1, 8, 1.0, 4), 4);  // min_capacity
-  EXPECT_EQ(ExpertCapacity(0, 2, 8, 1.0, 0), 0);
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, 0.0, 4), kUnlimitedCapacity);
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, 1.0, 4), 25);
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, 1.25, 4), 32);  // ceil(31.25)
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, -1.25, 4), 32);
+  EXPECT_EQ(*ExpertCapacity(8, 1, 8, 1.0, 4), 4);  // min_capacity
+  EXPECT_EQ(*ExpertCapacity(0, 2, 8, 1.0, 0), 0);
+}
+
+// A factor whose bound overflows int64 is clamped to the token count (no
+// expert can get more), never wrapped to min_capacity.
+TEST(Capacity, HugeFactorClampsToTokens) {
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, 1e20, 4), 100);
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, -1e300, 4), 100);
+  EXPECT_EQ(*ExpertCapacity(100, 2, 8, 3.0, 4), 75);   // below the clamp: unchanged
+  EXPECT_EQ(*ExpertCapacity(3, 2, 8, 1e20, 4), 4);     // min_capacity still applies
+  EXPECT_EQ(*ExpertCapacity(int64_t{1} << 62, 1, 1, 1e6, 4), int64_t{1} << 62);
+}
+
+TEST(Capacity, BadArgumentsAreNamed) {
+  EXPECT_NE(ExpertCapacity(100, 2, 0, 1.0, 4).status().message().find("num_experts must be >= 1, got 0"),
+            std::string::npos);
+  EXPECT_NE(ExpertCapacity(-1, 2, 8, 1.0, 4).status().message().find("num_tokens must be >= 0"), std::string::npos);
+  EXPECT_NE(ExpertCapacity(10, 9, 8, 1.0, 4).status().message().find("top_k must be in [1, num_experts=8]"),
+            std::string::npos);
+  EXPECT_NE(ExpertCapacity(10, 2, 8, NAN, 4).status().message().find("capacity_factor must be finite"),
+            std::string::npos);
+  EXPECT_NE(ExpertCapacity(10, 2, 8, INFINITY, 4).status().message().find("capacity_factor must be finite"),
+            std::string::npos);
+  EXPECT_NE(ExpertCapacity(10, 2, 8, 1.0, -1).status().message().find("min_capacity must be >= 0"),
+            std::string::npos);
 }
 
 TEST(TopK, OrderTiesAndNaN) {

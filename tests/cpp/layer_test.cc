@@ -8,6 +8,10 @@
 
 #include <gtest/gtest.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 
@@ -187,6 +191,75 @@ TEST(Layer, CustomExpertsAndBf16) {
   const Tensor yb = b->forward(xf.to(torch::kBFloat16));
   EXPECT_EQ(yb.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(torch::allclose(yb.to(torch::kFloat), yf, 5e-2, 5e-2));
+}
+
+// A hand-written reentrant checkpoint, as a LibTorch user would write one:
+// forward without a graph, backward restores the CPU generator and runs the
+// layer again.
+struct Recompute : torch::autograd::Function<Recompute> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor x, MoELayer m) {
+    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
+    ctx->save_for_backward({x});
+    layer_of_ctx() = m;
+    torch::NoGradGuard no_grad;
+    return m->forward(x);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    const Tensor saved_state = gen.get_state();
+    gen.set_state(ctx->saved_data["rng"].toTensor());
+    const Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    {
+      torch::AutoGradMode grad_mode(true);
+      torch::autograd::backward({layer_of_ctx()->forward(x)}, {grad[0]});
+    }
+    gen.set_state(saved_state);
+    return {x.grad(), Tensor()};
+  }
+  static MoELayer& layer_of_ctx() {
+    static MoELayer m{nullptr};
+    return m;
+  }
+};
+
+// The recomputation routes with the forward's step and bias (RTS and the
+// bias update on, tight capacity) and the step counts once.
+TEST(Layer, RecomputationRoutesAsTheForward) {
+  torch::manual_seed(3);
+  auto options = MoEOptions(8, 12, 4).top_k(2).capacity_factor(0.75).min_capacity(1).use_rts(true)
+                     .bias_update_rate(0.1).name("ckpt");
+  MoELayer plain(options), ckpt(options);
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < plain->parameters().size(); ++i) ckpt->parameters()[i].copy_(plain->parameters()[i]);
+  }
+  for (int step = 0; step < 3; ++step) {
+    const Tensor x = torch::randn({30, 8});
+    const Tensor xa = x.clone().requires_grad_(true), xb = x.clone().requires_grad_(true);
+    plain->zero_grad(), ckpt->zero_grad();
+    torch::manual_seed(10 + step);
+    const Tensor ya = plain->forward(xa);
+    ya.square().sum().backward();
+    torch::manual_seed(10 + step);
+    const Tensor yb = Recompute::apply(xb, ckpt);
+    yb.square().sum().backward();
+    EXPECT_TRUE(torch::equal(ya, yb)) << "step " << step;
+    EXPECT_TRUE(torch::equal(xa.grad(), xb.grad())) << "step " << step;
+    for (size_t i = 0; i < plain->parameters().size(); ++i)
+      EXPECT_TRUE(torch::equal(plain->parameters()[i].grad(), ckpt->parameters()[i].grad())) << "step " << step;
+    EXPECT_TRUE(torch::equal(plain->expert_bias, ckpt->expert_bias)) << "step " << step;
+    EXPECT_EQ(ckpt->step(), step + 1);
+    EXPECT_EQ(plain->step(), step + 1);
+  }
+  EXPECT_FALSE(torch::equal(plain->expert_bias, torch::zeros({4}))) << "the bias moved";
+}
+
+// Unnamed layers get distinct names (metrics and traces key on them).
+TEST(Layer, DefaultNamesAreUnique) {
+  MoELayer a(MoEOptions(4, 8, 4)), b(MoEOptions(4, 8, 8));
+  EXPECT_NE(a->options.name(), b->options.name());
+  EXPECT_EQ(a->options.name().rfind("moe", 0), 0u);
 }
 
 }  // namespace

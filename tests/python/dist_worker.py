@@ -106,7 +106,7 @@ def equal():
 
 
 def die():
-    moe = dynamoe.MoE(4, 8, 12, top_k=2, group=dist.group.WORLD)
+    moe = dynamoe.MoE(4, 8, 12, top_k=2, group=dist.group.WORLD, name="moe")
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(rank))
     y = moe(x)
     if rank == world - 1:
@@ -195,6 +195,84 @@ def schedule():
     check("schedule=sequential" in repr(ref), f"repr names the schedule: {ref!r}")
 
 
+def checkpoint():
+    """Activation checkpointing, reentrant and not, against the same layer without it: every
+    policy and both schedules, with the expert-bias update, RTS and capacity drops on. The
+    recomputation must route as the forward did and apply the step's side effects once, so
+    outputs, gradients, bias and step counter are bitwise equal."""
+    from torch.utils.checkpoint import checkpoint as ckpt
+    E, d, h = args.experts, 6, 10
+    kw = dict(top_k=2, capacity_factor=1.0, min_capacity=1, bias=True, bias_update_rate=0.05, use_rts=True,
+              group=dist.group.WORLD)
+    for policy in ("none", "fastermoe", "adaptive", "eplb"):
+        for sched in ("sequential", "overlap"):
+            for reentrant in (True, False):
+                what = f"{policy}/{sched}/{'reentrant' if reentrant else 'non-reentrant'}"
+                torch.manual_seed(1234)
+                ref = dynamoe.MoE(d, h, E, placement=policy, schedule=sched, **kw).double()
+                moe = dynamoe.MoE(d, h, E, placement=policy, schedule=sched, **kw).double()
+                with torch.no_grad():
+                    ref.expert_bias[1] = 0.3  # a hot expert, so that policies copy and capacity drops
+                    for p, q in zip(moe.parameters(), ref.parameters()):
+                        p.copy_(q)
+                    moe.expert_bias.copy_(ref.expert_bias)
+                for step in range(3):
+                    x, gy = tokens_of(rank + 10 * step, d)
+                    res = []
+                    for m, use in ((ref, False), (moe, True)):
+                        m.zero_grad()
+                        xi = x.clone().requires_grad_(True)
+
+                        def fn(t, m=m):
+                            return m(t), m.aux_loss
+
+                        torch.manual_seed(50 + step)  # the forward draws from torch's generator
+                        y, aux = ckpt(fn, xi, use_reentrant=reentrant) if use else fn(xi)
+                        ((y * gy).sum() + aux).backward()
+                        res.append((y.detach(), xi.grad, {n: p.grad.clone() for n, p in m.named_parameters()}))
+                    close(res[1][0], res[0][0], f"{what} step {step}: output", 0.0)
+                    close(res[1][1], res[0][1], f"{what} step {step}: input gradient", 0.0)
+                    for n, g in res[0][2].items():
+                        close(res[1][2][n], g, f"{what} step {step}: gradient of {n}", 0.0)
+                    check(torch.equal(moe.expert_bias, ref.expert_bias), f"{what} step {step}: expert_bias "
+                          f"{moe.expert_bias.tolist()} vs {ref.expert_bias.tolist()}")
+                    check(moe.step == ref.step == step + 1, f"{what} step {step}: step {moe.step} vs {ref.step}")
+                    check(torch.equal(moe.stats()["counts"], ref.stats()["counts"]), f"{what} step {step}: counts")
+                    check(moe.stats()["plan_hash"] == ref.stats()["plan_hash"], f"{what} step {step}: plan")
+                    report.setdefault("dropped", {}).setdefault(what, 0)
+                    report["dropped"][what] += moe.stats()["dropped"]
+                    report.setdefault("copied", {}).setdefault(what, 0)
+                    report["copied"][what] += sum(moe.stats()["replicas"])
+
+
+def retain():
+    """A second backward through the same graph (retain_graph=True) gives the sequential
+    schedule's gradients again, bitwise, for every parameter and the input."""
+    E, d, h = args.experts, 6, 10
+    torch.manual_seed(1234)
+    models = {s: dynamoe.MoE(d, h, E, top_k=2, bias=True, gated=True, group=dist.group.WORLD, schedule=s).double()
+              for s in ("sequential", "overlap")}
+    with torch.no_grad():
+        for p, q in zip(models["overlap"].parameters(), models["sequential"].parameters()):
+            p.copy_(q)
+    x, gy = tokens_of(rank, d)
+    grads = {}
+    for s, m in models.items():
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        firsts = []
+        for _ in range(2):
+            m.zero_grad()
+            xi.grad = None
+            (y * gy).sum().backward(retain_graph=True)
+            firsts.append([xi.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+        for a, b in zip(firsts[0], firsts[1]):
+            close(b, a, f"{s}: second backward equals the first", 0.0)
+        grads[s] = firsts[1]
+    for a, b in zip(grads["overlap"], grads["sequential"]):  # chunked sums: the reduction order differs
+        close(a, b, "overlap's second backward equals sequential's", 1e-12 * (1 + b.abs().max().item()))
+
+
 def metrics():
     """Runs 3 training steps with DYNAMOE_METRICS_PORT set, reports the routing
     it did, then stays up (so Prometheus can scrape) until the stop file appears."""
@@ -262,6 +340,10 @@ try:
         metrics()
     elif args.scenario == "compat":
         compat()
+    elif args.scenario == "checkpoint":
+        checkpoint()
+    elif args.scenario == "retain":
+        retain()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":

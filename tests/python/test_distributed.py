@@ -80,6 +80,24 @@ def test_overlap_schedule_matches_sequential(tmp_path, world):
     assert_all_ok(proc, reports)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_checkpointing_recomputes_the_same_routing(tmp_path, world):
+    # Slow modelled GPU: copies pay off, so the policies' plans are exercised too.
+    env = {"DYNAMOE_GPU_FLOPS": "1e6", "DYNAMOE_CHECK_PLAN": "1"}
+    proc, reports = launch(tmp_path, world, "--scenario=checkpoint", "--experts=6", "--tokens=13,7,9", env=env)
+    assert_all_ok(proc, reports)
+    for what in reports[0]["dropped"]:  # the cases really drop tokens and (but for none) copy experts
+        assert sum(rep["dropped"][what] for rep in reports) > 0, what
+        if not what.startswith("none/"):
+            assert reports[0]["copied"][what] > 0, what
+
+
+def test_second_backward_through_the_overlap_pipeline(tmp_path):
+    proc, reports = launch(tmp_path, 3, "--scenario=retain", "--experts=6", "--tokens=13,7,9",
+                           env={"DYNAMOE_GROUP_SIZE": "1", "DYNAMOE_OVERLAP_DEGREE": "2"})
+    assert_all_ok(proc, reports)
+
+
 def test_rank_exiting_in_backward_is_named(tmp_path):
     proc, reports = launch(tmp_path, 3, "--scenario=die", env={"DYNAMOE_TIMEOUT_S": "3"})
     assert reports[2] is None  # it exited without a report

@@ -92,10 +92,13 @@ def test_gradcheck_double():
         if act == "relu":  # keep pre-activations away from the kink
             b1 = b1 + 0.5 * torch.sign(b1)
 
+        dynamoe.load_library()
+        state = torch.classes.dynamoe.LayerState("")
+
         def f(x, gw, w1, w2, w3, b1, b2):
             out = torch.ops.dynamoe.moe_forward(
-                x, gw, None, w1, w2, w3 if gated else None, b1, b2, act, 2, cf, 1, True, False, 0, 0,
-                "none", 0.01, 1.0, 0.1, True, True, "moe")
+                x, gw, None, w1, w2, w3 if gated else None, b1, b2, act, 2, cf, 1, True, False, 0,
+                "none", 0.01, 1.0, 0.1, 0.0, True, True, "moe", state)
             return out[0], out[1]
         inputs = [t.clone().requires_grad_(True) for t in (x, gw, w1, w2, w3, b1, b2)]
         assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
