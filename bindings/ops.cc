@@ -196,7 +196,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
   return Boundary([&] {
     ops::CheckTensor("moe_forward", "gate_weight", gate_weight, 2);
     ops::CheckTensor("moe_forward", "w1", w1, 3);
-    DYNAMOE_THROW_IF(!state, "moe_forward: state is None; expected the layer's torch.classes.dynamoe.LayerState");
     MoEOptions o = MakeOptions(gate_weight.size(-1), w1.size(2), gate_weight.size(0), top_k, capacity_factor,
                                min_capacity, normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
                                check_finite, name);

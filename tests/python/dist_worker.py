@@ -26,11 +26,14 @@ p.add_argument("--gated", type=int, default=0)
 p.add_argument("--tokens", default="5,0,17,9")
 p.add_argument("--stop_file", default="")
 p.add_argument("--compat", default="")
+p.add_argument("--cases", default="")
 args = p.parse_args()
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 if args.scenario == "config" and rank == 1:
     os.environ["DYNAMOE_PLACEMENT"] = "adaptive"  # read once, at dynamoe's first use
+if args.scenario == "mismatch" and "ranks_per_node" in args.cases:
+    os.environ["LOCAL_WORLD_SIZE"] = str(1 + rank)  # as two nodes of different sizes would report
 import dynamoe  # noqa: E402
 import compat_cases  # noqa: E402  (shared weight copying; the compat scenario's cases)
 
@@ -273,6 +276,62 @@ def retain():
         close(a, b, "overlap's second backward equals sequential's", 1e-12 * (1 + b.abs().max().item()))
 
 
+MISMATCHES = {
+    # case: (what rank 1 does differently, the difference every rank must name)
+    "dtype": ("ranks disagree on dtype: rank 0 (world rank 0) has Double, rank 1 (world rank 1) has Float"),
+    "d_hidden": "ranks disagree on d_hidden: rank 0 (world rank 0) has 10, rank 1 (world rank 1) has 12",
+    "gated": "ranks disagree on gated: rank 0 (world rank 0) has false, rank 1 (world rank 1) has true",
+    "bias": "ranks disagree on bias: rank 0 (world rank 0) has false, rank 1 (world rank 1) has true",
+    "placement": "ranks disagree on placement: rank 0 (world rank 0) has none, rank 1 (world rank 1) has adaptive",
+    "schedule": "ranks disagree on schedule: rank 0 (world rank 0) has sequential, rank 1 (world rank 1) has overlap",
+    "group_size": "ranks disagree on group_size: rank 0 (world rank 0) has 4, rank 1 (world rank 1) has 1",
+    "overlap_degree": "ranks disagree on overlap_degree: rank 0 (world rank 0) has 1, rank 1 (world rank 1) has 3",
+    "eval": "ranks disagree on training mode: rank 0 (world rank 0) has training, rank 1 (world rank 1) has eval",
+    "no_grad": "ranks disagree on input requires_grad: rank 0 (world rank 0) has true, rank 1 (world rank 1) has false",
+    "ranks_per_node": "ranks disagree on ranks per node",
+}
+
+
+def mismatch():
+    """Each case: rank 1 runs a layer differently; every rank must raise naming the difference,
+    before any token moves. The cases run one after another on the same group (a named
+    mismatch leaves the group usable)."""
+    d = 6
+    for case in args.cases.split(","):
+        odd = rank == 1
+        kw = dict(top_k=2, group=dist.group.WORLD, name=f"m_{case}")
+        if case == "d_hidden" and odd:
+            kw["d_hidden"] = 12
+        if case == "gated":
+            kw["gated"] = odd
+        if case == "bias":
+            kw["bias"] = odd
+        if case == "placement":
+            kw["placement"] = "adaptive" if odd else "none"
+        if case == "schedule":
+            kw["schedule"] = "overlap" if odd else "sequential"
+        if case == "group_size":
+            kw.update(schedule="overlap", group_size=1 if odd else 4)
+        if case == "overlap_degree":
+            kw.update(schedule="overlap", overlap_degree=3 if odd else 1)
+        m = dynamoe.MoE(d, kw.pop("d_hidden", 10), 6, **kw).double()
+        x = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+        if case == "dtype" and odd:
+            m, x = m.float(), x.float().detach().requires_grad_(True)
+        if case == "eval" and odd:
+            m.eval()  # an extra evaluation forward on one rank
+        try:
+            if case == "no_grad" and odd:
+                with torch.no_grad():
+                    m(x)
+            else:
+                m(x).sum().backward()
+            check(False, f"{case}: no error was raised")
+        except RuntimeError as e:
+            check(MISMATCHES[case] in str(e), f"{case}: {e}")
+            check(f"layer 'm_{case}'" in str(e), f"{case}: the layer is named: {e}")
+
+
 def metrics():
     """Runs 3 training steps with DYNAMOE_METRICS_PORT set, reports the routing
     it did, then stays up (so Prometheus can scrape) until the stop file appears."""
@@ -344,6 +403,8 @@ try:
         checkpoint()
     elif args.scenario == "retain":
         retain()
+    elif args.scenario == "mismatch":
+        mismatch()
     elif args.scenario == "die":
         die()
     elif args.scenario == "config":

@@ -98,6 +98,19 @@ def test_second_backward_through_the_overlap_pipeline(tmp_path):
     assert_all_ok(proc, reports)
 
 
+def test_ranks_that_run_a_layer_differently_are_named_before_tokens_move(tmp_path):
+    cases = "dtype,d_hidden,gated,bias,placement,schedule,group_size,overlap_degree,eval,no_grad"
+    proc, reports = launch(tmp_path, 2, "--scenario=mismatch", f"--cases={cases}", env={"DYNAMOE_TIMEOUT_S": "20"})
+    assert_all_ok(proc, reports)
+
+
+def test_ranks_per_node_mismatch_is_named(tmp_path):
+    # 3 ranks, LOCAL_WORLD_SIZE 1, 2 and 3: the cost model would see different clusters.
+    proc, reports = launch(tmp_path, 3, "--scenario=mismatch", "--cases=ranks_per_node",
+                           env={"DYNAMOE_TIMEOUT_S": "20"})
+    assert_all_ok(proc, reports)
+
+
 def test_rank_exiting_in_backward_is_named(tmp_path):
     proc, reports = launch(tmp_path, 3, "--scenario=die", env={"DYNAMOE_TIMEOUT_S": "3"})
     assert reports[2] is None  # it exited without a report
