@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "runtime/config.h"
+#include "runtime/launch_env.h"
 
 #ifdef DYNAMOE_HAVE_PROMETHEUS
 #include "monitor/metrics.h"
@@ -30,9 +31,7 @@ void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
   static std::unique_ptr<monitor::MetricsServer> server;
   std::lock_guard<std::mutex> lock(mu);
   if (!registry) {
-    int local_rank = 0;
-    if (const char* v = std::getenv("LOCAL_RANK"); v != nullptr && !absl::SimpleAtoi(v, &local_rank))
-      throw Error(absl::InvalidArgumentError(absl::StrCat("LOCAL_RANK must be an integer, got '", v, "'")));
+    const int local_rank = GlobalLaunchEnv().local_rank.value_or(0);
     const int port = static_cast<int>(GlobalConfig().GetInt("DYNAMOE_METRICS_PORT")) + local_rank;
     auto r = std::make_shared<monitor::MetricsRegistry>(rank);
     server = ValueOrThrow(monitor::MetricsServer::Start(GlobalConfig().Get("DYNAMOE_METRICS_ADDR"), port, r));

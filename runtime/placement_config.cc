@@ -1,8 +1,9 @@
 #include "runtime/placement_config.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
+
+#include "runtime/launch_env.h"
 
 namespace dynamoe::runtime {
 
@@ -10,10 +11,7 @@ placement::ClusterSpec ClusterFromConfig(const Config& config, int64_t world_siz
   placement::ClusterSpec c;
   c.world_size = world_size;
   int64_t per_node = config.GetInt("DYNAMOE_RANKS_PER_NODE");
-  if (per_node == 0) {
-    const char* local = std::getenv("LOCAL_WORLD_SIZE");
-    per_node = local != nullptr ? std::max<int64_t>(0, std::atoll(local)) : 0;
-  }
+  if (per_node == 0) per_node = GlobalLaunchEnv().local_world_size.value_or(0);
   c.ranks_per_node = per_node >= world_size ? 0 : per_node;
   c.inter_node_bw = config.GetFloat("DYNAMOE_NET_BW");
   c.intra_node_bw = config.GetFloat("DYNAMOE_INTRA_BW");

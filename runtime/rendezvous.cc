@@ -4,14 +4,19 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cmath>
-#include <cstdlib>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "runtime/c10d_communicator.h"
+#include "runtime/launch_env.h"
 #ifdef DYNAMOE_HAVE_NCCL
 #include "runtime/nccl_communicator.h"
 #endif
@@ -32,22 +37,13 @@ absl::Status CheckEpSize(int world_size, int ep_size) {
   return absl::OkStatus();
 }
 
-// torchrun's variables (they are the launcher's, not dynamoe's configuration).
-absl::StatusOr<std::string> LauncherVar(const char* name, const char* fallback = nullptr) {
-  const char* v = std::getenv(name);
-  if (v && *v) return std::string(v);
-  if (fallback) return std::string(fallback);
+// A torchrun variable InitFromEnv needs.
+template <typename T>
+absl::StatusOr<T> Required(const std::optional<T>& v, const char* name) {
+  if (v.has_value()) return *v;
   return absl::FailedPreconditionError(absl::StrCat(
       "InitFromEnv: ", name, " is not set; start the job with torchrun, or set MASTER_ADDR, MASTER_PORT, "
       "RANK and WORLD_SIZE"));
-}
-
-absl::StatusOr<int> LauncherInt(const char* name, const char* fallback = nullptr) {
-  DYNAMOE_ASSIGN_OR_RETURN(const std::string s, LauncherVar(name, fallback));
-  int v = 0;
-  DYNAMOE_CHECK_ARG(absl::SimpleAtoi(s, &v) && v >= 0, "InitFromEnv: ", name,
-                    " must be a non-negative integer, got \"", s, "\"");
-  return v;
 }
 
 }  // namespace
@@ -108,35 +104,111 @@ absl::Status CompareWith(const Config& config, const std::string& mine, const st
 
 }  // namespace
 
-absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const Config& config,
-                                  std::chrono::milliseconds timeout) {
-  const std::string mine = config.SharedValues();
-  absl::Status result = absl::OkStatus();
+namespace {
+
+std::string Who(const std::vector<int>& global_ranks, int r) {
+  return global_ranks.empty() || global_ranks[r] == r ? absl::StrCat("rank ", r)
+                                                      : absl::StrCat("rank ", r, " (world rank ", global_ranks[r], ")");
+}
+
+// The members whose `key/<r>` is not in the store, for a message; or why the
+// store could not tell.
+std::string Missing(c10d::Store& store, const std::string& key, int size, const std::vector<int>& global_ranks) {
+  std::vector<std::string> missing;
   try {
-    store.set(absl::StrCat("config/", rank), Bytes(mine));
+    for (int r = 0; r < size; ++r)
+      if (!store.check({absl::StrCat(key, "/", r)})) missing.push_back(Who(global_ranks, r));
+  } catch (const std::exception& e) {
+    return absl::StrCat("the store is unreachable (its host died or is frozen): ", e.what());
+  }
+  if (missing.empty()) return "every member arrived, but not in time";
+  return absl::StrCat(absl::StrJoin(missing, ", "), missing.size() == 1 ? " has" : " have",
+                      " not arrived (not started, died or frozen)");
+}
+
+}  // namespace
+
+absl::Status Gather(c10d::Store& store, const std::string& key, int rank, int size, const std::vector<int>& global_ranks,
+                    const std::string& mine, std::chrono::milliseconds timeout,
+                    const std::function<absl::Status(int, const std::string&)>& check) {
+  absl::Status result = absl::OkStatus();
+  std::string stage = key;
+  try {
+    store.set(absl::StrCat(key, "/", rank), Bytes(mine));
     for (int r = 0; r < size && result.ok(); ++r) {
       if (r == rank) continue;
-      const std::string key = absl::StrCat("config/", r);
-      store.wait({key}, timeout);
-      const std::vector<uint8_t> raw = store.get(key);
-      result = CompareWith(config, mine, std::string(raw.begin(), raw.end()), rank, r);
+      const std::string k = absl::StrCat(key, "/", r);
+      store.wait({k}, timeout);
+      const std::vector<uint8_t> raw = store.get(k);
+      result = check(r, std::string(raw.begin(), raw.end()));
     }
     // Nobody returns (and maybe exits, taking the store with it) before every
-    // rank has read every configuration.
-    store.set(absl::StrCat("config_read/", rank), Bytes("1"));
+    // member has read every value.
+    stage = absl::StrCat(key, "_read");
+    store.set(absl::StrCat(stage, "/", rank), Bytes("1"));
     std::vector<std::string> read;
-    for (int r = 0; r < size; ++r) read.push_back(absl::StrCat("config_read/", r));
+    for (int r = 0; r < size; ++r) read.push_back(absl::StrCat(stage, "/", r));
     store.wait(read, timeout);
   } catch (const std::exception& e) {
-    // A rank that already found the difference reports it: the closing
+    // A member that already found a difference reports it: the closing
     // barrier fails when the store's host, which found it too, has exited.
     if (!result.ok()) return result;
     return absl::DeadlineExceededError(absl::StrCat(
-        "comparing configurations at start-up: rank ", rank, " of ", size,
-        " did not hear from every peer within DYNAMOE_TIMEOUT_S (a rank did not start?): ", e.what()));
+        "rank ", rank, " of ", size, " did not hear from every member within DYNAMOE_TIMEOUT_S (",
+        std::chrono::duration<double>(timeout).count(), " s): ", Missing(store, stage, size, global_ranks)));
   }
   return result;
 }
+
+absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const Config& config,
+                                  std::chrono::milliseconds timeout) {
+  const std::string mine = config.SharedValues();
+  const absl::Status s = Gather(store, "config", rank, size, {}, mine, timeout, [&](int r, const std::string& theirs) {
+    return CompareWith(config, mine, theirs, rank, r);
+  });
+  if (s.code() != absl::StatusCode::kDeadlineExceeded) return s;
+  return absl::DeadlineExceededError(absl::StrCat("comparing configurations at start-up: ", s.message()));
+}
+
+namespace {
+
+// The backend's connection under a deadline: a peer that dies or freezes
+// while the full mesh connects is named instead of blocking for Gloo's own
+// timeout. On expiry the connecting thread is left behind (it holds what it uses).
+absl::StatusOr<CommunicatorPtr> ConnectWithDeadline(const c10::intrusive_ptr<c10d::Store>& store,
+                                                    const GroupInfo& info,
+                                                    std::function<absl::StatusOr<CommunicatorPtr>()> connect) {
+  struct Result {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<absl::StatusOr<CommunicatorPtr>> value;
+  };
+  auto result = std::make_shared<Result>();
+  std::thread([result, connect = std::move(connect)] {
+    absl::StatusOr<CommunicatorPtr> c = connect();
+    std::lock_guard<std::mutex> lock(result->mu);
+    result->value = std::move(c);
+    result->cv.notify_all();
+  }).detach();
+  {
+    std::unique_lock<std::mutex> lock(result->mu);
+    result->cv.wait_for(lock, info.timeout, [&] { return result->value.has_value(); });
+    if (result->value.has_value()) {
+      if (result->value->ok()) {
+        try {
+          store->set(absl::StrCat("connected/", info.rank), Bytes("1"));
+        } catch (const std::exception&) {
+        }
+      }
+      return *std::move(result->value);
+    }
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "group '", info.name, "': connecting ", info.backend, " (rank ", info.rank, " of ", info.size,
+      ") did not complete within DYNAMOE_TIMEOUT_S: ", Missing(*store, "connected", info.size, info.global_ranks)));
+}
+
+}  // namespace
 
 absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                         const std::string& name, int rank,
@@ -145,6 +217,8 @@ absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr
                                                         bool check_config) {
   const int size = static_cast<int>(global_ranks.size());
   DYNAMOE_CHECK_ARG(rank >= 0 && rank < size, "group '", name, "': rank must be in [0, ", size, "), got ", rank);
+  DYNAMOE_CHECK_ARG(backend == "gloo" || backend == "nccl", "group '", name, "': backend must be \"gloo\" or ",
+                    "\"nccl\", got \"", backend, "\"");
   const Config& config = GlobalConfig();
   GroupInfo info;
   info.name = name;
@@ -154,17 +228,33 @@ absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr
   info.global_ranks = global_ranks;
   info.store_host = store_host;
   info.timeout = ConfiguredTimeout();
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("dynamoe/", name), store);
-  if (check_config) DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*prefixed, rank, size, config, info.timeout));
-  if (backend == "gloo") return MakeGlooCommunicator(prefixed, info, config.Get("DYNAMOE_COMM_ADDR"));
+  // Keys of this incarnation of the job (a restarted job on a surviving
+  // store starts afresh) and of this creation of the group (the members
+  // create a group's communicators in the same order, so they agree on it).
+  static std::mutex mu;
+  static std::map<std::string, int> created;
+  int generation;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    generation = created[name]++;
+  }
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
+      absl::StrCat("dynamoe/", GlobalLaunchEnv().Incarnation(), "/", name, "/", generation), store);
+  if (check_config) {
+    DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*prefixed, rank, size, config, info.timeout));
+  } else {
+    const absl::Status joined = Gather(*prefixed, "join", rank, size, global_ranks, "", info.timeout,
+                                       [](int, const std::string&) { return absl::OkStatus(); });
+    if (!joined.ok()) return absl::Status(joined.code(), absl::StrCat("group '", name, "': ", joined.message()));
+  }
+  const std::string bind = config.Get("DYNAMOE_COMM_ADDR");
+  return ConnectWithDeadline(prefixed, info, [prefixed, info, bind]() -> absl::StatusOr<CommunicatorPtr> {
 #ifdef DYNAMOE_HAVE_NCCL
-  if (backend == "nccl") return MakeNcclCommunicator(prefixed, info);
+    if (info.backend == "nccl") return MakeNcclCommunicator(prefixed, info);
 #endif
-  return absl::InvalidArgumentError(absl::StrCat("group '", name, "': backend must be \"gloo\"",
-#ifdef DYNAMOE_HAVE_NCCL
-                                                 " or \"nccl\"",
-#endif
-                                                 ", got \"", backend, "\""));
+    if (info.backend == "gloo") return MakeGlooCommunicator(prefixed, info, bind);
+    return absl::UnimplementedError(absl::StrCat("group '", info.name, "': this build has no NCCL"));
+  });
 }
 
 absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromStore(const c10::intrusive_ptr<c10d::Store>& store,
@@ -205,18 +295,17 @@ absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromStore(const c10::intrusi
 }
 
 absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromEnv(int ep_size, const std::string& backend) {
-  DYNAMOE_ASSIGN_OR_RETURN(const std::string addr, LauncherVar("MASTER_ADDR"));
-  DYNAMOE_ASSIGN_OR_RETURN(const int port, LauncherInt("MASTER_PORT"));
-  DYNAMOE_ASSIGN_OR_RETURN(const int rank, LauncherInt("RANK"));
-  DYNAMOE_ASSIGN_OR_RETURN(const int world_size, LauncherInt("WORLD_SIZE"));
-  DYNAMOE_ASSIGN_OR_RETURN(const int local_rank, LauncherInt("LOCAL_RANK", "0"));
-  DYNAMOE_CHECK_ARG(world_size >= 1 && rank < world_size, "InitFromEnv: RANK must be in [0, WORLD_SIZE=",
-                    world_size, "), got ", rank);
+  const LaunchEnv& env = GlobalLaunchEnv();
+  DYNAMOE_ASSIGN_OR_RETURN(const std::string addr,
+                           Required(env.master_addr.empty() ? std::nullopt : std::optional(env.master_addr),
+                                    "MASTER_ADDR"));
+  DYNAMOE_ASSIGN_OR_RETURN(const int port, Required(env.master_port, "MASTER_PORT"));
+  DYNAMOE_ASSIGN_OR_RETURN(const int rank, Required(env.rank, "RANK"));
+  DYNAMOE_ASSIGN_OR_RETURN(const int world_size, Required(env.world_size, "WORLD_SIZE"));
   // Under torchrun the agent already hosts a store on MASTER_PORT.
-  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-  const bool host = rank == 0 && !(agent && std::string(agent) == "True");
+  const bool host = rank == 0 && !env.use_agent_store;
   DYNAMOE_ASSIGN_OR_RETURN(auto store, ConnectStore(addr, port, host, world_size, ConfiguredTimeout()));
-  return InitFromStore(store, rank, world_size, ep_size, backend, local_rank);
+  return InitFromStore(store, rank, world_size, ep_size, backend, env.local_rank.value_or(0));
 }
 
 }  // namespace dynamoe::runtime

@@ -10,6 +10,7 @@
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,15 +48,28 @@ absl::StatusOr<std::vector<int>> ExpertDpGroupMembers(int world_rank, int world_
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStore(const std::string& host, int port, bool is_server,
                                                             int world_size, std::chrono::milliseconds timeout);
 
+// Every member publishes `mine` under `key`/<rank> and passes each peer's
+// value to `check` (the first error is returned, on every rank that finds
+// it); no member returns before all have read all. DeadlineExceeded after
+// `timeout` names the members that did not arrive. global_ranks (optional)
+// names them by world rank too.
+absl::Status Gather(c10d::Store& store, const std::string& key, int rank, int size,
+                    const std::vector<int>& global_ranks, const std::string& mine, std::chrono::milliseconds timeout,
+                    const std::function<absl::Status(int, const std::string&)>& check);
+
 // Every member publishes its shared configuration (Config::SharedValues);
 // FailedPrecondition naming the first differing variable, on every rank.
 absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const Config& config,
                                   std::chrono::milliseconds timeout);
 
-// The communicator of one group: prefixes the store with "dynamoe/<name>/",
-// checks the configuration (unless check_config is false because a group
-// spanning these ranks already did), then creates the backend ("gloo";
-// "nccl" for the raw NCCL communicator when built with CUDA).
+// The communicator of one group: prefixes the store's keys with
+// "dynamoe/<incarnation>/<name>/<generation>/" (LaunchEnv::Incarnation: a
+// restarted job never reads its predecessor's keys; generation: the how-many-th
+// communicator of this name this process creates), checks the configuration
+// (or, with check_config false because a group spanning these ranks already
+// did, waits for every member), then connects the backend ("gloo"; "nccl" for
+// the raw NCCL communicator when built with CUDA). Every stage has the
+// DYNAMOE_TIMEOUT_S deadline and names the members that did not arrive.
 absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                         const std::string& name, int rank,
                                                         const std::vector<int>& global_ranks,

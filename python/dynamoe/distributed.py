@@ -6,16 +6,25 @@ groups itself, DeepSpeed-style (consecutive ranks form an EP group).
 
 How the C++ runtime reaches the group: it does not take the Python
 ProcessGroup object (passing it to C++ needs ``ProcessGroup.boxed()``, which
-torch 1.13 lacks, or pybind internals that differ between versions). Instead
-the group's rank 0 hosts a small ``torch.distributed.TCPStore``, its address
-is broadcast over ``pg`` once, and every member builds a dynamoe communicator
-(Gloo, or NCCL on GPU builds) from that store, its rank and the group's
-world ranks. Only public, stable API is used, so it works on torch 1.13 and
-2.x alike; the cost is one extra connection set per group, made once and
-shared by every layer on that group. Gradients are reduced with the user's
-own torch.distributed groups (``reduce_gradients``).
+torch 1.13 lacks, or pybind internals that differ between versions). Every
+member builds a dynamoe communicator (Gloo) from the group's world ranks and
+a store: the job's own store at MASTER_ADDR:MASTER_PORT (torchrun's agent
+store, or env:// initialisation), as a client, so dynamoe opens no listening
+socket of its own. Its keys are scoped to this incarnation of the job and to
+this group. Without MASTER_ADDR/MASTER_PORT (a tcp:// or file:// init), the
+group's rank 0 hosts a TCPStore on the advertised address and broadcasts it.
+Only public, stable API is used, so it works on torch 1.13 and 2.x alike; the
+cost is one extra connection set per group, made once and shared by every
+layer on that group. Gradients are reduced with the user's own
+torch.distributed groups (``reduce_gradients``).
+
+Every torch.distributed call made here has dynamoe's deadline
+(DYNAMOE_TIMEOUT_S): a rank that does not take part is an error naming the
+group and the call, not a hang.
 """
 import datetime
+import os
+import pickle
 import socket
 
 import torch
@@ -28,11 +37,46 @@ _EP_GROUPS = {}       # ep_size -> (this rank's EP group, its expert-DP group)
 _EXPERT_DP = {}       # EP group -> expert-DP group
 
 
+def _timeout():
+    return datetime.timedelta(seconds=float(ops().config_get("DYNAMOE_TIMEOUT_S")))
+
+
+def _wait(work, what, group):
+    """Waits for an async torch.distributed call under dynamoe's deadline."""
+    try:
+        work.wait(_timeout())
+    except RuntimeError as e:
+        ranks = _ranks_of(group)
+        raise RuntimeError(
+            f"dynamoe: {what} over the group of world ranks {ranks} did not complete within DYNAMOE_TIMEOUT_S="
+            f"{_timeout().total_seconds():g} s: a rank did not make the same call (every rank must build the same "
+            f"dynamoe layers and call reduce_gradients together), died or is frozen ({e})") from None
+
+
+def _ranks_of(group):
+    if group is None or group is dist.group.WORLD:
+        return list(range(dist.get_world_size()))
+    return list(dist.get_process_group_ranks(group))
+
+
+def _all_gather_bytes(data, group, what):
+    """Every member's bytes, in group rank order, under the deadline (two async all_gathers)."""
+    size = dist.get_world_size(group)
+    mine = torch.tensor([len(data)], dtype=torch.int64)
+    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(size)]
+    _wait(dist.all_gather(lengths, mine, group=group, async_op=True), what, group)
+    longest = max(int(t.item()) for t in lengths)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    out = [torch.zeros(longest, dtype=torch.uint8) for _ in range(size)]
+    _wait(dist.all_gather(out, padded, group=group, async_op=True), what, group)
+    return [bytes(t[:int(n.item())].tolist()) for t, n in zip(out, lengths)]
+
+
 def _advertised_host():
     configured = ops().config_get("DYNAMOE_COMM_ADDR")
     if configured:
         return configured
-    import os
     master = os.environ.get("MASTER_ADDR")
     if master:
         # The local address on the route to the master (a UDP connect sends nothing).
@@ -48,34 +92,38 @@ def _advertised_host():
         return "127.0.0.1"
 
 
-def _group_ranks(group):
-    ranks = [None] * dist.get_world_size(group)
-    dist.all_gather_object(ranks, dist.get_rank(), group=group)
-    return ranks
+def _store_address(group, rank):
+    """(host, port, store to keep alive): the job's store, or one this group's rank 0 hosts."""
+    master, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if master and port:
+        return master, int(port), None
+    store = None
+    address = [None, None]
+    if rank == 0:
+        host = _advertised_host()
+        store = dist.TCPStore(host, 0, dist.get_world_size(group), True, _timeout(), wait_for_workers=False)
+        address = [host, store.port]
+    address = pickle.loads(_all_gather_bytes(pickle.dumps(address), group, "sharing the store address")[0])
+    return address[0], address[1], store
 
 
 def communicator(group=None, backend="gloo"):
     """The dynamoe communicator of a torch.distributed group (created once per group).
 
-    Every member must call it at the same point (it runs collectives on ``group``).
+    Every member must call it at the same point (members create a group's
+    communicator together).
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("dynamoe: group= needs torch.distributed.init_process_group() first")
     group = dist.group.WORLD if group is None else group
     if group in _COMMUNICATORS:
         return _COMMUNICATORS[group][0]
-    ranks = _group_ranks(group)
+    ops()  # loads the library that registers torch.classes.dynamoe
+    ranks = _ranks_of(group)
     rank = dist.get_rank(group)
-    timeout = float(ops().config_get("DYNAMOE_TIMEOUT_S"))
-    store, address = None, [None, None]
-    if rank == 0:
-        host = _advertised_host()
-        store = dist.TCPStore(host, 0, len(ranks), True, datetime.timedelta(seconds=timeout),
-                              wait_for_workers=False)
-        address = [host, store.port]
-    dist.broadcast_object_list(address, src=ranks[0], group=group)
+    host, port, store = _store_address(group, rank)
     name = "g" + "-".join(str(r) for r in ranks) if len(ranks) <= 8 else f"g{ranks[0]}x{len(ranks)}"
-    comm = torch.classes.dynamoe.Communicator(address[0], int(address[1]), rank, ranks, name, backend)
+    comm = torch.classes.dynamoe.Communicator(host, int(port), rank, ranks, name, backend)
     _COMMUNICATORS[group] = (comm, store)
     return comm
 
@@ -94,12 +142,12 @@ def expert_parallel_groups(ep_size):
     ep_group = edp_group = None
     for g in range(world // ep_size):  # every rank creates every group, in the same order
         members = list(range(g * ep_size, (g + 1) * ep_size))
-        pg = dist.new_group(members) if ep_size < world else dist.group.WORLD
+        pg = dist.new_group(members, timeout=_timeout()) if ep_size < world else dist.group.WORLD
         if me in members:
             ep_group = pg
     for i in range(ep_size):
         members = list(range(i, world, ep_size))
-        pg = dist.new_group(members) if len(members) < world else dist.group.WORLD
+        pg = dist.new_group(members, timeout=_timeout()) if len(members) < world else dist.group.WORLD
         if me in members:
             edp_group = pg
     _EP_GROUPS[ep_size] = (ep_group, edp_group)
@@ -111,14 +159,15 @@ def _expert_dp_group(ep_group):
     """Ranks holding the same experts as this rank; collective over the world."""
     if ep_group in _EXPERT_DP:
         return _EXPERT_DP[ep_group]
-    layouts = [None] * dist.get_world_size()
-    dist.all_gather_object(layouts, (dist.get_rank(ep_group), _group_ranks(ep_group)))
-    size = len(layouts[0][1])
-    groups = sorted({tuple(layout[1]) for layout in layouts})
+    layouts = [pickle.loads(b) for b in _all_gather_bytes(pickle.dumps(_ranks_of(ep_group)), None,
+                                                           "finding the expert-data-parallel groups")]
+    size = len(layouts[0])
+    groups = sorted({tuple(layout) for layout in layouts})
     mine = None
     for i in range(size):  # same order on every rank
         members = sorted(g[i] for g in groups)
-        pg = dist.new_group(members) if len(members) < dist.get_world_size() else dist.group.WORLD
+        pg = (dist.new_group(members, timeout=_timeout()) if len(members) < dist.get_world_size()
+              else dist.group.WORLD)
         if dist.get_rank() in members:
             mine = pg
     _EXPERT_DP[ep_group] = mine
@@ -161,7 +210,7 @@ def sum_gradients(params, group, divide_by=1):
         return
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     if dist.get_world_size(group) > 1:
-        dist.all_reduce(flat, group=group)
+        _wait(dist.all_reduce(flat, group=group, async_op=True), f"all_reduce of {len(params)} gradients", group)
     flat.div_(divide_by)
     offset = 0
     for p in params:
