@@ -31,7 +31,7 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
                      options.num_experts(), " must be divisible by the expert-parallel group size ",
                      ep_group_->size());
   const int64_t E = options.num_experts(), El = num_local_experts(), d = options.d_model(), h = options.d_hidden();
-  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(false)));
+  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(options.router_bias())));
   if (expert_factory) {
     experts = register_module("experts", torch::nn::ModuleList());
     for (int64_t e = first_expert(); e < first_expert() + El; ++e) {
@@ -86,6 +86,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
   scheduler::StepInputs in;
   in.x = x;
   in.gate_weight = gate->weight;
+  if (options.router_bias()) in.gate_bias = gate->bias;
   in.expert_bias = expert_bias;
   in.experts = {w1, w2, w3, b1, b2, options.activation()};
   if (!custom_experts_.empty())

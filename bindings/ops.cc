@@ -68,12 +68,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
     int64_t step, std::string noisy_gate_policy, double jitter_eps, bool check_finite, bool training,
-    std::string name) {
+    std::string name, const OptTensor& gate_bias, bool normalize_kept, std::string balance_loss_choices) {
   return Boundary([&] {
     ops::CheckTensor("route", "gate_weight", gate_weight, 2);
-    const MoEOptions o = MakeOptions(gate_weight.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
-                                     normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
-                                     check_finite, name);
+    MoEOptions o = MakeOptions(gate_weight.size(-1), 1, gate_weight.size(0), top_k, capacity_factor, min_capacity,
+                               normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps, check_finite, name);
+    o.normalize_kept(normalize_kept).balance_loss_choices(balance_loss_choices);
     ThrowIfError(o.Validate());
     // The caller passes the capacity factor in force, so eval_capacity_factor stays unset.
     const scheduler::RouterOptions ro = scheduler::MakeRouterOptions(o, training, step);
@@ -87,7 +87,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> Route(
       DYNAMOE_THROW_IF(expert_bias->device() != x.device(), "route: expert_bias is on ",
                        expert_bias->device().str(), " but x is on ", x.device().str());
     }
-    auto r = ValueOrThrow(scheduler::Route(x.contiguous(), gate_weight, Or(expert_bias), ro));
+    if (gate_bias.has_value() && gate_bias->defined()) {
+      ops::CheckShape("route", "gate_bias", *gate_bias, {gate_weight.size(0)});
+      DYNAMOE_THROW_IF(gate_bias->device() != x.device(), "route: gate_bias is on ", gate_bias->device().str(),
+                       " but x is on ", x.device().str());
+    }
+    auto r = ValueOrThrow(scheduler::Route(x.contiguous(), gate_weight, Or(gate_bias), Or(expert_bias), ro));
     return std::make_tuple(r.expert_idx, r.weight, r.position, r.kept_counts, r.routed_counts, r.balance_loss,
                            r.z_loss);
   });
@@ -192,7 +197,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
     std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight, double z_loss_weight,
     double bias_update_rate, bool check_finite, bool training, std::string name, StatePtr state,
-    c10::optional<CommPtr> comm, std::string schedule, int64_t group_size, int64_t overlap_degree) {
+    c10::optional<CommPtr> comm, std::string schedule, int64_t group_size, int64_t overlap_degree,
+    const OptTensor& gate_bias, bool normalize_kept, std::string balance_loss_choices) {
   return Boundary([&] {
     ops::CheckTensor("moe_forward", "gate_weight", gate_weight, 2);
     ops::CheckTensor("moe_forward", "w1", w1, 3);
@@ -201,9 +207,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
                                check_finite, name);
     o.activation(activation).gated(w3.has_value()).bias(b1.has_value() || b2.has_value());
     o.balance_loss_weight(balance_loss_weight).z_loss_weight(z_loss_weight).bias_update_rate(bias_update_rate);
+    o.router_bias(gate_bias.has_value() && gate_bias->defined()).normalize_kept(normalize_kept);
+    o.balance_loss_choices(balance_loss_choices);
     scheduler::StepInputs in;
     in.x = x;
     in.gate_weight = gate_weight;
+    in.gate_bias = Or(gate_bias);
     in.expert_bias = Or(expert_bias);
     in.experts = {w1, w2, Or(w3), Or(b1), Or(b2), activation};
     in.training = training;
@@ -235,9 +244,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
 void ValidateOptionsOp(int64_t d_model, int64_t d_hidden, int64_t num_experts, int64_t top_k,
                        double capacity_factor, c10::optional<double> eval_capacity_factor, int64_t min_capacity,
                        std::string activation, std::string noisy_gate_policy, double jitter_eps,
-                       double balance_loss_weight, double z_loss_weight, double bias_update_rate, std::string name) {
+                       double balance_loss_weight, double z_loss_weight, double bias_update_rate, std::string name,
+                       std::string balance_loss_choices) {
   Boundary([&] {
     MoEOptions o(d_model, d_hidden, num_experts);
+    o.balance_loss_choices(balance_loss_choices);
     o.top_k(top_k).capacity_factor(capacity_factor).min_capacity(min_capacity).activation(activation);
     if (eval_capacity_factor.has_value()) o.eval_capacity_factor(*eval_capacity_factor);
     o.noisy_gate_policy(noisy_gate_policy).jitter_eps(jitter_eps).balance_loss_weight(balance_loss_weight);
@@ -364,7 +375,8 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def(
       "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
       "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
-      "float jitter_eps, bool check_finite, bool training, str name) -> (Tensor expert_idx, Tensor weight, "
+      "float jitter_eps, bool check_finite, bool training, str name, Tensor? gate_bias=None, "
+      "bool normalize_kept=False, str balance_loss_choices=\"all\") -> (Tensor expert_idx, Tensor weight, "
       "Tensor position, Tensor kept_counts, Tensor routed_counts, Tensor balance_loss, Tensor z_loss)",
       &dynamoe::Route);
   m.def("dispatch(Tensor x, Tensor position) -> Tensor", &dynamoe::DispatchOp);
@@ -380,13 +392,15 @@ TORCH_LIBRARY(dynamoe, m) {
       "float balance_loss_weight, float z_loss_weight, float bias_update_rate, bool check_finite, bool training, "
       "str name, __torch__.torch.classes.dynamoe.LayerState state, "
       "__torch__.torch.classes.dynamoe.Communicator? comm=None, str schedule=\"\", int group_size=-1, "
-      "int overlap_degree=-1) -> (Tensor y, Tensor aux_loss, Tensor counts, "
+      "int overlap_degree=-1, Tensor? gate_bias=None, bool normalize_kept=False, "
+      "str balance_loss_choices=\"all\") -> (Tensor y, Tensor aux_loss, Tensor counts, "
       "Tensor routed_counts, Tensor global_routed_counts, Tensor info, Tensor losses)",
       &dynamoe::MoEForwardOp);
   m.def(
       "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "
       "float? eval_capacity_factor, int min_capacity, str activation, str noisy_gate_policy, float jitter_eps, "
-      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name) -> ()",
+      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name, "
+      "str balance_loss_choices=\"all\") -> ()",
       &dynamoe::ValidateOptionsOp);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);

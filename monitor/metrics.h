@@ -2,7 +2,12 @@
 // layer; RecordStep only adds into preallocated per-layer arrays (a short
 // lock, O(experts)); the metric families are built when Prometheus scrapes
 // (Collect). Names follow Prometheus conventions and are a stable interface
-// (README "Metrics").
+// (README "Metrics", which also gives the series count).
+//
+// Series per layer do not grow with the expert count by default: the layer's
+// load is summarised (max, min, imbalance, dead experts, the hottest experts
+// in `hot_experts` fixed slots). One series per expert is opt-in
+// (DYNAMOE_METRICS_PER_EXPERT): 256 experts x 61 layers would be ~15,600.
 #pragma once
 
 #include <array>
@@ -20,9 +25,14 @@
 
 namespace dynamoe::monitor {
 
+struct MetricsOptions {
+  bool per_expert = false;  // dynamoe_expert_tokens_total, one series per expert
+  int hot_experts = 4;      // slots of dynamoe_hot_expert / dynamoe_hot_expert_load
+};
+
 class MetricsRegistry : public prometheus::Collectable {
  public:
-  explicit MetricsRegistry(int64_t rank) : rank_(rank) {}
+  explicit MetricsRegistry(int64_t rank, MetricsOptions options = {}) : rank_(rank), options_(options) {}
   void RecordStep(const StepReport& report);
   std::vector<prometheus::MetricFamily> Collect() const override;
 
@@ -36,8 +46,9 @@ class MetricsRegistry : public prometheus::Collectable {
   struct Layer {
     std::vector<uint64_t> tokens;       // [E] counter
     std::vector<int64_t> last_seen;     // [E] step index with tokens, -1 never
+    std::vector<int64_t> last_loads;    // [E] the last step's expert loads
     int64_t steps = 0;
-    uint64_t dropped = 0, plan_changes = 0, bytes_sent = 0, bytes_received = 0;
+    uint64_t routed = 0, dropped = 0, plan_changes = 0, bytes_sent = 0, bytes_received = 0;
     double imbalance = 0;
     int64_t copied = 0;
     uint64_t plan_hash = 0;
@@ -45,6 +56,7 @@ class MetricsRegistry : public prometheus::Collectable {
     Histogram step;
   };
   const int64_t rank_;
+  const MetricsOptions options_;
   mutable std::mutex mu_;
   std::map<std::string, Layer> layers_;
 };

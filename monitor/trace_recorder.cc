@@ -10,15 +10,24 @@ std::string TraceRecorder::PathFor(const std::string& prefix, int64_t rank) {
   return absl::StrCat(prefix, ".rank", rank, ".dmtrace");
 }
 
-void TraceRecorder::Record(const placement::TraceLayerSpec& layer, int64_t rank, placement::TraceStep step) {
+void TraceRecorder::Record(const placement::TraceLayerSpec& layer, int64_t global_rank, placement::TraceStep step) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (failed_) return;
+  if (failed_) {
+    ++lost_unopened_;
+    AddProcessTraceRecordsLost(1);
+    return;
+  }
   if (!writer_) {
     const std::vector<std::string> phases(kPhaseNames.begin(), kPhaseNames.end());
-    auto w = TraceWriter::Open(PathFor(prefix_, rank), step.kept.world_size, rank, phases);
+    auto w = TraceWriter::Open(PathFor(prefix_, global_rank), step.kept.world_size, global_rank, phases,
+                               flush_seconds_);
     if (!w.ok()) {
       failed_ = true;
-      DYNAMOE_LOG(kError) << w.status().message() << "; no trace is recorded";
+      ++lost_unopened_;
+      AddProcessTraceRecordsLost(1);
+      DYNAMOE_LOG(kError) << w.status().message()
+                          << "; no trace is recorded, training continues (steps counted in "
+                             "dynamoe_trace_records_lost_total)";
       return;
     }
     writer_ = *std::move(w);
@@ -34,13 +43,23 @@ absl::Status TraceRecorder::Close() {
   return writer_ ? writer_->Close() : absl::OkStatus();
 }
 
-TraceRecorder* ProcessTraceRecorder(const std::string& prefix) {
+int64_t TraceRecorder::records_written() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return writer_ ? writer_->records_written() : 0;
+}
+
+int64_t TraceRecorder::records_lost() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lost_unopened_ + (writer_ ? writer_->records_lost() : 0);
+}
+
+TraceRecorder* ProcessTraceRecorder(const std::string& prefix, double flush_seconds) {
   if (prefix.empty()) return nullptr;
   static std::mutex mu;
   static std::map<std::string, std::unique_ptr<TraceRecorder>> recorders;  // destroyed (closed) at exit
   std::lock_guard<std::mutex> lock(mu);
   auto& r = recorders[prefix];
-  if (!r) r = std::make_unique<TraceRecorder>(prefix);
+  if (!r) r = std::make_unique<TraceRecorder>(prefix, flush_seconds);
   return r.get();
 }
 

@@ -1,7 +1,9 @@
 // DYNAMOE_TRACE: one recorder per process and prefix, writing
-// prefix.rank<R>.dmtrace through a TraceWriter. Opening is lazy (the first
-// recorded step knows the rank and world size); a file that cannot be
-// created is reported once and recording stops, the training does not.
+// prefix.rank<R>.dmtrace through a TraceWriter, R the process's global rank
+// (data-parallel processes without an expert-parallel group would otherwise
+// share one file). Opening is lazy (the first recorded step knows the rank
+// and world size); a file that cannot be created is reported once and
+// recording stops, the training does not; its steps count as lost.
 #pragma once
 
 #include <map>
@@ -16,23 +18,30 @@ namespace dynamoe::monitor {
 
 class TraceRecorder {
  public:
-  explicit TraceRecorder(std::string prefix) : prefix_(std::move(prefix)) {}
+  TraceRecorder(std::string prefix, double flush_seconds)
+      : prefix_(std::move(prefix)), flush_seconds_(flush_seconds) {}
   // The file a rank writes.
   static std::string PathFor(const std::string& prefix, int64_t rank);
-  // Appends one step of `layer` (declared on first sight).
-  void Record(const placement::TraceLayerSpec& layer, int64_t rank, placement::TraceStep step);
+  // Appends one step of `layer` (declared on first sight); `global_rank`
+  // names the file.
+  void Record(const placement::TraceLayerSpec& layer, int64_t global_rank, placement::TraceStep step);
   absl::Status Close();
+  // Steps written so far (queued ones excluded), and lost.
+  int64_t records_written();
+  int64_t records_lost();
 
  private:
   const std::string prefix_;
+  const double flush_seconds_;
+  int64_t lost_unopened_ = 0;  // steps recorded while the file could not be created
   std::mutex mu_;
   std::unique_ptr<TraceWriter> writer_;
   bool failed_ = false;
   std::map<std::string, int64_t> layers_;
 };
 
-// The process's recorder for `prefix` (created on first use, closed at exit);
-// nullptr for an empty prefix.
-TraceRecorder* ProcessTraceRecorder(const std::string& prefix);
+// The process's recorder for `prefix` (created on first use with
+// `flush_seconds`, closed at exit); nullptr for an empty prefix.
+TraceRecorder* ProcessTraceRecorder(const std::string& prefix, double flush_seconds);
 
 }  // namespace dynamoe::monitor

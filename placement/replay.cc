@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <numeric>
 #include <thread>
 
@@ -64,8 +65,11 @@ double P99(std::vector<double> v) {
 }  // namespace
 
 absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size) {
-  DYNAMOE_CHECK_ARG(world_size >= 1, "replay: world size must be >= 1, got ", world_size);
+  DYNAMOE_CHECK_ARG(world_size >= 1 && world_size <= kMaxReplayWorld, "replay: world size must be in [1, ",
+                    kMaxReplayWorld, "], got ", world_size);
   DYNAMOE_CHECK_ARG(counts.world_size >= 1, "replay: a count matrix without ranks");
+  DYNAMOE_CHECK_ARG(world_size * counts.num_experts <= kMaxMatrixCells, "replay: ", world_size, " ranks x ",
+                    counts.num_experts, " experts is over 2^24 count-matrix cells");
   DYNAMOE_CHECK_ARG(counts.num_experts % world_size == 0, "replay: ", counts.num_experts,
                     " experts do not divide over ", world_size,
                     " ranks (expert parallelism needs num_experts to be a multiple of the world size)");
@@ -135,6 +139,9 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   DYNAMOE_CHECK_ARG(!options.policies.empty(), "replay: no policy to replay");
   ReplayReport report;
   report.world_size = options.world_size > 0 ? options.world_size : trace.steps[0].kept.world_size;
+  DYNAMOE_CHECK_ARG(report.world_size >= 1 && report.world_size <= kMaxReplayWorld,
+                    "replay: the replayed world size must be in [1, ", kMaxReplayWorld, "], got ", report.world_size,
+                    options.world_size > 0 ? "" : " (the trace's; choose another with the world size option)");
   report.steps = static_cast<int64_t>(trace.steps.size());
   ClusterSpec cluster = options.cluster;
   cluster.world_size = report.world_size;
@@ -145,6 +152,8 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   for (size_t i = 0; i < trace.steps.size(); ++i) {
     const TraceStep& s = trace.steps[i];
     DYNAMOE_CHECK_ARG(s.layer >= 0 && s.layer < L, "replay: step ", s.step, " names layer ", s.layer, " of ", L);
+    // Sums of these counts (loads, re-homed copies) then stay far from overflow.
+    DYNAMOE_RETURN_IF_ERROR(CheckCountLimits(s.kept, absl::StrCat("replay: step ", s.step)));
     by_layer[s.layer].push_back(i);
   }
 
@@ -175,8 +184,13 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   auto worker = [&] {
     for (size_t i; (i = next++) < results.size();) {
       const size_t p = i / L, l = i % L;
-      results[i] = ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, options.policies[p],
-                               tick, report.policies[p], p == 0 ? &report.step_imbalance_before : nullptr);
+      try {  // an exception must not leave a thread (std::terminate)
+        results[i] = ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, options.policies[p],
+                                 tick, report.policies[p], p == 0 ? &report.step_imbalance_before : nullptr);
+      } catch (const std::bad_alloc&) {
+        results[i].status = absl::ResourceExhaustedError(
+            absl::StrCat("replay: out of memory replaying layer ", l, " under ", options.policies[p]));
+      }
     }
   };
   const size_t threads = std::min<size_t>(results.size(), std::max(1u, std::thread::hardware_concurrency()));

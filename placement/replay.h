@@ -16,6 +16,10 @@
 
 namespace dynamoe::placement {
 
+// The largest replayed world: the cost model keeps rank x rank link tables
+// per policy and layer being replayed.
+constexpr int64_t kMaxReplayWorld = 4096;
+
 struct ReplayOptions {
   std::vector<std::string> policies = {"none", "fastermoe", "adaptive", "eplb"};
   int64_t world_size = 0;  // the replayed world; 0 keeps the trace's
@@ -59,8 +63,10 @@ struct ReplayReport {
 // world_size: InvalidArgument naming both otherwise.
 absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size);
 
-// InvalidArgument for an unknown policy name, an empty trace or counts that
-// do not fit the world size; the message names what was expected.
+// InvalidArgument for an unknown policy name, an empty trace, a world size
+// outside [1, kMaxReplayWorld], counts over the limits of trace.h or that do
+// not fit the world size; the message names what was expected.
+// ResourceExhausted when memory runs out.
 absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& options);
 
 }  // namespace dynamoe::placement

@@ -1,8 +1,15 @@
 #include "placement/replay_inputs.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
+#include <memory>
+#include <new>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -12,8 +19,17 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/status.h"
+#include "placement/replay.h"
 
 namespace dynamoe::placement {
+namespace {
+
+// Synthesize's bounds besides the shared ones (trace.h, replay.h): they keep
+// every product of options within int64.
+constexpr int64_t kSynthMaxSteps = 10'000'000, kSynthMaxLayers = 4096, kSynthMaxExperts = 1 << 16,
+                  kSynthMaxTokens = int64_t{1} << 30;
+
+}  // namespace
 
 std::vector<std::string> ClusterPresetNames() { return {"default", "h100-nvlink-ib", "a100-nvlink-ib"}; }
 
@@ -47,9 +63,17 @@ absl::StatusOr<ClusterSpec> ParseClusterFile(const std::string& text, ClusterSpe
     if (line.empty()) continue;
     const std::vector<absl::string_view> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
     double v = 0;
-    DYNAMOE_CHECK_ARG(kv.size() == 2 && absl::SimpleAtod(absl::StripAsciiWhitespace(kv[1]), &v) && v >= 0,
-                      "cluster file line ", line_no, ": expected key = non-negative number, got \"", line, "\"");
+    DYNAMOE_CHECK_ARG(kv.size() == 2 && absl::SimpleAtod(absl::StripAsciiWhitespace(kv[1]), &v) && std::isfinite(v) &&
+                          v >= 0,
+                      "cluster file line ", line_no, ": expected key = non-negative finite number, got \"",
+                      line.substr(0, 80), "\"");
     const std::string key(absl::StripAsciiWhitespace(kv[0]));
+    // Rank counts are integers within the replayable world.
+    const bool integer = v == std::floor(v) && v <= kMaxReplayWorld;
+    if (key == "world_size" || key == "ranks_per_node")
+      DYNAMOE_CHECK_ARG(integer && (key == "world_size" || v >= 1), "cluster file line ", line_no, ": ", key,
+                        " must be an integer in [", key == "world_size" ? 0 : 1, ", ", kMaxReplayWorld, "], got ",
+                        kv[1]);
     if (key == "world_size") c.world_size = static_cast<int64_t>(v);
     else if (key == "ranks_per_node") c.ranks_per_node = static_cast<int64_t>(v);
     else if (key == "intra_node_bw") c.intra_node_bw = v;
@@ -67,29 +91,96 @@ absl::StatusOr<ClusterSpec> ParseClusterFile(const std::string& text, ClusterSpe
   return c;
 }
 
+namespace {
+
+constexpr char kNotATrace[] =
+    "not a trace: expected the binary format (docs/trace-format.md), CSV with the header "
+    "\"step,layer,rank,expert,count\", or JSONL lines like {\"step\": 0, \"layer\": \"moe0\", \"experts\": [1, 2]}";
+constexpr char kCsvHeader[] = "step,layer,rank,expert,count";
+
+enum class Form { kBinary, kCsv, kJsonl, kNone, kUndecided };
+
+// The form from the first bytes; kUndecided while they are all whitespace or
+// a prefix of the CSV header.
+Form Sniff(absl::string_view head, bool complete) {
+  if (head.size() >= 7 && std::memcmp(head.data(), "DMOETRC", 7) == 0) return Form::kBinary;
+  head = absl::StripLeadingAsciiWhitespace(head);
+  if (absl::StartsWith(head, kCsvHeader)) return Form::kCsv;
+  if (absl::StartsWith(head, "{")) return Form::kJsonl;
+  if (!complete && (head.empty() || absl::StartsWith(kCsvHeader, head) ||
+                    (head.size() < 7 && absl::StartsWith("DMOETRC", head))))
+    return Form::kUndecided;
+  return Form::kNone;
+}
+
+absl::StatusOr<Trace> ParseText(Form form, const std::string& text) {
+  if (form == Form::kCsv) return ImportCountsCsv(text);
+  if (form == Form::kJsonl) return ImportRoutingJsonl(text);
+  return absl::InvalidArgumentError(kNotATrace);
+}
+
+}  // namespace
+
 absl::StatusOr<Trace> ParseAnyTrace(const std::string& bytes) {
-  if (bytes.size() >= 7 && std::memcmp(bytes.data(), "DMOETRC", 7) == 0) return ParseTrace(bytes);
-  const absl::string_view head = absl::StripLeadingAsciiWhitespace(bytes);
-  if (absl::StartsWith(head, "step,layer,rank,expert,count")) return ImportCountsCsv(bytes);
-  if (absl::StartsWith(head, "{")) return ImportRoutingJsonl(bytes);
-  return absl::InvalidArgumentError(
-      "not a trace: expected the binary format (docs/trace-format.md), CSV with the header "
-      "\"step,layer,rank,expert,count\", or JSONL lines like {\"step\": 0, \"layer\": \"moe0\", \"experts\": [1, 2]}");
+  const Form form = Sniff(bytes, /*complete=*/true);
+  return form == Form::kBinary ? ParseTrace(bytes) : ParseText(form, bytes);
+}
+
+absl::StatusOr<Trace> ReadAnyTraceFile(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return absl::NotFoundError(absl::StrCat("cannot read trace: ", std::strerror(errno)));
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(f, &std::fclose);
+  // Only enough to tell the form: a binary trace then streams; anything
+  // that is no trace is rejected without reading the rest.
+  std::string text;
+  struct stat st;
+  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (int64_t{1} << 32))
+    text.reserve(static_cast<size_t>(st.st_size));  // text forms are read whole: one copy, no regrowth
+  char chunk[1 << 16];
+  Form form = Form::kUndecided;
+  try {
+    while (true) {
+      const size_t got = std::fread(chunk, 1, sizeof(chunk), f);
+      if (std::ferror(f))
+        return absl::DataLossError(absl::StrCat("read error at byte ", text.size() + got, ": ",
+                                                std::strerror(errno)));
+      text.append(chunk, got);
+      if (form == Form::kUndecided) form = Sniff(text, got == 0);
+      if (form == Form::kNone) return absl::InvalidArgumentError(kNotATrace);
+      if (form == Form::kBinary) break;
+      if (got == 0) break;
+    }
+    return form == Form::kBinary ? ReadTrace(f, text) : ParseText(form, text);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of memory after reading ", text.size(), " bytes"));
+  }
 }
 
 absl::StatusOr<Trace> Synthesize(const SynthOptions& o) {
-  DYNAMOE_CHECK_ARG(o.steps >= 1 && o.layers >= 1 && o.world >= 1 && o.tokens >= 0 && o.experts >= 1 &&
-                        o.top_k >= 1 && o.top_k <= o.experts && o.zipf >= 0 && o.drift_every >= 0 &&
-                        o.burst_every >= 0,
-                    "synth: expected steps, layers, world, experts >= 1, tokens >= 0, 1 <= top_k <= experts, ",
-                    "zipf, drift_every, burst_every >= 0");
+  DYNAMOE_CHECK_ARG(o.steps >= 1 && o.steps <= kSynthMaxSteps && o.layers >= 1 && o.layers <= kSynthMaxLayers &&
+                        o.world >= 1 && o.world <= kMaxReplayWorld && o.experts >= 1 &&
+                        o.experts <= kSynthMaxExperts && o.tokens >= 0 && o.tokens <= kSynthMaxTokens &&
+                        o.top_k >= 1 && o.top_k <= o.experts && std::isfinite(o.zipf) && o.zipf >= 0 &&
+                        o.drift_every >= 0 && o.burst_every >= 0,
+                    "synth: expected steps in [1, ", kSynthMaxSteps, "], layers in [1, ", kSynthMaxLayers,
+                    "], world in [1, ", kMaxReplayWorld, "], experts in [1, ", kSynthMaxExperts, "], tokens in [0, ",
+                    kSynthMaxTokens, "], 1 <= top_k <= experts, a finite zipf >= 0, drift_every, burst_every >= 0");
+  // Each factor is bounded above, so these products cannot overflow.
+  DYNAMOE_CHECK_ARG(o.world * o.experts <= kMaxMatrixCells && o.world * o.tokens * o.top_k <= kMaxStepTotal,
+                    "synth: world x experts must be at most 2^24 and world x tokens x top_k at most 2^40");
+  DYNAMOE_CHECK_ARG(o.steps * o.layers <= kMaxImportCells / (o.world * o.experts), "synth: steps x layers x world x ",
+                    "experts must be at most 2^27 (count-matrix cells in memory), got ", o.steps, " x ", o.layers,
+                    " x ", o.world, " x ", o.experts);
   Trace t;
   t.rank = -1;
   t.world_size = o.world;
   for (int64_t l = 0; l < o.layers; ++l) t.layers.push_back({absl::StrCat("moe", l), o.experts, 0, 0, false, false, 2});
   std::mt19937_64 rng(o.seed);
   std::vector<double> zipf(o.experts);
-  for (int64_t i = 0; i < o.experts; ++i) zipf[i] = 1.0 / std::pow(static_cast<double>(i + 1), o.zipf);
+  // Floored at the smallest normal double: a steep zipf underflows, and every
+  // expert must stay drawable for top_k distinct draws.
+  for (int64_t i = 0; i < o.experts; ++i)
+    zipf[i] = std::max(1.0 / std::pow(static_cast<double>(i + 1), o.zipf), std::numeric_limits<double>::min());
   std::vector<double> scratch;
   for (int64_t s = 0; s < o.steps; ++s)
     for (int64_t l = 0; l < o.layers; ++l) {
@@ -113,7 +204,7 @@ absl::StatusOr<Trace> Synthesize(const SynthOptions& o) {
             double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * left;
             int64_t e = 0;
             while (e + 1 < o.experts && (w[e] == 0 || u >= w[e])) u -= w[e++];
-            while (w[e] == 0) --e;  // rounding ran past the last nonzero weight
+            while (e > 0 && w[e] == 0) --e;  // rounding ran past the last nonzero weight
             ++counts[r * o.experts + e];
             left -= w[e];
             w[e] = 0;

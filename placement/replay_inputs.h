@@ -25,6 +25,11 @@ absl::StatusOr<ClusterSpec> ParseClusterFile(const std::string& text, ClusterSpe
 // A trace from its bytes: the binary format (magic), CSV (a
 // "step,layer,rank,expert,count" header) or JSONL (a line starting with '{').
 absl::StatusOr<Trace> ParseAnyTrace(const std::string& bytes);
+// The same from a file: the form is told from the first bytes (anything else
+// is rejected there), a binary trace is streamed (ReadTrace), CSV and JSONL
+// are read whole. A read error or exhausted memory is an error. Messages do
+// not repeat the path.
+absl::StatusOr<Trace> ReadAnyTraceFile(const std::string& path);
 
 struct SynthOptions {
   int64_t steps = 200, layers = 1, experts = 16, world = 4, tokens = 1024, top_k = 2;
@@ -35,6 +40,8 @@ struct SynthOptions {
 };
 // Deterministic synthetic routing (same options, same trace): each rank's
 // tokens pick top_k distinct experts by the current popularity.
+// InvalidArgument naming the bounds when an option is out of range or the
+// trace would exceed the count-matrix limits of trace.h.
 absl::StatusOr<Trace> Synthesize(const SynthOptions& options);
 // The trace in the binary format (header, layers, steps).
 std::string EncodeTrace(const Trace& trace);

@@ -1,9 +1,11 @@
 // Trace encoding and the tolerant reader (docs/trace-format.md).
 #include "placement/trace.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <new>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -14,7 +16,13 @@ namespace dynamoe::placement {
 namespace {
 
 constexpr char kMagic[8] = {'D', 'M', 'O', 'E', 'T', 'R', 'C', '\n'};
+// Starts every version-2 frame: what the reader looks for after damage.
+constexpr char kSync[4] = {'\xA7', 'R', 'E', 'C'};
 constexpr uint8_t kLayerRecord = 1, kStepRecord = 2;
+// A version-2 layer record's number: "the next one" (the writer did not say).
+constexpr uint32_t kNextLayer = 0xFFFFFFFFu;
+// Layer numbers above this are errors (they would size the layer table).
+constexpr uint32_t kMaxLayers = 1u << 16;
 // Bounds that keep a corrupt length or count from asking for absurd memory.
 constexpr uint32_t kMaxPayload = 1u << 30;
 constexpr uint32_t kMaxDim = 1u << 24;
@@ -96,11 +104,13 @@ TraceLayerSpec GetLayer(Reader& r) {
   return l;
 }
 
-// Length and checksum in front of a payload.
+// Marker, length and checksums in front of a payload (version 2).
 std::string Frame(std::string payload) {
   Writer w;
+  w.bytes().append(kSync, sizeof(kSync));
   w.U32(static_cast<uint32_t>(payload.size()));
   w.U32(Crc32(payload.data(), payload.size()));
+  w.U32(Crc32(w.bytes().data() + 4, 8));
   w.bytes().append(payload);
   return std::move(w.bytes());
 }
@@ -110,20 +120,21 @@ absl::StatusOr<CountMatrix> GetMatrix(Reader& r, uint32_t world, uint32_t expert
   if (!r.Fits(n, 8)) return absl::InvalidArgumentError(absl::StrCat(what, " matrix does not fit the record"));
   std::vector<int64_t> counts(n);
   for (auto& c : counts) c = r.I64();
-  return CountMatrix::Make(world, experts, std::move(counts));
+  DYNAMOE_ASSIGN_OR_RETURN(CountMatrix m, CountMatrix::Make(world, experts, std::move(counts)));
+  DYNAMOE_RETURN_IF_ERROR(CheckCountLimits(m, what));
+  return m;
 }
 
-absl::StatusOr<TraceStep> GetStep(Reader& r, const Trace& t) {
+absl::StatusOr<TraceStep> GetStep(Reader& r) {
   TraceStep s;
   s.step = r.I64();
   s.layer = r.U32();
   const uint32_t world = r.U32(), experts = r.U32();
   if (!r.ok()) return absl::InvalidArgumentError("step record too short");
-  if (s.layer >= static_cast<int64_t>(t.layers.size()))
-    return absl::InvalidArgumentError(
-        absl::StrCat("step record names layer ", s.layer, " but ", t.layers.size(), " are declared"));
-  if (world == 0 || experts == 0 || world > kMaxDim || experts > kMaxDim)
-    return absl::InvalidArgumentError(absl::StrCat("step record has world ", world, " x experts ", experts));
+  if (world == 0 || experts == 0 || world > kMaxDim || experts > kMaxDim ||
+      static_cast<uint64_t>(world) * experts > static_cast<uint64_t>(kMaxMatrixCells))
+    return absl::InvalidArgumentError(absl::StrCat("step record has world ", world, " x experts ", experts,
+                                                   "; at most 2^24 cells are supported"));
   DYNAMOE_ASSIGN_OR_RETURN(s.kept, GetMatrix(r, world, experts, "kept"));
   DYNAMOE_ASSIGN_OR_RETURN(s.routed, GetMatrix(r, world, experts, "routed"));
   if (r.U8() != 0) {
@@ -159,6 +170,20 @@ absl::StatusOr<TraceStep> GetStep(Reader& r, const Trace& t) {
 
 }  // namespace
 
+absl::Status CheckCountLimits(const CountMatrix& m, const std::string& what) {
+  if (m.world_size * m.num_experts > kMaxMatrixCells)
+    return absl::InvalidArgumentError(absl::StrCat(what, ": a ", m.world_size, " x ", m.num_experts,
+                                                   " count matrix; at most 2^24 cells (world x experts) are supported"));
+  int64_t total = 0;
+  for (int64_t c : m.counts) {
+    if (c < 0 || c > kMaxStepTotal - total)
+      return absl::InvalidArgumentError(absl::StrCat(what, ": counts must be >= 0 and sum to at most 2^40 per matrix, ",
+                                                     "got an entry of ", c, " after a sum of ", total));
+    total += c;
+  }
+  return absl::OkStatus();
+}
+
 std::string EncodeTraceHeader(int64_t world_size, int64_t rank, const std::vector<std::string>& phase_names,
                               const std::vector<TraceLayerSpec>& layers) {
   Writer body;
@@ -174,9 +199,10 @@ std::string EncodeTraceHeader(int64_t world_size, int64_t rank, const std::vecto
   return std::move(w.bytes()) + Frame(std::move(body.bytes()));
 }
 
-std::string EncodeLayerRecord(const TraceLayerSpec& layer) {
+std::string EncodeLayerRecord(const TraceLayerSpec& layer, int64_t index) {
   Writer w;
   w.U8(kLayerRecord);
+  w.U32(index < 0 ? kNextLayer : static_cast<uint32_t>(index));
   PutLayer(w, layer);
   return Frame(std::move(w.bytes()));
 }
@@ -205,84 +231,328 @@ std::string EncodeStepRecord(const TraceStep& s) {
   return Frame(std::move(w.bytes()));
 }
 
-absl::StatusOr<Trace> ParseTrace(std::string_view bytes) {
-  Trace t;
-  if (bytes.size() < sizeof(kMagic) + 4 || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0)
+namespace {
+
+// The bytes under the reader: a string_view, or a file read forward in
+// chunks. Only bytes from the oldest unreleased offset on are buffered, so a
+// file costs about one frame plus a chunk of memory, never a copy of itself.
+class Input {
+ public:
+  explicit Input(std::string_view bytes) : data_(bytes) {}
+  Input(std::FILE* file, std::string_view prefix) : file_(file), buf_(prefix), data_(buf_), eof_(false) {}
+
+  const absl::Status& status() const { return status_; }
+  // Makes [pos, pos + n) available; returns how many of those bytes exist
+  // (fewer only at the end of the input or after a read error).
+  size_t Have(uint64_t pos, size_t n) {
+    while (end() < pos + n && !eof_) Fill(static_cast<size_t>(pos + n - end()));
+    return pos >= end() ? 0 : static_cast<size_t>(std::min<uint64_t>(n, end() - pos));
+  }
+  std::string_view Get(uint64_t pos, size_t n) const { return data_.substr(pos - base_, n); }
+  uint32_t U32(uint64_t pos) const {
+    uint32_t v;
+    std::memcpy(&v, data_.data() + (pos - base_), 4);
+    return v;
+  }
+  // The first offset >= pos holding `c`, or the end of the input.
+  uint64_t Find(uint64_t pos, char c) {
+    while (Have(pos, 1) == 1) {
+      const std::string_view rest = data_.substr(pos - base_);
+      const size_t at = rest.find(c);
+      if (at != std::string_view::npos) return pos + at;
+      pos = end();
+      Release(pos);
+    }
+    return pos;
+  }
+  // Bytes before pos are no longer needed.
+  void Release(uint64_t pos) {
+    const uint64_t done = pos - base_;
+    if (file_ == nullptr || done < kChunk || done < buf_.size() / 2) return;
+    buf_.erase(0, done);
+    base_ = pos;
+    data_ = buf_;
+  }
+  uint64_t end() const { return base_ + data_.size(); }
+
+ private:
+  static constexpr size_t kChunk = 1 << 20;
+  // No more than asked for the first time (a file that is no trace is
+  // rejected after its first 12 bytes), then up to a chunk at a time: a
+  // corrupt length never sizes an allocation.
+  void Fill(size_t want) {
+    const size_t n = std::min(kChunk, std::max(want, next_read_));
+    next_read_ = std::min(kChunk, 2 * n);
+    const size_t old = buf_.size();
+    buf_.resize(old + n);
+    const size_t got = std::fread(buf_.data() + old, 1, n, file_);
+    buf_.resize(old + got);
+    data_ = buf_;
+    if (got == n) return;
+    eof_ = true;
+    if (std::ferror(file_))
+      status_ = absl::DataLossError(absl::StrCat("read error at byte ", end(), ": ", std::strerror(errno)));
+  }
+
+  std::FILE* file_ = nullptr;
+  std::string buf_;
+  std::string_view data_;
+  uint64_t base_ = 0;  // the offset of data_[0]
+  size_t next_read_ = 0;
+  bool eof_ = true;
+  absl::Status status_;
+};
+
+enum class FrameStatus { kOk, kBad, kShort };  // kShort: runs past the end of the input
+struct FrameAt {
+  FrameStatus status = FrameStatus::kBad;
+  const char* why = "";
+  uint64_t end = 0;
+  std::string_view payload;  // valid until the next call on the Input
+};
+
+FrameAt Bad(const char* why) { return {FrameStatus::kBad, why}; }
+FrameAt Short(const char* why) { return {FrameStatus::kShort, why}; }
+
+// Version 1 frames carry no marker. While resynchronising, a candidate must
+// look like a record of a known kind of a consistent length before its
+// checksum is computed, which keeps the scan cheap.
+bool PlausibleV1(Input& in, uint64_t at, uint32_t len) {
+  if (len == 0 || len > (16u << 20) || in.Have(at, 21) == 0) return false;
+  const std::string_view p = in.Get(at, in.Have(at, 21));
+  if (p[0] == kLayerRecord) return p.size() >= 5 && len == uint64_t{in.U32(at + 1)} + 1 + 4 + 18;
+  if (p[0] != kStepRecord || p.size() < 21) return false;
+  const uint64_t world = in.U32(at + 13), experts = in.U32(at + 17);
+  return world >= 1 && experts >= 1 && world * experts <= static_cast<uint64_t>(kMaxMatrixCells) &&
+         len >= 21 + 16 * world * experts + 5;
+}
+
+FrameAt ReadFrame(Input& in, uint64_t pos, uint32_t version, bool resyncing) {
+  const size_t head = version == 1 ? 8 : 16;
+  const size_t got = in.Have(pos, head);
+  if (version >= 2) {
+    const size_t n = std::min<size_t>(got, sizeof(kSync));
+    if (in.Get(pos, n) != std::string_view(kSync, n)) return Bad("no frame marker");
+  }
+  if (got < head) return Short("frame head cut short");
+  const uint32_t len = in.U32(pos + head - (version == 1 ? 8 : 12));
+  const uint32_t crc = in.U32(pos + head - (version == 1 ? 4 : 8));
+  if (version >= 2 && Crc32(in.Get(pos + 4, 8).data(), 8) != in.U32(pos + 12))
+    return Bad("frame head checksum mismatch");
+  if (len > kMaxPayload) return Bad("frame length over 2^30");
+  if (version == 1 && resyncing && !PlausibleV1(in, pos + head, len)) return Bad("no record");
+  if (in.Have(pos + head, len) < len) return Short("record cut short");
+  FrameAt f{FrameStatus::kOk, "", pos + head + len, in.Get(pos + head, len)};
+  if (Crc32(f.payload.data(), f.payload.size()) != crc) return Bad("checksum mismatch");
+  return f;
+}
+
+// After damage at `from - 1`: the next offset with a valid frame, counting
+// the frame markers passed (records lost) and the first torn frame seen.
+struct Resync {
+  bool found = false;
+  uint64_t next = 0;
+  int64_t markers = 0;
+  std::optional<uint64_t> torn;  // a frame whose head is whole and valid but whose payload runs past the end
+};
+
+Resync FindNextFrame(Input& in, uint64_t from, uint32_t version) {
+  Resync r;
+  for (uint64_t c = from;; ++c) {
+    if (version >= 2) c = in.Find(c, kSync[0]);
+    if (in.Have(c, 1) == 0) return r;
+    in.Release(c);
+    const FrameAt f = ReadFrame(in, c, version, /*resyncing=*/true);
+    if (f.status == FrameStatus::kOk) return r.found = true, r.next = c, r;
+    if (version >= 2 && in.Have(c, sizeof(kSync)) == sizeof(kSync) &&
+        in.Get(c, sizeof(kSync)) == std::string_view(kSync, sizeof(kSync))) {
+      ++r.markers;
+      if (f.status == FrameStatus::kShort && !r.torn) r.torn = c;
+    }
+  }
+}
+
+void Warn(TraceReadStats& st, int64_t* dropped, std::string w) {
+  if (st.warnings.size() < TraceReadStats::kMaxWarnings) st.warnings.push_back(std::move(w));
+  else ++*dropped;
+}
+
+absl::Status ReadHeader(Input& in, Trace& t, uint64_t* pos) {
+  const size_t got = in.Have(0, sizeof(kMagic) + 4);
+  DYNAMOE_RETURN_IF_ERROR(in.status());
+  if (got < sizeof(kMagic) || in.Get(0, sizeof(kMagic)) != std::string_view(kMagic, sizeof(kMagic)))
     return absl::InvalidArgumentError(
         "not a dynamoe trace: expected the 8-byte magic \"DMOETRC\\n\" at offset 0 (docs/trace-format.md)");
-  std::memcpy(&t.version, bytes.data() + sizeof(kMagic), 4);
-  if (t.version != kTraceVersion)
-    return absl::UnimplementedError(absl::StrCat("trace version ", t.version, " is not supported; this build reads ",
-                                                 "version ", kTraceVersion));
-  size_t pos = sizeof(kMagic) + 4;
-  // Each frame: u32 length, u32 crc, payload. Returns nullopt when cut short.
-  auto next = [&](std::string_view* payload, uint32_t* crc_ok) -> bool {
-    if (bytes.size() - pos < 8) return false;
-    uint32_t len, crc;
-    std::memcpy(&len, bytes.data() + pos, 4);
-    std::memcpy(&crc, bytes.data() + pos + 4, 4);
-    if (len > kMaxPayload || bytes.size() - pos - 8 < len) return false;
-    *payload = bytes.substr(pos + 8, len);
-    *crc_ok = Crc32(payload->data(), payload->size()) == crc;
-    pos += 8 + len;
-    return true;
-  };
-  std::string_view payload;
-  uint32_t crc_ok = 0;
-  if (!next(&payload, &crc_ok))
-    return absl::InvalidArgumentError(absl::StrCat("trace header is cut short (", bytes.size(), " bytes)"));
-  if (!crc_ok) return absl::InvalidArgumentError("trace header checksum mismatch: the file is corrupt");
-  {
-    Reader r(payload);
-    t.world_size = r.U32();
-    t.rank = r.I32();
-    const uint32_t phases = r.U32();
-    if (!r.Fits(phases, 4)) return absl::InvalidArgumentError("trace header: phase names do not fit");
-    for (uint32_t i = 0; i < phases; ++i) t.phase_names.push_back(r.Str());
-    const uint32_t layers = r.U32();
-    if (!r.Fits(layers, 4)) return absl::InvalidArgumentError("trace header: layer specs do not fit");
-    for (uint32_t i = 0; i < layers; ++i) t.layers.push_back(GetLayer(r));
-    if (!r.ok()) return absl::InvalidArgumentError("trace header is malformed");
+  if (got < sizeof(kMagic) + 4)
+    return absl::InvalidArgumentError(absl::StrCat("trace header is cut short (", got, " bytes)"));
+  t.version = in.U32(sizeof(kMagic));
+  if (t.version != 1 && t.version != kTraceVersion)
+    return absl::UnimplementedError(absl::StrCat("trace version ", t.version,
+                                                 " is not supported; this build reads versions 1 to ", kTraceVersion));
+  const FrameAt f = ReadFrame(in, sizeof(kMagic) + 4, t.version, false);
+  DYNAMOE_RETURN_IF_ERROR(in.status());
+  if (f.status == FrameStatus::kShort)
+    return absl::InvalidArgumentError(absl::StrCat("trace header is cut short (", in.end(), " bytes)"));
+  if (f.status != FrameStatus::kOk)
+    return absl::InvalidArgumentError(absl::StrCat("trace header checksum mismatch (", f.why, "): the file is corrupt"));
+  Reader r(f.payload);
+  t.world_size = r.U32();
+  t.rank = r.I32();
+  const uint32_t phases = r.U32();
+  if (!r.Fits(phases, 4)) return absl::InvalidArgumentError("trace header: phase names do not fit");
+  for (uint32_t i = 0; i < phases; ++i) t.phase_names.push_back(r.Str());
+  const uint32_t layers = r.U32();
+  if (!r.Fits(layers, 4)) return absl::InvalidArgumentError("trace header: layer specs do not fit");
+  for (uint32_t i = 0; i < layers; ++i) t.layers.push_back(GetLayer(r));
+  if (!r.ok()) return absl::InvalidArgumentError("trace header is malformed");
+  *pos = f.end;
+  return absl::OkStatus();
+}
+
+struct ReadState {
+  int64_t dropped = 0;        // warnings over the cap
+  std::vector<char> declared;  // per layer: declared (else a stand-in for a declaration lost to damage)
+};
+
+// Makes layer `index` exist. Numbers past the declared ones are accepted
+// only after damage (their declarations were lost), as stand-ins.
+absl::Status Layer(Trace& t, ReadState& st, uint64_t index, uint64_t at, const char* what) {
+  if (index < t.layers.size()) return absl::OkStatus();
+  if (t.stats.skipped_regions == 0 || index >= kMaxLayers)
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " at byte ", at, " names layer ", index, " but ", t.layers.size(), " are declared"));
+  while (t.layers.size() <= index) {
+    t.layers.push_back({absl::StrCat("layer", t.layers.size(), "-undeclared")});
+    st.declared.push_back(0);
   }
-  while (pos < bytes.size()) {
-    const size_t at = pos;
-    if (!next(&payload, &crc_ok)) {
-      t.stats.truncated = true;
-      t.stats.warnings.push_back(absl::StrCat("the last record (at byte ", at, ") is cut short; ",
-                                              bytes.size() - at, " trailing bytes ignored"));
-      break;
-    }
-    if (!crc_ok) {
-      ++t.stats.skipped_corrupt;
-      t.stats.warnings.push_back(absl::StrCat("record at byte ", at, ": checksum mismatch, skipped"));
-      continue;
-    }
-    Reader r(payload);
-    const uint8_t kind = r.U8();
-    if (kind == kLayerRecord) {
-      TraceLayerSpec l = GetLayer(r);
-      if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("layer record at byte ", at, " is malformed"));
+  return absl::OkStatus();
+}
+
+absl::Status Record(std::string_view payload, uint64_t at, Trace& t, ReadState& st) {
+  Reader r(payload);
+  const uint8_t kind = r.U8();
+  if (kind == kLayerRecord) {
+    uint64_t index = t.layers.size();
+    if (t.version >= 2)
+      if (const uint32_t n = r.U32(); n != kNextLayer) index = n;
+    TraceLayerSpec l = GetLayer(r);
+    if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("layer record at byte ", at, " is malformed"));
+    if (index == t.layers.size()) {
       t.layers.push_back(std::move(l));
-    } else if (kind == kStepRecord) {
-      absl::StatusOr<TraceStep> s = GetStep(r, t);
-      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("record at byte ", at, ": ", s.status().message()));
-      t.steps.push_back(*std::move(s));
+      st.declared.push_back(1);
     } else {
-      ++t.stats.skipped_unknown;
-      t.stats.warnings.push_back(absl::StrCat("record at byte ", at, ": unknown kind ", int(kind), ", skipped"));
+      DYNAMOE_RETURN_IF_ERROR(Layer(t, st, index, at, "layer record"));
+      if (st.declared[index])
+        return absl::InvalidArgumentError(absl::StrCat("layer record at byte ", at, " declares layer ", index, " again"));
+      t.layers[index] = std::move(l);
+      st.declared[index] = 1;
+    }
+  } else if (kind == kStepRecord) {
+    absl::StatusOr<TraceStep> s = GetStep(r);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("record at byte ", at, ": ", s.status().message()));
+    DYNAMOE_RETURN_IF_ERROR(Layer(t, st, s->layer, at, "step record"));
+    if (!st.declared[s->layer] && t.layers[s->layer].num_experts == 0)
+      t.layers[s->layer].num_experts = s->kept.num_experts;
+    t.steps.push_back(*std::move(s));
+  } else {
+    ++t.stats.skipped_unknown;
+    Warn(t.stats, &st.dropped, absl::StrCat("record at byte ", at, ": unknown kind ", int(kind), ", skipped"));
+    return absl::OkStatus();
+  }
+  ++t.stats.records;
+  return absl::OkStatus();
+}
+
+// Bytes [from, to) held no valid frame; `until` says what is at `to`.
+void Damaged(Trace& t, ReadState& st, uint64_t from, uint64_t to, const char* why, int64_t records,
+             const std::string& until) {
+  ++t.stats.skipped_regions;
+  t.stats.skipped_corrupt += records;
+  t.stats.skipped_bytes += static_cast<int64_t>(to - from);
+  Warn(t.stats, &st.dropped,
+       absl::StrCat("record at byte ", from, ": ", why, "; skipped ", to - from, " damaged bytes (", records,
+                    records == 1 ? " record" : " records", " lost) up to ", until));
+}
+
+absl::StatusOr<Trace> Parse(Input& in) {
+  Trace t;
+  uint64_t pos = 0;
+  DYNAMOE_RETURN_IF_ERROR(ReadHeader(in, t, &pos));
+  ReadState st;
+  st.declared.assign(t.layers.size(), 1);
+  while (in.Have(pos, 1) > 0) {
+    in.Release(pos);
+    const FrameAt f = ReadFrame(in, pos, t.version, false);
+    DYNAMOE_RETURN_IF_ERROR(in.status());
+    if (f.status == FrameStatus::kOk) {
+      DYNAMOE_RETURN_IF_ERROR(Record(f.payload, pos, t, st));
+      pos = f.end;
       continue;
     }
-    ++t.stats.records;
+    // Damage or a torn end: whatever the length field says, resume at the
+    // next frame that checks out.
+    const bool at_marker = t.version >= 2 && in.Have(pos, sizeof(kSync)) == sizeof(kSync) &&
+                           in.Get(pos, sizeof(kSync)) == std::string_view(kSync, sizeof(kSync));
+    const Resync r = FindNextFrame(in, pos + 1, t.version);
+    DYNAMOE_RETURN_IF_ERROR(in.status());
+    const int64_t lost = r.markers + (at_marker ? 1 : 0);
+    if (r.found) {
+      Damaged(t, st, pos, r.next, f.why, std::max<int64_t>(1, lost), absl::StrCat("the next valid record at byte ", r.next));
+      pos = r.next;
+      continue;
+    }
+    // No valid frame after pos: damage up to a torn last frame, if any.
+    const uint64_t end = in.end();
+    const uint64_t torn = f.status == FrameStatus::kShort ? pos : r.torn.value_or(end);
+    if (torn > pos)
+      Damaged(t, st, pos, torn, f.why, std::max<int64_t>(1, lost - (torn < end ? 1 : 0)),
+              torn < end ? absl::StrCat("a torn last record at byte ", torn) : std::string("the end of the file"));
+    if (torn < end) {
+      t.stats.truncated = true;
+      t.stats.skipped_bytes += static_cast<int64_t>(end - torn);
+      Warn(t.stats, &st.dropped, absl::StrCat("the last record (at byte ", torn, ") is cut short; ", end - torn,
+                                              " trailing bytes ignored"));
+    }
+    break;
   }
+  DYNAMOE_RETURN_IF_ERROR(in.status());
+  for (size_t l = 0; l < st.declared.size(); ++l)
+    if (!st.declared[l])
+      Warn(t.stats, &st.dropped, absl::StrCat("layer ", l, " was declared in a damaged region: its steps are kept as '",
+                                              t.layers[l].name, "' without layer sizes"));
+  if (st.dropped > 0) t.stats.warnings.push_back(absl::StrCat("... and ", st.dropped, " more warnings"));
   return t;
 }
 
+// Out of memory is an error naming where, never a partial trace.
+absl::StatusOr<Trace> ParseCatching(Input& in) {
+  try {
+    return Parse(in);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of memory reading the trace (at byte ", in.end(), ")"));
+  } catch (const std::length_error&) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of memory reading the trace (at byte ", in.end(), ")"));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Trace> ParseTrace(std::string_view bytes) {
+  Input in(bytes);
+  return ParseCatching(in);
+}
+
+absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix) {
+  Input in(file, prefix);
+  return ParseCatching(in);
+}
+
 absl::StatusOr<Trace> ReadTraceFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open trace '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  absl::StatusOr<Trace> t = ParseTrace(ss.str());
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr)
+    return absl::NotFoundError(absl::StrCat("cannot open trace '", path, "': ", std::strerror(errno)));
+  absl::StatusOr<Trace> t = ReadTrace(f);
+  std::fclose(f);
   if (!t.ok()) return absl::Status(t.status().code(), absl::StrCat(path, ": ", t.status().message()));
   for (const auto& w : t->stats.warnings) DYNAMOE_LOG(kWarning) << path << ": " << w;
   return t;

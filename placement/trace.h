@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,7 +17,15 @@
 
 namespace dynamoe::placement {
 
-constexpr uint32_t kTraceVersion = 1;
+// The version the encoders write; the reader also reads version 1.
+constexpr uint32_t kTraceVersion = 2;
+
+// Limits every reader, importer and generator enforces, so that no input makes
+// them allocate without bound or overflow a sum (docs/trace-format.md).
+constexpr int64_t kMaxMatrixCells = int64_t{1} << 24;  // world x experts of one count matrix
+constexpr int64_t kMaxStepTotal = int64_t{1} << 40;    // sum of one count matrix (re-homed x4096 stays < 2^63)
+constexpr int64_t kMaxImportCells = int64_t{1} << 27;  // all matrices of one imported (CSV/JSONL) trace
+constexpr int64_t kMaxImportIndex = int64_t{1} << 20;  // rank and expert indices of imported entries
 
 struct TraceLayerSpec {
   std::string name;
@@ -37,14 +46,19 @@ struct TraceStep {
   std::vector<double> phase_seconds;  // in Trace::phase_names order
 };
 
-// Why a read stopped early or skipped something; a trace that ends in a torn
-// record (a crash mid-write) is still read up to it.
+// What a read skipped. A damaged region costs only the records in it: the
+// reader finds the next valid frame after it; a trace that ends in a torn
+// record (a crash mid-write) is read up to it.
 struct TraceReadStats {
   int64_t records = 0;
-  int64_t skipped_corrupt = 0;  // checksum mismatch: skipped
+  int64_t skipped_corrupt = 0;  // records lost to damage (frame starts in damaged regions, >= 1 per region)
+  int64_t skipped_regions = 0;  // damaged regions the reader resynchronised over (or that ran to the end)
+  int64_t skipped_bytes = 0;    // bytes not read as records: damaged regions and a torn tail
   int64_t skipped_unknown = 0;  // unknown record kind (a newer writer): skipped
   bool truncated = false;       // the last record was cut short: dropped
-  std::vector<std::string> warnings;
+  std::vector<std::string> warnings;  // the first kMaxWarnings, then one line counting the rest
+  static constexpr size_t kMaxWarnings = 20;
+  bool damaged() const { return skipped_corrupt > 0 || skipped_bytes > 0; }
 };
 
 struct Trace {
@@ -57,18 +71,29 @@ struct Trace {
   TraceReadStats stats;
 };
 
+// InvalidArgument naming `what` unless `m` has at most kMaxMatrixCells cells
+// summing to at most kMaxStepTotal (checked: no sum can overflow).
+absl::Status CheckCountLimits(const CountMatrix& m, const std::string& what);
+
 // Encoders (the recorder appends their output to the file, in this order:
 // header, then layer and step records).
 std::string EncodeTraceHeader(int64_t world_size, int64_t rank, const std::vector<std::string>& phase_names,
                               const std::vector<TraceLayerSpec>& layers);
-std::string EncodeLayerRecord(const TraceLayerSpec& layer);
+// `index`: the layer's number (-1: the next one), so that a reader that lost
+// an earlier declaration to damage still numbers this one right.
+std::string EncodeLayerRecord(const TraceLayerSpec& layer, int64_t index = -1);
 std::string EncodeStepRecord(const TraceStep& step);
 
 // Parses a whole trace. Errors (InvalidArgument / Unimplemented for an
-// unknown version) name the offset and what was expected; a torn last record
-// or a record with a bad checksum is skipped and reported in stats.
+// unknown version) name the offset and what was expected; damaged regions
+// and a torn last record are skipped and reported in stats.
 absl::StatusOr<Trace> ParseTrace(std::string_view bytes);
-// ParseTrace over a file; logs each warning of stats.
+// The same over an open file, read record by record: the magic is checked
+// first, and memory holds one record plus a bounded buffer. `prefix` is what
+// the caller already read from `file` (e.g. to sniff the format). A read
+// error or exhausted memory is an error, never a partial trace.
+absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix = {});
+// ReadTrace on a path; errors name it, and each warning of stats is logged.
 absl::StatusOr<Trace> ReadTraceFile(const std::string& path);
 
 // CSV "step,layer,rank,expert,count" (a header line, then one line per

@@ -18,6 +18,10 @@
 
 namespace dynamoe::runtime {
 
+int64_t MonitoringRank(std::optional<int64_t> group_global_rank) {
+  return group_global_rank.value_or(GlobalLaunchEnv().RankOrZero());
+}
+
 bool MetricsEnabled() { return GlobalConfig().GetInt("DYNAMOE_METRICS_PORT") != 0; }
 
 void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
@@ -33,7 +37,9 @@ void RecordMetrics(const monitor::StepReport& report, int64_t rank) {
   if (!registry) {
     const int local_rank = GlobalLaunchEnv().local_rank.value_or(0);
     const int port = static_cast<int>(GlobalConfig().GetInt("DYNAMOE_METRICS_PORT")) + local_rank;
-    auto r = std::make_shared<monitor::MetricsRegistry>(rank);
+    monitor::MetricsOptions options;
+    options.per_expert = GlobalConfig().GetBool("DYNAMOE_METRICS_PER_EXPERT");
+    auto r = std::make_shared<monitor::MetricsRegistry>(rank, options);
     server = ValueOrThrow(monitor::MetricsServer::Start(GlobalConfig().Get("DYNAMOE_METRICS_ADDR"), port, r));
     registry = r;
     DYNAMOE_LOG(kInfo) << "metrics at http://" << GlobalConfig().Get("DYNAMOE_METRICS_ADDR") << ":" << port

@@ -3,12 +3,19 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 namespace dynamoe::monitor {
 struct StepReport;
 }
 
 namespace dynamoe::runtime {
+
+// The rank that labels this process's metrics and names its trace file: the
+// global rank of its expert-parallel group's member when it has a group, else
+// the launcher's RANK (0 without a launcher), so data-parallel processes
+// without a group are told apart.
+int64_t MonitoringRank(std::optional<int64_t> group_global_rank);
 
 // True when DYNAMOE_METRICS_PORT is set (non-zero).
 bool MetricsEnabled();

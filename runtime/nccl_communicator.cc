@@ -45,6 +45,12 @@ NcclCommunicator::NcclCommunicator(ncclComm_t comm, int device, c10::intrusive_p
 
 NcclCommunicator::~NcclCommunicator() {
   if (aborted_) return;  // the communicator is gone; its stream may be wedged
+  // ncclCommDestroy waits for outstanding work, which a failed or lost peer
+  // never finishes: abort instead, so the destructor cannot block.
+  if (failed() || HasInFlight()) {
+    ncclCommAbort(comm_);
+    return;
+  }
   ncclCommDestroy(comm_);
   cudaFree(scratch_);
   cudaStreamDestroy(stream_);
@@ -54,9 +60,10 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
                                                      const std::function<ncclResult_t(cudaStream_t)>& body) {
   auto self = c10::intrusive_ptr<NcclCommunicator>::unsafe_reclaim_from_nonowning(this);
   auto pending = Track(op, tag, [self] {
-    // Unblocks the stream and every rank-local wait on this communicator.
-    self->aborted_ = true;
-    ncclCommAbort(self->comm_);
+    // Unblocks the stream and every rank-local wait on this communicator;
+    // marked failed first, so no collective is launched on it afterwards.
+    self->MarkFailed();
+    if (!self->aborted_.exchange(true)) ncclCommAbort(self->comm_);
   });
   if (!pending) return Handle(op, tag, nullptr);
   cudaSetDevice(device_);

@@ -26,6 +26,17 @@ std::string Where(const CollectiveTag& tag) {
 
 std::string CollectiveTag::Describe() const { return Where(*this); }
 
+struct PeerMonitor::Shared {
+  c10::intrusive_ptr<c10d::Store> store;
+  GroupInfo info;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopped = false;
+  int64_t beats = 0;
+  uint64_t seq = 0;
+  std::string state = "idle", op = "-", where = "-";
+};
+
 PeerMonitor::PeerMonitor(c10::intrusive_ptr<c10d::Store> store, GroupInfo info)
     : store_(std::move(store)), info_(std::move(info)) {
   if (info_.global_ranks.empty())
@@ -34,49 +45,66 @@ PeerMonitor::PeerMonitor(c10::intrusive_ptr<c10d::Store> store, GroupInfo info)
   interval_ = std::clamp(info_.timeout / 10, std::chrono::milliseconds(20), std::chrono::milliseconds(1000));
   const auto window = std::min<Clock::duration>(3 * interval_, info_.timeout / 2);
   expire_after_ = info_.timeout - window;
-  Beat();
-  heartbeat_ = Watchdog::Get().Every(interval_, [this] { Beat(); });
+  shared_ = std::make_shared<Shared>();
+  shared_->store = store_;
+  shared_->info = info_;
+  Beat(*shared_);
+  // Heartbeats run on their own thread, never on the control thread: a
+  // frozen store host blocks a store write, and must not delay deadlines.
+  std::thread([s = shared_, interval = interval_] {
+    std::unique_lock<std::mutex> lock(s->mu);
+    while (!s->cv.wait_for(lock, interval, [&] { return s->stopped; })) {
+      lock.unlock();
+      Beat(*s);
+      lock.lock();
+    }
+  }).detach();
 }
 
-PeerMonitor::~PeerMonitor() { heartbeat_.reset(); }
+PeerMonitor::~PeerMonitor() {
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  shared_->stopped = true;
+  shared_->cv.notify_all();
+}
 
 void PeerMonitor::Begin(const PendingCollective& p) {
-  std::lock_guard<std::mutex> lock(mu_);
-  seq_ = p.seq();
-  state_ = "running";
-  op_ = p.op();
-  where_ = Where(p.tag());
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  shared_->seq = p.seq();
+  shared_->state = "running";
+  shared_->op = p.op();
+  shared_->where = Where(p.tag());
 }
 
 void PeerMonitor::End(uint64_t seq) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (seq == seq_) state_ = "done";
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  if (seq == shared_->seq) shared_->state = "done";
 }
 
-void PeerMonitor::Beat() {
+void PeerMonitor::Beat(Shared& s) {
   std::string value;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    value = absl::StrCat(++beats_, "\t", seq_, "\t", state_, "\t", op_, "\t", where_);
+    std::lock_guard<std::mutex> lock(s.mu);
+    value = absl::StrCat(++s.beats, "\t", s.seq, "\t", s.state, "\t", s.op, "\t", s.where);
   }
   try {
-    store_->set(HeartbeatKey(info_.rank), Bytes(value));
+    s.store->set(HeartbeatKey(s.info.rank), Bytes(value));
   } catch (const std::exception& e) {
     // The store is gone (its host died); the diagnosis reports it.
-    DYNAMOE_LOG(kDebug) << "heartbeat of group " << info_.name << " failed: " << e.what();
+    DYNAMOE_LOG(kDebug) << "heartbeat of group " << s.info.name << " failed: " << e.what();
   }
 }
 
-std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeersNow(bool* store_ok) {
-  std::vector<PeerRecord> peers(info_.size);
+std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeersNow(Shared& s, bool* store_ok) {
+  const GroupInfo& info = s.info;
+  std::vector<PeerRecord> peers(info.size);
   *store_ok = true;
   try {
-    for (int r = 0; r < info_.size; ++r) {
-      if (r == info_.rank) continue;
+    for (int r = 0; r < info.size; ++r) {
+      if (r == info.rank) continue;
       PeerRecord& p = peers[r];
-      if (store_->check({FailureKey(r)})) p.failure = String(store_->get(FailureKey(r)));
-      if (!store_->check({HeartbeatKey(r)})) continue;
-      const std::vector<std::string> f = absl::StrSplit(String(store_->get(HeartbeatKey(r))), '\t');
+      if (s.store->check({FailureKey(r)})) p.failure = String(s.store->get(FailureKey(r)));
+      if (!s.store->check({HeartbeatKey(r)})) continue;
+      const std::vector<std::string> f = absl::StrSplit(String(s.store->get(HeartbeatKey(r))), '\t');
       if (f.size() < 5) continue;
       p.present = absl::SimpleAtoi(f[0], &p.beat) && absl::SimpleAtoi(f[1], &p.seq);
       p.state = f[2];
@@ -99,9 +127,9 @@ std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeers(bool* store_ok) {
     std::vector<PeerRecord> peers;
   };
   auto result = std::make_shared<Result>();
-  std::thread([this, result, keep = store_] {
+  std::thread([result, s = shared_] {
     bool ok = false;
-    auto peers = ReadPeersNow(&ok);
+    auto peers = ReadPeersNow(*s, &ok);
     std::lock_guard<std::mutex> lock(result->mu);
     result->peers = std::move(peers);
     result->ok = ok;

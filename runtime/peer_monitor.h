@@ -56,20 +56,20 @@ class PeerMonitor {
     std::string state, op, where;  // where: "layer 'x' phase 'y'"
     std::string failure;           // its own diagnosis, if it failed
   };
+  // What the heartbeat thread and the diagnosis's store readers share with
+  // the monitor. They hold it by shared_ptr, so none of them outlives what it
+  // uses, and the monitor never waits for a thread blocked on a frozen store.
+  struct Shared;
   std::string Describe(const PendingCollective& p) const;
-  void Beat();
+  static void Beat(Shared& s);
   std::vector<PeerRecord> ReadPeers(bool* store_ok);  // bounded in time
-  std::vector<PeerRecord> ReadPeersNow(bool* store_ok);
+  static std::vector<PeerRecord> ReadPeersNow(Shared& s, bool* store_ok);
 
   c10::intrusive_ptr<c10d::Store> store_;
   GroupInfo info_;
   std::chrono::milliseconds interval_;
   Clock::duration expire_after_;
-  std::mutex mu_;
-  int64_t beats_ = 0;
-  uint64_t seq_ = 0;
-  std::string state_ = "idle", op_ = "-", where_ = "-";
-  std::shared_ptr<void> heartbeat_;
+  std::shared_ptr<Shared> shared_;
 };
 
 }  // namespace dynamoe::runtime

@@ -47,6 +47,11 @@ class TrackedCommunicator : public Communicator {
   void CountAllToAll(const at::Tensor& input, const std::vector<int64_t>& send_rows,
                      const std::vector<int64_t>& recv_rows);
   bool failed() const { return failed_; }
+  // A backend tore its transport down (e.g. a deadline aborted it): later
+  // collectives are refused at once instead of launched on it.
+  void MarkFailed() { failed_ = true; }
+  // Collectives started and not yet waited or dropped.
+  bool HasInFlight() const;
 
  private:
   friend class TrackedHandle;

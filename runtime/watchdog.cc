@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <thread>
 #include <vector>
 
@@ -61,50 +62,20 @@ Watchdog& Watchdog::Get() {
 }
 
 void Watchdog::Arm(const std::shared_ptr<PendingCollective>& p, std::function<void()> on_expire) {
-  auto timer = std::make_shared<boost::asio::steady_timer>(impl_->io, p->expire_at());
+  // The timer lives on a strand: its expiry handler and the cancel that a
+  // completing collective posts never run at once on the two io threads.
+  auto strand = boost::asio::make_strand(impl_->io);
+  auto timer = std::make_shared<boost::asio::steady_timer>(strand, p->expire_at());
   std::weak_ptr<PendingCollective> weak = p;
   timer->async_wait([timer, weak, on_expire = std::move(on_expire)](const boost::system::error_code& ec) {
     if (ec) return;  // cancelled: the collective completed
     auto pending = weak.lock();
     if (pending && pending->Finish(PendingCollective::State::kExpired) && on_expire) on_expire();
   });
-  boost::asio::io_context* io = &impl_->io;
-  p->SetCancel([io, weak_timer = std::weak_ptr<boost::asio::steady_timer>(timer)] {
-    boost::asio::post(*io, [weak_timer] {
+  p->SetCancel([strand, weak_timer = std::weak_ptr<boost::asio::steady_timer>(timer)] {
+    boost::asio::post(strand, [weak_timer] {
       if (auto t = weak_timer.lock()) t->cancel();
     });
-  });
-}
-
-namespace {
-struct Repeat {
-  std::atomic<bool> stopped{false};
-  std::chrono::milliseconds interval;
-  std::function<void()> task;
-  std::unique_ptr<boost::asio::steady_timer> timer;
-};
-
-void Schedule(const std::shared_ptr<Repeat>& r) {
-  r->timer->expires_after(r->interval);
-  r->timer->async_wait([r](const boost::system::error_code& ec) {
-    if (ec || r->stopped) return;
-    r->task();
-    if (!r->stopped) Schedule(r);
-  });
-}
-}  // namespace
-
-std::shared_ptr<void> Watchdog::Every(std::chrono::milliseconds interval, std::function<void()> task) {
-  auto r = std::make_shared<Repeat>();
-  r->interval = interval;
-  r->task = std::move(task);
-  r->timer = std::make_unique<boost::asio::steady_timer>(impl_->io);
-  boost::asio::io_context* io = &impl_->io;
-  boost::asio::post(*io, [r] { Schedule(r); });
-  // The token stops the task; the timer is cancelled on the control thread.
-  return std::shared_ptr<void>(nullptr, [r, io](void*) {
-    r->stopped = true;
-    boost::asio::post(*io, [r] { r->timer->cancel(); });
   });
 }
 

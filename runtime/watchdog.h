@@ -1,5 +1,5 @@
 // The control thread: one Boost.Asio io_context per process that enforces
-// collective deadlines and runs the peers' heartbeats. Backends complete a
+// collective deadlines (heartbeats run on their own threads: PeerMonitor). Backends complete a
 // PendingCollective from their own threads; the deadline timer completes it
 // with kExpired if they have not, so Wait() never blocks past the deadline.
 #pragma once
@@ -62,10 +62,6 @@ class Watchdog {
   // At p's deadline, if p is still running: finish it as kExpired, then call
   // on_expire (e.g. abort an NCCL communicator) on the control thread.
   void Arm(const std::shared_ptr<PendingCollective>& p, std::function<void()> on_expire = nullptr);
-
-  // Calls task every interval on the control thread until the returned
-  // token is destroyed.
-  std::shared_ptr<void> Every(std::chrono::milliseconds interval, std::function<void()> task);
 
   ~Watchdog();
 

@@ -102,8 +102,8 @@ class FusedRouterFunction : public torch::autograd::Function<FusedRouterFunction
 
 }  // namespace
 
-absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& expert_bias,
-                              const RouterOptions& options) {
+absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
+                              const at::Tensor& expert_bias, const RouterOptions& options) {
   const int64_t num_tokens = x.size(0), num_experts = gate_weight.size(0);
   const int top_k = static_cast<int>(options.top_k);
   DYNAMOE_CHECK_ARG(x.scalar_type() != at::kDouble, options.name,
@@ -115,7 +115,8 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
   if (noisy)  // Jitter: multiplicative noise on the router input
     xr = xr * at::empty_like(xr).uniform_(1.0 - options.jitter_eps, 1.0 + options.jitter_eps);
   Routing r;
-  r.logits = at::linear(xr, gate_weight.to(at::kFloat)).contiguous();
+  r.logits = at::linear(xr, gate_weight.to(at::kFloat), gate_bias.defined() ? gate_bias.to(at::kFloat) : at::Tensor())
+                 .contiguous();
   DYNAMOE_ASSIGN_OR_RETURN(const int64_t capacity, kernels::ExpertCapacity(num_tokens, top_k, num_experts,
                                                                            options.capacity_factor,
                                                                            options.min_capacity));
@@ -146,15 +147,8 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
   }
   r.capacity = capacity;
   r.num_rows = num_tokens * top_k - r.dropped;
-  if (num_tokens == 0) {
-    r.balance_loss = r.logits.sum() * 0;
-    r.z_loss = r.logits.sum() * 0;
-  } else {
-    const at::Tensor routed = options.use_rts ? r.routed_counts.to(x.device()) : outs[4].narrow(0, num_experts, num_experts);
-    const at::Tensor routed_fraction = routed.to(at::kFloat) / static_cast<double>(num_tokens * top_k);
-    r.balance_loss = (r.scores.mean(0) * routed_fraction).sum() * static_cast<double>(num_experts);
-    r.z_loss = at::logsumexp(r.logits, {1}).pow(2).mean();
-  }
+  FinishRouting(r, options.use_rts ? r.routed_counts.to(x.device()) : outs[4].narrow(0, num_experts, num_experts),
+                options);
   return r;
 }
 

@@ -15,7 +15,8 @@ namespace dynamoe::scheduler::cuda_path {
 
 // Router on the GPU: logits by cuBLAS, then the fused router kernel. Counts
 // come back to the host in one copy (the step sizes its buffers from them).
-absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& expert_bias,
+absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
+                              const at::Tensor& expert_bias,
                               const RouterOptions& options);
 
 // assignment[row] = t * k + j for each kept position (inverse of position).

@@ -76,6 +76,12 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   const int64_t E = o.num_experts(), d = o.d_model(), h = o.d_hidden();
   DYNAMOE_CHECK_ARG(in.gate_weight.defined() && in.gate_weight.sizes().vec() == std::vector<int64_t>({E, d}),
                     o.name(), ": gate.weight must have shape [", E, ", ", d, "], got ", Shape(in.gate_weight));
+  DYNAMOE_CHECK_ARG(in.gate_bias.defined() == o.router_bias(), o.name(), ": gate.bias is ",
+                    in.gate_bias.defined() ? "given" : "missing", " but router_bias=", o.router_bias() ? "true" : "false");
+  if (in.gate_bias.defined())
+    DYNAMOE_CHECK_ARG(in.gate_bias.sizes().vec() == std::vector<int64_t>({E}) && in.gate_bias.device() == x.device(),
+                      o.name(), ": gate.bias must have shape [", E, "] on ", x.device().str(), ", got ",
+                      Shape(in.gate_bias), " on ", in.gate_bias.device().str());
   if (in.expert_bias.defined())
     DYNAMOE_CHECK_ARG(in.expert_bias.dim() == 1 && in.expert_bias.size(0) == E, o.name(),
                       ": expert_bias must have shape [", E, "], got ", Shape(in.expert_bias));
@@ -100,6 +106,8 @@ RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_
   ro.capacity_factor = options.capacity_factor_for(training);
   ro.min_capacity = options.min_capacity();
   ro.normalize = options.normalize();
+  ro.normalize_kept = options.normalize_kept();
+  ro.balance_first_choice = options.balance_loss_choices() == "first";
   ro.use_rts = options.use_rts();
   ro.rts_seed = static_cast<uint64_t>(options.rts_seed());
   ro.step = step;
@@ -225,7 +233,9 @@ at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const
 
 // DYNAMOE_TRACE: this step's count matrices, plan and phase times.
 void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, const StepResult& result) {
-  monitor::TraceRecorder* recorder = monitor::ProcessTraceRecorder(runtime::GlobalConfig().Get("DYNAMOE_TRACE"));
+  const runtime::Config& config = runtime::GlobalConfig();
+  monitor::TraceRecorder* recorder =
+      monitor::ProcessTraceRecorder(config.Get("DYNAMOE_TRACE"), config.GetFloat("DYNAMOE_TRACE_FLUSH_S"));
   if (recorder == nullptr) return;
   placement::TraceLayerSpec layer{options.name(), options.num_experts(), options.d_model(), options.d_hidden(),
                                   options.gated(), options.bias(), x.element_size()};
@@ -235,8 +245,10 @@ void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tens
   step.routed = ToCountMatrix(result.routed_matrix);
   if (in.state) step.plan = result.plan;
   step.phase_seconds.assign(result.times.seconds.begin(), result.times.seconds.end());
-  const int64_t rank = in.comm ? in.comm->global_rank(in.comm->rank()) : 0;
-  recorder->Record(layer, rank, std::move(step));
+  // The file is named by the global rank: data-parallel processes without a group must not share one.
+  std::optional<int64_t> group_rank;
+  if (in.comm) group_rank = in.comm->global_rank(in.comm->rank());
+  recorder->Record(layer, runtime::MonitoringRank(group_rank), std::move(step));
 }
 
 
@@ -252,7 +264,9 @@ void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routin
   r.bytes_sent = result.bytes_sent, r.bytes_received = result.bytes_received;
   r.times = result.times;
   for (double s : result.times.seconds) r.step_seconds += s;
-  runtime::RecordMetrics(r, in.comm ? in.comm->global_rank(in.comm->rank()) : 0);
+  std::optional<int64_t> group_rank;
+  if (in.comm) group_rank = in.comm->global_rank(in.comm->rank());
+  runtime::RecordMetrics(r, runtime::MonitoringRank(group_rank));
 }
 
 }  // namespace
@@ -330,7 +344,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   Routing routing;
   {
     monitor::ScopedPhase timer(result.times, Phase::kGate);
-    routing = ValueOrThrow(Route(x, in.gate_weight, expert_bias, ro));
+    routing = ValueOrThrow(Route(x, in.gate_weight, in.gate_bias, expert_bias, ro));
   }
   result.counts = routing.kept_counts.unsqueeze(0);
   result.global_routed_counts = routing.routed_counts;

@@ -24,6 +24,7 @@ using CustomExpertFn = std::function<at::Tensor(int64_t expert_idx, const at::Te
 struct StepInputs {
   at::Tensor x;            // [..., d_model]
   at::Tensor gate_weight;  // [E, d_model]
+  at::Tensor gate_bias;    // [E] when options.router_bias(), else undefined
   at::Tensor expert_bias;  // [E] or undefined
   // This rank's experts, [E_local, ...] with E_local = E / ep_size; used when
   // custom_expert is empty. custom_expert gets global expert indices.

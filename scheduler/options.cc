@@ -21,6 +21,8 @@ absl::Status MoEOptions::Validate() const {
   DYNAMOE_CHECK_ARG(min_capacity_ >= 0, n, ": min_capacity must be >= 0, got ", min_capacity_);
   DYNAMOE_CHECK_ARG(activation_ == "gelu" || activation_ == "relu" || activation_ == "silu", n,
                     ": activation must be one of gelu, relu, silu, got \"", activation_, "\"");
+  DYNAMOE_CHECK_ARG(balance_loss_choices_ == "all" || balance_loss_choices_ == "first", n,
+                    ": balance_loss_choices must be \"all\" or \"first\", got \"", balance_loss_choices_, "\"");
   DYNAMOE_CHECK_ARG(noisy_gate_policy_ == "none" || noisy_gate_policy_ == "Jitter" ||
                         noisy_gate_policy_ == "RSample",
                     n, ": noisy_gate_policy must be one of none, Jitter, RSample, got \"",

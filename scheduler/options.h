@@ -28,6 +28,15 @@ struct MoEOptions {
   TORCH_ARG(int64_t, min_capacity) = 4;
   // Renormalise the top-k weights to sum 1; unset means top_k > 1.
   TORCH_ARG(std::optional<bool>, normalize_topk) = std::nullopt;
+  // After capacity drops, renormalise each token's kept weights to sum 1
+  // (DeepSpeed's top-2 gate: a token whose second choice is dropped puts 1.0 on its first).
+  TORCH_ARG(bool, normalize_kept) = false;
+  // The router has a bias, gate.bias [E] (FastMoE's gates: nn.Linear with bias).
+  TORCH_ARG(bool, router_bias) = false;
+  // Which choices the balance loss counts: "all" (every routed choice, divided
+  // by T*k) or "first" (first choices only, divided by T: DeepSpeed's top-2 and
+  // FastMoE's GShard gate). Equal for top_k = 1.
+  TORCH_ARG(std::string, balance_loss_choices) = "all";
   TORCH_ARG(std::string, activation) = "gelu";  // gelu, relu, silu
   TORCH_ARG(bool, gated) = false;               // w3: act(x w1) * (x w3), e.g. SwiGLU
   TORCH_ARG(bool, bias) = false;                // b1, b2

@@ -1,6 +1,7 @@
 #include "scheduler/router.h"
 
 #include <ATen/ATen.h>
+#include <limits>
 #include <ATen/core/grad_mode.h>
 
 #include "common/status.h"
@@ -17,11 +18,42 @@ at::ScalarType RouterDtype(at::ScalarType data_dtype) {
   return data_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight,
+void FinishRouting(Routing& r, const at::Tensor& routed, const RouterOptions& options) {
+  const int64_t num_tokens = r.logits.size(0), num_experts = r.logits.size(1), top_k = options.top_k;
+  if (options.normalize_kept && num_tokens > 0) {
+    // Dropped choices weigh 0, the kept ones are rescaled to sum 1; the clamp
+    // keeps a token with every choice dropped at 0 instead of NaN.
+    const at::Tensor kept = r.position.ge(0).to(r.weight.scalar_type());
+    const at::Tensor w = r.weight * kept;
+    const double eps = r.weight.scalar_type() == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                                              : std::numeric_limits<float>::epsilon();
+    r.weight = w / w.sum(-1, true).clamp_min(eps);
+  }
+  if (num_tokens == 0) {
+    // Keep the losses in the graph even with no tokens.
+    r.balance_loss = r.logits.sum() * 0;
+    r.z_loss = r.logits.sum() * 0;
+    return;
+  }
+  at::Tensor fraction;
+  if (options.balance_first_choice) {
+    at::NoGradGuard no_grad;
+    const at::Tensor first = r.expert_idx.select(1, 0);
+    fraction = at::zeros({num_experts}, r.scores.options())
+                   .scatter_add_(0, first, at::ones({num_tokens}, r.scores.options())) /
+               static_cast<double>(num_tokens);
+  } else {
+    fraction = routed.to(r.scores.scalar_type()) / static_cast<double>(num_tokens * top_k);
+  }
+  r.balance_loss = (r.scores.mean(0) * fraction).sum() * static_cast<double>(num_experts);
+  r.z_loss = at::logsumexp(r.logits, {1}).pow(2).mean();
+}
+
+absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
                               const at::Tensor& expert_bias, const RouterOptions& options) {
   if (x.is_cuda()) {
 #ifdef DYNAMOE_TORCH_CUDA
-    return cuda_path::Route(x, gate_weight, expert_bias, options);
+    return cuda_path::Route(x, gate_weight, gate_bias, expert_bias, options);
 #else
     return absl::FailedPreconditionError(absl::StrCat(
         options.name, ": input is on ", x.device().str(), " but this dynamoe was built without torch CUDA; ",
@@ -38,7 +70,7 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
   if (noisy && options.noisy_gate_policy == "Jitter")  // multiplicative noise on the router input
     xr = xr * at::empty_like(xr).uniform_(1.0 - options.jitter_eps, 1.0 + options.jitter_eps);
   Routing r;
-  r.logits = at::linear(xr, gate_weight.to(rdtype));
+  r.logits = at::linear(xr, gate_weight.to(rdtype), gate_bias.defined() ? gate_bias.to(rdtype) : at::Tensor());
   if (options.check_finite && num_tokens > 0) {
     const int64_t bad = (~at::isfinite(r.logits).all(1)).sum().item<int64_t>();
     DYNAMOE_CHECK_ARG(bad == 0, options.name, ": ", bad, " of ", num_tokens,
@@ -87,15 +119,7 @@ absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight
       Ptr<int64_t>(r.kept_counts), Ptr<int64_t>(r.routed_counts), &r.dropped));
   r.num_rows = num_tokens * top_k - r.dropped;
 
-  if (num_tokens == 0) {
-    // Keep the losses in the graph even with no tokens.
-    r.balance_loss = r.logits.sum() * 0;
-    r.z_loss = r.logits.sum() * 0;
-  } else {
-    const at::Tensor routed_fraction = r.routed_counts.to(rdtype) / static_cast<double>(num_tokens * top_k);
-    r.balance_loss = (r.scores.mean(0) * routed_fraction).sum() * static_cast<double>(num_experts);
-    r.z_loss = at::logsumexp(r.logits, {1}).pow(2).mean();
-  }
+  FinishRouting(r, r.routed_counts, options);
   return r;
 }
 

@@ -15,6 +15,8 @@ struct RouterOptions {
   double capacity_factor = 0.0;
   int64_t min_capacity = 4;
   bool normalize = true;
+  bool normalize_kept = false;          // renormalise over the kept choices after drops
+  bool balance_first_choice = false;    // balance loss counts first choices only
   bool use_rts = false;
   uint64_t rts_seed = 0;
   int64_t step = 0;
@@ -40,9 +42,15 @@ struct Routing {
   int64_t capacity = -1;     // -1: unlimited
 };
 
-// x: [T, d_model]; gate_weight: [E, d_model]; expert_bias: [E] (selection only).
-absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight,
+// x: [T, d_model]; gate_weight: [E, d_model]; gate_bias: [E] or undefined
+// (added to the logits); expert_bias: [E] (selection only).
+absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
                               const at::Tensor& expert_bias, const RouterOptions& options);
+
+// What both devices' routers do after the choices and positions are known:
+// the kept-weight renormalisation and the balance and z losses. `routed` is
+// the [E] routed counts on the routing's device.
+void FinishRouting(Routing& r, const at::Tensor& routed, const RouterOptions& options);
 
 // Router math runs in float32, or float64 when the data is float64.
 at::ScalarType RouterDtype(at::ScalarType data_dtype);

@@ -10,15 +10,24 @@
 //   dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N]
 //                  [--tokens N] [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]
 //
-// Exit codes: 0 done, 1 bad input (trace, cluster file), 2 bad usage.
+// Exit codes: 0 done (a damaged trace is read around its damage, with a
+// warning); 1 bad input (a trace, a cluster file: unreadable, not a trace,
+// over a limit, out of memory); 2 bad usage (an unknown subcommand or flag, a
+// flag value that is not a number of the expected kind and range).
 #include <unistd.h>
 
+#include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
+#include <new>
+#include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -48,12 +57,25 @@ struct Args {
   std::map<std::string, std::string> flags;
 };
 
+// The flags each subcommand takes (--overlap takes no value).
+const std::map<std::string, std::set<std::string>> kFlags = {
+    {"run", {"--policies", "--world", "--preset", "--cluster", "--interval", "--hysteresis", "--max-copied",
+             "--overlap", "--csv", "--out-dir"}},
+    {"calibrate", {"--heldout"}},
+    {"synth", {"--out", "--steps", "--layers", "--experts", "--world", "--tokens", "--top-k", "--zipf",
+               "--drift-every", "--burst-every", "--seed"}},
+};
+
 // --key value pairs (and bare --overlap); positional arguments otherwise.
 bool ParseArgs(int argc, char** argv, Args* a) {
+  const std::set<std::string>& known = kFlags.at(argv[1]);
   for (int i = 2; i < argc; ++i) {
     const std::string s = argv[i];
     if (s.rfind("--", 0) != 0) {
       a->positional.push_back(s);
+    } else if (!known.count(s)) {
+      std::cerr << "dynamoe-replay " << argv[1] << ": unknown flag " << s << "\n" << kUsage;
+      return false;
     } else if (s == "--overlap") {
       a->flags[s] = "1";
     } else if (i + 1 < argc) {
@@ -66,16 +88,40 @@ bool ParseArgs(int argc, char** argv, Args* a) {
   return true;
 }
 
+// absl's parsers skip surrounding whitespace; a flag value must be exact.
+bool Bare(const std::string& v) {
+  return !v.empty() && !std::isspace(static_cast<unsigned char>(v.front())) &&
+         !std::isspace(static_cast<unsigned char>(v.back()));
+}
+
+// Strict numeric flags: the whole value, an integer where one is expected,
+// finite, in [lo, hi]. An absent flag leaves *out as it is.
 template <typename T>
-bool Number(const Args& a, const std::string& key, T* out) {
+bool Integer(const Args& a, const std::string& key, T lo, T hi, T* out) {
+  auto it = a.flags.find(key);
+  if (it == a.flags.end()) return true;
+  T v;
+  if (!Bare(it->second) || !absl::SimpleAtoi(it->second, &v) || v < lo || v > hi) {
+    std::cerr << "dynamoe-replay: " << key << " expects an integer in [" << lo << ", " << hi << "], got '"
+              << it->second << "'\n";
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+// open: the range is (lo, hi) rather than [lo, hi].
+bool Real(const Args& a, const std::string& key, double lo, double hi, double* out, bool open = false) {
   auto it = a.flags.find(key);
   if (it == a.flags.end()) return true;
   double v;
-  if (!absl::SimpleAtod(it->second, &v) || v < 0) {
-    std::cerr << "dynamoe-replay: " << key << " expects a non-negative number, got '" << it->second << "'\n";
+  if (!Bare(it->second) || !absl::SimpleAtod(it->second, &v) || !std::isfinite(v) ||
+      (open ? v <= lo || v >= hi : v < lo || v > hi)) {
+    std::cerr << "dynamoe-replay: " << key << " expects a finite number in " << (open ? "(" : "[") << lo << ", "
+              << hi << (open ? ")" : "]") << ", got '" << it->second << "'\n";
     return false;
   }
-  *out = static_cast<T>(v);
+  *out = v;
   return true;
 }
 
@@ -84,8 +130,27 @@ bool ReadFile(const std::string& path, std::string* out) {
   if (!in) return false;
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad() || ss.bad()) return false;
   *out = ss.str();
   return true;
+}
+
+// The trace at `path`, its warnings and a summary of any damage on stderr;
+// nullopt (after an error line) when it cannot be read.
+std::optional<Trace> LoadTrace(const std::string& path) {
+  auto t = ReadAnyTraceFile(path);
+  if (!t.ok()) {
+    std::cerr << "dynamoe-replay: " << path << ": " << t.status().message() << "\n";
+    return std::nullopt;
+  }
+  const TraceReadStats& st = t->stats;
+  for (const std::string& w : st.warnings) std::cerr << "dynamoe-replay: " << path << ": warning: " << w << "\n";
+  if (st.damaged())
+    std::cerr << "dynamoe-replay: " << path << ": warning: damaged trace: " << st.skipped_corrupt
+              << " records lost in " << st.skipped_regions << " damaged regions"
+              << (st.truncated ? " and a torn last record" : "") << ", " << st.skipped_bytes
+              << " bytes skipped; replaying the " << t->steps.size() << " steps read\n";
+  return *std::move(t);
 }
 
 void PrintReport(const std::string& path, const Trace& t, const ReplayReport& r) {
@@ -127,8 +192,10 @@ int Run(const Args& a) {
     o.world_size = c->world_size;
   }
   if (a.flags.count("--policies")) o.policies = absl::StrSplit(a.flags.at("--policies"), ',');
-  if (!Number(a, "--world", &o.world_size) || !Number(a, "--interval", &o.policy.interval) ||
-      !Number(a, "--hysteresis", &o.policy.hysteresis) || !Number(a, "--max-copied", &o.policy.max_copied))
+  if (!Integer<int64_t>(a, "--world", 1, kMaxReplayWorld, &o.world_size) ||
+      !Integer<int64_t>(a, "--interval", 1, 1'000'000'000, &o.policy.interval) ||
+      !Real(a, "--hysteresis", 0, 1, &o.policy.hysteresis) ||
+      !Integer<int64_t>(a, "--max-copied", 0, 1 << 24, &o.policy.max_copied))
     return 2;
   o.policy.cost.overlap = a.flags.count("--overlap") > 0;
   if (isatty(2))  // a progress bar on a terminal; logs and pipes stay clean
@@ -167,19 +234,11 @@ int Run(const Args& a) {
   }
   int rc = 0;
   for (const std::string& path : a.positional) {
-    std::string bytes;
-    if (!ReadFile(path, &bytes)) {
-      std::cerr << "dynamoe-replay: cannot read trace '" << path << "'\n";
+    std::optional<Trace> t = LoadTrace(path);
+    if (!t) {
       rc = 1;
       continue;
     }
-    auto t = ParseAnyTrace(bytes);
-    if (!t.ok()) {
-      std::cerr << "dynamoe-replay: " << path << ": " << t.status().message() << "\n";
-      rc = 1;
-      continue;
-    }
-    for (const std::string& w : t->stats.warnings) std::cerr << "dynamoe-replay: " << path << ": warning: " << w << "\n";
     auto r = Replay(*t, o);
     if (!r.ok()) {
       std::cerr << "dynamoe-replay: " << path << ": " << r.status().message() << "\n";
@@ -210,17 +269,9 @@ int Calibrate(const Args& a) {
     return 2;
   }
   double heldout = 0.2;
-  if (!Number(a, "--heldout", &heldout)) return 2;
-  std::string bytes;
-  if (!ReadFile(a.positional[0], &bytes)) {
-    std::cerr << "dynamoe-replay: cannot read trace '" << a.positional[0] << "'\n";
-    return 1;
-  }
-  auto t = ParseAnyTrace(bytes);
-  if (!t.ok()) {
-    std::cerr << "dynamoe-replay: " << a.positional[0] << ": " << t.status().message() << "\n";
-    return 1;
-  }
+  if (!Real(a, "--heldout", 0, 1, &heldout, /*open=*/true)) return 2;
+  std::optional<Trace> t = LoadTrace(a.positional[0]);
+  if (!t) return 1;
   auto c = dynamoe::placement::Calibrate(*t, heldout);
   if (!c.ok()) {
     std::cerr << "dynamoe-replay: " << a.positional[0] << ": " << c.status().message() << "\n";
@@ -246,10 +297,15 @@ int Synth(const Args& a) {
     return 2;
   }
   SynthOptions o;
-  if (!Number(a, "--steps", &o.steps) || !Number(a, "--layers", &o.layers) || !Number(a, "--experts", &o.experts) ||
-      !Number(a, "--world", &o.world) || !Number(a, "--tokens", &o.tokens) || !Number(a, "--top-k", &o.top_k) ||
-      !Number(a, "--zipf", &o.zipf) || !Number(a, "--drift-every", &o.drift_every) ||
-      !Number(a, "--burst-every", &o.burst_every) || !Number(a, "--seed", &o.seed))
+  // Synthesize checks the combinations (cells, tokens x world) and the caps.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  if (!Integer<int64_t>(a, "--steps", 1, kMax, &o.steps) || !Integer<int64_t>(a, "--layers", 1, kMax, &o.layers) ||
+      !Integer<int64_t>(a, "--experts", 1, kMax, &o.experts) ||
+      !Integer<int64_t>(a, "--world", 1, kMaxReplayWorld, &o.world) ||
+      !Integer<int64_t>(a, "--tokens", 0, kMax, &o.tokens) || !Integer<int64_t>(a, "--top-k", 1, kMax, &o.top_k) ||
+      !Real(a, "--zipf", 0, 1e6, &o.zipf) || !Integer<int64_t>(a, "--drift-every", 0, kMax, &o.drift_every) ||
+      !Integer<int64_t>(a, "--burst-every", 0, kMax, &o.burst_every) ||
+      !Integer<uint64_t>(a, "--seed", 0, std::numeric_limits<uint64_t>::max(), &o.seed))
     return 2;
   auto t = Synthesize(o);
   if (!t.ok()) {
@@ -273,11 +329,16 @@ int Synth(const Args& a) {
 
 int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
-  if (cmd != "run" && cmd != "synth" && cmd != "calibrate") {
+  if (!kFlags.count(cmd)) {
     std::cerr << kUsage;
     return 2;
   }
   Args a;
   if (!ParseArgs(argc, argv, &a)) return 2;
-  return cmd == "run" ? Run(a) : cmd == "calibrate" ? Calibrate(a) : Synth(a);
+  try {
+    return cmd == "run" ? Run(a) : cmd == "calibrate" ? Calibrate(a) : Synth(a);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "dynamoe-replay: out of memory\n";
+    return 1;
+  }
 }

@@ -17,9 +17,11 @@ _LAZY = {
     "expert_parallel_groups": ".distributed",
     "is_expert_parameter": ".distributed",
     "reduce_gradients": ".distributed",
+    "portable_state_dict": ".checkpoint",
+    "load_portable_state_dict": ".checkpoint",
 }
 __all__ = ["MoE", "load_library", "config", "config_hash", "communicator", "expert_parallel_groups",
-           "is_expert_parameter", "reduce_gradients"]
+           "is_expert_parameter", "reduce_gradients", "portable_state_dict", "load_portable_state_dict"]
 
 
 def __getattr__(name):

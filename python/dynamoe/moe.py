@@ -22,11 +22,14 @@ _ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": 
 class MoE(nn.Module):
     """A Mixture-of-Experts layer that replaces an MLP: ``[..., d_model] -> [..., d_model]``.
 
-    Parameters: ``gate.weight`` [num_experts, d_model]; ``w1`` [E, d_model, d_hidden],
+    Parameters: ``gate.weight`` [num_experts, d_model] (and ``gate.bias`` [num_experts] with
+    router_bias=True); ``w1`` [E, d_model, d_hidden],
     ``w2`` [E, d_hidden, d_model], ``w3`` (gated=True), ``b1``/``b2`` (bias=True).
 
     capacity_factor: > 0 fixed capacity max(min_capacity, ceil(top_k*T/E*cf)), overflow
-    dropped; 0 dropless; < 0 dropless up to |cf|. ``expert``: an nn.Module copied per
+    dropped; 0 dropless; < 0 dropless up to |cf|. normalize_kept: after drops, a token's kept
+    weights are rescaled to sum 1 (DeepSpeed top-2). balance_loss_choices: "all" routed choices
+    or "first" choices only (DeepSpeed top-2, FastMoE GShard). ``expert``: an nn.Module copied per
     expert, or a callable ``f(expert_idx) -> nn.Module`` (a slower, per-expert path).
 
     Expert parallelism: ``group=pg`` (a torch.distributed group) or ``ep_size=k``
@@ -47,7 +50,8 @@ class MoE(nn.Module):
                  gated=False, bias=False, use_rts=False, rts_seed=0, noisy_gate_policy=None,
                  jitter_eps=0.01, balance_loss_weight=1.0, z_loss_weight=0.0, bias_update_rate=0.0,
                  use_residual=False, check_finite=True, expert=None, name=None, group=None, ep_size=None,
-                 placement=None, schedule=None, group_size=None, overlap_degree=None):
+                 placement=None, schedule=None, group_size=None, overlap_degree=None, router_bias=False,
+                 normalize_kept=False, balance_loss_choices="all"):
         super().__init__()
         from . import distributed
         if name is None:  # unique per process, and the same on every rank that builds the same model
@@ -71,7 +75,8 @@ class MoE(nn.Module):
         ops().validate_options(d_model, d_hidden, num_experts, top_k, float(capacity_factor),
                                None if eval_capacity_factor is None else float(eval_capacity_factor),
                                min_capacity, activation, noisy_gate_policy, float(jitter_eps),
-                               float(balance_loss_weight), float(z_loss_weight), float(bias_update_rate), name)
+                               float(balance_loss_weight), float(z_loss_weight), float(bias_update_rate), name,
+                               balance_loss_choices)
         ops().config_describe()  # read, validate and log the environment once
         self.d_model, self.d_hidden, self.num_experts, self.top_k = d_model, d_hidden, num_experts, top_k
         self.capacity_factor = float(capacity_factor)
@@ -84,11 +89,12 @@ class MoE(nn.Module):
         self.balance_loss_weight, self.z_loss_weight = float(balance_loss_weight), float(z_loss_weight)
         self.bias_update_rate = float(bias_update_rate)
         self.use_residual, self.check_finite, self.name = use_residual, check_finite, name
+        self.normalize_kept, self.balance_loss_choices = bool(normalize_kept), balance_loss_choices
 
         self.num_local_experts = num_experts // self._comm.size() if self._comm is not None else num_experts
         self.first_expert = self._comm.rank() * self.num_local_experts if self._comm is not None else 0
         el = self.num_local_experts
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = nn.Linear(d_model, num_experts, bias=bool(router_bias))
         self.w1 = self.w2 = self.w3 = self.b1 = self.b2 = None
         self.experts = None
         if expert is not None:
@@ -126,6 +132,51 @@ class MoE(nn.Module):
         self._stats = {}
         self.reset_parameters()
 
+    # Pickling (torch.save(model), copy.deepcopy, swa_utils.AveragedModel). A deep
+    # copy shares the expert-parallel group and communicator (process-wide
+    # objects); a pickle cannot carry them: the loaded layer refuses to run
+    # until set_group() gives it a group of the same size.
+    def __deepcopy__(self, memo):
+        for shared in (self.group, self._comm):
+            if shared is not None:
+                memo[id(shared)] = shared
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self._step_free_dict().items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+    def _step_free_dict(self):
+        """__dict__ without the last step's graph: aux_loss and the stats'
+        tensors are outputs of a forward, not state (and not deep-copyable)."""
+        state = dict(self.__dict__)
+        state["aux_loss"] = None
+        state["_stats"] = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in self._stats.items()}
+        return state
+
+    def __getstate__(self):
+        state = self._step_free_dict()
+        if self._comm is not None:
+            state["_ep_size_without_group"] = self._comm.size()
+            state["_ep_rank_without_group"] = self._comm.rank()
+        state["group"], state["_comm"] = None, None
+        return state
+
+    def set_group(self, group):
+        """Gives a layer loaded from a pickle its expert-parallel group back (the
+        same size and this rank's position as when it was saved)."""
+        from . import distributed
+        size = self.__dict__.get("_ep_size_without_group")
+        if size is None:
+            raise RuntimeError(f"{self.name}: set_group is for a pickled expert-parallel layer; this one "
+                               f"{'has its group' if self._comm is not None else 'runs every expert locally'}")
+        comm = distributed.communicator(group)
+        if comm.size() != size or comm.rank() != self.__dict__["_ep_rank_without_group"]:
+            raise ValueError(f"{self.name}: saved as rank {self._ep_rank_without_group} of an expert-parallel "
+                             f"group of {size}, but this group has {comm.size()} ranks and this is rank {comm.rank()}")
+        self.group, self._comm = group, comm
+        del self._ep_size_without_group, self._ep_rank_without_group
+
     @property
     def step(self):
         """Training forwards so far; a checkpointing recomputation does not count."""
@@ -151,13 +202,19 @@ class MoE(nn.Module):
         return float(self.eval_capacity_factor)
 
     def forward(self, x):
+        if "_ep_size_without_group" in self.__dict__:
+            raise RuntimeError(
+                f"{self.name}: this layer was unpickled without its expert-parallel group (rank "
+                f"{self._ep_rank_without_group} of {self._ep_size_without_group}); a pickle cannot carry a "
+                "process group: call layer.set_group(group) first, or deep-copy the live model instead")
         if self.experts is None:
             y, aux, counts, routed, global_routed, info, losses = ops().moe_forward(
                 x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self.noisy_gate_policy, self.jitter_eps, self.balance_loss_weight,
                 self.z_loss_weight, self.bias_update_rate, self.check_finite, self.training, self.name,
-                self._state, self._comm, self.schedule, self.group_size, self.overlap_degree)
+                self._state, self._comm, self.schedule, self.group_size, self.overlap_degree, self.gate.bias,
+                self.normalize_kept, self.balance_loss_choices)
             info = info.tolist()
             recomputed = bool(info[-2])
             names = _phase_names()
@@ -203,7 +260,8 @@ class MoE(nn.Module):
         idx, weight, pos, kept, routed, balance, z = ops().route(
             x2, self.gate.weight, bias, self.top_k, self._capacity_factor(), self.min_capacity,
             self.normalize_topk, self.use_rts, self.rts_seed, step, self.noisy_gate_policy,
-            self.jitter_eps, self.check_finite, self.training, self.name)
+            self.jitter_eps, self.check_finite, self.training, self.name, self.gate.bias, self.normalize_kept,
+            self.balance_loss_choices)
         t1 = time.perf_counter()
         rows = ops().dispatch(x2, pos)
         t2 = time.perf_counter()

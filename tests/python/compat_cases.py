@@ -20,23 +20,28 @@ def cases(world):
         "fastmoe_naive": (
             lambda: fastmoe.FMoETransformerMLP(num_expert=per, d_model=D, d_hidden=H, world_size=world, top_k=2),
             dict(num_experts=4, top_k=2, capacity_factor=0.0, normalize_topk=True, balance_loss_weight=0.0,
-                 activation="gelu", bias=True, min_capacity=0)),
+                 activation="gelu", bias=True, min_capacity=0, router_bias=True)),
         "fastmoe_gshard": (
             lambda: fastmoe.FMoETransformerMLP(num_expert=per, d_model=D, d_hidden=H, world_size=world,
                                                activation=nn.ReLU(), gate=_gshard),
-            dict(num_experts=4, top_k=2, capacity_factor=1.2, eval_capacity_factor=2.4, min_capacity=4,
-                 normalize_topk=True, balance_loss_weight=1.0, activation="relu", bias=True)),
+            # FastMoE's GShard capacity ceil(f * T) is dynamoe's factor f * E / k; its loss
+            # mean(c_e * m_e) * num_expert**2 is the first-choice loss / world**2.
+            dict(num_experts=4, top_k=2, capacity_factor=2.4, eval_capacity_factor=4.8, min_capacity=0,
+                 normalize_topk=True, balance_loss_weight=1.0 / world ** 2, balance_loss_choices="first",
+                 activation="relu", bias=True, router_bias=True)),
         "deepspeed": (
             lambda: deepspeed.MoE(hidden_size=D, expert=nn.Sequential(nn.Linear(D, H), nn.GELU(), nn.Linear(H, D)),
                                   num_experts=4, ep_size=world, k=2, use_rts=False),
+            # top2gating: kept gates renormalised after drops, l_aux over first choices.
             dict(num_experts=4, top_k=2, capacity_factor=1.0, eval_capacity_factor=1.0, min_capacity=4,
-                 activation="gelu", bias=True)),
+                 activation="gelu", bias=True, normalize_kept=True, balance_loss_choices="first")),
         "tutel": (
             lambda: tutel.moe_layer(gate_type={"type": "top", "k": 2, "capacity_factor": 0.0}, model_dim=D,
                                     experts={"type": "ffn", "count_per_node": per, "hidden_size_per_expert": H,
                                              "activation_fn": relu},
                                     scan_expert_func=lambda name, p: setattr(p, "scanned", name)),
-            dict(num_experts=4, top_k=2, capacity_factor=0.0, activation="relu", bias=True)),
+            dict(num_experts=4, top_k=2, capacity_factor=0.0, activation="relu", bias=True, min_capacity=0,
+                 balance_loss_choices="first")),
     }
 
 
@@ -65,6 +70,8 @@ def copy_weights(moe, ref):
     first, el = moe.first_expert, moe.num_local_experts
     with torch.no_grad():
         moe.gate.weight.copy_(ref.gate.weight)
+        if ref.gate.bias is not None:
+            moe.gate.bias.copy_(ref.gate.bias)
         for n in ("w1", "w2", "w3", "b1", "b2"):
             if getattr(moe, n) is not None:
                 getattr(moe, n).copy_(getattr(ref, n)[first:first + el])

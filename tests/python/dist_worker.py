@@ -86,6 +86,8 @@ def equal():
     l_ref.backward()
     close(y, y_ref, "output")
     close(raw["gate.weight"], ref.gate.weight.grad, "gate gradient")
+    if "gate.bias" in raw:
+        close(raw["gate.bias"], ref.gate.bias.grad, "router bias gradient")
     members = [None] * dist.get_world_size(ep_group)
     dist.all_gather_object(members, rank, group=ep_group)
     counts = moe.stats()["counts"]
@@ -276,6 +278,77 @@ def retain():
         close(a, b, "overlap's second backward equals sequential's", 1e-12 * (1 + b.abs().max().item()))
 
 
+def portable():
+    """A portable checkpoint saved at ep_size=world (gathered, and as per-rank shards)
+    loads at ep_size world/2 and 1 and back, each giving the first model's outputs;
+    hot-expert copies never enter it. Then deepcopy, AveragedModel and torch.save of
+    the expert-parallel model."""
+    import copy
+    import io
+    E, d, h = args.experts, 6, 10
+    x, _ = tokens_of(rank, d)
+    out = args.out
+
+    def build(ep, seed):
+        torch.manual_seed(seed)  # a different init each time: loading must overwrite it all
+        return dynamoe.MoE(d, h, E, top_k=2, gated=True, bias=True, ep_size=ep, placement="fastermoe").double()
+
+    m4 = build(world, 1)
+    y4 = m4(x)
+    report["copied"] = len(m4.stats()["shadowed"]) + sum(m4.stats()["replicas"])
+    sd = dynamoe.portable_state_dict(m4)
+    expected = {"gate.weight", "expert_bias"} | {f"experts.{e}.{t}" for e in range(E)
+                                                 for t in ("w1", "w2", "w3", "b1", "b2")}
+    check(set(sd) == expected, f"portable keys: extra {sorted(set(sd) - expected)}, "
+                               f"missing {sorted(expected - set(sd))}")
+    check(tuple(sd["experts.0.w1"].shape) == (d, h), f"expert 0's w1 is {tuple(sd['experts.0.w1'].shape)}")
+    if rank == 0:
+        torch.save(sd, os.path.join(out, "ckpt_full.pt"))
+    torch.save(dynamoe.portable_state_dict(m4, gather=False), os.path.join(out, f"shard{rank}.pt"))
+    dist.barrier()
+    for ep in (world // 2, 1):
+        m = build(ep, 2 + ep)
+        dynamoe.load_portable_state_dict(m, torch.load(os.path.join(out, "ckpt_full.pt")))
+        close(m(x), y4, f"outputs after loading the ep_size={world} checkpoint at ep_size={ep}", 1e-12)
+        if ep == 1 and rank == 0:
+            torch.save(dynamoe.portable_state_dict(m), os.path.join(out, "ckpt_one.pt"))
+    dist.barrier()
+    m = build(world, 9)
+    dynamoe.load_portable_state_dict(m, torch.load(os.path.join(out, "ckpt_one.pt")))
+    close(m(x), y4, "outputs after loading the ep_size=1 checkpoint back at ep_size=world", 1e-12)
+    shards = {}
+    for r in range(world):
+        shards.update(torch.load(os.path.join(out, f"shard{r}.pt")))
+    m = build(world, 10)
+    dynamoe.load_portable_state_dict(m, shards)
+    close(m(x), y4, "outputs after loading the union of per-rank shards", 1e-12)
+    try:  # one rank's shard alone lacks the other ranks' experts
+        dynamoe.load_portable_state_dict(build(1, 11), torch.load(os.path.join(out, f"shard{rank}.pt")))
+        check(False, "loading one shard at ep_size=1 did not fail")
+    except KeyError as e:
+        check("lacks" in str(e), f"shard error names what is missing: {e}")
+
+    # Pickling: a deep copy shares the group; a pickle needs set_group().
+    twin = copy.deepcopy(m4)
+    check(twin._comm is m4._comm and twin.w1 is not m4.w1, "deepcopy shares the communicator, copies the weights")
+    close(twin(x), y4, "deep copy's outputs", 1e-12)
+    avg = torch.optim.swa_utils.AveragedModel(m4)
+    avg.update_parameters(m4)
+    close(avg(x), y4, "AveragedModel's outputs", 1e-12)
+    buf = io.BytesIO()
+    torch.save(m4, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False) if "weights_only" in torch.load.__code__.co_varnames else \
+        torch.load(buf)
+    try:
+        loaded(x)
+        check(False, "an unpickled expert-parallel layer ran without its group")
+    except RuntimeError as e:
+        check("set_group" in str(e), f"unpickled layer's error names set_group: {e}")
+    loaded.set_group(m4.group)
+    close(loaded(x), y4, "unpickled layer's outputs after set_group", 1e-12)
+
+
 MISMATCHES = {
     # case: (what rank 1 does differently, the difference every rank must name)
     "dtype": ("ranks disagree on dtype: rank 0 (world rank 0) has Double, rank 1 (world rank 1) has Float"),
@@ -375,6 +448,8 @@ def compat():
     close(y, yr, "output")
     close(x.grad, xr.grad, "input gradient")
     close(raw["gate.weight"], ref.gate.weight.grad, "gate gradient")
+    if "gate.bias" in raw:
+        close(raw["gate.bias"], ref.gate.bias.grad, "router bias gradient")
     ref.zero_grad()
     for r in range(world):  # the experts' gradients come from every rank's tokens
         run(False, r)[2].backward()
@@ -403,6 +478,8 @@ try:
         checkpoint()
     elif args.scenario == "retain":
         retain()
+    elif args.scenario == "portable":
+        portable()
     elif args.scenario == "mismatch":
         mismatch()
     elif args.scenario == "die":

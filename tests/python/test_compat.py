@@ -77,7 +77,9 @@ def test_tutel_marks_and_result_func():
         assert getattr(p, "skip_allreduce", False) == (id(p) in expert), n
     y, l_aux = layer(torch.randn(4, 5, 8))
     assert y.shape == (4, 5, 8) and l_aux is layer.moe.aux_loss
-    assert layer.moe.capacity_factor == -1.5 and layer.moe.activation == "gelu"
+    # Tutel's -1.5: dropless up to 1 * int(1.5 * ceil(20 / 2)) = 15 rows per expert
+    assert layer.tutel_capacity_factor == -1.5 and layer.moe.activation == "gelu"
+    assert layer.moe.stats()["capacity"] <= 15
 
 
 @pytest.mark.parametrize("build,message", [

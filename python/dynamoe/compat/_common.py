@@ -77,6 +77,37 @@ def ffn_linears(expert):
     return fc1, fc2
 
 
+def ffn_linear_index(expert):
+    """Positions of fc1 and fc2 inside the nn.Sequential (their state_dict keys)."""
+    i1, i2 = [i for i, m in enumerate(expert) if isinstance(m, nn.Linear)]
+    return i1, i2
+
+
+def state_dict_adapter(rename, moe):
+    """A load_state_dict pre-hook calling rename(state_dict, prefix), which turns
+    another library's keys into this layer's in place (torch 1.13 and 2.x). A
+    foreign checkpoint has no expert_bias (dynamoe's selection bias): it starts at 0."""
+    def hook(state_dict, prefix, *unused):
+        before = set(state_dict)
+        rename(state_dict, prefix)
+        if set(state_dict) != before:
+            state_dict.setdefault(prefix + "moe.expert_bias", torch.zeros_like(moe.expert_bias))
+    return hook
+
+
+def stack_experts(sd, prefix, count, key, fc1, fc2, fc1_transposed, fc2_transposed):
+    """Stacks per-expert tensors sd[key(e, j, part)] (e < count; j = fc1 or fc2;
+    part weight or bias) into moe.w1/b1/w2/b2. A transposed weight is stored
+    nn.Linear-style [out, in]; dynamoe's w1 is [in, out]. Absent keys: nothing."""
+    if key(0, fc1, "weight") not in sd:
+        return
+    for j, w, b, transposed in ((fc1, "w1", "b1", fc1_transposed), (fc2, "w2", "b2", fc2_transposed)):
+        weights = [sd.pop(key(e, j, "weight")) for e in range(count)]
+        sd[prefix + "moe." + w] = torch.stack([x.t() if transposed else x for x in weights])
+        if key(0, j, "bias") in sd:
+            sd[prefix + "moe." + b] = torch.stack([sd.pop(key(e, j, "bias")) for e in range(count)])
+
+
 def load_ffn(moe, expert):
     """Copies one nn.Sequential FFN's weights into every local expert of moe
     (DeepSpeed deep-copies its expert module, so all experts start equal)."""

@@ -15,7 +15,8 @@ from torch import nn
 
 from ..distributed import expert_parallel_groups
 from ..moe import MoE as _DynamoeMoE
-from ._common import ffn_linears, ffn_spec, group_size, ignored, load_ffn, unsupported
+from ._common import (ffn_linear_index, ffn_linears, ffn_spec, group_size, ignored, load_ffn, stack_experts,
+                      state_dict_adapter, unsupported)
 
 
 class MoE(nn.Module):
@@ -39,12 +40,19 @@ class MoE(nn.Module):
         group = expert_parallel_groups(ep_size)[0] if ep_size > 1 else None
         if group is not None and group_size(group) != ep_size:
             raise ValueError(f"{where}: ep_size={ep_size} but the group has {group_size(group)} ranks")
+        policy = None if noisy_gate_policy == "None" else noisy_gate_policy
+        if k == 2 and policy == "RSample":  # DeepSpeed applies RSample in its top-1 gate only
+            policy = None
+        # Top-2 as DeepSpeed's top2gating: l_aux counts first choices (mean(me * ce) * E * E), the
+        # kept gates are renormalised after capacity drops, and RTS (a top-1 feature) is off.
         kw = dict(top_k=k, capacity_factor=float(capacity_factor) if drop_tokens else 0.0,
                   eval_capacity_factor=float(eval_capacity_factor) if drop_tokens else 0.0,
-                  min_capacity=min_capacity, use_residual=use_residual, use_rts=use_rts,
-                  noisy_gate_policy=None if noisy_gate_policy == "None" else noisy_gate_policy, group=group,
-                  name="deepspeed_moe")
+                  min_capacity=min_capacity, use_residual=use_residual, use_rts=bool(use_rts) and k == 1,
+                  noisy_gate_policy=policy, group=group, normalize_kept=k == 2,
+                  balance_loss_choices="first" if k == 2 else "all", name="deepspeed_moe")
         spec = ffn_spec(expert)
+        self.k = k
+        self._linear_index = ffn_linear_index(expert) if spec is not None else None
         if spec is not None:
             d_hidden, activation, bias = spec
             self.moe = _DynamoeMoE(hidden_size, d_hidden, num_experts, activation=activation, bias=bias, **kw)
@@ -65,6 +73,29 @@ class MoE(nn.Module):
                     mine.weight.copy_(theirs.weight)
                     mine.bias.copy_(theirs.bias if theirs.bias is not None else torch.zeros_like(mine.bias))
 
+        # Checkpoints of deepspeed.moe.layer.MoE load as they are (see _from_deepspeed).
+        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_deepspeed, self.moe))
+
+    def _from_deepspeed(self, sd, prefix):
+        """DeepSpeed's keys (deepspeed_moe.gate.wg, deepspeed_moe.experts.deepspeed_experts.{i}.*,
+        mlp.*, coefficient.*) renamed or stacked into this layer's."""
+        moved = {"deepspeed_moe.gate.wg.weight": "moe.gate.weight", "coefficient.weight": "moe.residual_coef.weight",
+                 "coefficient.bias": "moe.residual_coef.bias"}
+        experts = prefix + "deepspeed_moe.experts.deepspeed_experts."
+        if self._linear_index is None:  # custom experts: one module per expert, same inner keys
+            for key in [k for k in sd if k.startswith(experts)]:
+                sd[prefix + "moe.experts." + key[len(experts):]] = sd.pop(key)
+        else:
+            i1, i2 = self._linear_index
+            stack_experts(sd, prefix, self.num_local_experts, lambda e, j, part: f"{experts}{e}.{j}.{part}", i1, i2,
+                          fc1_transposed=True, fc2_transposed=True)
+            for j, mine in ((i1, "residual_fc1"), (i2, "residual_fc2")):
+                for part in ("weight", "bias"):
+                    moved[f"mlp.{j}.{part}"] = f"moe.{mine}.{part}"
+        for theirs, mine in moved.items():
+            if prefix + theirs in sd:
+                sd[prefix + mine] = sd.pop(prefix + theirs)
+
     def forward(self, hidden_states, used_token=None):
         """Returns (output, l_aux, exp_counts): the output in the input's shape,
         the balance loss, and per expert the tokens of this rank whose first
@@ -72,8 +103,11 @@ class MoE(nn.Module):
         if used_token is not None:
             unsupported("dynamoe.compat.deepspeed.MoE.forward", "used_token", "masked tokens change the routing")
         output = self.moe(hidden_states)
-        with torch.no_grad():  # first choices on the router's noise-free logits (softmax keeps the argmax)
-            x = hidden_states.reshape(-1, hidden_states.shape[-1])
-            logits = x.float() @ self.moe.gate.weight.float().t() + self.moe.expert_bias
-            exp_counts = torch.bincount(logits.argmax(-1), minlength=self.num_experts)
+        if self.k == 1:  # the routed choice itself (RSample noise included), before capacity
+            exp_counts = self.moe.stats()["routed_counts"].reshape(-1)
+        else:
+            with torch.no_grad():  # top2gating's first choice: the argmax of the noise-free logits
+                x = hidden_states.reshape(-1, hidden_states.shape[-1])
+                logits = x.float() @ self.moe.gate.weight.float().t() + self.moe.expert_bias
+                exp_counts = torch.bincount(logits.argmax(-1), minlength=self.num_experts)
         return output, self.moe.aux_loss, exp_counts.cpu()

@@ -16,29 +16,37 @@ import torch.distributed as dist
 
 from ..distributed import sum_gradients
 from ..moe import MoE
-from ._common import activation_name, group_size, ignored, unsupported
+from ._common import activation_name, group_size, ignored, state_dict_adapter, unsupported
 
 
 class _Gate(nn.Module):
     """A FastMoE gate as a routing description: dynamoe computes the routing
-    inside the layer. ``gate.gate`` is the layer's router ``nn.Linear`` (bias-free)
-    and ``get_loss()`` returns the layer's balance loss, as in FastMoE."""
+    inside the layer. ``gate.gate`` is the layer's router ``nn.Linear`` (with a
+    bias unless gate_bias=False, as FastMoE's) and ``get_loss()`` returns the
+    layer's balance loss, as in FastMoE."""
     top_k_default = 2
     normalize_topk = True      # FastMoE takes the softmax over the top-k logits
     balance_loss_weight = 0.0  # NaiveGate has no loss
+    balance_loss_choices = "all"
     capacity = (0.0, None)     # dropless
 
-    def __init__(self, d_model, num_expert, world_size, top_k=None):
+    def __init__(self, d_model, num_expert, world_size, top_k=None, gate_bias=True):
         super().__init__()
         self.d_model, self.num_expert, self.world_size = d_model, num_expert, world_size
         self.tot_expert = num_expert * world_size
         self.top_k = self.top_k_default if top_k is None else top_k
+        self.gate_bias = bool(gate_bias)
         self.noisy_gate_policy, self.jitter_eps = None, 0.01
         object.__setattr__(self, "_layer", None)  # set by FMoE; not a submodule (no duplicate state_dict keys)
 
     @property
     def gate(self):
         return self._layer.moe.gate
+
+    def capacity_factors(self):
+        """(train, eval) capacity factors in dynamoe's meaning (capacity
+        ceil(top_k * T / E * factor) per expert and source rank)."""
+        return self.capacity
 
     def get_loss(self, clear=True):
         loss = self._layer.moe.aux_loss if self._layer is not None else None
@@ -56,11 +64,15 @@ class NaiveGate(_Gate):
 
 
 class GShardGate(_Gate):
-    """Top-2 with GShard's balance loss and capacity (train, eval) factors."""
+    """Top-2 with GShard's balance loss and capacity (train, eval) factors, as
+    FastMoE's fmoe/gates/gshard_gate.py: loss mean(c_e * m_e) * num_expert**2
+    over first choices (dynamoe's "first" loss / world_size**2), capacity
+    ceil(factor * T) rows per expert."""
+    balance_loss_choices = "first"
 
     def __init__(self, d_model, num_expert, world_size, topk=2, capacity=(1.2, 2.4), random_routing=None,
-                 gate_bias=True):  # gate_bias: dynamoe's router has no bias either way
-        super().__init__(d_model, num_expert, world_size, topk)
+                 gate_bias=True):
+        super().__init__(d_model, num_expert, world_size, topk, gate_bias)
         if topk != 2:
             unsupported("GShardGate", f"topk={topk}", "GShard routing is top-2")
         if random_routing:
@@ -70,8 +82,12 @@ class GShardGate(_Gate):
             ignored("GShardGate", "random_routing (FastMoE's default True)",
                     "dynamoe keeps every second choice that fits the capacity instead of sampling it; "
                     "pass random_routing=False to silence this")
-        self.balance_loss_weight = 1.0
+        self.balance_loss_weight = 1.0 / world_size ** 2
         self.capacity = (float(capacity[0]), float(capacity[1]))
+
+    def capacity_factors(self):
+        # ceil(f * T) == ceil(top_k * T / E * f'), f' = f * E / top_k
+        return tuple(f * self.tot_expert / self.top_k for f in self.capacity)
 
 
 class SwitchGate(_Gate):
@@ -80,13 +96,17 @@ class SwitchGate(_Gate):
     normalize_topk = False  # the top-1 weight is the softmax probability
 
     def __init__(self, d_model, num_expert, world_size, topk=1, switch_eps=0.1, capacity=(1.2, 2.4), gate_bias=True):
-        super().__init__(d_model, num_expert, world_size, topk)
+        super().__init__(d_model, num_expert, world_size, topk, gate_bias)
         if topk != 1:
             unsupported("SwitchGate", f"topk={topk}", "Switch routing is top-1")
         self.balance_loss_weight = 1.0
         self.capacity = (float(capacity[0]), float(capacity[1]))
         if switch_eps > 0:
             self.noisy_gate_policy, self.jitter_eps = "Jitter", float(switch_eps)
+
+    def capacity_factors(self):
+        # FastMoE divides by num_expert, the experts per rank: ceil(f * T / num_expert)
+        return tuple(f * self.world_size for f in self.capacity)
 
 
 class FMoE(nn.Module):
@@ -117,9 +137,10 @@ class FMoE(nn.Module):
         if not isinstance(gate_obj, _Gate):
             unsupported(where, f"gate={gate!r}", "custom gate classes; use NaiveGate, GShardGate or SwitchGate "
                         "(from dynamoe.compat.fastmoe)")
-        kw = dict(top_k=gate_obj.top_k, capacity_factor=gate_obj.capacity[0],
-                  eval_capacity_factor=gate_obj.capacity[1], min_capacity=0 if gate_obj.capacity[0] == 0 else 4,
+        cf_train, cf_eval = gate_obj.capacity_factors()
+        kw = dict(top_k=gate_obj.top_k, capacity_factor=cf_train, eval_capacity_factor=cf_eval, min_capacity=0,
                   normalize_topk=gate_obj.normalize_topk, balance_loss_weight=gate_obj.balance_loss_weight,
+                  balance_loss_choices=gate_obj.balance_loss_choices, router_bias=gate_obj.gate_bias,
                   noisy_gate_policy=gate_obj.noisy_gate_policy, jitter_eps=gate_obj.jitter_eps, name=name,
                   group=group)
         total = num_expert * world_size
@@ -136,6 +157,28 @@ class FMoE(nn.Module):
             self.moe = MoE(d_model, 1, total, expert=lambda e: expert(d_model), **kw)
         object.__setattr__(gate_obj, "_layer", self)
         self.gate = gate_obj
+        # FastMoE checkpoints load as they are (see _from_fastmoe).
+        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_fastmoe, self.moe))
+
+    def _from_fastmoe(self, sd, prefix):
+        """FastMoE's keys renamed or stacked into this layer's: gate.gate.* (the
+        router), experts.{htoh4,h4toh}.* (fused [num_expert, out, in] FMoELinear),
+        experts.{i}.{htoh4,h4toh}.* ([1, out, in] per expert), experts.{i}.* (custom)."""
+        for part in ("weight", "bias"):
+            if prefix + "gate.gate." + part in sd:
+                sd[prefix + "moe.gate." + part] = sd.pop(prefix + "gate.gate." + part)
+        # Fused: one FMoELinear per layer; per expert: experts.{i} each hold FMoELinear(1, ...).
+        names = ([""] if prefix + "experts.htoh4.weight" in sd else
+                 [f"{e}." for e in range(self.num_expert)] if prefix + "experts.0.htoh4.weight" in sd else None)
+        if names is not None:
+            for theirs, w, b in (("htoh4", "w1", "b1"), ("h4toh", "w2", "b2")):
+                keys = [f"{prefix}experts.{n}{theirs}." for n in names]
+                sd[prefix + "moe." + w] = torch.cat([sd.pop(k + "weight") for k in keys]).transpose(1, 2)
+                if keys[0] + "bias" in sd:
+                    sd[prefix + "moe." + b] = torch.cat([sd.pop(k + "bias") for k in keys])
+        elif self.moe.experts is not None:
+            for key in [k for k in sd if k.startswith(prefix + "experts.")]:
+                sd[prefix + "moe." + key[len(prefix):]] = sd.pop(key)
 
     @property
     def experts(self):

@@ -18,9 +18,9 @@ from torch import nn
 import torch.distributed as dist
 
 from ..moe import MoE
-from ._common import activation_name, group_size, ignored, unsupported
+from ._common import activation_name, group_size, ignored, state_dict_adapter, unsupported
 
-_GATE_KEYS = {"type", "k", "capacity_factor", "gate_noise", "fp32_gate"}
+_GATE_KEYS = {"type", "k", "capacity_factor", "gate_noise", "fp32_gate", "normalize_gate"}
 
 
 class MoELayer(nn.Module):
@@ -39,7 +39,7 @@ class MoELayer(nn.Module):
         unknown = set(gate_type) - _GATE_KEYS
         if unknown:
             unsupported(where, f"gate_type keys {sorted(unknown)}", f"known keys are {sorted(_GATE_KEYS)}")
-        if int(gate_type.get("k", 2)) < 1:
+        if int(gate_type.get("k", 1)) < 1:
             unsupported(where, f"k={gate_type['k']}", "a negative k slices one expert over several ranks")
         if gate_type.get("gate_noise", 0.0):
             unsupported(where, "gate_noise > 0", "dynamoe's noise policies are DeepSpeed's Jitter and RSample")
@@ -76,9 +76,16 @@ class MoELayer(nn.Module):
         ranks = group_size(group) if group is not None else 1
         self.num_global_experts = per_rank * ranks
         self.result_func = result_func
+        # Tutel's defaults: k=1, capacity_factor=1.0, relu experts, gates renormalised over the k
+        # choices (normalize_gate), GShard's loss over first choices.
+        self.top_k = int(gate_type.get("k", 1))
+        self.tutel_capacity_factor = float(gate_type.get("capacity_factor", 1.0))
+        activation = experts.get("activation_fn")
         self.moe = MoE(model_dim, int(experts["hidden_size_per_expert"]), self.num_global_experts,
-                       top_k=int(gate_type.get("k", 2)), capacity_factor=float(gate_type.get("capacity_factor", 1.0)),
-                       activation=activation_name(where, experts.get("activation_fn")), bias=bias.pop(),
+                       top_k=self.top_k, capacity_factor=self.tutel_capacity_factor, min_capacity=0,
+                       normalize_topk=self.top_k > 1 and bool(gate_type.get("normalize_gate", True)),
+                       balance_loss_choices="first",
+                       activation="relu" if activation is None else activation_name(where, activation), bias=bias.pop(),
                        group=group if ranks > 1 else None, name="tutel_moe",
                        # degree > 1: the chunked schedule with that many token chunks per peer group
                        schedule="overlap" if a2a_ffn_overlap_degree > 1 else None,
@@ -90,7 +97,34 @@ class MoELayer(nn.Module):
                 if scan_expert_func is not None:
                     scan_expert_func(name, p)
 
+        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_tutel, self.moe))
+
+    def _from_tutel(self, sd, prefix):
+        """Tutel's keys into this layer's: gates.0.wg.weight (the router),
+        experts.batched_fc1_w [E_local, hidden, model] (w1 transposed),
+        experts.batched_fc2_w [E_local, hidden, model] (w2 as is), *_bias."""
+        for theirs, mine, transpose in (("gates.0.wg.weight", "gate.weight", False),
+                                        ("experts.batched_fc1_w", "w1", True), ("experts.batched_fc2_w", "w2", False),
+                                        ("experts.batched_fc1_bias", "b1", False),
+                                        ("experts.batched_fc2_bias", "b2", False)):
+            if prefix + theirs in sd:
+                t = sd.pop(prefix + theirs)
+                sd[prefix + "moe." + mine] = t.transpose(1, 2) if transpose else t
+
+    def _set_capacity(self, num_tokens):
+        """Tutel's capacity, top_k * int(|f| * ceil(T / E)) rows per expert, as the
+        dynamoe factor whose ceil(top_k * T / E * f') lands on it (the 0.5 keeps
+        rounding off the boundary). 0 (dropless) passes through."""
+        f, k, e = self.tutel_capacity_factor, self.top_k, self.num_global_experts
+        if f == 0 or num_tokens == 0:
+            self.moe.capacity_factor = f
+            return
+        cap = k * int(abs(f) * ((num_tokens + e - 1) // e))
+        factor = (cap - 0.5) * e / (k * num_tokens) if cap > 0 else 1e-12
+        self.moe.capacity_factor = factor if f > 0 else -factor
+
     def forward(self, x):
+        self._set_capacity(x.numel() // x.shape[-1] if x.dim() else 0)
         y = self.moe(x)
         y.l_aux = self.moe.aux_loss
         if self.result_func is not None:

@@ -1,0 +1,207 @@
+"""The adapters against the originals' own semantics: each reference below is
+written from the original library's gate and layer code (DeepSpeed's
+top1gating/top2gating in ../shared/seeds/000, FastMoE's fmoe/gates/*.py,
+Tutel's fast_dispatch.extract_critical and losses.gshard_loss), per token in
+float64, and the adapter loads a checkpoint in the original's state_dict
+layout (strict=True). Capacity is set so that tokens are dropped."""
+import math
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from dynamoe.compat import deepspeed, fastmoe, tutel
+
+D, H, E = 6, 10, 4
+
+
+def _skewed_tokens(n, gate_weight, hot):
+    """Tokens whose router logits favour expert `hot`, so capacity drops some."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    return x + 0.8 * gate_weight[hot] / gate_weight[hot].norm()
+
+
+def _positions(choices, capacity):
+    """Slot of each (token, choice) in its expert's buffer: first choices in token
+    order, then second choices after every first choice (DeepSpeed's and Tutel's
+    cumsum over the one-hot masks); -1 beyond capacity."""
+    t, k = choices.shape
+    base = torch.zeros(E, dtype=torch.long)
+    pos = torch.full((t, k), -1, dtype=torch.long)
+    for j in range(k):
+        for i in range(t):
+            e = int(choices[i, j])
+            if base[e] < capacity:
+                pos[i, j] = base[e]
+            base[e] += 1
+    return pos
+
+
+def _ffn(x, w1, b1, w2, b2, act):
+    return act(x @ w1 + b1) @ w2 + b2
+
+
+def _deepspeed_reference(x, wg, experts, k, capacity_factor, min_capacity):
+    """top1gating (RTS off, no noise) / top2gating (zero Gumbel noise) and
+    MOELayer's combine, token by token."""
+    gates = F.softmax(x @ wg.t(), dim=1)
+    t = x.shape[0]
+    capacity = max(min_capacity, math.ceil(t / E * capacity_factor * k))
+    first = gates.argmax(1)
+    choices = first[:, None]
+    if k == 2:
+        choices = torch.stack([first, gates.masked_fill(F.one_hot(first, E).bool(), -1).argmax(1)], 1)
+    pos = _positions(choices, capacity)
+    g = gates.gather(1, choices) * (pos >= 0)
+    if k == 2:  # renormalised over the kept gates
+        g = g / g.sum(1, keepdim=True).clamp(min=torch.finfo(g.dtype).eps)
+    me, ce = gates.mean(0), F.one_hot(first, E).double().mean(0)
+    l_aux = (me * ce).mean() * E * E if k == 2 else (me * ce).sum() * E
+    y = torch.zeros_like(x)
+    for i in range(t):
+        for j in range(k):
+            if pos[i, j] >= 0:
+                y[i] += g[i, j] * experts[int(choices[i, j])](x[i])
+    return y, l_aux, int((pos < 0).sum())
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_deepspeed_adapter_is_deepspeeds_gate_with_drops(k):
+    torch.manual_seed(0)
+    expert = nn.Sequential(nn.Linear(D, H), nn.GELU(), nn.Linear(H, D))
+    layer = deepspeed.MoE(D, expert, num_experts=E, k=k, capacity_factor=0.5, min_capacity=2,
+                          use_rts=False).double()
+    # A DeepSpeed checkpoint: its own keys, experts as nn.Sequential(Linear, GELU, Linear).
+    sd = {"deepspeed_moe.gate.wg.weight": torch.randn(E, D, dtype=torch.float64)}
+    for e in range(E):
+        for j, shape in ((0, (H, D)), (2, (D, H))):
+            sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.{j}.weight"] = torch.randn(*shape, dtype=torch.float64)
+            sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.{j}.bias"] = torch.randn(shape[0], dtype=torch.float64)
+    layer.load_state_dict(dict(sd), strict=True)
+    experts = [lambda v, e=e: _ffn(v, sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.0.weight"].t(),
+                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.0.bias"],
+                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.2.weight"].t(),
+                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.2.bias"], F.gelu)
+               for e in range(E)]
+    x = _skewed_tokens(24, sd["deepspeed_moe.gate.wg.weight"], hot=1)
+    y_ref, aux_ref, dropped = _deepspeed_reference(x, sd["deepspeed_moe.gate.wg.weight"], experts, k, 0.5, 2)
+    assert dropped > 0  # the case exercises renormalisation after drops
+    y, aux, exp_counts = layer(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(aux.double(), aux_ref, rtol=0, atol=1e-12)
+    first = (x @ sd["deepspeed_moe.gate.wg.weight"].t()).argmax(1)
+    assert exp_counts.tolist() == torch.bincount(first, minlength=E).tolist()
+
+
+def _fastmoe_checkpoint(fused, g):
+    sd = {"gate.gate.weight": torch.randn(E, D, generator=g, dtype=torch.float64),
+          "gate.gate.bias": torch.randn(E, generator=g, dtype=torch.float64)}
+    parts = {"htoh4.weight": (E, H, D), "htoh4.bias": (E, H), "h4toh.weight": (E, D, H), "h4toh.bias": (E, D)}
+    for name, shape in parts.items():
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        if fused:
+            sd["experts." + name] = t
+        else:  # one FMoELinear(1, ...) per expert
+            for e in range(E):
+                sd[f"experts.{e}.{name}"] = t[e:e + 1].clone()
+    return sd
+
+
+def _fastmoe_expert(sd, e, act, fused):
+    get = (lambda n: sd["experts." + n][e]) if fused else (lambda n: sd[f"experts.{e}.{n}"][0])
+    return lambda v: _ffn(v, get("htoh4.weight").t(), get("htoh4.bias"), get("h4toh.weight").t(),
+                          get("h4toh.bias"), act)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fastmoe_naive_gate_has_a_router_bias_and_loads_fastmoe_checkpoints(fused):
+    g = torch.Generator().manual_seed(1)
+    sd = _fastmoe_checkpoint(fused, g)
+    layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, top_k=2).double()
+    assert layer.moe.gate.bias is not None
+    layer.load_state_dict(dict(sd), strict=True)
+    x = torch.randn(17, D, generator=g, dtype=torch.float64)
+    # NaiveGate: top-k of Linear(d_model, E) with bias; weights softmax over the k logits.
+    logits = x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
+    val, idx = logits.topk(2, dim=1)
+    w = F.softmax(val, dim=1)
+    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.gelu, fused)(x[i]) for j in range(2))
+                         for i in range(17)])
+    torch.testing.assert_close(layer(x), y_ref, rtol=0, atol=1e-12)
+
+
+def test_fastmoe_gshard_gate_loss_and_capacity_are_fastmoes():
+    g = torch.Generator().manual_seed(2)
+    sd = _fastmoe_checkpoint(True, g)
+    layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, activation=nn.ReLU(),
+                                       gate=lambda d, n, w, k: fastmoe.GShardGate(d, n, w, random_routing=False))
+    layer.double().load_state_dict(dict(sd), strict=True)
+    x = torch.randn(30, D, generator=g, dtype=torch.float64)
+    logits = x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
+    val, idx = logits.topk(2, dim=1)
+    # loss = mean(c_e * m_e) * num_expert**2, c_e over first choices / S, m_e the mean softmax.
+    c_e = torch.bincount(idx[:, 0], minlength=E).double() / 30
+    loss_ref = (c_e * F.softmax(logits, 1).mean(0)).mean() * E ** 2
+    w = F.softmax(val, dim=1)
+    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.relu, True)(x[i]) for j in range(2))
+                         for i in range(30)])
+    y = layer(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.gate.get_loss().double(), loss_ref, rtol=0, atol=1e-12)
+    # capacity ceil(1.2 * T) per expert: at least T (dynamoe clamps it to T), so nothing is dropped
+    assert layer.moe.stats()["capacity"] == min(math.ceil(1.2 * 30), 30) and layer.moe.stats()["dropped"] == 0
+
+
+def test_fastmoe_switch_gate_drops_in_token_order_with_the_softmax_weight():
+    g = torch.Generator().manual_seed(4)
+    sd = _fastmoe_checkpoint(True, g)
+    gate = lambda d, n, w, k: fastmoe.SwitchGate(d, n, w, switch_eps=0.0, capacity=(0.5, 0.5))  # noqa: E731
+    layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, gate=gate).double()
+    layer.load_state_dict(dict(sd), strict=True)
+    x = _skewed_tokens(24, sd["gate.gate.weight"], hot=2)
+    score = F.softmax(x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"], dim=1)
+    top1 = score.argmax(1)
+    capacity = math.ceil(0.5 * 24 / E)  # ceil(cap_rate * T / num_expert)
+    pos = _positions(top1[:, None], capacity)[:, 0]
+    assert int((pos < 0).sum()) > 0
+    y_ref = torch.stack([score[i, top1[i]] * _fastmoe_expert(sd, int(top1[i]), F.gelu, True)(x[i])
+                         if pos[i] >= 0 else torch.zeros(D, dtype=torch.float64) for i in range(24)])
+    torch.testing.assert_close(layer(x), y_ref, rtol=0, atol=1e-12)
+
+
+def test_tutel_defaults_capacity_and_loss_are_tutels():
+    g = torch.Generator().manual_seed(5)
+    layer = tutel.moe_layer(gate_type={"type": "top", "k": 2, "capacity_factor": 0.5}, model_dim=D,
+                            experts={"type": "ffn", "count_per_node": E, "hidden_size_per_expert": H}).double()
+    sd = {"gates.0.wg.weight": torch.randn(E, D, generator=g, dtype=torch.float64),
+          "experts.batched_fc1_w": torch.randn(E, H, D, generator=g, dtype=torch.float64),
+          "experts.batched_fc2_w": torch.randn(E, H, D, generator=g, dtype=torch.float64),
+          "experts.batched_fc1_bias": torch.randn(E, H, generator=g, dtype=torch.float64),
+          "experts.batched_fc2_bias": torch.randn(E, D, generator=g, dtype=torch.float64)}
+    layer.load_state_dict(dict(sd), strict=True)
+    x = _skewed_tokens(26, sd["gates.0.wg.weight"], hot=0).reshape(2, 13, D)
+    xt = x.reshape(-1, D)
+    scores = F.softmax(xt @ sd["gates.0.wg.weight"].t(), dim=1)
+    idx = scores.topk(2, dim=1).indices
+    gates = scores.gather(1, idx)
+    gates = gates / gates.sum(1, keepdim=True)  # normalize_gate, before capacity
+    capacity = 2 * int(0.5 * math.ceil(26 / E))  # top_k * int(cf * ceil(T / E))
+    pos = _positions(idx, capacity)
+    assert int((pos < 0).sum()) > 0
+    expert = lambda e, v: _ffn(v, sd["experts.batched_fc1_w"][e].t(), sd["experts.batched_fc1_bias"][e],  # noqa
+                               sd["experts.batched_fc2_w"][e], sd["experts.batched_fc2_bias"][e], F.relu)
+    zero = torch.zeros(D, dtype=torch.float64)
+    y_ref = torch.stack([sum((gates[i, j] * expert(int(idx[i, j]), xt[i]) if pos[i, j] >= 0 else zero)
+                             for j in range(2)) for i in range(26)])
+    # gshard_loss: E / T^2 * sum_e (sum of scores) * (first-choice count)
+    loss_ref = (scores.sum(0) * torch.bincount(idx[:, 0], minlength=E).double()).sum() * E / 26 ** 2
+    y = layer(x)
+    torch.testing.assert_close(y.reshape(-1, D), y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.l_aux.double(), loss_ref, rtol=0, atol=1e-12)
+    assert layer.moe.stats()["capacity"] == capacity
+    # Tutel's own defaults: top-1, relu experts.
+    plain = tutel.moe_layer(gate_type={"type": "top"}, model_dim=D,
+                            experts={"type": "ffn", "count_per_node": E, "hidden_size_per_expert": H})
+    assert plain.moe.top_k == 1 and plain.moe.activation == "relu"

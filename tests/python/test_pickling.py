@@ -1,0 +1,62 @@
+"""torch.save(model), copy.deepcopy and swa_utils.AveragedModel of models with
+dynamoe layers, in one process (the expert-parallel case: dist_worker.py's
+`portable` scenario), after a training step has left a graph behind."""
+import copy
+import io
+
+import torch
+from torch import nn
+
+import dynamoe
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 6), dynamoe.MoE(6, 10, 4, top_k=2, capacity_factor=1.0, bias_update_rate=0.01,
+                                                      placement="none", name="pickled")).double()
+
+
+def _trained(model, x):
+    y = model(x)
+    (y.sum() + model[1].aux_loss).backward()  # aux_loss and stats now hold a graph's tensors
+    return model
+
+
+def test_torch_save_and_load_round_trip_keeps_weights_step_and_outputs():
+    x = torch.randn(9, 6, dtype=torch.float64)
+    model = _trained(_model(), x)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    kwargs = {"weights_only": False} if "weights_only" in torch.load.__code__.co_varnames else {}
+    loaded = torch.load(buf, **kwargs)
+    assert loaded[1].step == model[1].step == 1  # the step counter (and with it RTS and the bias) survives
+    torch.testing.assert_close(loaded[1].expert_bias, model[1].expert_bias, rtol=0, atol=0)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_deepcopy_is_independent_and_equal():
+    x = torch.randn(9, 6, dtype=torch.float64)
+    model = _trained(_model(), x)
+    twin = copy.deepcopy(model)
+    assert twin[1].w1 is not model[1].w1 and twin[1]._state is not model[1]._state
+    model.eval(), twin.eval()
+    torch.testing.assert_close(twin(x), model(x), rtol=0, atol=0)
+    with torch.no_grad():
+        twin[1].w1.add_(1.0)
+    assert not torch.equal(twin(x), model(x))  # weights are copies, not shared
+
+
+def test_averaged_model_averages_and_runs():
+    x = torch.randn(9, 6, dtype=torch.float64)
+    model = _trained(_model(), x)
+    swa = torch.optim.swa_utils.AveragedModel(model)
+    first = model[1].w1.detach().clone()
+    swa.update_parameters(model)  # the first snapshot
+    with torch.no_grad():
+        model[1].w1.add_(2.0)
+    swa.update_parameters(model)
+    torch.testing.assert_close(swa.module[1].w1, first + 1.0)  # the mean of the two snapshots
+    swa.eval()
+    assert swa(x).shape == x.shape
