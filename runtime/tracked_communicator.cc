@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/fault_injection.h"
 
 namespace dynamoe::runtime {
 
@@ -49,6 +50,7 @@ bool TrackedCommunicator::HasInFlight() const {
 std::shared_ptr<PendingCollective> TrackedCommunicator::Track(const char* op, const CollectiveTag& tag,
                                                               std::function<void()> on_expire) {
   if (failed_) return nullptr;
+  MaybeInjectFault(tag, monitor_.info().global_ranks[monitor_.info().rank]);
   auto pending = std::make_shared<PendingCollective>(++seq_, op, tag, monitor_.expire_after());
   {
     std::lock_guard<std::mutex> lock(counters_mu_);

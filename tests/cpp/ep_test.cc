@@ -1,5 +1,6 @@
 // Multi-process expert parallelism: each test starts one worker process per
 // rank (tests/cpp/ep_worker.cc) with torchrun's variables, as torchrun would.
+#include <chrono>
 #include <map>
 #include <string>
 #include <vector>
@@ -167,3 +168,72 @@ TEST(EpFailureTest, MissingLauncherVariablesAreNamed) {
 }
 
 }  // namespace
+
+// The fault suite: one rank killed or frozen at a chosen collective
+// (DYNAMOE_FAULT). Every survivor must raise within DYNAMOE_TIMEOUT_S + 5 s,
+// naming the layer, the phase and the peer, and exit by itself within
+// DYNAMOE_TIMEOUT_S + 10 s; a frozen rank is killed by the launcher at the end.
+namespace fault {
+
+struct Case {
+  std::string name;
+  int world, ep_size;
+  std::map<std::string, std::string> env;
+  int faulty;                  // the world rank that dies or freezes
+  std::vector<std::string> every_survivor_names;  // substrings of each survivor's error
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class FaultTest : public testing::TestWithParam<Case> {};
+
+TEST_P(FaultTest, SurvivorsNameTheFaultWithinTheDeadline) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
+  const Case& c = GetParam();
+  dynamoe::tools::LaunchOptions options;
+  options.env = {{"DYNAMOE_LOG_LEVEL", "error"}, {"DYNAMOE_TIMEOUT_S", std::to_string(kTimeout)},
+                 {"DYNAMOE_GPU_FLOPS", "1e6"}};  // a slow modelled GPU: the policies copy the hot expert
+  for (const auto& [k, v] : c.env) options.env[k] = v;
+  options.timeout_s = kTimeout + 10 + 5;  // + start-up; then the launcher kills what is left (the frozen rank)
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto results = dynamoe::tools::LaunchLocal(
+      DYNAMOE_EP_WORKER, {"scenario=fault", "experts=6", "ep_size=" + std::to_string(c.ep_size)}, c.world, options);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string all = dynamoe::tools::DescribeResults(results);
+  const bool frozen = c.env.at("DYNAMOE_FAULT").rfind("stop", 0) == 0;
+  EXPECT_EQ(results[c.faulty].exit_code, 128 + 9) << all;  // SIGKILL: its own, or the launcher's after SIGSTOP
+  for (int r = 0; r < c.world; ++r) {
+    if (r == c.faulty) continue;
+    EXPECT_EQ(results[r].exit_code, 3) << "rank " << r << " must exit by itself with the error\n" << all;
+    for (const auto& s : c.every_survivor_names)
+      EXPECT_NE(results[r].err.find(s), std::string::npos) << "rank " << r << " does not name \"" << s << "\"\n"
+                                                           << results[r].err;
+    EXPECT_GT(Elapsed(results[r]), 0) << all;
+    EXPECT_LE(Elapsed(results[r]), kTimeout + 5) << "rank " << r << " raised late\n" << results[r].err;
+  }
+  if (!frozen) EXPECT_LE(wall, kTimeout + 10 + 5) << "a process outlived DYNAMOE_TIMEOUT_S + 10 s\n" << all;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Faults, FaultTest,
+    testing::Values(
+        Case{"KilledInBackwardSequential", 3, 3, {{"DYNAMOE_FAULT", "kill,combine,backward,2,1"}}, 2,
+             {"layer 'moe' phase '", "(backward)", "rank 2"}},
+        Case{"KilledInBackwardOverlap", 3, 3,
+             {{"DYNAMOE_FAULT", "kill,combine,backward,2,1"}, {"DYNAMOE_SCHEDULE", "overlap"}}, 2,
+             {"layer 'moe' phase '", "(backward)", "rank 2"}},
+        Case{"KilledInCopiedExpertsWeightExchange", 3, 3,
+             {{"DYNAMOE_FAULT", "kill,shadow_broadcast,forward,1,1"}, {"DYNAMOE_PLACEMENT", "fastermoe"}}, 1,
+             {"layer 'moe' phase 'shadow_broadcast'", "rank 1"}},
+        Case{"KilledInCopiedExpertsGradientReturn", 3, 3,
+             {{"DYNAMOE_FAULT", "kill,shadow_reduce,backward,1,1"}, {"DYNAMOE_PLACEMENT", "fastermoe"}}, 1,
+             {"layer 'moe' phase 'shadow_reduce' (backward)", "rank 1"}},
+        Case{"StoreHostFrozenWithThreeGroups", 4, 2, {{"DYNAMOE_FAULT", "stop,dispatch,forward,0,2"}}, 0,
+             {"is unreachable: world rank 0 died or is frozen", "phase '"}},
+        Case{"PeerFrozenWithThreeOverlapStagesInFlight", 3, 3,
+             {{"DYNAMOE_FAULT", "stop,dispatch,forward,2,3"}, {"DYNAMOE_SCHEDULE", "overlap"},
+              {"DYNAMOE_OVERLAP_DEGREE", "3"}, {"DYNAMOE_GROUP_SIZE", "1"}},
+             2, {"layer 'moe' phase '", "rank 2"}}),
+    [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace fault

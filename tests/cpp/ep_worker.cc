@@ -9,6 +9,10 @@
 // scenario=diverge: rank 1 calls another layer; every rank must fail.
 // scenario=collectives: every Communicator operation on hand-computable data.
 // scenario=config: just start (the launcher gives rank 1 another config).
+// scenario=fault: `steps` training steps of a built-in FFN layer with a hot
+// expert (placement and schedule from the environment), each followed by
+// ReduceGradients, so the EP, expert-data-parallel and world groups all run;
+// DYNAMOE_FAULT (runtime/fault_injection.h) kills or freezes one rank.
 //
 // Exit codes: 0 passed, 1 mismatch (details on stderr), 3 a dynamoe::Error
 // (its message on stderr, "elapsed_s=<seconds>" on stdout).
@@ -38,7 +42,7 @@ std::map<std::string, std::string> Args(int argc, char** argv) {
   return dynamoe::testing::ParseArgs(argc, argv,
                                      {{"scenario", "equal"}, {"experts", "12"}, {"top_k", "2"},
                                       {"capacity", "0"},     {"ep_size", "0"},   {"dtype", "double"},
-                                      {"gated", "0"},        {"tokens", "5,0,17,9"}});
+                                      {"gated", "0"},        {"tokens", "5,0,17,9"}, {"steps", "3"}});
 }
 
 int TokensOf(const std::string& list, int rank) {
@@ -239,6 +243,30 @@ int Failure(const std::map<std::string, std::string>& args, const dynamoe::runti
   return 1;
 }
 
+int FaultRun(const std::map<std::string, std::string>& args, const dynamoe::runtime::ParallelGroups& g) {
+  const int64_t experts = std::stoi(args.at("experts"));
+  MoELayer layer(MoEOptions(8, 16, experts).top_k(2).name("moe"), g.ep);
+  torch::manual_seed(11 + g.world_rank);
+  // Tokens leaning towards expert 0, so the placement policies copy it.
+  const Tensor w0 = layer->gate->weight[0].detach();
+  const Tensor x = torch::randn({48, 8}) + 2.0 * w0 / w0.norm();
+  for (int step = 1; step <= std::stoi(args.at("steps")); ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      layer->zero_grad();
+      const Tensor y = layer->forward(x);
+      ((y * y).sum() + layer->aux_loss).backward();
+      dynamoe::ReduceGradients(*layer, g);
+    } catch (const std::exception& e) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::cout << "elapsed_s=" << elapsed << " step=" << step << std::endl;
+      std::cerr << e.what() << std::endl;
+      return 3;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -249,6 +277,7 @@ int main(int argc, char** argv) {
     if (scenario == "equal") return Equal(args, *groups);
     if (scenario == "config") return 0;
     if (scenario == "collectives") return Collectives(*groups);
+    if (scenario == "fault") return FaultRun(args, *groups);
     return Failure(args, *groups);
   } catch (const dynamoe::Error& e) {
     std::cout << "elapsed_s=0" << std::endl;

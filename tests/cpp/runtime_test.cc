@@ -22,16 +22,16 @@ using namespace std::chrono_literals;
 
 // An in-memory store that can freeze: every call blocks until thawed, as a
 // TCPStore client does when its host is stopped (SIGSTOP). `delay` slows
-// every write, so a heartbeat is often in flight.
+// every write (delay_ms), so a heartbeat is often in flight.
 class FreezableStore : public c10d::HashStore {
  public:
   void Freeze() { SetFrozen(true); }
   void Thaw() { SetFrozen(false); }
-  std::chrono::milliseconds delay{0};
+  std::atomic<int> delay_ms{0};
 
   void set(const std::string& key, const std::vector<uint8_t>& value) override {
     Block();
-    if (delay.count() > 0) std::this_thread::sleep_for(delay);
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms.load()));
     c10d::HashStore::set(key, value);
   }
   std::vector<uint8_t> get(const std::string& key) override {
@@ -94,7 +94,7 @@ TEST(Runtime, DeadlinesFireWhileEveryHeartbeatBlocksOnAFrozenStore) {
 // nor leave them touching the destroyed monitor.
 TEST(Runtime, MonitorsDestroyedWhileTheirHeartbeatsRun) {
   auto store = c10::make_intrusive<FreezableStore>();
-  store->delay = 15ms;
+  store->delay_ms = 15;
   for (int i = 0; i < 20; ++i) {
     auto monitor = std::make_unique<PeerMonitor>(store, Group("g" + std::to_string(i), 0, 2, 200ms));
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + i % 7));  // a beat is mid-write
@@ -103,7 +103,7 @@ TEST(Runtime, MonitorsDestroyedWhileTheirHeartbeatsRun) {
     EXPECT_LT(Clock::now() - start, 10ms) << "the destructor waited for a heartbeat";
   }
   // A diagnosis whose store reads outlive its bounded wait, then the monitor dies.
-  store->delay = 0ms;
+  store->delay_ms = 0;
   auto monitor = std::make_unique<PeerMonitor>(store, Group("diag", 0, 2, 200ms));
   store->Freeze();
   auto pending = std::make_shared<PendingCollective>(7, "all_gather", CollectiveTag{}, 0ms);
