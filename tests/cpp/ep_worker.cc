@@ -249,7 +249,8 @@ int FaultRun(const std::map<std::string, std::string>& args, const dynamoe::runt
   torch::manual_seed(11 + g.world_rank);
   // Tokens leaning towards expert 0, so the placement policies copy it.
   const Tensor w0 = layer->gate->weight[0].detach();
-  const Tensor x = torch::randn({48, 8}) + 2.0 * w0 / w0.norm();
+  // Requires grad, as a layer's input inside a model does (the backward then sends row gradients back).
+  const Tensor x = (torch::randn({48, 8}) + 2.0 * w0 / w0.norm()).requires_grad_(true);
   for (int step = 1; step <= std::stoi(args.at("steps")); ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     try {

@@ -349,6 +349,25 @@ def portable():
     close(loaded(x), y4, "unpickled layer's outputs after set_group", 1e-12)
 
 
+def restart():
+    """torchrun --max-restarts=1: the first incarnation builds its communicator and
+    runs a step, then rank 1 fails; the second, on the agent's surviving store,
+    must build its communicator and train (not read the first one's keys)."""
+    incarnation = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    report["incarnation"] = incarnation
+    moe = dynamoe.MoE(6, 10, 6, top_k=2, group=dist.group.WORLD, name="moe").double()
+    x, gy = tokens_of(rank, 6)
+    (moe(x) * gy).sum().backward()
+    if incarnation == 0:
+        if rank == 1:
+            os._exit(1)  # torchrun restarts every worker
+        time.sleep(60)  # torchrun stops this incarnation
+    dist.barrier()
+    x2 = x.clone().requires_grad_()
+    (moe(x2) * gy).sum().backward()
+    check(x2.grad is not None and torch.isfinite(x2.grad).all().item(), "the second incarnation trained")
+
+
 MISMATCHES = {
     # case: (what rank 1 does differently, the difference every rank must name)
     "dtype": ("ranks disagree on dtype: rank 0 (world rank 0) has Double, rank 1 (world rank 1) has Float"),
@@ -480,6 +499,8 @@ try:
         retain()
     elif args.scenario == "portable":
         portable()
+    elif args.scenario == "restart":
+        restart()
     elif args.scenario == "mismatch":
         mismatch()
     elif args.scenario == "die":

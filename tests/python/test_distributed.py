@@ -99,6 +99,20 @@ def test_portable_checkpoint_across_expert_parallel_sizes_and_pickling(tmp_path)
     assert reports[0]["copied"] > 0  # copies existed when the checkpoint was taken, and stayed out of it
 
 
+def test_restarted_job_builds_fresh_groups_on_the_agent_store(tmp_path):
+    # torchrun's agent keeps its store across restarts: the second incarnation
+    # must not meet the first one's keys (dynamoe scopes them by restart count).
+    cmd = torchrun(2, WORKER, "--out", tmp_path, "--scenario=restart", "--tokens=7,5")
+    cmd.insert(cmd.index(WORKER), "--max_restarts=1")
+    proc = subprocess.run(cmd, env=rank_env(DYNAMOE_TIMEOUT_S="20"), capture_output=True, text=True, timeout=240)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)
+               if (tmp_path / f"rank{r}.json").exists()]
+    assert len(reports) == 2, proc.stdout + proc.stderr
+    assert_all_ok(proc, reports)
+    assert [rep["incarnation"] for rep in reports] == [1, 1], reports
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_second_backward_through_the_overlap_pipeline(tmp_path):
     proc, reports = launch(tmp_path, 3, "--scenario=retain", "--experts=6", "--tokens=13,7,9",
                            env={"DYNAMOE_GROUP_SIZE": "1", "DYNAMOE_OVERLAP_DEGREE": "2"})
