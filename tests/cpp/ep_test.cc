@@ -185,16 +185,20 @@ struct Case {
 
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
+// Longer than the other failure tests' 3 s: the start-up check runs under the
+// same deadline, and 3 or 4 ranks loading libtorch on 2 loaded cores can take 3 s.
+constexpr double kFaultTimeout = 5.0;
+
 class FaultTest : public testing::TestWithParam<Case> {};
 
 TEST_P(FaultTest, SurvivorsNameTheFaultWithinTheDeadline) {
   DYNAMOE_SKIP_WITHOUT_GLOO();
   const Case& c = GetParam();
   dynamoe::tools::LaunchOptions options;
-  options.env = {{"DYNAMOE_LOG_LEVEL", "error"}, {"DYNAMOE_TIMEOUT_S", std::to_string(kTimeout)},
+  options.env = {{"DYNAMOE_LOG_LEVEL", "error"}, {"DYNAMOE_TIMEOUT_S", std::to_string(kFaultTimeout)},
                  {"DYNAMOE_GPU_FLOPS", "1e6"}};  // a slow modelled GPU: the policies copy the hot expert
   for (const auto& [k, v] : c.env) options.env[k] = v;
-  options.timeout_s = kTimeout + 10 + 5;  // + start-up; then the launcher kills what is left (the frozen rank)
+  options.timeout_s = kFaultTimeout + 10 + 5;  // + start-up; then the launcher kills what is left (the frozen rank)
   const auto t0 = std::chrono::steady_clock::now();
   const auto results = dynamoe::tools::LaunchLocal(
       DYNAMOE_EP_WORKER, {"scenario=fault", "experts=6", "ep_size=" + std::to_string(c.ep_size)}, c.world, options);
@@ -209,9 +213,9 @@ TEST_P(FaultTest, SurvivorsNameTheFaultWithinTheDeadline) {
       EXPECT_NE(results[r].err.find(s), std::string::npos) << "rank " << r << " does not name \"" << s << "\"\n"
                                                            << results[r].err;
     EXPECT_GT(Elapsed(results[r]), 0) << all;
-    EXPECT_LE(Elapsed(results[r]), kTimeout + 5) << "rank " << r << " raised late\n" << results[r].err;
+    EXPECT_LE(Elapsed(results[r]), kFaultTimeout + 5) << "rank " << r << " raised late\n" << results[r].err;
   }
-  if (!frozen) EXPECT_LE(wall, kTimeout + 10 + 5) << "a process outlived DYNAMOE_TIMEOUT_S + 10 s\n" << all;
+  if (!frozen) EXPECT_LE(wall, kFaultTimeout + 10 + 5) << "a process outlived DYNAMOE_TIMEOUT_S + 10 s\n" << all;
 }
 
 INSTANTIATE_TEST_SUITE_P(
