@@ -256,6 +256,23 @@ TEST(Layer, RecomputationRoutesAsTheForward) {
 }
 
 // Unnamed layers get distinct names (metrics and traces key on them).
+// router_bias: gate.bias is a parameter, added to the logits, and trained.
+TEST(Layer, RouterBiasShiftsTheLogitsAndGetsAGradient) {
+  MoELayer layer(MoEOptions(4, 8, 4).top_k(1).router_bias(true));
+  auto params = layer->named_parameters();
+  ASSERT_TRUE(params.contains("gate.bias"));
+  torch::NoGradGuard guard;
+  layer->gate->bias.zero_();
+  layer->gate->bias[2] = 100.0;  // every token's first choice becomes expert 2
+  torch::GradMode::set_enabled(true);
+  const torch::Tensor x = torch::randn({10, 4});
+  const torch::Tensor y = layer->forward(x);
+  EXPECT_EQ(layer->stats().routed_counts[2].item<int64_t>(), 10);
+  (y.sum() + layer->aux_loss).backward();
+  ASSERT_TRUE(layer->gate->bias.grad().defined());
+  EXPECT_GT(layer->gate->bias.grad().abs().sum().item<double>(), 0);
+}
+
 TEST(Layer, DefaultNamesAreUnique) {
   MoELayer a(MoEOptions(4, 8, 4)), b(MoEOptions(4, 8, 8));
   EXPECT_NE(a->options.name(), b->options.name());
