@@ -116,11 +116,12 @@ void TraceWriter::Run() {
   const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(flush_seconds_));
   std::deque<Entry> unwritten_layers;  // layer records a failed write left out, written before anything else
   bool first_error = true;
+  Clock::time_point last_write{};  // at most one write per period: a record waits at most one period
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     cv_.wait(lock, [this] { return closing_ || !queue_.empty(); });
-    const Clock::time_point due = Clock::now() + period;  // the oldest queued record waits at most one period
-    cv_.wait_until(lock, due, [this] { return closing_ || queued_bytes_ >= kFlushBytes; });
+    cv_.wait_until(lock, last_write + period, [this] { return closing_ || queued_bytes_ >= kFlushBytes; });
+    last_write = Clock::now();
     std::deque<Entry> batch;
     batch.swap(queue_);
     queued_bytes_ = 0;

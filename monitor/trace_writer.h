@@ -2,10 +2,10 @@
 // (a few KiB per step and layer) and appended by one background thread, so
 // the step never waits on the disk.
 //
-// The thread writes what is queued every `flush_seconds` (sooner once
-// kFlushBytes are queued, and at Close), with write(2) and no user-space
-// buffer: a process that dies, even by _exit, loses at most the records of
-// the last period. A failed write is logged at once (path, errno) and cut
+// The thread writes what is queued at once, but at most once per
+// `flush_seconds` (sooner once kFlushBytes are queued, and at Close), with
+// write(2) and no user-space buffer: a record waits at most one period, so a
+// process that dies, even by _exit, loses at most the last period's records. A failed write is logged at once (path, errno) and cut
 // back to the last whole record, so the file stays readable; its step
 // records are counted as lost (records_lost(), ProcessTraceRecordsLost())
 // and later batches are tried again (a full disk may free up). Layer

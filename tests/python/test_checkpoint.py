@@ -115,7 +115,7 @@ def test_the_step_counts_once_in_metrics_and_trace(tmp_path):
             checkpoint(m, x, use_reentrant=step % 2 == 0).sum().backward()
         text = urllib.request.urlopen("http://127.0.0.1:" + sys.argv[1] + "/metrics").read().decode()
         routed = sum(float(l.split()[-1]) for l in text.splitlines()
-                     if l.startswith("dynamoe_expert_tokens_total{{") and 'layer="ck"' in l)
+                     if l.startswith("dynamoe_routed_tokens_total{{") and 'layer="ck"' in l)
         print(json.dumps({{"routed": routed, "step": m.step}}))
     """))
     port = _free_port()
