@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -130,25 +131,24 @@ absl::StatusOr<Trace> ReadAnyTraceFile(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f == nullptr) return absl::NotFoundError(absl::StrCat("cannot read trace: ", std::strerror(errno)));
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(f, &std::fclose);
-  // Only enough to tell the form: a binary trace then streams; anything
-  // that is no trace is rejected without reading the rest.
-  std::string text;
-  struct stat st;
-  if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size < (int64_t{1} << 32))
-    text.reserve(static_cast<size_t>(st.st_size));  // text forms are read whole: one copy, no regrowth
+  std::string text;  // what was read: the magic of a binary trace, all of a text one
   char chunk[1 << 16];
   Form form = Form::kUndecided;
   try {
-    while (true) {
-      const size_t got = std::fread(chunk, 1, sizeof(chunk), f);
+    // 8 bytes first (enough for the magic), so that a stream that is no
+    // trace is rejected without waiting for more.
+    for (size_t want = 8;; want = sizeof(chunk)) {
+      const size_t got = std::fread(chunk, 1, want, f);
       if (std::ferror(f))
         return absl::DataLossError(absl::StrCat("read error at byte ", text.size() + got, ": ",
                                                 std::strerror(errno)));
       text.append(chunk, got);
-      if (form == Form::kUndecided) form = Sniff(text, got == 0);
+      if (form == Form::kUndecided) form = Sniff(text, got < want);
       if (form == Form::kNone) return absl::InvalidArgumentError(kNotATrace);
-      if (form == Form::kBinary) break;
-      if (got == 0) break;
+      if (form == Form::kBinary || got < want) break;
+      struct stat st;  // a text form is read whole: one copy, grown once
+      if (text.size() == 8 && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode))
+        text.reserve(static_cast<size_t>(std::max<off_t>(st.st_size, 8)));
     }
     return form == Form::kBinary ? ReadTrace(f, text) : ParseText(form, text);
   } catch (const std::bad_alloc&) {

@@ -182,6 +182,9 @@ absl::StatusOr<Trace> ImportRoutingJsonl(std::string_view text) {
     DYNAMOE_CHECK_ARG(rank >= 0 && rank < kMaxImportIndex, where(), "\"rank\" must be in [0, 2^20), got ", rank);
     const std::string name =
         j["layer"].is_string() ? j["layer"].get<std::string>() : std::to_string(j["layer"].get<int64_t>());
+    // A token routed nowhere adds nothing; declaring its layer would leave
+    // a layer without an expert count.
+    if (j["experts"].empty()) continue;
     const int64_t layer = acc.Layer(name);
     for (const auto& e : j["experts"]) {
       DYNAMOE_CHECK_ARG(e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < kMaxImportIndex, where(),

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "placement/calibrate.h"
@@ -145,11 +146,12 @@ std::optional<Trace> LoadTrace(const std::string& path) {
   }
   const TraceReadStats& st = t->stats;
   for (const std::string& w : st.warnings) std::cerr << "dynamoe-replay: " << path << ": warning: " << w << "\n";
+  auto n = [](int64_t k, const char* what) { return absl::StrCat(k, " ", what, k == 1 ? "" : "s"); };
   if (st.damaged())
-    std::cerr << "dynamoe-replay: " << path << ": warning: damaged trace: " << st.skipped_corrupt
-              << " records lost in " << st.skipped_regions << " damaged regions"
-              << (st.truncated ? " and a torn last record" : "") << ", " << st.skipped_bytes
-              << " bytes skipped; replaying the " << t->steps.size() << " steps read\n";
+    std::cerr << "dynamoe-replay: " << path << ": warning: damaged trace: lost " << n(st.skipped_corrupt, "record")
+              << " in " << n(st.skipped_regions, "damaged region") << (st.truncated ? " and a torn last record" : "")
+              << ", skipped " << n(st.skipped_bytes, "byte") << "; replaying the "
+              << n(static_cast<int64_t>(t->steps.size()), "step") << " read\n";
   return *std::move(t);
 }
 

@@ -1,8 +1,11 @@
 // The replay engine on traces whose predicted times are worked out by hand.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "placement/calibrate.h"
 #include "placement/replay.h"
+#include "placement/replay_inputs.h"
 
 namespace dynamoe::placement {
 namespace {
@@ -96,6 +99,62 @@ TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("nonsense"), std::string::npos) << bad.status();
   EXPECT_FALSE(Replay(Trace{}, Options()).ok());
+}
+
+// Counts whose sums would overflow int64 (negative loads) and worlds whose
+// tables would not fit are errors, not garbage or bad_alloc.
+TEST(Replay, RejectsOverflowingCountsAndHugeWorlds) {
+  Trace t = TwoStepTrace();
+  const int64_t big = std::numeric_limits<int64_t>::max() / 2 + 1;
+  t.steps[1].kept = *CountMatrix::Make(2, 4, {big, 0, 0, 0, /**/ big, 0, 0, 0});
+  const auto overflow = Replay(t, Options());
+  ASSERT_FALSE(overflow.ok());
+  EXPECT_NE(overflow.status().message().find("sum to at most 2^40"), std::string::npos) << overflow.status();
+
+  ReplayOptions o = Options();
+  o.world_size = 8192;
+  const auto world = Replay(TwoStepTrace(), o);
+  ASSERT_FALSE(world.ok());
+  EXPECT_NE(world.status().message().find("must be in [1, 4096]"), std::string::npos) << world.status();
+  const CountMatrix wide = *CountMatrix::Make(1, 8192, std::vector<int64_t>(8192, 1));
+  const auto cells = Rehome(wide, 4096);  // 2^25 cells
+  ASSERT_FALSE(cells.ok());
+  EXPECT_NE(cells.status().message().find("over 2^24 count-matrix cells"), std::string::npos) << cells.status();
+}
+
+// A steep popularity underflows every weight but the first: each token must
+// still get top_k distinct experts (it used to walk off the weight array).
+TEST(Replay, SynthesizeWithASteepZipfAndItsLimits) {
+  SynthOptions o;
+  o.steps = 3, o.experts = 8, o.top_k = 4, o.world = 2, o.tokens = 50, o.zipf = 2000;
+  const auto t = Synthesize(o);
+  ASSERT_TRUE(t.ok()) << t.status();
+  for (const TraceStep& s : t->steps)
+    for (int64_t r = 0; r < 2; ++r) {
+      int64_t row = 0;
+      for (int64_t e = 0; e < 8; ++e) {
+        EXPECT_LE(s.kept.at(r, e), 50);
+        row += s.kept.at(r, e);
+      }
+      EXPECT_EQ(row, 50 * 4);
+      EXPECT_EQ(s.kept.at(r, 0), 50);  // the hot expert, every time
+    }
+  auto fails = [](SynthOptions o, const std::string& what) {
+    const auto t = Synthesize(o);
+    ASSERT_FALSE(t.ok()) << what;
+    EXPECT_NE(t.status().message().find(what), std::string::npos) << t.status();
+  };
+  SynthOptions bad;
+  bad.zipf = std::numeric_limits<double>::quiet_NaN();
+  fails(bad, "a finite zipf");
+  bad = {}, bad.world = 5000;
+  fails(bad, "world in [1, 4096]");
+  bad = {}, bad.world = 4096, bad.experts = 8192;
+  fails(bad, "world x experts must be at most 2^24");
+  bad = {}, bad.world = 4096, bad.tokens = 1 << 30;
+  fails(bad, "world x tokens x top_k at most 2^40");
+  bad = {}, bad.steps = 1'000'000, bad.experts = 1024;
+  fails(bad, "at most 2^27");
 }
 
 }  // namespace

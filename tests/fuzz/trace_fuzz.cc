@@ -1,71 +1,211 @@
-// Fuzz target for the trace reader and the importers: any bytes give a trace
-// or a clear error, never a crash (run under ASan + UBSan). Built with
-// -fsanitize=fuzzer (clang), LLVMFuzzerTestOneInput is the entry point;
-// otherwise main() mutates a valid trace deterministically: byte flips,
-// cuts, insertions and length-field edits.
+// Fuzz target for the trace reader, its resynchronisation and the importers:
+// any bytes give a trace or a clear error, never a crash (run under ASan +
+// UBSan). Built with -fsanitize=fuzzer (clang), LLVMFuzzerTestOneInput is the
+// entry point; otherwise main() mutates seeds deterministically:
+//   - binary traces (version 2 and 1): byte flips, cuts, insertions, erasures,
+//     32-bit overwrites (often over a length or count field);
+//   - damage confined to a few records of a version-2 trace, with a property
+//     check: every record outside the damage is still read, in order;
+//   - CSV and JSONL: the same byte edits plus token edits (extreme numbers,
+//     brackets, separators, lines).
+// Every binary input is also read through a FILE* (the streaming path) and
+// must give the same result as the in-memory parse.
+//
+//   dynamoe_trace_fuzz [iterations] [seed]
+#include <cinttypes>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
+#include <vector>
 
+#include "placement/crc32.h"
+#include "placement/replay_inputs.h"
 #include "placement/trace.h"
 
+namespace {
+
+using namespace dynamoe::placement;
+
+[[noreturn]] void Fail(const char* what, const std::string& input) {
+  std::fprintf(stderr, "trace fuzz: %s (input of %zu bytes)\n", what, input.size());
+  std::abort();
+}
+
+// The streaming reader must agree with the in-memory one.
+void CheckStreamingAgrees(const std::string& bytes, const absl::StatusOr<Trace>& parsed) {
+  if (bytes.empty()) return;  // fmemopen needs a buffer
+  std::string copy = bytes;
+  std::FILE* f = fmemopen(copy.data(), copy.size(), "rb");
+  if (f == nullptr) return;
+  const absl::StatusOr<Trace> streamed = ReadTrace(f);
+  std::fclose(f);
+  if (streamed.ok() != parsed.ok()) Fail("ReadTrace and ParseTrace disagree on success", bytes);
+  if (!parsed.ok()) return;
+  const TraceReadStats &a = parsed->stats, &b = streamed->stats;
+  if (parsed->steps.size() != streamed->steps.size() || a.records != b.records ||
+      a.skipped_bytes != b.skipped_bytes || a.skipped_corrupt != b.skipped_corrupt || a.truncated != b.truncated)
+    Fail("ReadTrace and ParseTrace read different traces", bytes);
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-  const auto t = dynamoe::placement::ParseTrace(bytes);
-  if (t.ok() && !t->layers.empty()) (void)dynamoe::placement::ExportCountsCsv(*t);
-  (void)dynamoe::placement::ImportCountsCsv(bytes);
-  (void)dynamoe::placement::ImportRoutingJsonl(bytes);
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  const auto t = ParseTrace(bytes);
+  CheckStreamingAgrees(bytes, t);
+  if (t.ok() && !t->layers.empty()) (void)ExportCountsCsv(*t);
+  (void)ImportCountsCsv(bytes);
+  (void)ImportRoutingJsonl(bytes);
+  (void)ParseAnyTrace(bytes);
+  (void)ParseClusterFile(bytes, ClusterSpec{});
   return 0;
 }
 
 #ifndef DYNAMOE_LIBFUZZER
 namespace {
 
-std::string Seed() {
-  using namespace dynamoe::placement;
-  std::string b = EncodeTraceHeader(2, 0, {"gate", "experts"}, {TraceLayerSpec{"moe0", 4, 8, 16, true, false, 2}});
-  b += EncodeLayerRecord({"moe1", 2, 8, 16, false, true, 4});
-  for (int64_t i = 0; i < 3; ++i) {
-    TraceStep s;
-    s.step = i, s.layer = i % 2;
-    const int64_t E = i % 2 ? 2 : 4;
-    s.kept = *CountMatrix::Make(2, E, std::vector<int64_t>(2 * E, i + 1));
-    s.routed = s.kept;
-    if (i == 0) s.plan = Plan::None(2, E);
-    s.phase_seconds = {0.5, 0.25};
-    b += EncodeStepRecord(s);
+std::string U32(uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); }
+
+TraceStep Step(int64_t i, int64_t layer, int64_t experts) {
+  TraceStep s;
+  s.step = i, s.layer = layer;
+  std::vector<int64_t> c(2 * experts);
+  for (size_t k = 0; k < c.size(); ++k) c[k] = (i * 7 + static_cast<int64_t>(k) * 3) % 11;
+  s.kept = *CountMatrix::Make(2, experts, c);
+  s.routed = s.kept;
+  if (i % 4 == 0) s.plan = Plan::None(2, experts);
+  s.phase_seconds = {0.5, 0.25};
+  return s;
+}
+
+// A version-2 trace; starts[i] is where record i (after the header) begins,
+// starts.back() the end; steps are the step numbers of step records.
+struct Seed {
+  std::string bytes;
+  std::vector<size_t> starts;
+  std::vector<int64_t> steps;  // per record: its step, -1 for a layer record
+};
+
+Seed BinarySeed() {
+  Seed s;
+  s.bytes = EncodeTraceHeader(2, 0, {"gate", "experts"}, {TraceLayerSpec{"moe0", 4, 8, 16, true, false, 2}});
+  s.starts.push_back(s.bytes.size());
+  s.bytes += EncodeLayerRecord({"moe1", 2, 8, 16, false, true, 4}, 1);
+  s.steps.push_back(-1);
+  for (int64_t i = 0; i < 12; ++i) {
+    s.starts.push_back(s.bytes.size());
+    s.bytes += EncodeStepRecord(Step(i, i % 2, i % 2 ? 2 : 4));
+    s.steps.push_back(i);
   }
-  return b;
+  s.starts.push_back(s.bytes.size());
+  return s;
+}
+
+// The same records in format version 1 (8-byte frame heads, no layer numbers).
+std::string ToV1(const std::string& v2) {
+  std::string out = v2.substr(0, 8) + U32(1);
+  for (size_t pos = 12, i = 0; pos < v2.size(); ++i) {
+    uint32_t len;
+    std::memcpy(&len, v2.data() + pos + 4, 4);
+    std::string p = v2.substr(pos + 16, len);
+    if (i > 0 && p[0] == 1) p.erase(1, 4);
+    out += U32(static_cast<uint32_t>(p.size())) + U32(Crc32(p.data(), p.size())) + p;
+    pos += 16 + len;
+  }
+  return out;
+}
+
+// One random byte-level edit somewhere in [lo, hi) of b.
+void ByteEdit(std::string& b, size_t lo, size_t hi, std::mt19937& rng) {
+  if (hi <= lo) return;
+  const size_t at = lo + rng() % (hi - lo);
+  switch (rng() % 5) {
+    case 0: b[at] = static_cast<char>(b[at] ^ (1u << (rng() % 8))); break;
+    case 1: b.insert(at, 1 + rng() % 16, static_cast<char>(rng())); break;
+    case 2: b.erase(at, std::min<size_t>(1 + rng() % 24, hi - at)); break;
+    case 3: b[at] = static_cast<char>(rng()); break;
+    default:  // a random 32-bit value, often over a length or count field
+      for (size_t j = 0; j < 4 && at + j < hi; ++j) b[at + j] = static_cast<char>(rng());
+  }
+}
+
+const char* const kTokens[] = {"9223372036854775807", "-1", "1048575", "1048576", "1e400", "nan", "0", "18446744073709551615",
+                               "[[[[[[[[[[", "]]]]", "{", "}", ",", "\n", "\"", "\\", ":", "step", "\"experts\": [",
+                               "1099511627776", " ", "moe0"};
+
+// Text edits: a token in place of or next to a random span.
+void TextEdit(std::string& b, std::mt19937& rng) {
+  const std::string tok = kTokens[rng() % (sizeof(kTokens) / sizeof(kTokens[0]))];
+  const size_t at = b.empty() ? 0 : rng() % b.size();
+  if (rng() % 2) b.erase(at, rng() % 6);
+  b.insert(std::min(at, b.size()), rng() % 8 == 0 ? std::string(1 + rng() % 2000, tok[0]) : tok);
+}
+
+// Damage confined to records [first, last] must cost no other record.
+void CheckDamageStaysLocal(const Seed& seed, std::mt19937& rng) {
+  const size_t n = seed.steps.size();
+  const size_t first = rng() % n, last = std::min(n - 1, first + rng() % 3);
+  std::string b = seed.bytes.substr(0, seed.starts[first]);
+  std::string region = seed.bytes.substr(seed.starts[first], seed.starts[last + 1] - seed.starts[first]);
+  const int edits = 1 + static_cast<int>(rng() % 4);
+  for (int k = 0; k < edits; ++k) ByteEdit(region, 0, region.size(), rng);
+  if (region == seed.bytes.substr(seed.starts[first], region.size())) return;  // no damage after all
+  b += region + seed.bytes.substr(seed.starts[last + 1]);
+  const absl::StatusOr<Trace> t = ParseTrace(b);
+  CheckStreamingAgrees(b, t);
+  if (!t.ok()) Fail(("damage inside records made the read fail: " + std::string(t.status().message())).c_str(), b);
+  // Every step record outside [first, last], in order, read as written.
+  std::vector<int64_t> want;
+  for (size_t i = 0; i < n; ++i)
+    if ((i < first || i > last) && seed.steps[i] >= 0) want.push_back(seed.steps[i]);
+  size_t k = 0;
+  for (const TraceStep& s : t->steps) {
+    if (k < want.size() && s.step == want[k]) {
+      const TraceStep ref = Step(s.step, s.step % 2, s.step % 2 ? 2 : 4);
+      if (s.kept.counts != ref.kept.counts || s.layer != ref.layer) Fail("a step outside the damage changed", b);
+      ++k;
+    }
+  }
+  if (k != want.size()) Fail("damage inside records lost a record outside them", b);
+  if (!t->stats.damaged()) Fail("damage went unreported", b);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const long iterations = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 10000;
-  const std::string seed = Seed();
-  std::mt19937 rng(12345);
-  long ok = 0;
+  std::mt19937 rng(argc > 2 ? static_cast<uint32_t>(std::strtoul(argv[2], nullptr, 10)) : 12345u);
+  const Seed binary = BinarySeed();
+  const std::string v1 = ToV1(binary.bytes);
+  const std::string csv = ExportCountsCsv(*ParseTrace(binary.bytes));
+  const std::string jsonl =
+      "{\"step\": 0, \"layer\": \"moe0\", \"experts\": [3, 1], \"rank\": 1}\n"
+      "{\"step\": 0, \"layer\": 7, \"experts\": [2]}\n{\"step\": 1, \"layer\": \"moe0\", \"experts\": [0, 1]}\n";
+  long parsed = 0, local = 0;
   for (long i = 0; i < iterations; ++i) {
-    std::string b = seed;
+    if (i > 0 && i % 100000 == 0) std::fprintf(stderr, "trace fuzz: %ld inputs\n", i);
+    const int kind = static_cast<int>(i % 5);
+    if (kind == 4) {
+      CheckDamageStaysLocal(binary, rng);
+      ++local;
+      continue;
+    }
+    std::string b = kind == 0 ? binary.bytes : kind == 1 ? v1 : kind == 2 ? csv : jsonl;
     const int edits = 1 + static_cast<int>(rng() % 4);
     for (int k = 0; k < edits && !b.empty(); ++k) {
-      const size_t at = rng() % b.size();
-      switch (rng() % 5) {
-        case 0: b[at] = static_cast<char>(b[at] ^ (1u << (rng() % 8))); break;
-        case 1: b.resize(at); break;
-        case 2: b.insert(at, 1, static_cast<char>(rng())); break;
-        case 3: b.erase(at, 1 + rng() % 8); break;
-        default:  // a random 32-bit value, often over a length or count field
-          for (int j = 0; j < 4 && at + j < b.size(); ++j) b[at + j] = static_cast<char>(rng());
-      }
+      if (kind >= 2 && rng() % 2) TextEdit(b, rng);
+      else if (rng() % 8 == 0) b.resize(rng() % b.size());
+      else ByteEdit(b, 0, b.size(), rng);
     }
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(b.data()), b.size());
-    ok += dynamoe::placement::ParseTrace(b).ok();
+    parsed += ParseAnyTrace(b).ok();
   }
-  std::printf("trace fuzz: %ld mutated traces, %ld parsed, the rest rejected with an error; no crash\n", iterations,
-              ok);
+  std::printf("trace fuzz: %ld inputs (%ld with damage confined to records, every other record read), %ld parsed, "
+              "the rest rejected with an error; no crash\n",
+              iterations, local, parsed);
   return 0;
 }
 #endif

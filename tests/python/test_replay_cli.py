@@ -63,6 +63,7 @@ def test_bad_input_is_named_with_an_exit_code(tmp_path, trace):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01 not a trace")
     cases.append((("run", junk), 1, "not a trace"))
+    cases.append((("run", tmp_path), 1, "read error at byte 0"))  # a directory: the read fails
     for args, code, message in cases:
         r = replay(*args)
         assert r.returncode == code, (args, r.returncode, r.stderr)
@@ -134,3 +135,104 @@ def test_out_dir_files_agree_with_the_table_and_plot(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "dynamoe.replay", "plot", str(tmp_path / "nowhere")], env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "missing summary.csv" in missing.stderr
+
+
+def frames(data):
+    """Offsets of the version-2 frames of a trace (header first), docs/trace-format.md."""
+    import struct
+    pos, out = 12, []
+    while pos < len(data):
+        out.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 4)[0]
+    return out
+
+
+def test_a_damaged_middle_costs_only_its_records(tmp_path, trace):
+    data = bytearray(trace.read_bytes())
+    at = frames(data)
+    data[at[11] + 5] ^= 0x08  # one flipped length bit of step 10
+    data[at[31] + 40] ^= 0x01  # one flipped payload bit of step 30
+    damaged = tmp_path / "damaged.dmtrace"
+    damaged.write_bytes(bytes(data))
+    r = replay("run", damaged, "--policies", "none")
+    assert r.returncode == 0, r.stderr
+    assert "38 steps" in r.stdout  # of 40
+    assert "warning: damaged trace: lost 2 records in 2 damaged regions, skipped" in r.stderr, r.stderr
+    assert "frame head checksum mismatch" in r.stderr and "checksum mismatch" in r.stderr
+
+
+def test_numeric_flags_are_strict(trace, tmp_path):
+    out = tmp_path / "s.dmtrace"
+    cases = [
+        (("run", trace, "--world", "1e30"), "--world expects an integer in [1, 4096], got '1e30'"),
+        (("run", trace, "--world", "2.9"), "--world expects an integer"),
+        (("run", trace, "--world", "0"), "--world expects an integer"),
+        (("run", trace, "--world", " 4"), "--world expects an integer"),
+        (("run", trace, "--interval", "0"), "--interval expects an integer in [1, "),
+        (("run", trace, "--hysteresis", "nan"), "--hysteresis expects a finite number in [0, 1], got 'nan'"),
+        (("run", trace, "--max-copied", "-1"), "--max-copied expects an integer"),
+        (("run", trace, "--wrold", "4"), "unknown flag --wrold"),
+        (("calibrate", trace, "--heldout", "1"), "--heldout expects a finite number in (0, 1)"),
+        (("synth", "--out", out, "--zipf", "inf"), "--zipf expects a finite number"),
+        (("synth", "--out", out, "--steps", "10x"), "--steps expects an integer"),
+        (("synth", "--out", out, "--seed", "-1"), "--seed expects an integer"),
+        (("synth", "--out", out, "--world", "512", "--experts", "65536"), "world x experts must be at most 2^24"),
+    ]
+    for args, message in cases:
+        r = replay(*args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+    assert not out.exists()
+
+
+def test_synth_with_a_steep_zipf(tmp_path):
+    path = tmp_path / "steep.dmtrace"
+    r = replay("synth", "--out", path, "--zipf", 2000, "--experts", 8, "--top-k", 4, "--steps", 5, "--tokens", 64)
+    assert r.returncode == 0, r.stderr
+    assert replay("run", path, "--policies", "none").returncode == 0
+
+
+def test_hostile_inputs_are_rejected_with_a_reason(tmp_path):
+    head = "step,layer,rank,expert,count\n"
+    cases = {
+        "wide.csv": (head + "0,a,1048575,1048575,1\n", "at most 2^24 cells per matrix"),
+        "overflow.csv": (head + "0,a,0,0,9223372036854775807\n0,a,1,0,9223372036854775807\n", "CSV line 2"),
+        "sum.csv": (head + "0,a,0,0,1099511627776\n0,a,1,0,1\n", "sum to at most 2^40"),
+        "deep.jsonl": ('{"step": 0, "layer": "a", "experts": ' + "[" * 1000000 + "]" * 1000000 + "}\n",
+                       "JSONL line 1: nested deeper than 8 levels"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        r = replay("run", path)
+        assert r.returncode == 1, (name, r.returncode, r.stderr[:500])
+        assert message in r.stderr, (name, r.stderr[:500])
+        assert len(r.stderr) < 1000, name
+
+
+def test_a_stream_that_is_no_trace_is_rejected_at_its_first_bytes(tmp_path):
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(TOOL), "run", str(fifo)], stderr=subprocess.PIPE, text=True)
+    with open(fifo, "wb") as w:  # stays open: the tool never sees the end of the stream
+        w.write(b"PK\x03\x04" + b"\0" * 4092)
+        w.flush()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("dynamoe-replay waited for the whole stream before checking it")
+    assert proc.returncode == 1 and "not a trace" in err, err
+
+
+def test_a_trace_streams_from_a_pipe(tmp_path, trace):
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(TOOL), "run", str(fifo), "--policies", "none"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with open(fifo, "wb") as w:
+        w.write(trace.read_bytes())
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "40 steps" in out
