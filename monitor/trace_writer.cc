@@ -70,7 +70,7 @@ int64_t TraceWriter::AddLayer(const placement::TraceLayerSpec& layer) {
   layer_names_.push_back(layer.name);
   const int64_t index = static_cast<int64_t>(layer_names_.size()) - 1;
   lock.unlock();
-  Enqueue({placement::EncodeLayerRecord(layer), true});
+  Enqueue({placement::EncodeLayerRecord(layer, index), true});
   return index;
 }
 
