@@ -27,10 +27,16 @@ absl::StatusOr<ncclDataType_t> NcclType(const at::Tensor& t) {
 std::string CudaError(cudaError_t e) { return absl::StrCat("CUDA error ", cudaGetErrorString(e)); }
 std::string NcclError(ncclResult_t r) { return absl::StrCat("NCCL error ", ncclGetErrorString(r)); }
 
+struct Enqueued {
+  std::shared_ptr<PendingCollective> pending;
+  std::shared_ptr<std::atomic<int>> queued;
+};
+
 void CUDART_CB HostDone(void* data) {
-  auto* pending = static_cast<std::shared_ptr<PendingCollective>*>(data);
-  (*pending)->Finish(PendingCollective::State::kDone);
-  delete pending;
+  auto* done = static_cast<Enqueued*>(data);
+  done->pending->Finish(PendingCollective::State::kDone);
+  --*done->queued;
+  delete done;
 }
 
 }  // namespace
@@ -47,7 +53,7 @@ NcclCommunicator::~NcclCommunicator() {
   if (aborted_) return;  // the communicator is gone; its stream may be wedged
   // ncclCommDestroy waits for outstanding work, which a failed or lost peer
   // never finishes: abort instead, so the destructor cannot block.
-  if (failed() || HasInFlight()) {
+  if (failed() || *queued_ > 0) {
     ncclCommAbort(comm_);
     return;
   }
@@ -63,9 +69,15 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
     // Unblocks the stream and every rank-local wait on this communicator;
     // marked failed first, so no collective is launched on it afterwards.
     self->MarkFailed();
+    std::lock_guard<std::mutex> lock(self->launch_mu_);  // no launch is half-way through
     if (!self->aborted_.exchange(true)) ncclCommAbort(self->comm_);
   });
   if (!pending) return Handle(op, tag, nullptr);
+  std::lock_guard<std::mutex> lock(launch_mu_);
+  if (aborted_) {  // an earlier collective's deadline aborted it since Track
+    pending->Finish(PendingCollective::State::kFailed, "the communicator was aborted by an earlier deadline");
+    return Handle(op, tag, std::move(pending));
+  }
   cudaSetDevice(device_);
   cudaEvent_t ready;
   cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
@@ -74,14 +86,21 @@ std::unique_ptr<CommHandle> NcclCommunicator::Launch(const char* op, const Colle
   cudaEventDestroy(ready);
   const ncclResult_t r = body(stream_);
   if (r != ncclSuccess) {
+    MarkFailed();
     pending->Finish(PendingCollective::State::kFailed, NcclError(r));
     return Handle(op, tag, std::move(pending));
   }
+  ++*queued_;
   cudaEvent_t done = nullptr;
   cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
   cudaEventRecord(done, stream_);
-  const cudaError_t e = cudaLaunchHostFunc(stream_, HostDone, new std::shared_ptr<PendingCollective>(pending));
-  if (e != cudaSuccess) pending->Finish(PendingCollective::State::kFailed, CudaError(e));
+  auto* enqueued = new Enqueued{pending, queued_};
+  const cudaError_t e = cudaLaunchHostFunc(stream_, HostDone, enqueued);
+  if (e != cudaSuccess) {  // the collective is queued but nothing will report it: never destroy under it
+    delete enqueued;
+    MarkFailed();
+    pending->Finish(PendingCollective::State::kFailed, CudaError(e));
+  }
   // Once done, the caller's stream waits for the collective.
   auto order = [this, done] { cudaStreamWaitEvent(compute_stream_, done, 0); };
   return Handle(op, tag, std::move(pending), order, [done] { cudaEventDestroy(done); }, order);

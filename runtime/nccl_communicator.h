@@ -5,6 +5,10 @@
 // unblocks every pending operation. Built only when CUDA and NCCL are found.
 #pragma once
 
+#include <atomic>
+#include <memory>
+#include <mutex>
+
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -48,6 +52,12 @@ class NcclCommunicator : public TrackedCommunicator {
   cudaStream_t compute_stream_ = nullptr;
   void* scratch_ = nullptr;  // barrier payload
   std::atomic<bool> aborted_{false};
+  // Held while a launch checks the state and enqueues, and by the abort: no
+  // collective is ever enqueued on a communicator being aborted.
+  std::mutex launch_mu_;
+  // Collectives enqueued and not yet finished on the stream (decremented by
+  // the stream's host callback, which may outlive this object).
+  std::shared_ptr<std::atomic<int>> queued_ = std::make_shared<std::atomic<int>>(0);
 };
 
 // Exchanges the NCCL unique id through `store` and creates the communicator

@@ -42,11 +42,6 @@ CommCounters TrackedCommunicator::counters() const {
   return counters_;
 }
 
-bool TrackedCommunicator::HasInFlight() const {
-  std::lock_guard<std::mutex> lock(counters_mu_);
-  return !in_flight_.empty();
-}
-
 std::shared_ptr<PendingCollective> TrackedCommunicator::Track(const char* op, const CollectiveTag& tag,
                                                               std::function<void()> on_expire) {
   if (failed_) return nullptr;

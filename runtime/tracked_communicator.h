@@ -50,8 +50,6 @@ class TrackedCommunicator : public Communicator {
   // A backend tore its transport down (e.g. a deadline aborted it): later
   // collectives are refused at once instead of launched on it.
   void MarkFailed() { failed_ = true; }
-  // Collectives started and not yet waited or dropped.
-  bool HasInFlight() const;
 
  private:
   friend class TrackedHandle;

@@ -15,6 +15,8 @@ With gather=False each rank returns only its own experts (save one file per
 rank; load the union of the files). Copies of hot experts that placement
 makes are transient buffers, never parameters: they never enter a checkpoint.
 """
+from collections import OrderedDict
+
 import torch
 import torch.distributed as dist
 
@@ -44,6 +46,9 @@ def portable_state_dict(model, gather=True):
             if local is None:
                 continue
             first, parts = m.first_expert, [local]
+            if gather and "_ep_size_without_group" in m.__dict__:
+                raise RuntimeError(f"{m.name}: this layer was unpickled without its expert-parallel group, so it "
+                                   "cannot gather the other ranks' experts: call layer.set_group(group) first")
             if gather and m.group is not None:
                 parts = [torch.empty_like(local) for _ in range(dist.get_world_size(m.group))]
                 _wait(dist.all_gather(parts, local.contiguous(), group=m.group, async_op=True),
@@ -58,7 +63,10 @@ def load_portable_state_dict(model, state_dict, strict=True):
     """Loads a portable_state_dict() (from any expert-parallel size) into model:
     each layer takes the experts it holds here. strict: every expected key is
     present and no key is left over, as nn.Module.load_state_dict."""
-    sd = dict(state_dict)
+    sd = OrderedDict(state_dict)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        sd._metadata = metadata
     for name, m in _moe_layers(model):
         pre = _prefix(name)
         for t in _EXPERT_TENSORS:
@@ -66,15 +74,17 @@ def load_portable_state_dict(model, state_dict, strict=True):
                 continue
             wanted = [f"{pre}experts.{e}.{t}" for e in range(m.first_expert, m.first_expert + m.num_local_experts)]
             missing = [k for k in wanted if k not in sd]
-            if missing:
+            if missing and strict:
                 raise KeyError(f"{m.name}: the checkpoint lacks {len(missing)} expert tensors this rank holds, "
                                f"e.g. {missing[0]!r} (is it a portable_state_dict(..., gather=False) shard of "
                                "another rank? load the union of every rank's shards)")
-            sd[pre + t] = torch.stack([sd.pop(k) for k in wanted])
-        # Other ranks' experts (and, with gather=False, nothing else) are not this rank's to load.
+            if not missing:  # not strict and incomplete: load_state_dict reports the tensor missing
+                sd[pre + t] = torch.stack([sd.pop(k) for k in wanted])
+        # Other ranks' experts of the tensors this layer has are not this rank's to
+        # load; any other expert key is left for load_state_dict to report.
         for key in [k for k in sd if k.startswith(pre + "experts.")]:
             rest = key[len(pre + "experts."):].split(".")
-            if len(rest) == 2 and rest[0].isdigit() and rest[1] in _EXPERT_TENSORS:
+            if len(rest) == 2 and rest[0].isdigit() and rest[1] in _EXPERT_TENSORS and getattr(m, rest[1]) is not None:
                 e = int(rest[0])
                 if not 0 <= e < m.num_experts:
                     raise KeyError(f"{m.name}: the checkpoint has expert {e}, but the layer has {m.num_experts}")

@@ -62,15 +62,17 @@ def _ranks_of(group):
 def _all_gather_bytes(data, group, what):
     """Every member's bytes, in group rank order, under the deadline (two async all_gathers)."""
     size = dist.get_world_size(group)
-    mine = torch.tensor([len(data)], dtype=torch.int64)
-    lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(size)]
+    # NCCL moves CUDA tensors only; Gloo (and the rest) CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    mine = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    lengths = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(size)]
     _wait(dist.all_gather(lengths, mine, group=group, async_op=True), what, group)
     longest = max(int(t.item()) for t in lengths)
-    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
     padded[:len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    out = [torch.zeros(longest, dtype=torch.uint8) for _ in range(size)]
+    out = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(size)]
     _wait(dist.all_gather(out, padded, group=group, async_op=True), what, group)
-    return [bytes(t[:int(n.item())].tolist()) for t, n in zip(out, lengths)]
+    return [bytes(t[:int(n.item())].cpu().tolist()) for t, n in zip(out, lengths)]
 
 
 def _advertised_host():

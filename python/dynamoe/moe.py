@@ -108,8 +108,7 @@ class MoE(nn.Module):
             if bias:
                 self.b1 = nn.Parameter(torch.empty(el, d_hidden))
                 self.b2 = nn.Parameter(torch.empty(el, d_model))
-        for p in self.expert_parameters():
-            p._dynamoe_expert = True
+        self._mark_expert_parameters()
         self.register_buffer("expert_bias", torch.zeros(num_experts))
         if use_residual:
             self.residual_fc1 = nn.Linear(d_model, d_hidden)
@@ -144,7 +143,17 @@ class MoE(nn.Module):
         memo[id(self)] = new
         for key, value in self._step_free_dict().items():
             new.__dict__[key] = copy.deepcopy(value, memo)
+        new._mark_expert_parameters()
         return new
+
+    def _mark_expert_parameters(self):
+        # torch 1.13's Parameter deepcopy/pickle drops Python attributes: set the mark again.
+        for p in self.expert_parameters():
+            p._dynamoe_expert = True
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._mark_expert_parameters()
 
     def _step_free_dict(self):
         """__dict__ without the last step's graph: aux_loss and the stats'

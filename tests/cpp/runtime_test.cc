@@ -118,12 +118,14 @@ TEST(Runtime, MonitorsDestroyedWhileTheirHeartbeatsRun) {
 // Collectives that complete right at their deadline: the completion's timer
 // cancel and the expiry handler race on the control thread's two workers.
 TEST(Runtime, CompletionsRacingTheirDeadlines) {
-  std::atomic<int> expired{0}, done{0};
+  // Counters on the heap: an expiry callback may still run after the loop below.
+  auto expired = std::make_shared<std::atomic<int>>(0);
+  std::atomic<int> done{0};
   std::vector<std::thread> finishers;
   std::vector<std::shared_ptr<PendingCollective>> all;
   for (int i = 0; i < 400; ++i) {
     auto p = std::make_shared<PendingCollective>(i, "all_gather", CollectiveTag{}, std::chrono::microseconds(500 * (i % 5)));
-    Watchdog::Get().Arm(p, [&expired] { ++expired; });
+    Watchdog::Get().Arm(p, [expired] { ++*expired; });
     all.push_back(p);
   }
   for (int t = 0; t < 4; ++t)
@@ -133,8 +135,12 @@ TEST(Runtime, CompletionsRacingTheirDeadlines) {
     });
   for (auto& f : finishers) f.join();
   for (auto& p : all) p->Await();
-  std::this_thread::sleep_for(50ms);
-  EXPECT_EQ(expired + done, 400);  // each collective ends exactly once
+  // Each collective ends exactly once: the callbacks of the expired ones run
+  // right after their Finish, so wait (boundedly) for them to land.
+  const auto until = Clock::now() + 5s;
+  while (*expired + done < 400 && Clock::now() < until) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(*expired + done, 400);
 }
 
 }  // namespace

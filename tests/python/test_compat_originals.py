@@ -179,7 +179,8 @@ def test_tutel_defaults_capacity_and_loss_are_tutels():
           "experts.batched_fc1_w": torch.randn(E, H, D, generator=g, dtype=torch.float64),
           "experts.batched_fc2_w": torch.randn(E, H, D, generator=g, dtype=torch.float64),
           "experts.batched_fc1_bias": torch.randn(E, H, generator=g, dtype=torch.float64),
-          "experts.batched_fc2_bias": torch.randn(E, D, generator=g, dtype=torch.float64)}
+          "experts.batched_fc2_bias": torch.randn(E, D, generator=g, dtype=torch.float64),
+          "_num_global_experts": torch.tensor(E)}  # Tutel's MOELayer buffer
     layer.load_state_dict(dict(sd), strict=True)
     x = _skewed_tokens(26, sd["gates.0.wg.weight"], hot=0).reshape(2, 13, D)
     xt = x.reshape(-1, D)
@@ -205,3 +206,34 @@ def test_tutel_defaults_capacity_and_loss_are_tutels():
     plain = tutel.moe_layer(gate_type={"type": "top"}, model_dim=D,
                             experts={"type": "ffn", "count_per_node": E, "hidden_size_per_expert": H})
     assert plain.moe.top_k == 1 and plain.moe.activation == "relu"
+
+
+def test_adapters_with_their_load_hooks_pickle_and_deep_copy():
+    import copy
+    import io
+    layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1).double()
+    buf = io.BytesIO()
+    torch.save(layer, buf)  # the load hook is a module-level function, not a closure
+    buf.seek(0)
+    kwargs = {"weights_only": False} if "weights_only" in torch.load.__code__.co_varnames else {}
+    loaded = torch.load(buf, **kwargs)
+    twin = copy.deepcopy(layer)
+    sd = _fastmoe_checkpoint(True, torch.Generator().manual_seed(9))
+    twin.load_state_dict(dict(sd), strict=True)  # the copy's hook fills the copy, not the original
+    torch.testing.assert_close(twin.moe.gate.bias, sd["gate.gate.bias"], rtol=0, atol=0)
+    assert not torch.equal(layer.moe.gate.bias, sd["gate.gate.bias"])
+    loaded.load_state_dict(dict(sd), strict=True)
+    torch.testing.assert_close(loaded.moe.w1, sd["experts.htoh4.weight"].transpose(1, 2), rtol=0, atol=0)
+
+
+def test_deepspeed_residual_with_a_bias_free_expert_loads():
+    expert = nn.Sequential(nn.Linear(D, H, bias=False), nn.ReLU(), nn.Linear(H, D, bias=False))
+    layer = deepspeed.MoE(D, expert, num_experts=E, k=1, use_residual=True)
+    sd = {"deepspeed_moe.gate.wg.weight": torch.randn(E, D), "coefficient.weight": torch.randn(2, D),
+          "coefficient.bias": torch.randn(2), "mlp.0.weight": torch.randn(H, D), "mlp.2.weight": torch.randn(D, H)}
+    for e in range(E):
+        sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.0.weight"] = torch.randn(H, D)
+        sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.2.weight"] = torch.randn(D, H)
+    layer.load_state_dict(dict(sd), strict=True)
+    assert torch.count_nonzero(layer.moe.residual_fc1.bias) == 0
+    torch.testing.assert_close(layer.moe.residual_fc2.weight, sd["mlp.2.weight"], rtol=0, atol=0)

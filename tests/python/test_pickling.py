@@ -60,3 +60,28 @@ def test_averaged_model_averages_and_runs():
     torch.testing.assert_close(swa.module[1].w1, first + 1.0)  # the mean of the two snapshots
     swa.eval()
     assert swa(x).shape == x.shape
+
+
+def test_copies_keep_the_expert_parameter_mark():
+    model = _model()
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    kwargs = {"weights_only": False} if "weights_only" in torch.load.__code__.co_varnames else {}
+    for m in (copy.deepcopy(model), torch.load(buf, **kwargs)):
+        assert dynamoe.is_expert_parameter(m[1].w1) and not dynamoe.is_expert_parameter(m[1].gate.weight)
+
+
+def test_portable_checkpoint_strictness_in_one_process():
+    model = _model()
+    sd = dynamoe.portable_state_dict(model)
+    assert "1.experts.3.b1" not in sd and "1.experts.3.w1" in sd
+    biased = nn.Sequential(nn.Linear(6, 6), dynamoe.MoE(6, 10, 4, bias=True, name="biased")).double()
+    extra = dynamoe.portable_state_dict(biased)
+    try:  # b1/b2 have nowhere to go in a bias-free layer: strict loading says so
+        dynamoe.load_portable_state_dict(model, extra)
+        assert False, "unexpected keys were dropped silently"
+    except RuntimeError as e:
+        assert "experts.0.b1" in str(e)
+    result = dynamoe.load_portable_state_dict(biased, sd, strict=False)  # b1/b2 missing: reported, not raised
+    assert "1.b1" in result.missing_keys

@@ -83,16 +83,20 @@ def ffn_linear_index(expert):
     return i1, i2
 
 
-def state_dict_adapter(rename, moe):
-    """A load_state_dict pre-hook calling rename(state_dict, prefix), which turns
-    another library's keys into this layer's in place (torch 1.13 and 2.x). A
-    foreign checkpoint has no expert_bias (dynamoe's selection bias): it starts at 0."""
-    def hook(state_dict, prefix, *unused):
-        before = set(state_dict)
-        rename(state_dict, prefix)
-        if set(state_dict) != before:
-            state_dict.setdefault(prefix + "moe.expert_bias", torch.zeros_like(moe.expert_bias))
-    return hook
+def register_state_dict_adapter(layer):
+    """Registers a load_state_dict pre-hook that calls layer._rename(state_dict,
+    prefix), which turns another library's keys into this layer's in place. The
+    hook is a module-level function given the module (with_module=True), so the
+    layer still pickles and a deep copy's hook acts on the copy. A foreign
+    checkpoint has no expert_bias (dynamoe's selection bias): it starts at 0."""
+    layer._register_load_state_dict_pre_hook(_adapter_hook, with_module=True)
+
+
+def _adapter_hook(layer, state_dict, prefix, *unused):
+    before = set(state_dict)
+    layer._rename(state_dict, prefix)
+    if set(state_dict) != before:
+        state_dict.setdefault(prefix + "moe.expert_bias", torch.zeros_like(layer.moe.expert_bias))
 
 
 def stack_experts(sd, prefix, count, key, fc1, fc2, fc1_transposed, fc2_transposed):

@@ -16,7 +16,7 @@ from torch import nn
 from ..distributed import expert_parallel_groups
 from ..moe import MoE as _DynamoeMoE
 from ._common import (ffn_linear_index, ffn_linears, ffn_spec, group_size, ignored, load_ffn, stack_experts,
-                      state_dict_adapter, unsupported)
+                      register_state_dict_adapter, unsupported)
 
 
 class MoE(nn.Module):
@@ -73,10 +73,10 @@ class MoE(nn.Module):
                     mine.weight.copy_(theirs.weight)
                     mine.bias.copy_(theirs.bias if theirs.bias is not None else torch.zeros_like(mine.bias))
 
-        # Checkpoints of deepspeed.moe.layer.MoE load as they are (see _from_deepspeed).
-        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_deepspeed, self.moe))
+        # Checkpoints of deepspeed.moe.layer.MoE load as they are (see _rename).
+        register_state_dict_adapter(self)
 
-    def _from_deepspeed(self, sd, prefix):
+    def _rename(self, sd, prefix):
         """DeepSpeed's keys (deepspeed_moe.gate.wg, deepspeed_moe.experts.deepspeed_experts.{i}.*,
         mlp.*, coefficient.*) renamed or stacked into this layer's."""
         moved = {"deepspeed_moe.gate.wg.weight": "moe.gate.weight", "coefficient.weight": "moe.residual_coef.weight",
@@ -92,6 +92,9 @@ class MoE(nn.Module):
             for j, mine in ((i1, "residual_fc1"), (i2, "residual_fc2")):
                 for part in ("weight", "bias"):
                     moved[f"mlp.{j}.{part}"] = f"moe.{mine}.{part}"
+                weight = sd.get(f"{prefix}mlp.{j}.weight")
+                if weight is not None and f"{prefix}mlp.{j}.bias" not in sd:  # a bias-free expert: its copy's bias is 0
+                    sd[f"{prefix}mlp.{j}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
         for theirs, mine in moved.items():
             if prefix + theirs in sd:
                 sd[prefix + mine] = sd.pop(prefix + theirs)

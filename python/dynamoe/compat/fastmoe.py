@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from ..distributed import sum_gradients
 from ..moe import MoE
-from ._common import activation_name, group_size, ignored, state_dict_adapter, unsupported
+from ._common import activation_name, group_size, ignored, register_state_dict_adapter, unsupported
 
 
 class _Gate(nn.Module):
@@ -157,10 +157,10 @@ class FMoE(nn.Module):
             self.moe = MoE(d_model, 1, total, expert=lambda e: expert(d_model), **kw)
         object.__setattr__(gate_obj, "_layer", self)
         self.gate = gate_obj
-        # FastMoE checkpoints load as they are (see _from_fastmoe).
-        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_fastmoe, self.moe))
+        # FastMoE checkpoints load as they are (see _rename).
+        register_state_dict_adapter(self)
 
-    def _from_fastmoe(self, sd, prefix):
+    def _rename(self, sd, prefix):
         """FastMoE's keys renamed or stacked into this layer's: gate.gate.* (the
         router), experts.{htoh4,h4toh}.* (fused [num_expert, out, in] FMoELinear),
         experts.{i}.{htoh4,h4toh}.* ([1, out, in] per expert), experts.{i}.* (custom)."""

@@ -18,7 +18,7 @@ from torch import nn
 import torch.distributed as dist
 
 from ..moe import MoE
-from ._common import activation_name, group_size, ignored, state_dict_adapter, unsupported
+from ._common import activation_name, group_size, ignored, register_state_dict_adapter, unsupported
 
 _GATE_KEYS = {"type", "k", "capacity_factor", "gate_noise", "fp32_gate", "normalize_gate"}
 
@@ -97,12 +97,18 @@ class MoELayer(nn.Module):
                 if scan_expert_func is not None:
                     scan_expert_func(name, p)
 
-        self._register_load_state_dict_pre_hook(state_dict_adapter(self._from_tutel, self.moe))
+        register_state_dict_adapter(self)
 
-    def _from_tutel(self, sd, prefix):
+    def _rename(self, sd, prefix):
         """Tutel's keys into this layer's: gates.0.wg.weight (the router),
         experts.batched_fc1_w [E_local, hidden, model] (w1 transposed),
         experts.batched_fc2_w [E_local, hidden, model] (w2 as is), *_bias."""
+        for buffer in ("_num_global_experts", "_max_num_global_experts"):  # Tutel's bookkeeping buffers
+            if prefix + buffer in sd:
+                count = int(sd.pop(prefix + buffer))
+                if buffer == "_num_global_experts" and count != self.num_global_experts:
+                    raise ValueError(f"dynamoe.compat.tutel: the checkpoint has {count} global experts, "
+                                     f"this layer {self.num_global_experts}")
         for theirs, mine, transpose in (("gates.0.wg.weight", "gate.weight", False),
                                         ("experts.batched_fc1_w", "w1", True), ("experts.batched_fc2_w", "w2", False),
                                         ("experts.batched_fc1_bias", "b1", False),
