@@ -41,7 +41,7 @@ absl::StatusOr<LaunchEnv> ParseLaunchEnv(const std::map<std::string, std::string
   std::optional<int> restarts;
   DYNAMOE_RETURN_IF_ERROR(Int(env, "TORCHELASTIC_RESTART_COUNT", 0, kMax, &restarts));
   e.restart_count = restarts.value_or(0);
-  if (auto it = env.find("MASTER_ADDR"); it != env.end()) e.master_addr = it->second;
+  if (auto it = env.find("MASTER_ADDR"); it != env.end() && !it->second.empty()) e.master_addr = it->second;
   if (auto it = env.find("TORCHELASTIC_RUN_ID"); it != env.end()) e.run_id = it->second;
   if (auto it = env.find("TORCHELASTIC_USE_AGENT_STORE"); it != env.end()) e.use_agent_store = it->second == "True";
   if (e.rank && e.world_size)

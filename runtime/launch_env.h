@@ -16,7 +16,7 @@ namespace dynamoe::runtime {
 
 struct LaunchEnv {
   std::optional<int> rank, world_size, local_rank, local_world_size;
-  std::string master_addr;
+  std::optional<std::string> master_addr;  // unset when empty
   std::optional<int> master_port;
   // torchrun: the job's id and how many times its workers were restarted
   // (--max-restarts); "" and 0 outside torchrun.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "runtime/call_within.h"
 
 namespace dynamoe::runtime {
 namespace {
@@ -120,30 +121,15 @@ std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeersNow(Shared& s, bool* 
 std::vector<PeerMonitor::PeerRecord> PeerMonitor::ReadPeers(bool* store_ok) {
   // A store whose host died can block a client for long; give up after one
   // heartbeat interval and call it unreachable.
-  struct Result {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false, ok = false;
-    std::vector<PeerRecord> peers;
-  };
-  auto result = std::make_shared<Result>();
-  std::thread([result, s = shared_] {
-    bool ok = false;
-    auto peers = ReadPeersNow(*s, &ok);
-    std::lock_guard<std::mutex> lock(result->mu);
-    result->peers = std::move(peers);
-    result->ok = ok;
-    result->done = true;
-    result->cv.notify_all();
-  }).detach();
-  std::unique_lock<std::mutex> lock(result->mu);
-  if (!result->cv.wait_for(lock, std::max(interval_, std::chrono::milliseconds(200)), [&] { return result->done; }) ||
-      !result->ok) {
-    *store_ok = false;
-    return std::vector<PeerRecord>(info_.size);
-  }
-  *store_ok = true;
-  return result->peers;
+  using Read = std::pair<bool, std::vector<PeerRecord>>;
+  const std::optional<Read> read =
+      CallWithin<Read>(std::max(interval_, std::chrono::milliseconds(200)), [s = shared_] {
+        bool ok = false;
+        auto peers = ReadPeersNow(*s, &ok);
+        return Read(ok, std::move(peers));
+      });
+  *store_ok = read.has_value() && read->first;
+  return *store_ok ? read->second : std::vector<PeerRecord>(info_.size);
 }
 
 std::string PeerMonitor::Describe(const PendingCollective& p) const {

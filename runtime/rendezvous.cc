@@ -4,11 +4,9 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cmath>
-#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <optional>
-#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -16,6 +14,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "runtime/c10d_communicator.h"
+#include "runtime/call_within.h"
 #include "runtime/launch_env.h"
 #ifdef DYNAMOE_HAVE_NCCL
 #include "runtime/nccl_communicator.h"
@@ -178,30 +177,16 @@ namespace {
 absl::StatusOr<CommunicatorPtr> ConnectWithDeadline(const c10::intrusive_ptr<c10d::Store>& store,
                                                     const GroupInfo& info,
                                                     std::function<absl::StatusOr<CommunicatorPtr>()> connect) {
-  struct Result {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<absl::StatusOr<CommunicatorPtr>> value;
-  };
-  auto result = std::make_shared<Result>();
-  std::thread([result, connect = std::move(connect)] {
-    absl::StatusOr<CommunicatorPtr> c = connect();
-    std::lock_guard<std::mutex> lock(result->mu);
-    result->value = std::move(c);
-    result->cv.notify_all();
-  }).detach();
-  {
-    std::unique_lock<std::mutex> lock(result->mu);
-    result->cv.wait_for(lock, info.timeout, [&] { return result->value.has_value(); });
-    if (result->value.has_value()) {
-      if (result->value->ok()) {
-        try {
-          store->set(absl::StrCat("connected/", info.rank), Bytes("1"));
-        } catch (const std::exception&) {
-        }
+  std::optional<absl::StatusOr<CommunicatorPtr>> connected =
+      CallWithin<absl::StatusOr<CommunicatorPtr>>(info.timeout, std::move(connect));
+  if (connected.has_value()) {
+    if (connected->ok()) {
+      try {
+        store->set(absl::StrCat("connected/", info.rank), Bytes("1"));
+      } catch (const std::exception&) {
       }
-      return *std::move(result->value);
     }
+    return *std::move(connected);
   }
   return absl::DeadlineExceededError(absl::StrCat(
       "group '", info.name, "': connecting ", info.backend, " (rank ", info.rank, " of ", info.size,
@@ -297,8 +282,7 @@ absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromStore(const c10::intrusi
 absl::StatusOr<std::shared_ptr<ParallelGroups>> InitFromEnv(int ep_size, const std::string& backend) {
   const LaunchEnv& env = GlobalLaunchEnv();
   DYNAMOE_ASSIGN_OR_RETURN(const std::string addr,
-                           Required(env.master_addr.empty() ? std::nullopt : std::optional(env.master_addr),
-                                    "MASTER_ADDR"));
+                           Required(env.master_addr, "MASTER_ADDR"));
   DYNAMOE_ASSIGN_OR_RETURN(const int port, Required(env.master_port, "MASTER_PORT"));
   DYNAMOE_ASSIGN_OR_RETURN(const int rank, Required(env.rank, "RANK"));
   DYNAMOE_ASSIGN_OR_RETURN(const int world_size, Required(env.world_size, "WORLD_SIZE"));

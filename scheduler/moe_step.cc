@@ -231,6 +231,14 @@ at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const
   return Combine(out, routing.weight, routing.position).view(in.x.sizes());
 }
 
+// The global rank that names this process's trace file and metrics: data-
+// parallel processes without a group must not share one.
+int64_t MonitoringRank(const StepInputs& in) {
+  std::optional<int64_t> group_rank;
+  if (in.comm) group_rank = in.comm->global_rank(in.comm->rank());
+  return runtime::MonitoringRank(group_rank);
+}
+
 // DYNAMOE_TRACE: this step's count matrices, plan and phase times.
 void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, const StepResult& result) {
   const runtime::Config& config = runtime::GlobalConfig();
@@ -245,10 +253,7 @@ void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tens
   step.routed = ToCountMatrix(result.routed_matrix);
   if (in.state) step.plan = result.plan;
   step.phase_seconds.assign(result.times.seconds.begin(), result.times.seconds.end());
-  // The file is named by the global rank: data-parallel processes without a group must not share one.
-  std::optional<int64_t> group_rank;
-  if (in.comm) group_rank = in.comm->global_rank(in.comm->rank());
-  recorder->Record(layer, runtime::MonitoringRank(group_rank), std::move(step));
+  recorder->Record(layer, MonitoringRank(in), std::move(step));
 }
 
 
@@ -264,9 +269,7 @@ void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routin
   r.bytes_sent = result.bytes_sent, r.bytes_received = result.bytes_received;
   r.times = result.times;
   for (double s : result.times.seconds) r.step_seconds += s;
-  std::optional<int64_t> group_rank;
-  if (in.comm) group_rank = in.comm->global_rank(in.comm->rank());
-  runtime::RecordMetrics(r, runtime::MonitoringRank(group_rank));
+  runtime::RecordMetrics(r, MonitoringRank(in));
 }
 
 }  // namespace

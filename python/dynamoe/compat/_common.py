@@ -99,17 +99,16 @@ def _adapter_hook(layer, state_dict, prefix, *unused):
         state_dict.setdefault(prefix + "moe.expert_bias", torch.zeros_like(layer.moe.expert_bias))
 
 
-def stack_experts(sd, prefix, count, key, fc1, fc2, fc1_transposed, fc2_transposed):
-    """Stacks per-expert tensors sd[key(e, j, part)] (e < count; j = fc1 or fc2;
-    part weight or bias) into moe.w1/b1/w2/b2. A transposed weight is stored
-    nn.Linear-style [out, in]; dynamoe's w1 is [in, out]. Absent keys: nothing."""
-    if key(0, fc1, "weight") not in sd:
+def stack_experts(sd, prefix, experts, count, fc1, fc2):
+    """Stacks the per-expert nn.Linear tensors sd[f"{experts}{e}.{j}.weight"]
+    ([out, in]; e < count; j the Sequential index of fc1 or fc2) and their
+    biases into moe.w1/b1/w2/b2 ([in, out]: transposed). Absent keys: nothing."""
+    if f"{experts}0.{fc1}.weight" not in sd:
         return
-    for j, w, b, transposed in ((fc1, "w1", "b1", fc1_transposed), (fc2, "w2", "b2", fc2_transposed)):
-        weights = [sd.pop(key(e, j, "weight")) for e in range(count)]
-        sd[prefix + "moe." + w] = torch.stack([x.t() if transposed else x for x in weights])
-        if key(0, j, "bias") in sd:
-            sd[prefix + "moe." + b] = torch.stack([sd.pop(key(e, j, "bias")) for e in range(count)])
+    for j, w, b in ((fc1, "w1", "b1"), (fc2, "w2", "b2")):
+        sd[prefix + "moe." + w] = torch.stack([sd.pop(f"{experts}{e}.{j}.weight").t() for e in range(count)])
+        if f"{experts}0.{j}.bias" in sd:
+            sd[prefix + "moe." + b] = torch.stack([sd.pop(f"{experts}{e}.{j}.bias") for e in range(count)])
 
 
 def load_ffn(moe, expert):

@@ -87,8 +87,7 @@ class MoE(nn.Module):
                 sd[prefix + "moe.experts." + key[len(experts):]] = sd.pop(key)
         else:
             i1, i2 = self._linear_index
-            stack_experts(sd, prefix, self.num_local_experts, lambda e, j, part: f"{experts}{e}.{j}.{part}", i1, i2,
-                          fc1_transposed=True, fc2_transposed=True)
+            stack_experts(sd, prefix, experts, self.num_local_experts, i1, i2)
             for j, mine in ((i1, "residual_fc1"), (i2, "residual_fc2")):
                 for part in ("weight", "bias"):
                     moved[f"mlp.{j}.{part}"] = f"moe.{mine}.{part}"
