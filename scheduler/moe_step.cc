@@ -418,7 +418,8 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     in.state->Commit(begun.id, result.step, in.expert_bias, options.bias_update_rate(), result.counts,
                      result.routed_matrix, result.plan);
   if (in.training) RecordTrace(options, in, x, result);
-  if (runtime::MetricsEnabled()) ReportMetrics(options, in, routing, result);
+  // Training forwards only, as the step counter and the trace (README "Metrics").
+  if (in.training && runtime::MetricsEnabled()) ReportMetrics(options, in, routing, result);
   return result;
 }
 
