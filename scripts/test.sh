@@ -10,7 +10,7 @@ log_dir=build/default/test-logs
 mkdir -p "$log_dir"
 ctest --test-dir build/default --output-on-failure -j "$(nproc)" 2>&1 | tee "$log_dir/ctest.log"
 ctest_rc=${PIPESTATUS[0]}
-DYNAMOE_LOG_LEVEL=warning /usr/bin/python3 -m pytest -q tests/python 2>&1 | tee "$log_dir/pytest.log"
+DYNAMOE_LOG_LEVEL=warning /usr/bin/python3 -m pytest -q -rs tests/python 2>&1 | tee "$log_dir/pytest.log"
 pytest_rc=${PIPESTATUS[0]}
 
 # ctest: "100% tests passed, 0 tests failed out of 57"; pytest: "121 passed, 1 failed in 3s".

@@ -1,12 +1,30 @@
 """The layer's CUDA path against its CPU path: same routing, outputs and
-gradients. Skipped where torch has no usable GPU."""
+gradients. Skipped, saying which, where the CUDA path is not compiled or no
+GPU is present."""
 import pytest
 import torch
 
 import dynamoe
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device: the CUDA path is compiled but not run here")
+
+def _skip_reason():
+    """Why the CUDA layer cannot run here, or None. A layer on the meta device
+    reaches the device check: a build without the CUDA path says so."""
+    if torch.version.cuda is None:
+        return (f"no CUDA build: torch {torch.__version__} has no CUDA, so the layer's CUDA path is not "
+                "compiled (it needs a torch with CUDA, see README 'CUDA')")
+    try:
+        dynamoe.MoE(4, 8, 2).to("meta")(torch.empty(3, 4, device="meta"))
+    except RuntimeError as err:
+        if "this build runs on CPU only" in str(err):
+            return f"no CUDA build: {dynamoe.load_library()} was built without the layer's CUDA path"
+    if not torch.cuda.is_available():
+        return "no GPU: the layer's CUDA path is compiled but no CUDA device is present"
+    return None
+
+
+_SKIP = _skip_reason()
+pytestmark = pytest.mark.skipif(_SKIP is not None, reason=str(_SKIP))
 
 CASES = [
     # d_model, d_hidden, experts, top_k, capacity_factor, gated, activation, bias, tokens
