@@ -73,3 +73,27 @@ def moe(x, gate_weight, p, top_k, capacity_factor=0.0, min_capacity=4, normalize
     else:
         balance = logits.sum() * 0
     return y, balance, kept_counts
+
+
+_M64 = (1 << 64) - 1
+
+
+def rts_priority(seed, step, token, choice):
+    """dynamoe's documented RTS priority, restated in Python integers: the
+    splitmix64 finaliser of seed*0x9E37.. ^ step*0xBF58.. ^ token*0x94D0.. ^ choice,
+    advanced by the golden-ratio increment, top 53 bits as a double in [0, 1)
+    (kernels/kernels.h). It plays DeepSpeed's per-(token, expert) uniform draw
+    in top1gating (../shared/seeds/000: mask1 * uniform(mask1.shape), then
+    topk(capacity) per expert), made a pure function so every rank agrees."""
+    z = ((seed * 0x9E3779B97F4A7C15) ^ (step * 0xBF58476D1CE4E5B9) ^ (token * 0x94D049BB133111EB) ^ choice) & _M64
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return (z >> 11) / float(1 << 53)
+
+
+def rts_keep_order(seed, step):
+    """keep_order for moe(): each expert's claims by choice rank, then by
+    descending RTS priority (DeepSpeed keeps the highest draws)."""
+    return lambda e, claims: sorted(claims, key=lambda jt: (jt[0], -rts_priority(seed, step, jt[1], jt[0])))

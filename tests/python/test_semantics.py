@@ -49,37 +49,67 @@ def test_first_choices_claim_before_second_choices():
     assert torch.all(y[2] == 0)
 
 
-def test_rts_keeps_highest_seeded_priorities():
+def _rts_kept(seed, step, T, cap):
+    """Tokens DeepSpeed's top1gating keeps when all T go to one expert: the cap
+    highest per-token draws (here the reference's seeded priority)."""
+    return set(sorted(range(T), key=lambda t: -reference.rts_priority(seed, step, t, 0))[:cap])
+
+
+def test_rts_reference_priority_is_splitmix64():
+    # Anchors reference.rts_priority to the published splitmix64 sequence: from
+    # state 0 the first output is 0xE220A8397B1DCDAF (the priority's top 53 bits).
+    assert reference.rts_priority(0, 0, 0, 0) == (0xE220A8397B1DCDAF >> 11) / 2.0 ** 53
+    dynamoe.load_library()
+    for args in ((1, 0, 5, 0), (7, 3, 11, 1), (2 ** 40 + 3, 123456, 999999, 3)):
+        assert torch.ops.dynamoe.rts_priority(*args) == reference.rts_priority(*args), args
+
+
+def test_rts_priority_is_uniform_like_deepspeeds_draw():
+    """DeepSpeed draws U(0, 1) per token (seeds/000, top1gating): 20000 priorities
+    over tokens, steps and choices fill 10 bins evenly (binomial sd ~42 per bin: 6 sd)."""
+    dynamoe.load_library()
+    draws = [torch.ops.dynamoe.rts_priority(3, s, t, j) for s in range(5) for t in range(2000) for j in range(2)]
+    assert min(draws) >= 0.0 and max(draws) < 1.0
+    bins = torch.histc(torch.tensor(draws, dtype=torch.float64), bins=10, min=0.0, max=1.0)
+    assert (bins - 2000).abs().max() < 250, bins.tolist()
+
+
+def test_rts_keeps_highest_seeded_priorities_and_changes_with_the_step():
     T, cap = 10, 3
     x = torch.tensor([[5.0, 0, 0, 0]] * T)
     cf = cap / (T / 4)  # ceil(1*10/4*cf) = 3
-    kept_sets = {}
+    # The fixture can tell seed, step and token order apart: a layer that ignored
+    # the seed or the step, or kept the first tokens, would fail below.
+    want = {(seed, step): _rts_kept(seed, step, T, cap) for seed in (1, 2) for step in (0, 1, 2)}
+    assert len({frozenset(v) for v in want.values()}) == len(want)
+    assert set(range(cap)) not in want.values()
     for seed in (1, 2):
         m = identity_gate_layer(top_k=1, capacity_factor=cf, min_capacity=1, use_rts=True, rts_seed=seed)
-        m(x)
-        assert m.stats()["dropped"] == T - cap
-        _, _, pos, _, _, _, _ = torch.ops.dynamoe.route(
-            x, m.gate.weight, None, 1, cf, 1, False, True, seed, 0, "none", 0.01, True, False, "rts")
-        got = set(torch.nonzero(pos[:, 0] >= 0).flatten().tolist())
-        prio = [torch.ops.dynamoe.rts_priority(seed, 0, t, 0) for t in range(T)]
-        want = set(sorted(range(T), key=lambda t: -prio[t])[:cap])
-        assert got == want
-        kept_sets[seed] = got
-    assert kept_sets[1] != kept_sets[2] or kept_sets[1] != {0, 1, 2}
+        for step in (0, 1, 2):  # each training forward is one step (README: priority of rts_seed, step, token)
+            assert m.step == step
+            y = m(x)
+            assert m.stats()["dropped"] == T - cap
+            got = set(torch.nonzero(y.abs().sum(1) > 0).flatten().tolist())  # a dropped token's output is 0
+            assert got == want[(seed, step)], (seed, step)
+        m.eval()
+        m(x)  # an eval forward does not advance the step
+        assert m.step == 3
 
 
 def test_rts_matches_reference_with_priority_order():
     torch.manual_seed(5)
     m = dynamoe.MoE(8, 12, 4, top_k=2, capacity_factor=0.5, min_capacity=1, use_rts=True, rts_seed=7)
     x = torch.randn(24, 8)
-    y = m(x)  # eval? no: module defaults to training mode, step 0
     p = {k: getattr(m, k) for k in ("w1", "w2")}
-
-    def order(e, claims):
-        return sorted(claims, key=lambda jt: (jt[0], -torch.ops.dynamoe.rts_priority(7, 0, jt[1], jt[0])))
-    yr, _, kept = reference.moe(x, m.gate.weight, p, 2, 0.5, 1, None, "gelu", keep_order=order)
-    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-5)
-    assert m.stats()["counts"].tolist() == [kept]
+    for step in (0, 1):  # training mode: the step advances with each forward
+        y = m(x)
+        yr, _, kept = reference.moe(x, m.gate.weight, p, 2, 0.5, 1, None, "gelu",
+                                    keep_order=reference.rts_keep_order(7, step))
+        y_by_position, _, _ = reference.moe(x, m.gate.weight, p, 2, 0.5, 1, None, "gelu")
+        assert (y_by_position - yr).abs().max() > 0.01  # the fixture differs from the token drop order
+        # fp32 per-token matvec (reference) vs the layer's GEMMs: reduction order only
+        torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-6)
+        assert m.stats()["counts"].tolist() == [kept]
 
 
 def test_eval_capacity_factor():
@@ -116,6 +146,21 @@ def test_bad_inputs():
         m(torch.ones(5, 8, dtype=torch.long))
     with pytest.raises(RuntimeError, match=r"layer3: x has dtype Double but w1 has dtype Float; convert the layer"):
         m(torch.randn(5, 8, dtype=torch.float64))
+
+
+def test_float16_is_rejected_on_cpu_with_a_clear_error():
+    """README: fp16 is accepted on CUDA only (torch 1.13 has no CPU half GEMM)."""
+    m = dynamoe.MoE(8, 12, 4, name="half_layer").half()
+    with pytest.raises(RuntimeError, match=r"half_layer: x must be float32, float64 or bfloat16, got Half$"):
+        m(torch.randn(5, 8).half())
+    ops = torch.ops.dynamoe
+    x, pos = torch.randn(6, 8).half(), torch.zeros(6, 1, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=r"route: x must be float32, float64 or bfloat16 \(float16 on CUDA\), got Half"):
+        ops.route(x, m.gate.weight, None, 2, 0.0, 1, True, False, 0, 0, "none", 0.01, True, False, "t")
+    with pytest.raises(RuntimeError, match=r"dispatch: x must be .* \(float16 on CUDA\), got Half"):
+        ops.dispatch(x, pos)
+    with pytest.raises(RuntimeError, match=r"expert_ffn: rows must be .* \(float16 on CUDA\), got Half"):
+        ops.expert_ffn(x, torch.tensor([6, 0, 0, 0]), m.w1, m.w2, None, None, None, "gelu")
 
 
 def test_non_finite_logits_name_layer_and_rows():
@@ -232,4 +277,12 @@ def test_z_loss_weight():
     m(x)
     z = torch.logsumexp(x @ m.gate.weight.t(), -1).pow(2).mean()
     torch.testing.assert_close(m.stats()["z_loss"], z.item(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(m.aux_loss.item(), 0.25 * m.stats()["balance_loss"] + 0.5 * z.item(), rtol=1e-5, atol=1e-6)
+    # The balance loss from the README's formula, in float64: E * sum_e mean score_e *
+    # routed_e / (T * k), routed_e counting both top-2 choices.
+    scores = torch.softmax(x.double() @ m.gate.weight.double().t(), -1)
+    routed = torch.bincount(scores.topk(2, dim=1).indices.flatten(), minlength=4).double()
+    balance = (4 * scores.mean(0) * routed / (16 * 2)).sum().item()
+    assert abs(balance - z.item()) > 0.1  # swapping the two weights would be caught
+    # fp32 softmax and sums against float64: a few fp32 ulps of values near 1
+    torch.testing.assert_close(m.stats()["balance_loss"], balance, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.aux_loss.item(), 0.25 * balance + 0.5 * z.item(), rtol=1e-5, atol=1e-6)
