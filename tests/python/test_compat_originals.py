@@ -43,9 +43,20 @@ def _ffn(x, w1, b1, w2, b2, act):
     return act(x @ w1 + b1) @ w2 + b2
 
 
-def _deepspeed_reference(x, wg, experts, k, capacity_factor, min_capacity):
-    """top1gating (RTS off, no noise) / top2gating (zero Gumbel noise) and
-    MOELayer's combine, token by token."""
+def _kept_by_priority(first, capacity, priority):
+    """top1gating with RTS: per expert, the `capacity` routed tokens with the
+    highest uniform draw (mask1 * uniform, then topk over tokens); slots by token."""
+    keep = torch.zeros(first.shape[0], dtype=torch.bool)
+    for e in range(E):
+        tokens = [i for i in range(first.shape[0]) if int(first[i]) == e]
+        keep[sorted(tokens, key=lambda i: -priority(i))[:capacity]] = True
+    return torch.where(keep, (torch.cumsum(F.one_hot(first, E) * keep[:, None], 0) - 1).gather(1, first[:, None])[:, 0],
+                       torch.tensor(-1))[:, None]
+
+
+def _deepspeed_reference(x, wg, experts, k, capacity_factor, min_capacity, drop_tokens=True, priority=None):
+    """top1gating (no noise; RTS when `priority` gives each token's draw) /
+    top2gating (zero Gumbel noise) and MOELayer's combine, token by token."""
     gates = F.softmax(x @ wg.t(), dim=1)
     t = x.shape[0]
     capacity = max(min_capacity, math.ceil(t / E * capacity_factor * k))
@@ -53,7 +64,9 @@ def _deepspeed_reference(x, wg, experts, k, capacity_factor, min_capacity):
     choices = first[:, None]
     if k == 2:
         choices = torch.stack([first, gates.masked_fill(F.one_hot(first, E).bool(), -1).argmax(1)], 1)
-    pos = _positions(choices, capacity)
+    if not drop_tokens:  # top1gating: capacity = the largest expert count (all-reduced): nothing drops
+        capacity = int(torch.bincount(choices.flatten(), minlength=E).max())
+    pos = _positions(choices, capacity) if priority is None else _kept_by_priority(first, capacity, priority)
     g = gates.gather(1, choices) * (pos >= 0)
     if k == 2:  # renormalised over the kept gates
         g = g / g.sum(1, keepdim=True).clamp(min=torch.finfo(g.dtype).eps)
@@ -63,16 +76,14 @@ def _deepspeed_reference(x, wg, experts, k, capacity_factor, min_capacity):
     for i in range(t):
         for j in range(k):
             if pos[i, j] >= 0:
-                y[i] += g[i, j] * experts[int(choices[i, j])](x[i])
+                y[i] = y[i] + g[i, j] * experts[int(choices[i, j])](x[i])
     return y, l_aux, int((pos < 0).sum())
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_deepspeed_adapter_is_deepspeeds_gate_with_drops(k):
+def _deepspeed_layer_and_checkpoint(k, **kw):
     torch.manual_seed(0)
     expert = nn.Sequential(nn.Linear(D, H), nn.GELU(), nn.Linear(H, D))
-    layer = deepspeed.MoE(D, expert, num_experts=E, k=k, capacity_factor=0.5, min_capacity=2,
-                          use_rts=False).double()
+    layer = deepspeed.MoE(D, expert, num_experts=E, k=k, **kw).double()
     # A DeepSpeed checkpoint: its own keys, experts as nn.Sequential(Linear, GELU, Linear).
     sd = {"deepspeed_moe.gate.wg.weight": torch.randn(E, D, dtype=torch.float64)}
     for e in range(E):
@@ -80,19 +91,86 @@ def test_deepspeed_adapter_is_deepspeeds_gate_with_drops(k):
             sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.{j}.weight"] = torch.randn(*shape, dtype=torch.float64)
             sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.{j}.bias"] = torch.randn(shape[0], dtype=torch.float64)
     layer.load_state_dict(dict(sd), strict=True)
-    experts = [lambda v, e=e: _ffn(v, sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.0.weight"].t(),
-                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.0.bias"],
-                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.2.weight"].t(),
-                                   sd[f"deepspeed_moe.experts.deepspeed_experts.{e}.2.bias"], F.gelu)
-               for e in range(E)]
-    x = _skewed_tokens(24, sd["deepspeed_moe.gate.wg.weight"], hot=1)
-    y_ref, aux_ref, dropped = _deepspeed_reference(x, sd["deepspeed_moe.gate.wg.weight"], experts, k, 0.5, 2)
-    assert dropped > 0  # the case exercises renormalisation after drops
-    y, aux, exp_counts = layer(x)
+    sd = {n: v.requires_grad_() for n, v in sd.items()}  # the reference's parameters
+    return layer, sd
+
+
+def _check_deepspeed(layer, sd, x, k, cf, min_capacity, **ref_kw):
+    """Output, l_aux, exp_counts and every gradient (x, router, experts) against
+    the reference; returns the reference's dropped count and output."""
+    ex = "deepspeed_moe.experts.deepspeed_experts."
+    experts = [lambda v, e=e: _ffn(v, sd[f"{ex}{e}.0.weight"].t(), sd[f"{ex}{e}.0.bias"], sd[f"{ex}{e}.2.weight"].t(),
+                                   sd[f"{ex}{e}.2.bias"], F.gelu) for e in range(E)]
+    wg = sd["deepspeed_moe.gate.wg.weight"]
+    for v in sd.values():
+        v.grad = None
+    xr, xa = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, aux_ref, dropped = _deepspeed_reference(xr, wg, experts, k, cf, min_capacity, **ref_kw)
+    y, aux, exp_counts = layer(xa)
+    # float64 on both sides, the same formulas summed in another order: 1e-12 is ~1e3 ulps of
+    # values near 1, far below any change of a routing or weighting decision.
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(aux.double(), aux_ref, rtol=0, atol=1e-12)
-    first = (x @ sd["deepspeed_moe.gate.wg.weight"].t()).argmax(1)
-    assert exp_counts.tolist() == torch.bincount(first, minlength=E).tolist()
+    assert exp_counts.tolist() == torch.bincount((x @ wg.t()).argmax(1), minlength=E).tolist()
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    ((y_ref * gy).sum() + aux_ref).backward()
+    layer.zero_grad()
+    ((y * gy).sum() + aux).backward()
+    torch.testing.assert_close(xa.grad, xr.grad, rtol=0, atol=1e-12)
+    moe = layer.moe
+    torch.testing.assert_close(moe.gate.weight.grad, wg.grad, rtol=0, atol=1e-12)
+    for e in range(E):
+        for mine, theirs, transpose in ((moe.w1, "0.weight", True), (moe.b1, "0.bias", False),
+                                        (moe.w2, "2.weight", True), (moe.b2, "2.bias", False)):
+            p = sd[ex + f"{e}.{theirs}"]
+            ref = p.grad if p.grad is not None else torch.zeros_like(p)  # an expert no kept token reached
+            torch.testing.assert_close(mine.grad[e], ref.t() if transpose else ref, rtol=0, atol=1e-12,
+                                       msg=f"expert {e} {theirs}")
+    return dropped, y_ref.detach()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_deepspeed_adapter_is_deepspeeds_gate_with_drops(k):
+    layer, sd = _deepspeed_layer_and_checkpoint(k, capacity_factor=0.5, min_capacity=2, use_rts=False)
+    x = _skewed_tokens(24, sd["deepspeed_moe.gate.wg.weight"].detach(), hot=1)
+    dropped, _ = _check_deepspeed(layer, sd, x, k, 0.5, 2)
+    assert dropped > 0  # the case exercises renormalisation after drops
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_deepspeed_drop_tokens_false_drops_nothing_at_a_tiny_capacity(k):
+    """README: drop_tokens=False is dropless (top1gating: capacity = max(exp_counts))."""
+    layer, sd = _deepspeed_layer_and_checkpoint(k, capacity_factor=0.01, min_capacity=0, drop_tokens=False,
+                                                use_rts=False)
+    x = _skewed_tokens(24, sd["deepspeed_moe.gate.wg.weight"].detach(), hot=1)
+    assert _check_deepspeed(layer, sd, x, k, 0.01, 0, drop_tokens=False)[0] == 0
+    assert layer.moe.stats()["dropped"] == 0
+    dropping, _ = _deepspeed_layer_and_checkpoint(k, capacity_factor=0.01, min_capacity=0, use_rts=False)
+    dropping.load_state_dict(layer.state_dict())
+    dropping(x)
+    assert dropping.moe.stats()["dropped"] > 0  # the same capacity with drop_tokens=True drops
+
+
+def test_deepspeed_rts_keeps_the_highest_draws_each_step():
+    """DeepSpeed's default use_rts=True (top-1): each expert keeps the capacity tokens
+    with the highest uniform draw, drawn anew each call; dynamoe's draw is the seeded
+    priority of (rts_seed=0, step, token). Two training steps, each its own draws."""
+    import reference
+    layer, sd = _deepspeed_layer_and_checkpoint(1, capacity_factor=0.5, min_capacity=2)
+    x = _skewed_tokens(24, sd["deepspeed_moe.gate.wg.weight"].detach(), hot=1)
+    outputs = []
+    for step in (0, 1):
+        assert layer.moe.step == step  # each training forward is a step
+        dropped, y = _check_deepspeed(layer, sd, x, 1, 0.5, 2,
+                                      priority=lambda t, step=step: reference.rts_priority(0, step, t, 0))
+        assert dropped > 0
+        outputs.append(y)
+    # The fixture tells RTS from token order and step 0 from step 1.
+    ex = "deepspeed_moe.experts.deepspeed_experts."
+    experts = [lambda v, e=e: _ffn(v, sd[f"{ex}{e}.0.weight"].t(), sd[f"{ex}{e}.0.bias"], sd[f"{ex}{e}.2.weight"].t(),
+                                   sd[f"{ex}{e}.2.bias"], F.gelu) for e in range(E)]
+    by_token, _, _ = _deepspeed_reference(x, sd["deepspeed_moe.gate.wg.weight"], experts, 1, 0.5, 2)
+    assert (by_token - outputs[0]).abs().max() > 1e-3 and (outputs[1] - outputs[0]).abs().max() > 1e-3
 
 
 def _fastmoe_checkpoint(fused, g):
