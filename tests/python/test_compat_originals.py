@@ -16,11 +16,11 @@ from dynamoe.compat import deepspeed, fastmoe, tutel
 D, H, E = 6, 10, 4
 
 
-def _skewed_tokens(n, gate_weight, hot):
+def _skewed_tokens(n, gate_weight, hot, strength=0.8):
     """Tokens whose router logits favour expert `hot`, so capacity drops some."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, D, generator=g, dtype=torch.float64)
-    return x + 0.8 * gate_weight[hot] / gate_weight[hot].norm()
+    return x + strength * gate_weight[hot] / gate_weight[hot].norm()
 
 
 def _positions(choices, capacity):
@@ -193,6 +193,43 @@ def _fastmoe_expert(sd, e, act, fused):
                           get("h4toh.bias"), act)
 
 
+def _grad(t):
+    return t.grad if t.grad is not None else torch.zeros_like(t)  # a parameter no kept token reached
+
+
+def _fastmoe_ref_grads(sd, fused):
+    """The reference's gradients in the adapter's layout (w1/w2 are FastMoE's weights transposed)."""
+    def stacked(n):
+        return _grad(sd["experts." + n]) if fused else torch.cat([_grad(sd[f"experts.{e}.{n}"]) for e in range(E)])
+    return {"gate.weight": _grad(sd["gate.gate.weight"]), "gate.bias": _grad(sd["gate.gate.bias"]),
+            "w1": stacked("htoh4.weight").transpose(1, 2), "b1": stacked("htoh4.bias"),
+            "w2": stacked("h4toh.weight").transpose(1, 2), "b2": stacked("h4toh.bias")}
+
+
+def _tutel_ref_grads(sd):
+    return {"gate.weight": _grad(sd["gates.0.wg.weight"]), "w1": _grad(sd["experts.batched_fc1_w"]).transpose(1, 2),
+            "w2": _grad(sd["experts.batched_fc2_w"]), "b1": _grad(sd["experts.batched_fc1_bias"]),
+            "b2": _grad(sd["experts.batched_fc2_bias"])}
+
+
+def _assert_gradients_match(layer, loss, loss_ref, xa, xr, ref_grads):
+    """Backward through both; the input's and every parameter's gradient agree.
+    float64 on both sides, same formulas in another order: 1e-12 (see above)."""
+    loss_ref.backward()
+    layer.zero_grad()
+    loss.backward()
+    torch.testing.assert_close(xa.grad, xr.grad, rtol=0, atol=1e-12)
+    mine = dict(layer.moe.named_parameters())
+    ref = ref_grads()
+    assert set(ref) == set(mine)  # every parameter is checked
+    for n, g in ref.items():
+        torch.testing.assert_close(mine[n].grad, g, rtol=0, atol=1e-12, msg=f"gradient of {n}")
+
+
+def _leaves(sd):
+    return {n: (v.requires_grad_() if v.is_floating_point() else v) for n, v in sd.items()}
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_fastmoe_naive_gate_has_a_router_bias_and_loads_fastmoe_checkpoints(fused):
     g = torch.Generator().manual_seed(1)
@@ -200,14 +237,19 @@ def test_fastmoe_naive_gate_has_a_router_bias_and_loads_fastmoe_checkpoints(fuse
     layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, top_k=2).double()
     assert layer.moe.gate.bias is not None
     layer.load_state_dict(dict(sd), strict=True)
+    sd = _leaves(sd)
     x = torch.randn(17, D, generator=g, dtype=torch.float64)
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     # NaiveGate: top-k of Linear(d_model, E) with bias; weights softmax over the k logits.
-    logits = x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
+    logits = xr @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
     val, idx = logits.topk(2, dim=1)
     w = F.softmax(val, dim=1)
-    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.gelu, fused)(x[i]) for j in range(2))
+    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.gelu, fused)(xr[i]) for j in range(2))
                          for i in range(17)])
-    torch.testing.assert_close(layer(x), y_ref, rtol=0, atol=1e-12)
+    y = layer(xa)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    gy = torch.randn(17, D, generator=g, dtype=torch.float64)
+    _assert_gradients_match(layer, (y * gy).sum(), (y_ref * gy).sum(), xa, xr, lambda: _fastmoe_ref_grads(sd, fused))
 
 
 def test_fastmoe_gshard_gate_loss_and_capacity_are_fastmoes():
@@ -216,20 +258,26 @@ def test_fastmoe_gshard_gate_loss_and_capacity_are_fastmoes():
     layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, activation=nn.ReLU(),
                                        gate=lambda d, n, w, k: fastmoe.GShardGate(d, n, w, random_routing=False))
     layer.double().load_state_dict(dict(sd), strict=True)
+    sd = _leaves(sd)
     x = torch.randn(30, D, generator=g, dtype=torch.float64)
-    logits = x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    logits = xr @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"]
     val, idx = logits.topk(2, dim=1)
     # loss = mean(c_e * m_e) * num_expert**2, c_e over first choices / S, m_e the mean softmax.
     c_e = torch.bincount(idx[:, 0], minlength=E).double() / 30
     loss_ref = (c_e * F.softmax(logits, 1).mean(0)).mean() * E ** 2
     w = F.softmax(val, dim=1)
-    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.relu, True)(x[i]) for j in range(2))
+    y_ref = torch.stack([sum(w[i, j] * _fastmoe_expert(sd, int(idx[i, j]), F.relu, True)(xr[i]) for j in range(2))
                          for i in range(30)])
-    y = layer(x)
+    y = layer(xa)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(layer.gate.get_loss().double(), loss_ref, rtol=0, atol=1e-12)
+    loss = layer.gate.get_loss()
+    torch.testing.assert_close(loss.double(), loss_ref, rtol=0, atol=1e-12)
     # capacity ceil(1.2 * T) per expert: at least T (dynamoe clamps it to T), so nothing is dropped
     assert layer.moe.stats()["capacity"] == min(math.ceil(1.2 * 30), 30) and layer.moe.stats()["dropped"] == 0
+    gy = torch.randn(30, D, generator=g, dtype=torch.float64)
+    _assert_gradients_match(layer, (y * gy).sum() + loss, (y_ref * gy).sum() + loss_ref, xa, xr,
+                            lambda: _fastmoe_ref_grads(sd, True))
 
 
 def test_fastmoe_switch_gate_drops_in_token_order_with_the_softmax_weight():
@@ -239,19 +287,26 @@ def test_fastmoe_switch_gate_drops_in_token_order_with_the_softmax_weight():
     layer = fastmoe.FMoETransformerMLP(num_expert=E, d_model=D, d_hidden=H, world_size=1, gate=gate).double()
     layer.load_state_dict(dict(sd), strict=True)
     x = _skewed_tokens(24, sd["gate.gate.weight"], hot=2)
-    score = F.softmax(x @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"], dim=1)
+    sd = _leaves(sd)
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    score = F.softmax(xr @ sd["gate.gate.weight"].t() + sd["gate.gate.bias"], dim=1)
     top1 = score.argmax(1)
     capacity = math.ceil(0.5 * 24 / E)  # ceil(cap_rate * T / num_expert)
     pos = _positions(top1[:, None], capacity)[:, 0]
     assert int((pos < 0).sum()) > 0
-    y_ref = torch.stack([score[i, top1[i]] * _fastmoe_expert(sd, int(top1[i]), F.gelu, True)(x[i])
+    y_ref = torch.stack([score[i, top1[i]] * _fastmoe_expert(sd, int(top1[i]), F.gelu, True)(xr[i])
                          if pos[i] >= 0 else torch.zeros(D, dtype=torch.float64) for i in range(24)])
-    torch.testing.assert_close(layer(x), y_ref, rtol=0, atol=1e-12)
+    y = layer(xa)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    # The output's gradients only: FastMoE's Switch loss counts kept tokens where dynamoe
+    # counts routed ones (README, remaining differences).
+    gy = torch.randn(24, D, generator=g, dtype=torch.float64)
+    _assert_gradients_match(layer, (y * gy).sum(), (y_ref * gy).sum(), xa, xr, lambda: _fastmoe_ref_grads(sd, True))
 
 
-def test_tutel_defaults_capacity_and_loss_are_tutels():
-    g = torch.Generator().manual_seed(5)
-    layer = tutel.moe_layer(gate_type={"type": "top", "k": 2, "capacity_factor": 0.5}, model_dim=D,
+def _tutel_layer(k, capacity_factor, seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = tutel.moe_layer(gate_type={"type": "top", "k": k, "capacity_factor": capacity_factor}, model_dim=D,
                             experts={"type": "ffn", "count_per_node": E, "hidden_size_per_expert": H}).double()
     sd = {"gates.0.wg.weight": torch.randn(E, D, generator=g, dtype=torch.float64),
           "experts.batched_fc1_w": torch.randn(E, H, D, generator=g, dtype=torch.float64),
@@ -260,30 +315,67 @@ def test_tutel_defaults_capacity_and_loss_are_tutels():
           "experts.batched_fc2_bias": torch.randn(E, D, generator=g, dtype=torch.float64),
           "_num_global_experts": torch.tensor(E)}  # Tutel's MOELayer buffer
     layer.load_state_dict(dict(sd), strict=True)
-    x = _skewed_tokens(26, sd["gates.0.wg.weight"], hot=0).reshape(2, 13, D)
-    xt = x.reshape(-1, D)
+    return layer, _leaves(sd)
+
+
+def _tutel_reference(xt, sd, k, capacity):
+    """extract_critical + gshard_loss, token by token: normalize_gate before
+    capacity, first choices claim slots first; capacity None is dropless."""
+    t = xt.shape[0]
     scores = F.softmax(xt @ sd["gates.0.wg.weight"].t(), dim=1)
-    idx = scores.topk(2, dim=1).indices
+    idx = scores.topk(k, dim=1).indices
     gates = scores.gather(1, idx)
     gates = gates / gates.sum(1, keepdim=True)  # normalize_gate, before capacity
-    capacity = 2 * int(0.5 * math.ceil(26 / E))  # top_k * int(cf * ceil(T / E))
-    pos = _positions(idx, capacity)
-    assert int((pos < 0).sum()) > 0
+    pos = _positions(idx, t * k if capacity is None else capacity)
     expert = lambda e, v: _ffn(v, sd["experts.batched_fc1_w"][e].t(), sd["experts.batched_fc1_bias"][e],  # noqa
                                sd["experts.batched_fc2_w"][e], sd["experts.batched_fc2_bias"][e], F.relu)
     zero = torch.zeros(D, dtype=torch.float64)
-    y_ref = torch.stack([sum((gates[i, j] * expert(int(idx[i, j]), xt[i]) if pos[i, j] >= 0 else zero)
-                             for j in range(2)) for i in range(26)])
+    y = torch.stack([sum((gates[i, j] * expert(int(idx[i, j]), xt[i]) if pos[i, j] >= 0 else zero)
+                         for j in range(k)) for i in range(t)])
     # gshard_loss: E / T^2 * sum_e (sum of scores) * (first-choice count)
-    loss_ref = (scores.sum(0) * torch.bincount(idx[:, 0], minlength=E).double()).sum() * E / 26 ** 2
-    y = layer(x)
+    loss = (scores.sum(0) * torch.bincount(idx[:, 0], minlength=E).double()).sum() * E / t ** 2
+    return y, loss, int((pos < 0).sum()), torch.bincount(idx.flatten(), minlength=E)
+
+
+def test_tutel_defaults_capacity_and_loss_are_tutels():
+    layer, sd = _tutel_layer(2, 0.5, 5)
+    x = _skewed_tokens(26, sd["gates.0.wg.weight"].detach(), hot=0).reshape(2, 13, D)
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    capacity = 2 * int(0.5 * math.ceil(26 / E))  # top_k * int(cf * ceil(T / E))
+    y_ref, loss_ref, dropped, _ = _tutel_reference(xr.reshape(-1, D), sd, 2, capacity)
+    assert dropped > 0
+    y = layer(xa)
     torch.testing.assert_close(y.reshape(-1, D), y_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(y.l_aux.double(), loss_ref, rtol=0, atol=1e-12)
-    assert layer.moe.stats()["capacity"] == capacity
+    assert layer.moe.stats()["capacity"] == capacity and layer.moe.stats()["dropped"] == dropped
+    gy = torch.randn(26, D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    _assert_gradients_match(layer, (y.reshape(-1, D) * gy).sum() + y.l_aux, (y_ref * gy).sum() + loss_ref, xa, xr,
+                            lambda: _tutel_ref_grads(sd))
     # Tutel's own defaults: top-1, relu experts.
     plain = tutel.moe_layer(gate_type={"type": "top"}, model_dim=D,
                             experts={"type": "ffn", "count_per_node": E, "hidden_size_per_expert": H})
     assert plain.moe.top_k == 1 and plain.moe.activation == "relu"
+
+
+@pytest.mark.parametrize("skewed", [True, False])
+def test_tutel_negative_capacity_is_dropless_up_to_the_bound(skewed):
+    """Tutel's README: capacity_factor -X gives min(X-capacity, max needed): the
+    X-capacity's drops where an expert needs more, none where every expert fits."""
+    layer, sd = _tutel_layer(2, -1.5, 7)
+    wg = sd["gates.0.wg.weight"].detach()
+    x = _skewed_tokens(24, wg, hot=3, strength=4.0) if skewed else torch.randn(
+        24, D, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    bound = 2 * int(1.5 * math.ceil(24 / E))  # top_k * int(X * ceil(T / E)) = 18
+    _, _, _, needed = _tutel_reference(x, sd, 2, None)
+    assert (int(needed.max()) > bound) == skewed  # the fixture is on the intended side of the bound
+    xa, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, loss_ref, dropped, _ = _tutel_reference(xr, sd, 2, bound)
+    assert (dropped > 0) == skewed
+    y = layer(xa)
+    assert layer.moe.stats()["dropped"] == dropped
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.l_aux.double(), loss_ref, rtol=0, atol=1e-12)
+    _assert_gradients_match(layer, y.sum() + y.l_aux, y_ref.sum() + loss_ref, xa, xr, lambda: _tutel_ref_grads(sd))
 
 
 def test_adapters_with_their_load_hooks_pickle_and_deep_copy():
