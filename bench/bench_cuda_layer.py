@@ -1,8 +1,11 @@
 """Issue 7 benchmark on one GPU: the dynamoe layer (CUDA path) against a naive
 per-expert loop (MixtralKit style), a torch._grouped_mm layer and a dense
-GEMM chain of the same FLOPs, bf16, forward + backward, side by side in one run.
+GEMM chain of the same FLOPs, bf16, forward + backward, side by side in one run:
+the variants run interleaved (each iteration runs every variant once, rotating
+which goes first), after a check that the MoE variants compute the same outputs.
 
   DYNAMOE_OPS_LIBRARY=build/gpu/bindings/libdynamoe_ops.so python3 bench/bench_cuda_layer.py
+  python3 bench/bench_cuda_layer.py --smoke   # CPU, tiny shape: checks the script, measures nothing
 
 Prints per shape: median step time, expert-FLOP efficiency (useful FLOPs / time
 / dense rate), peak memory over the resting state vs the ideal (permuted tokens
@@ -13,8 +16,10 @@ import os
 import pathlib
 import statistics
 import sys
+import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "python"))
@@ -23,23 +28,37 @@ import dynamoe  # noqa: E402
 SHAPES = {
     "mixtral": dict(tokens=16384, d=2048, h=8192, e=8, k=2),
     "olmoe": dict(tokens=16384, d=2048, h=1024, e=64, k=8),
+    # --smoke only: checks the script end to end on CPU; its times mean nothing.
+    "tiny": dict(tokens=512, d=64, h=128, e=8, k=2),
 }
-DT = torch.bfloat16
 
 
-def median_ms(step, iters, warmup):
+def interleaved_ms(steps, iters, warmup, cuda):
+    """Median, min and max ms of each step, run interleaved: every iteration
+    runs every variant once, rotating which goes first, so drift in clocks,
+    temperature or machine load hits all variants alike."""
     for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        step()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times), min(times), max(times)
+        for step in steps.values():
+            step()
+    if cuda:
+        torch.cuda.synchronize()
+    labels = list(steps)
+    times = {label: [] for label in labels}
+    for i in range(iters):
+        for j in range(len(labels)):
+            label = labels[(i + j) % len(labels)]
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                steps[label]()
+                b.record()
+                b.synchronize()
+                times[label].append(a.elapsed_time(b))
+            else:
+                t0 = time.perf_counter()
+                steps[label]()
+                times[label].append((time.perf_counter() - t0) * 1e3)
+    return {label: (statistics.median(t), min(t), max(t)) for label, t in times.items()}
 
 
 def peak_bytes(step):
@@ -52,34 +71,64 @@ def peak_bytes(step):
     return torch.cuda.max_memory_allocated() - base
 
 
-class Params:
-    """One set of SwiGLU expert weights shared by every variant."""
-
-    def __init__(self, s, gen_seed=0):
-        torch.manual_seed(gen_seed)
-        d, h, e = s["d"], s["h"], s["e"]
-        mk = lambda *shape, fan: (torch.randn(*shape, device="cuda") / fan ** 0.5).to(DT).requires_grad_(True)
-        self.gate = mk(e, d, fan=d)
-        self.w1, self.w3, self.w2 = mk(e, d, h, fan=d), mk(e, d, h, fan=d), mk(e, h, d, fan=h)
-
-
 def route(x, gate, k):
     probs = torch.softmax(F.linear(x, gate).float(), -1)
     w, sel = torch.topk(probs, k, dim=-1)
     return (w / w.sum(-1, keepdim=True)).to(x.dtype), sel
 
 
-def naive_loop(p, x, k):
-    w, sel = route(x, p.gate, k)
-    out = torch.zeros_like(x)
-    for e in range(p.w1.shape[0]):
-        tok, slot = torch.where(sel == e)
-        if tok.numel() == 0:
-            continue
-        xe = x[tok]
-        ye = (F.silu(xe @ p.w1[e]) * (xe @ p.w3[e])) @ p.w2[e]
-        out = out.index_add(0, tok, ye * w[tok, slot, None])
-    return out
+class Expert(nn.Module):
+    """MixtralKit's FeedForward: three bias-free Linears, w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d, h, **kw):
+        super().__init__()
+        self.w1 = nn.Linear(d, h, bias=False, **kw)
+        self.w2 = nn.Linear(h, d, bias=False, **kw)
+        self.w3 = nn.Linear(d, h, bias=False, **kw)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class NaiveMoE(nn.Module):
+    """The loop users write (MixtralKit style): one Expert module per expert,
+    each its own parameters, so each expert's backward makes only its own
+    gradients. Slicing one stacked weight (w1[e]) instead would make every
+    slice's backward build a full-size zero gradient of the stack."""
+
+    def __init__(self, layer, k):
+        super().__init__()
+        E, d, h = layer.w1.shape
+        self.k = k
+        kw = dict(device=layer.w1.device, dtype=layer.w1.dtype)
+        self.gate = nn.Linear(d, E, bias=False, **kw)
+        self.experts = nn.ModuleList(Expert(d, h, **kw) for _ in range(E))
+        with torch.no_grad():  # the dynamoe layer's weights: same routing, same outputs
+            self.gate.weight.copy_(layer.gate.weight)
+            for e, ex in enumerate(self.experts):
+                ex.w1.weight.copy_(layer.w1[e].t())  # Linear keeps [out, in]
+                ex.w3.weight.copy_(layer.w3[e].t())
+                ex.w2.weight.copy_(layer.w2[e].t())
+
+    def forward(self, x):
+        w, sel = route(x, self.gate.weight, self.k)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok, slot = torch.where(sel == e)
+            if tok.numel() == 0:
+                continue
+            out = out.index_add(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out
+
+
+class Stacked:
+    """Stacked [E, ...] copies of the dynamoe layer's weights, for the
+    torch._grouped_mm layer."""
+
+    def __init__(self, layer):
+        leaf = lambda t: t.detach().clone().requires_grad_(True)
+        self.gate, self.w1, self.w3, self.w2 = (leaf(layer.gate.weight), leaf(layer.w1), leaf(layer.w3),
+                                                leaf(layer.w2))
 
 
 def grouped_mm_layer(p, x, k, w1t, w3t, w2t):
@@ -92,6 +141,33 @@ def grouped_mm_layer(p, x, k, w1t, w3t, w2t):
     a = F.silu(torch._grouped_mm(xs, w1t(), offs=offs)) * torch._grouped_mm(xs, w3t(), offs=offs)
     ys = torch._grouped_mm(a, w2t(), offs=offs) * w.flatten()[order, None]
     return torch.zeros_like(x).index_add(0, tok, ys)
+
+
+def check_same_outputs(ref, others, dtype):
+    """Exit unless every variant computes the dynamoe layer's outputs: a
+    comparison of different functions means nothing."""
+    for label, y in others.items():
+        if dtype == torch.float32:
+            # fp32: only the reduction order differs.
+            ok = torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
+            detail = f"max diff {(y - ref).abs().max().item():.3g}"
+        else:
+            # bf16: each implementation rounds its intermediates (h, g,
+            # silu(h) * g) to bf16 at its own points; the naive loop in bf16
+            # is off an fp64 reference by a median 0.6%, 99th percentile 1%,
+            # of the row's max |y| (measured on CPU, d_model 512), so two such
+            # differ by up to ~2%. A near-tie in the bf16 gate logits may flip
+            # one token's top-k choice, changing that row entirely. So: rows
+            # within 2^-5 (3.1%) of their own max |y|, at least 99% of them.
+            # This catches wrong experts, weights or routing, not a 1% error.
+            diff = (y.float() - ref.float()).abs().amax(-1)
+            scale = ref.float().abs().amax(-1).clamp_min(1e-6)
+            frac = (diff <= scale * 2 ** -5).float().mean().item()
+            ok = frac >= 0.99
+            detail = f"{100 * frac:.2f}% of rows agree"
+        print(f"  outputs of {label} vs dynamoe: {detail}")
+        if not ok:
+            sys.exit(f"bench_cuda_layer: {label} and dynamoe disagree ({detail})")
 
 
 def idle_report(prof):
@@ -156,95 +232,104 @@ def breakdown(step):
     return {n: (v / 1e3, v / total if total else 0.0) for n, v in cls.items()}
 
 
-def run_shape(name, s, iters, warmup):
+def run_shape(name, s, iters, warmup, dev, dt):
+    cuda = dev == "cuda"
     T, d, h, E, k = s["tokens"], s["d"], s["h"], s["e"], s["k"]
     rows = T * k
     flops = 3 * 3 * 2 * rows * d * h  # 3 GEMMs, forward + 2x backward
-    print(f"\n== {name}: tokens {T}, d_model {d}, d_hidden {h}, experts {E}, top-{k}, bf16, fwd+bwd ==")
+    print(f"\n== {name}: tokens {T}, d_model {d}, d_hidden {h}, experts {E}, top-{k}, {str(dt)[6:]}, {dev}, "
+          f"fwd+bwd ==")
     torch.manual_seed(1)
-    x = torch.randn(T, d, device="cuda", dtype=DT).requires_grad_(True)
-    gy = torch.randn(T, d, device="cuda", dtype=DT)
-    results = {}
+    x = torch.randn(T, d, device=dev, dtype=dt).requires_grad_(True)
+    gy = torch.randn(T, d, device=dev, dtype=dt)
+    steps, kept = {}, {}  # label -> step timed as training runs; label -> step that keeps gradients
 
-    def record(label, step, params=()):
+    def add(label, step, params):
         # Timed as a training loop runs: gradients set to None before each step
         # (zero_grad's default), so none is summed into an old one.
         def fresh_step():
             for q in list(params) + [x]:
                 q.grad = None
             step()
-        ms, lo, hi = median_ms(fresh_step, iters, warmup)
-        mem = peak_bytes(step)  # gradients kept: the peak counts activations only
-        results[label] = (ms, lo, hi, mem)
+        steps[label], kept[label] = fresh_step, step
 
     # Dense GEMM chain of the same FLOPs: the practical limit.
-    xd = torch.randn(rows, d, device="cuda", dtype=DT).requires_grad_(True)
-    gd = torch.randn(rows, d, device="cuda", dtype=DT)
-    W1 = (torch.randn(d, h, device="cuda") / d ** 0.5).to(DT).requires_grad_(True)
-    W3 = (torch.randn(d, h, device="cuda") / d ** 0.5).to(DT).requires_grad_(True)
-    W2 = (torch.randn(h, d, device="cuda") / h ** 0.5).to(DT).requires_grad_(True)
-    gh = torch.randn(rows, h, device="cuda", dtype=DT)
+    xd = torch.randn(rows, d, device=dev, dtype=dt).requires_grad_(True)
+    gd = torch.randn(rows, d, device=dev, dtype=dt)
+    W1 = (torch.randn(d, h, device=dev) / d ** 0.5).to(dt).requires_grad_(True)
+    W3 = (torch.randn(d, h, device=dev) / d ** 0.5).to(dt).requires_grad_(True)
+    W2 = (torch.randn(h, d, device=dev) / h ** 0.5).to(dt).requires_grad_(True)
+    gh = torch.randn(rows, h, device=dev, dtype=dt)
 
     def dense_gemms():  # the 9 GEMMs of a SwiGLU MLP (3 forward, 6 backward) and nothing else
         ((xd @ W1) @ W2).backward(gd)
         (xd @ W3).backward(gh)
 
-    record("dense GEMMs (same FLOPs)", dense_gemms, (xd, W1, W2, W3))
-    record("dense SwiGLU MLP (same FLOPs)", lambda: ((F.silu(xd @ W1) * (xd @ W3)) @ W2).backward(gd),
-           (xd, W1, W2, W3))
-    del xd, gd, gh, W1, W2, W3
+    add("dense GEMMs (same FLOPs)", dense_gemms, (xd, W1, W2, W3))
+    add("dense SwiGLU MLP (same FLOPs)", lambda: ((F.silu(xd @ W1) * (xd @ W3)) @ W2).backward(gd),
+        (xd, W1, W2, W3))
 
     layer = dynamoe.MoE(d, h, E, top_k=k, gated=True, activation="silu", capacity_factor=0.0,
-                        name="bench").cuda().to(DT)
-    for algo in ("loop", "grouped"):
-        os.environ["DYNAMOE_GROUPED_GEMM"] = algo
-        record(f"dynamoe ({algo} cuBLAS)", lambda: layer(x).backward(gy), list(layer.parameters()))
-    best = min(("loop", "grouped"), key=lambda a: results[f"dynamoe ({a} cuBLAS)"][0])
-    os.environ["DYNAMOE_GROUPED_GEMM"] = best
-    def dyn_fresh_step():
-        for q in list(layer.parameters()) + [x]:
-            q.grad = None
-        layer(x).backward(gy)
+                        name="bench").to(dev).to(dt)
+    # DYNAMOE_GROUPED_GEMM is read per call by the CUDA path only; each step sets its own.
+    algos = ("loop", "grouped") if cuda else ("loop",)
+    for algo in algos:
+        def dyn_step(algo=algo):
+            os.environ["DYNAMOE_GROUPED_GEMM"] = algo
+            layer(x).backward(gy)
+        add(f"dynamoe ({algo} cuBLAS)" if cuda else "dynamoe", dyn_step, list(layer.parameters()))
 
-    share = breakdown(dyn_fresh_step)
-    del layer
-    torch.cuda.empty_cache()
+    forwards = {}  # label -> forward only, for the output check
+    naive = NaiveMoE(layer, k)
+    add("naive per-expert loop", lambda: naive(x).backward(gy), list(naive.parameters()))
+    forwards["naive per-expert loop"] = lambda: naive(x)
 
-    p = Params(s)
-    pp = (p.gate, p.w1, p.w2, p.w3)
-    record("naive per-expert loop", lambda: naive_loop(p, x, k).backward(gy), pp)
-    layouts = {"b [E,K,N] row-major": (lambda: p.w1, lambda: p.w3, lambda: p.w2),
-               "b column-major": None}
-    try:
-        w1c = p.w1.detach().transpose(1, 2).contiguous().requires_grad_(True)
-        w3c = p.w3.detach().transpose(1, 2).contiguous().requires_grad_(True)
-        w2c = p.w2.detach().transpose(1, 2).contiguous().requires_grad_(True)
-        layouts["b column-major"] = (lambda: w1c.transpose(1, 2), lambda: w3c.transpose(1, 2),
-                                     lambda: w2c.transpose(1, 2))
-    except RuntimeError as e:
-        print("column-major weights:", e)
-    gm_done = False
-    for lname, lay in layouts.items():
-        if lay is None or gm_done:
-            continue
-        try:
-            record(f"torch._grouped_mm ({lname})", lambda: grouped_mm_layer(p, x, k, *lay).backward(gy), pp)
-            gm_done = True
-        except Exception as e:  # noqa: BLE001 - report and go on with the others
-            print(f"torch._grouped_mm with {lname}: {type(e).__name__}: {str(e)[:200]}")
+    if cuda and hasattr(torch, "_grouped_mm"):
+        p = Stacked(layer)
+        pp = (p.gate, p.w1, p.w2, p.w3)
 
-    ideal = (rows * d + 2 * rows * h) * 2
+        def column_major():
+            c = [w.detach().transpose(1, 2).contiguous().requires_grad_(True) for w in (p.w1, p.w3, p.w2)]
+            pp_c = [p.gate] + c
+            return (lambda: c[0].transpose(1, 2), lambda: c[1].transpose(1, 2), lambda: c[2].transpose(1, 2)), pp_c
+
+        for lname, make in (("b [E,K,N] row-major", lambda: ((lambda: p.w1, lambda: p.w3, lambda: p.w2), pp)),
+                            ("b column-major", column_major)):
+            try:
+                lay, params = make()
+                step = lambda lay=lay: grouped_mm_layer(p, x, k, *lay).backward(gy)
+                step()  # this torch's _grouped_mm may refuse a layout: try before timing
+                label = f"torch._grouped_mm ({lname})"
+                add(label, step, params)
+                forwards[label] = lambda lay=lay: grouped_mm_layer(p, x, k, *lay)
+                break
+            except Exception as e:  # noqa: BLE001 - report and go on with the others
+                print(f"torch._grouped_mm with {lname}: {type(e).__name__}: {str(e)[:200]}")
+
+    with torch.no_grad():
+        check_same_outputs(layer(x), {label: f() for label, f in forwards.items()}, dt)
+
+    results = interleaved_ms(steps, iters, warmup, cuda)
+    mem = {label: peak_bytes(step) if cuda else None for label, step in kept.items()}  # activations only
+    dyn_labels = [label for label in steps if label.startswith("dynamoe")]
+    best = min(dyn_labels, key=lambda label: results[label][0])
+    share = breakdown(steps[best]) if cuda else None  # the step sets its own DYNAMOE_GROUPED_GEMM
+
+    ideal = (rows * d + 2 * rows * h) * torch.finfo(dt).bits // 8
     dense_ms = results["dense GEMMs (same FLOPs)"][0]
-    print(f"useful expert FLOPs {flops / 1e12:.2f} TFLOP; dense rate {flops / dense_ms / 1e9:.0f} TFLOP/s; "
-          f"ideal activation memory {ideal / 2**20:.0f} MiB")
+    print(f"useful expert FLOPs {flops / 1e12:.4g} TFLOP; dense rate {flops / dense_ms / 1e9:.4g} TFLOP/s; "
+          f"ideal activation memory {ideal / 2**20:.0f} MiB; variants interleaved, median of {iters}")
     print(f"{'variant':38s} {'median ms':>10s} {'min':>8s} {'max':>8s} {'TFLOP/s':>8s} {'eff vs dense':>12s} "
           f"{'peak MiB':>9s} {'peak/ideal':>10s}")
-    for label, (ms, lo, hi, mem) in results.items():
-        print(f"{label:38s} {ms:10.2f} {lo:8.2f} {hi:8.2f} {flops / ms / 1e9:8.0f} {dense_ms / ms:12.3f} "
-              f"{mem / 2**20:9.0f} {mem / ideal:10.2f}")
-    print(f"dynamoe ({best}) device time by kernel class over one step:")
-    for n, (ms, frac) in share.items():
-        print(f"  {n:44s} {ms:8.2f} ms {100 * frac:6.1f} %")
+    for label, (ms, lo, hi) in results.items():
+        m = mem[label]
+        mem_cols = f"{m / 2**20:9.0f} {m / ideal:10.2f}" if m is not None else f"{'-':>9s} {'-':>10s}"
+        print(f"{label:38s} {ms:10.2f} {lo:8.2f} {hi:8.2f} {flops / ms / 1e9:8.3g} {dense_ms / ms:12.3f} "
+              f"{mem_cols}")
+    if share is not None:
+        print(f"{best} device time by kernel class over one step:")
+        for n, (ms, frac) in share.items():
+            print(f"  {n:44s} {ms:8.2f} ms {100 * frac:6.1f} %")
 
 
 def main():
@@ -252,13 +337,19 @@ def main():
     ap.add_argument("--shapes", default="mixtral,olmoe")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, fp32, the tiny shape: runs the script end to end without a GPU (times mean nothing)")
     a = ap.parse_args()
+    if a.smoke:
+        print(f"bench_cuda_layer --smoke: CPU, torch {torch.__version__}, ops {dynamoe.load_library()}")
+        run_shape("tiny", SHAPES["tiny"], a.iters, a.warmup, "cpu", torch.float32)
+        return
     if not torch.cuda.is_available():
-        print("bench_cuda_layer: no CUDA device; nothing measured")
+        print("bench_cuda_layer: no CUDA device; nothing measured (--smoke runs it on CPU)")
         return
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, ops {dynamoe.load_library()}")
     for name in a.shapes.split(","):
-        run_shape(name, SHAPES[name], a.iters, a.warmup)
+        run_shape(name, SHAPES[name], a.iters, a.warmup, "cuda", DT)
 
 
 if __name__ == "__main__":

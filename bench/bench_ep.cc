@@ -1,8 +1,10 @@
 // bench_ep: expert parallelism on CPU processes (Gloo). For world sizes 1, 2
 // and 4 (one process per rank, started like torchrun), every rank trains the
 // same layer shape on its own tokens; prints per-phase forward times, the
-// backward time, token bytes sent per step and the share of the step spent
-// waiting on collectives (forward and backward), averaged over ranks.
+// backward time, the all-to-all bytes this rank sent to other ranks in the
+// forward and in the backward (counted by the communicator, not derived from
+// each other) and the share of the step spent waiting on collectives (forward
+// and backward), averaged over ranks.
 //
 //   ./build/default/bench/bench_ep [--tokens 2048] [--steps 8] [--worlds 1,2,4]
 #include <torch/torch.h>
@@ -49,16 +51,20 @@ int Rank(const Args& a) {
   dynamoe::MoELayer layer(dynamoe::MoEOptions(a.d_model, a.d_hidden, a.experts).top_k(a.top_k), g->ep);
   torch::manual_seed(100 + g->world_rank);
   const torch::Tensor x = torch::randn({a.tokens, a.d_model});
-  // [step, gate, count_allgather, dispatch, experts, combine, backward, comm wait, bytes sent]
-  std::vector<double> sum(9, 0.0);
+  // [step, gate, count_allgather, dispatch, experts, combine, backward, comm wait,
+  //  forward bytes sent, backward bytes sent]
+  constexpr int kCols = 10;
+  std::vector<double> sum(kCols, 0.0);
   for (int s = -2; s < a.steps; ++s) {  // two warm-up steps
     dynamoe::ThrowIfError(g->world->Barrier({"bench", "step"}));
-    const double wait0 = g->ep->counters().wait_seconds;
+    const auto c0 = g->ep->counters();
     const double t0 = Now();
     const torch::Tensor y = layer->forward(x);
     const double t1 = Now();
+    const auto c1 = g->ep->counters();
     (y.square().mean() + layer->aux_loss).backward();
     const double t2 = Now();
+    const auto c2 = g->ep->counters();
     if (s < 0) continue;
     const auto& st = layer->stats();
     const double phases[] = {st.phase_seconds.count("gate") ? st.phase_seconds.at("gate") : 0,
@@ -67,18 +73,19 @@ int Rank(const Args& a) {
     sum[0] += t2 - t0;
     for (int i = 0; i < 5; ++i) sum[1 + i] += phases[i];
     sum[6] += t2 - t1;
-    sum[7] += g->ep->counters().wait_seconds - wait0;
-    sum[8] += 2.0 * st.bytes_sent;  // the backward sends as much again
+    sum[7] += c2.wait_seconds - c0.wait_seconds;
+    sum[8] += static_cast<double>(c1.bytes_sent - c0.bytes_sent);
+    sum[9] += static_cast<double>(c2.bytes_sent - c1.bytes_sent);
   }
   at::Tensor mine = torch::tensor(sum, torch::kDouble) / a.steps;
-  at::Tensor all = torch::empty({g->world_size * 9}, torch::kDouble);
+  at::Tensor all = torch::empty({g->world_size * kCols}, torch::kDouble);
   dynamoe::ThrowIfError(g->world->AllGather(mine, all, {"bench", "report"}));
   if (g->world_rank == 0) {
-    const at::Tensor m = all.view({g->world_size, 9}).mean(0);
+    const at::Tensor m = all.view({g->world_size, kCols}).mean(0);
     const double* v = m.data_ptr<double>();
-    std::printf("| %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", g->world_size,
-                v[0] * 1e3, v[1] * 1e3, v[2] * 1e3, v[3] * 1e3, v[4] * 1e3, v[5] * 1e3, v[6] * 1e3,
-                v[8] / 1e6, 100.0 * v[7] / v[0]);
+    std::printf("| %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% |\n", g->world_size,
+                v[0] * 1e3, v[1] * 1e3, v[2] * 1e3, v[3] * 1e3, v[4] * 1e3, v[5] * 1e3, v[6] * 1e3, v[8] / 1e6,
+                v[9] / 1e6, 100.0 * v[7] / v[0]);
   }
   return 0;
 }
@@ -91,8 +98,9 @@ int main(int argc, char** argv) {
   std::printf("bench_ep: %d tokens per rank, d_model %d, d_hidden %d, %d experts, top-%d, fp32, CPU/Gloo, "
               "forward + backward, mean of %d steps and of the ranks\n\n",
               a.tokens, a.d_model, a.d_hidden, a.experts, a.top_k, a.steps);
-  std::printf("| world | step ms | gate | count all-gather | dispatch | experts | combine | backward | MB sent/step | waiting on collectives |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| world | step ms | gate | count all-gather | dispatch | experts | combine | backward | "
+              "MB sent forward | MB sent backward | waiting on collectives |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   std::vector<std::string> args(argv + 1, argv + argc);
   std::stringstream worlds(a.worlds);

@@ -2,23 +2,28 @@
 // CPU processes (world 4, Gloo) under a skewed workload, measured side by side
 // in one run: every repetition runs one training step (forward + backward) of
 // each policy's layer in turn on the same tokens (rotating which goes first),
-// so machine noise hits all policies alike. Prints each policy's mean step time, its ratio to none, the
-// copies it made and the cost model's prediction.
+// so machine noise hits all policies alike. Prints each policy's median step
+// time, its ratio to none, the copies it made and the cost model's prediction.
+// `none` runs twice, as two separate layers (an A/A control): their ratio
+// shows how far two identical setups differ here, the noise band every other
+// ratio must clear to mean anything.
 //
 // The cost model is calibrated to this machine first: a short launch measures
 // the expert GEMM rate and the all-to-all bandwidth of 4 ranks sharing the
 // CPU, and the measuring launch gets them as DYNAMOE_GPU_FLOPS / DYNAMOE_INTRA_BW.
 //
-//   ./build/default/bench/bench_placement_ep [--skew hot|zipf] [--tokens 1024] [--reps 6]
+//   ./build/default/bench/bench_placement_ep [--skew hot|zipf] [--tokens 1024] [--reps 20]
 //   hot:  every token's first choice is expert 0 (rank 0's)
 //   zipf: router bias 2, 1.5, 1, ... on experts 0..7 (a few popular experts)
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
+#include <vector>
 #include <iostream>
 #include <sstream>
 
+#include "bench/bench_util.h"
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
@@ -27,7 +32,7 @@
 namespace {
 
 struct Args {
-  int tokens = 1024, reps = 6, d_model = 256, d_hidden = 512, experts = 8, top_k = 2;
+  int tokens = 1024, reps = 20, d_model = 256, d_hidden = 512, experts = 8, top_k = 2;
   std::string skew = "hot", mode = "measure";
 };
 
@@ -53,7 +58,10 @@ Args Parse(int argc, char** argv) {
 
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-const char* kPolicies[] = {"none", "fastermoe", "adaptive", "eplb"};
+// Row labels and their policies; the second `none` is the A/A control.
+const char* kLabels[] = {"none", "none again (A/A)", "fastermoe", "adaptive", "eplb"};
+const char* kPolicies[] = {"none", "none", "fastermoe", "adaptive", "eplb"};
+constexpr size_t kRows = sizeof(kPolicies) / sizeof(kPolicies[0]);
 
 dynamoe::MoELayer MakeLayer(const Args& a, const dynamoe::runtime::ParallelGroups& g, const std::string& policy,
                             bool skewed = true) {
@@ -115,20 +123,25 @@ int Measure(const Args& a, const dynamoe::runtime::ParallelGroups& g) {
   for (const char* p : kPolicies) layers.push_back(MakeLayer(a, g, p));
   torch::manual_seed(100 + g.world_rank);
   const torch::Tensor x = torch::randn({a.tokens, a.d_model});
-  std::vector<double> seconds(4, 0.0), predicted(4, 0.0), copies(4, 0.0);
+  // Per row: step seconds and predictions per repetition (medians reported:
+  // one slow step on this shared machine must not move a row), copies summed.
+  std::vector<std::vector<double>> seconds(kRows), predicted(kRows);
+  std::vector<double> copies(kRows, 0.0);
   for (int rep = -2; rep < a.reps; ++rep)  // two warm-up repetitions
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const size_t p = (i + static_cast<size_t>(rep + 2)) % layers.size();  // rotate who goes first
+    for (size_t i = 0; i < kRows; ++i) {
+      const size_t p = (i + static_cast<size_t>(rep + 2)) % kRows;  // rotate who goes first
       const double t = Step(layers[p], x, g);
       if (rep < 0) continue;
-      seconds[p] += t / a.reps;
-      predicted[p] += layers[p]->stats().predicted_step_seconds / a.reps;
+      seconds[p].push_back(t);
+      predicted[p].push_back(layers[p]->stats().predicted_step_seconds);
       for (int64_t c : layers[p]->stats().replicas) copies[p] += static_cast<double>(c) / a.reps;
     }
-  if (g.world_rank == 0)
-    for (size_t p = 0; p < layers.size(); ++p)
-      std::printf("| %s | %.1f | %.2f | %.1f | %.1f | %.2f |\n", kPolicies[p], seconds[p] * 1e3,
-                  seconds[p] / seconds[0], copies[p], predicted[p] * 1e3, predicted[p] / predicted[0]);
+  using dynamoe::bench::Median;
+  if (g.world_rank == 0)  // every rank's step ends at the same barrier: rank 0's times are the step's
+    for (size_t p = 0; p < kRows; ++p)
+      std::printf("| %s | %.1f | %.2f | %.1f | %.1f | %.2f |\n", kLabels[p], Median(seconds[p]) * 1e3,
+                  Median(seconds[p]) / Median(seconds[0]), copies[p], Median(predicted[p]) * 1e3,
+                  Median(predicted[p]) / Median(predicted[0]));
   return 0;
 }
 
@@ -164,7 +177,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("bench_placement_ep: world 4 (CPU processes, Gloo), %d tokens per rank, d_model %d, d_hidden %d, "
-              "%d experts, top-%d, fp32, skew %s; mean of %d repetitions, policies interleaved\n",
+              "%d experts, top-%d, fp32, skew %s; median of %d repetitions, policies interleaved\n",
               a.tokens, a.d_model, a.d_hidden, a.experts, a.top_k, a.skew.c_str(), a.reps);
   std::printf("cost model calibrated on this machine (balanced routing): %.3g FLOP/s per rank, %.3g B/s per link, "
               "%.0f us per message\n\n",
