@@ -173,6 +173,30 @@ def test_deepspeed_rts_keeps_the_highest_draws_each_step():
     assert (by_token - outputs[0]).abs().max() > 1e-3 and (outputs[1] - outputs[0]).abs().max() > 1e-3
 
 
+def test_deepspeed_custom_expert_module_runs_per_expert_like_deepspeed():
+    """Any other expert module: deep-copied into every expert (DeepSpeed's Experts), each
+    token's output its gate times its expert's, top1gating with the default use_rts=True."""
+    import reference
+    torch.manual_seed(1)
+    expert = nn.Linear(D, D).double()
+    layer = deepspeed.MoE(D, expert, num_experts=E, k=1, capacity_factor=0.5, min_capacity=2).double()
+    copies = list(layer.moe.experts)
+    assert len({id(c) for c in copies}) == E and all(c is not expert for c in copies)
+    for c in copies:
+        torch.testing.assert_close(c.weight, expert.weight, rtol=0, atol=0)
+    with torch.no_grad():  # make the experts differ, so a wrong expert index shows
+        for e, c in enumerate(copies):
+            c.weight.add_(0.5 * e)
+    wg = layer.moe.gate.weight.detach()
+    x = _skewed_tokens(24, wg, hot=2)
+    y_ref, aux_ref, dropped = _deepspeed_reference(x, wg, [lambda v, c=c: c(v) for c in copies], 1, 0.5, 2,
+                                                   priority=lambda t: reference.rts_priority(0, 0, t, 0))
+    assert dropped > 0
+    y, aux, _ = layer(x)
+    torch.testing.assert_close(y, y_ref.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(aux.double(), aux_ref.detach(), rtol=0, atol=1e-12)
+
+
 def _fastmoe_checkpoint(fused, g):
     sd = {"gate.gate.weight": torch.randn(E, D, generator=g, dtype=torch.float64),
           "gate.gate.bias": torch.randn(E, generator=g, dtype=torch.float64)}
@@ -302,6 +326,24 @@ def test_fastmoe_switch_gate_drops_in_token_order_with_the_softmax_weight():
     # counts routed ones (README, remaining differences).
     gy = torch.randn(24, D, generator=g, dtype=torch.float64)
     _assert_gradients_match(layer, (y * gy).sum(), (y_ref * gy).sum(), xa, xr, lambda: _fastmoe_ref_grads(sd, True))
+
+
+def test_fastmoe_custom_expert_with_switch_gate_in_eval():
+    """FMoE(expert=fn) builds fn(d_model) per expert; SwitchGate in eval: no noise,
+    the eval capacity 2.4 (ceil(f * T / num_expert)), the softmax weight of the top-1."""
+    torch.manual_seed(2)
+    layer = fastmoe.FMoE(num_expert=E, d_model=D, top_k=1, gate=fastmoe.SwitchGate,
+                         expert=lambda d: nn.Linear(d, d)).double().eval()
+    assert len(layer.moe.experts) == E and isinstance(layer.moe.experts[0], nn.Linear)
+    gate = layer.moe.gate  # FastMoE's gate.gate: Linear with bias
+    x = _skewed_tokens(24, gate.weight.detach(), hot=1, strength=4.0)
+    score = F.softmax(gate(x), dim=1).detach()
+    top1 = score.argmax(1)
+    pos = _positions(top1[:, None], math.ceil(2.4 * 24 / E))[:, 0]
+    assert int((pos < 0).sum()) > 0
+    y_ref = torch.stack([score[i, top1[i]] * layer.moe.experts[int(top1[i])](x[i]) if pos[i] >= 0
+                         else torch.zeros(D, dtype=torch.float64) for i in range(24)])
+    torch.testing.assert_close(layer(x), y_ref.detach(), rtol=0, atol=1e-12)
 
 
 def _tutel_layer(k, capacity_factor, seed):
