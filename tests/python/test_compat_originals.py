@@ -189,12 +189,16 @@ def test_deepspeed_custom_expert_module_runs_per_expert_like_deepspeed():
             c.weight.add_(0.5 * e)
     wg = layer.moe.gate.weight.detach()
     x = _skewed_tokens(24, wg, hot=2)
-    y_ref, aux_ref, dropped = _deepspeed_reference(x, wg, [lambda v, c=c: c(v) for c in copies], 1, 0.5, 2,
-                                                   priority=lambda t: reference.rts_priority(0, 0, t, 0))
-    assert dropped > 0
-    y, aux, _ = layer(x)
-    torch.testing.assert_close(y, y_ref.detach(), rtol=0, atol=1e-12)
-    torch.testing.assert_close(aux.double(), aux_ref.detach(), rtol=0, atol=1e-12)
+    refs = []
+    for step in (0, 1):  # the per-expert path draws anew each step too
+        y_ref, aux_ref, dropped = _deepspeed_reference(x, wg, [lambda v, c=c: c(v) for c in copies], 1, 0.5, 2,
+                                                       priority=lambda t, s=step: reference.rts_priority(0, s, t, 0))
+        assert dropped > 0
+        y, aux, _ = layer(x)
+        torch.testing.assert_close(y, y_ref.detach(), rtol=0, atol=1e-12)
+        torch.testing.assert_close(aux.double(), aux_ref.detach(), rtol=0, atol=1e-12)
+        refs.append(y_ref.detach())
+    assert (refs[0] - refs[1]).abs().max() > 1e-3  # the two steps' draws keep different tokens
 
 
 def _fastmoe_checkpoint(fused, g):
