@@ -7,8 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -25,17 +28,24 @@ std::string ReadFile(const std::string& path) {
 
 }  // namespace
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+ReservedPort::ReservedPort() {
+  fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int on = 1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
+  if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+      bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const std::string why = std::strerror(errno);
+    if (fd_ >= 0) close(fd_);
+    throw std::runtime_error("local launch: cannot reserve a port on 127.0.0.1: " + why);
+  }
+  port_ = ntohs(addr.sin_port);
 }
+
+ReservedPort::~ReservedPort() { close(fd_); }
 
 std::string SelfExecutable() {
   char self[4096];
@@ -45,9 +55,10 @@ std::string SelfExecutable() {
 
 std::vector<RankResult> LaunchLocal(const std::string& program, const std::vector<std::string>& args, int world,
                                     const LaunchOptions& options) {
+  const ReservedPort reserved;  // held until every rank has exited
   char dir_template[] = "/tmp/dynamoe_ranks_XXXXXX";
   const std::string dir = mkdtemp(dir_template);
-  const std::string port = std::to_string(FreePort());
+  const std::string port = std::to_string(reserved.port());
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
     const pid_t pid = fork();

@@ -21,8 +21,24 @@ struct LaunchOptions {
   std::map<int, std::map<std::string, std::string>> env_of_rank;  // per rank, over `env`
 };
 
-// A free TCP port on 127.0.0.1 (for MASTER_PORT).
-int FreePort();
+// A TCP port on 127.0.0.1 for MASTER_PORT, chosen by the kernel (bind to
+// port 0) and held bound until destroyed, so that no other process can take
+// it between the choice and rank 0's store listening on it: the socket is
+// bound with SO_REUSEADDR and never listens, which keeps the port out of
+// every other bind (explicit or port 0) except one that also sets
+// SO_REUSEADDR and names it, as rank 0's c10d store does. Close-on-exec.
+class ReservedPort {
+ public:
+  ReservedPort();  // throws std::runtime_error when no port can be bound
+  ~ReservedPort();
+  ReservedPort(const ReservedPort&) = delete;
+  ReservedPort& operator=(const ReservedPort&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
 
 // Path of the running program, to start more ranks of it.
 std::string SelfExecutable();

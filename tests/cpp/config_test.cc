@@ -1,3 +1,6 @@
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -5,6 +8,7 @@
 
 #include "common/status.h"
 #include "runtime/config.h"
+#include "runtime/placement_config.h"
 
 namespace dynamoe::runtime {
 namespace {
@@ -126,6 +130,36 @@ TEST(Config, ReadmeTableMatchesCode) {
   ASSERT_NE(e, std::string::npos) << "README.md lacks " << end;
   EXPECT_EQ(readme.substr(b + begin.size(), e - b - begin.size()), EnvTableMarkdown())
       << "README's variable table differs from the code; regenerate it with scripts/update_readme.sh";
+}
+
+// The cost model's ranks per node (ClusterFromConfig, which every policy and
+// the schedule use) under a launcher's LOCAL_WORLD_SIZE (nullptr: unset).
+int64_t RanksPerNodeUnder(const char* local_world_size, const char* configured, int64_t world) {
+  unsetenv("LOCAL_RANK");  // the launch parser checks it against LOCAL_WORLD_SIZE
+  if (local_world_size)
+    setenv("LOCAL_WORLD_SIZE", local_world_size, 1);
+  else
+    unsetenv("LOCAL_WORLD_SIZE");
+  std::map<std::string, std::string> env;
+  if (configured) env["DYNAMOE_RANKS_PER_NODE"] = configured;
+  return ClusterFromConfig(ParseConfig(env, nullptr).value(), world).ranks_per_node;
+}
+
+// README: DYNAMOE_RANKS_PER_NODE=0 (the default) takes torchrun's
+// LOCAL_WORLD_SIZE, else the group is one node. The launcher's variables are
+// parsed once per process, so each case runs in a fresh process (a
+// re-executed death test) with its own environment, and exits with the
+// ranks per node it got.
+TEST(ConfigDeathTest, RanksPerNodeFallsBackToLocalWorldSize) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(_exit(static_cast<int>(RanksPerNodeUnder("2", nullptr, 8))), ::testing::ExitedWithCode(2), "");
+  EXPECT_EXIT(_exit(static_cast<int>(RanksPerNodeUnder("2", "0", 8))), ::testing::ExitedWithCode(2), "");
+  // A configured value wins over the launcher's.
+  EXPECT_EXIT(_exit(static_cast<int>(RanksPerNodeUnder("2", "4", 8))), ::testing::ExitedWithCode(4), "");
+  // No launcher value: one node (0).
+  EXPECT_EXIT(_exit(static_cast<int>(RanksPerNodeUnder(nullptr, nullptr, 8))), ::testing::ExitedWithCode(0), "");
+  // Every rank of the group on the node: one node too.
+  EXPECT_EXIT(_exit(static_cast<int>(RanksPerNodeUnder("8", nullptr, 8))), ::testing::ExitedWithCode(0), "");
 }
 
 TEST(Status, MacrosAndBoundary) {

@@ -9,6 +9,7 @@
 #include "placement/cost_model.h"
 #include "placement/plan.h"
 #include "placement/policy.h"
+#include "tests/cpp/cost_reference.h"
 
 namespace dynamoe::placement {
 namespace {
@@ -220,8 +221,25 @@ TEST(LoadState, MatchesPredictUnderRandomEdits) {
   }
 }
 
+// The reference reproduces the hand-computed terms of CostModel.HandComputedTerms.
+TEST(CostReference, HandComputedTerms) {
+  const std::vector<int64_t> m = {10, 0, 5, 0, 20, 0, 0, 5};
+  const auto none = ReferenceStep(HandCluster(2), HandLayer(), true, false, m, Plan::None(2, 4));
+  EXPECT_NEAR(none.total, 4 * 1.8e-6 + 30 * 2.4e-6, 1e-15);
+  Plan shadow = Plan::None(2, 4);
+  shadow.copies[0] = {1};
+  const auto s = ReferenceStep(HandCluster(2), HandLayer(), true, false, m, shadow);
+  EXPECT_NEAR(s.total, 4 * 1.2e-6 + 30 * 2.4e-6 + 2 * 2.6e-6, 1e-15);
+  EXPECT_NEAR(ReferenceStep(HandCluster(2), HandLayer(), false, true, m, shadow).total, 30 * 8e-7 + 2.6e-6,
+              1e-15);
+}
+
+// Against the reference, not the policy's own CostModel: the plan adaptive
+// returns is never predicted slower than no copies, and its prediction is the
+// documented formula's value for that plan.
 TEST(Adaptive, NeverPredictsSlowerThanNone) {
   std::mt19937 rng(11);
+  int copied = 0;
   for (int trial = 0; trial < 200; ++trial) {
     const int64_t P = 2 + trial % 7, E = P * (1 + trial % 4);
     ClusterSpec c = RealisticCluster(P, trial % 4 == 0 ? 2 : 0);
@@ -230,15 +248,89 @@ TEST(Adaptive, NeverPredictsSlowerThanNone) {
     PolicyOptions o;
     o.cost.overlap = trial % 2 == 1;
     auto adaptive = Make("adaptive", c, l, o);
-    const CostModel model(c, l, o.cost);
     for (int step = 0; step < 3; ++step) {
       const CountMatrix m = RandomCounts(rng, P, E, (trial + step) % 3 != 0);
       const Plan p = adaptive->Step(m).value();
       ASSERT_TRUE(p.Validate().ok());
-      const double none = model.Predict(m, Plan::None(P, E)).total;
-      ASSERT_LE(p.predicted_step_seconds, none * (1 + 1e-12)) << "trial " << trial << " step " << step;
-      ASSERT_NEAR(p.predicted_step_seconds, model.Predict(m, p).total, 1e-12 * none);
+      copied += p.HasCopies();
+      const double none = ReferenceStep(c, l, true, o.cost.overlap, m.counts, Plan::None(P, E)).total;
+      const double mine = ReferenceStep(c, l, true, o.cost.overlap, m.counts, p).total;
+      // 1e-9 relative: the policy's incremental state adds and subtracts link
+      // times, so its sums differ from these plain loops in the last bits.
+      ASSERT_LE(mine, none * (1 + 1e-9)) << "trial " << trial << " step " << step << " " << p.Summary();
+      ASSERT_NEAR(p.predicted_step_seconds, mine, 1e-9 * none) << "trial " << trial << " step " << step;
     }
+  }
+  EXPECT_GT(copied, 100) << "too few plans with copies to exercise the property";
+}
+
+// Every plan of a small cluster (each expert: any subset of the other ranks as
+// copies) scored by the reference. The fixtures are built so that the optimal
+// step time is known by hand; adaptive must reach it (plans that add copies
+// without changing the slowest rank's time tie with it).
+Plan BruteForceOptimum(const ClusterSpec& c, const LayerSpec& l, const std::vector<int64_t>& counts, int64_t E,
+                       double* best_seconds) {
+  const int64_t P = c.world_size;
+  Plan plan = Plan::None(P, E), best = plan;
+  *best_seconds = ReferenceStep(c, l, true, false, counts, plan).total;
+  const int64_t subsets = int64_t{1} << (P - 1);  // copies of one expert: subsets of the P - 1 other ranks
+  int64_t plans = 1;
+  for (int64_t e = 0; e < E; ++e) plans *= subsets;
+  for (int64_t code = 1; code < plans; ++code) {
+    int64_t rest = code;
+    for (int64_t e = 0; e < E; ++e, rest /= subsets) {
+      plan.copies[e].clear();
+      const int64_t mask = rest % subsets;
+      for (int32_t r = 0, bit = 0; r < P; ++r) {
+        if (r == plan.owner[e]) continue;
+        if (mask >> bit++ & 1) plan.copies[e].push_back(r);
+      }
+    }
+    const double t = ReferenceStep(c, l, true, false, counts, plan).total;
+    if (t < *best_seconds) *best_seconds = t, best = plan;
+  }
+  return best;
+}
+
+TEST(Adaptive, FindsTheBruteForceOptimumOnFixtures) {
+  {
+    // 2 ranks, every row for expert 0 (rank 0's). Hand: without copies rank 0
+    // computes 2000 rows (2000 * 2.4e-6 s) and rank 1 sends it 1000 (4 x
+    // (1e-6 + 1000 * 4e-8) s): 4.964e-3 s. A copy on rank 1 halves the rows
+    // and removes the link, for one weight broadcast and reduce of 2.6e-6 s:
+    // 1000 * 2.4e-6 + 2 * 2.6e-6 = 2.4052e-3 s.
+    const std::vector<int64_t> counts = {1000, 0, 1000, 0};
+    double best = 0;
+    const Plan want = BruteForceOptimum(HandCluster(2), HandLayer(), counts, 2, &best);
+    EXPECT_NEAR(best, 2.4052e-3, 1e-15);
+    EXPECT_EQ(want.copies[0], (std::vector<int32_t>{1})) << want.Summary();
+    const Plan got = Make("adaptive", HandCluster(2), HandLayer())->Step(Counts(2, 2, counts)).value();
+    EXPECT_EQ(got.copies, (std::vector<std::vector<int32_t>>{{1}, {}})) << got.Summary();  // no copy that gains nothing
+    EXPECT_NEAR(ReferenceStep(HandCluster(2), HandLayer(), true, false, counts, got).total, best, 1e-15);
+    EXPECT_NEAR(got.predicted_step_seconds, best, 1e-15);
+  }
+  {
+    // 3 ranks, 6 experts (two per rank), 10 rows from every rank to each of
+    // its own experts; ranks 1 and 2 send 3000 rows each to expert 0 (rank
+    // 0's) and rank 0 500 to expert 5 (rank 2's). Rank 1's 3000 rows stay on
+    // rank 1 only if it holds expert 0, rank 2's likewise, so no plan computes
+    // fewer than 3020 rows on its busiest rank; shadowing expert 0 and copying
+    // expert 5 to rank 0 reaches that with no token traffic. Hand: 3020 *
+    // 2.4e-6 s + broadcast and reduce of rank 0's two copies (2 x 2.6e-6 s
+    // each way) = 7.2584e-3 s. The brute force checks all 4^6 plans.
+    std::vector<int64_t> counts(3 * 6, 0);
+    for (int s = 0; s < 3; ++s) counts[s * 6 + 2 * s] = counts[s * 6 + 2 * s + 1] = 10;
+    counts[1 * 6 + 0] = counts[2 * 6 + 0] = 3000;
+    counts[0 * 6 + 5] = 500;
+    double best = 0;
+    const Plan want = BruteForceOptimum(HandCluster(3), HandLayer(), counts, 6, &best);
+    EXPECT_NEAR(best, 7.2584e-3, 1e-15);
+    const Plan got = Make("adaptive", HandCluster(3), HandLayer())->Step(Counts(3, 6, counts)).value();
+    EXPECT_EQ(got.copies[0], (std::vector<int32_t>{1, 2})) << got.Summary();
+    EXPECT_TRUE(got.Holds(0, 5)) << got.Summary();
+    EXPECT_NEAR(ReferenceStep(HandCluster(3), HandLayer(), true, false, counts, got).total, best, 1e-15)
+        << got.Summary() << " vs " << want.Summary();
+    EXPECT_NEAR(got.predicted_step_seconds, best, 1e-15);
   }
 }
 
