@@ -15,7 +15,7 @@ def _skip_reason():
                 "compiled (it needs a torch with CUDA, see README 'CUDA')")
     try:
         dynamoe.MoE(4, 8, 2).to("meta")(torch.empty(3, 4, device="meta"))
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - a CUDA build may refuse meta tensors in other ways
         if "this build runs on CPU only" in str(err):
             return f"no CUDA build: {dynamoe.load_library()} was built without the layer's CUDA path"
     if not torch.cuda.is_available():
