@@ -156,3 +156,13 @@ def test_layer_state_rejects_bad_values():
         m = dynamoe.MoE(4, 8, 2)
         ops.moe_forward(torch.randn(3, 4), m.gate.weight, None, m.w1, m.w2, None, None, None, "gelu", 2, 0.0, 1,
                         True, False, 0, "none", 0.01, 1.0, 0.0, 0.0, True, False, "m", None)
+
+
+def test_a_tensor_on_another_device_names_it_and_what_this_build_runs_on():
+    """The message test_cuda_layer.py's skip reason reads: a torch without CUDA can only
+    have the CPU-only build."""
+    m = dynamoe.MoE(4, 8, 2, name="dev").to("meta")
+    want = ("this build runs on CPU only" if torch.version.cuda is None
+            else "(this build runs on CPU only|expected the CPU or a CUDA device)")
+    with pytest.raises(RuntimeError, match="dev: x is on meta; " + want):
+        m(torch.empty(3, 4, device="meta"))
