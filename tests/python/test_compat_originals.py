@@ -403,6 +403,19 @@ def test_tutel_defaults_capacity_and_loss_are_tutels():
     assert plain.moe.top_k == 1 and plain.moe.activation == "relu"
 
 
+def test_tutel_zero_capacity_factor_is_dropless():
+    """Tutel: capacity_factor 0 sizes the capacity to max(needed): nothing drops, however skewed."""
+    layer, sd = _tutel_layer(2, 0.0, 7)
+    x = _skewed_tokens(24, sd["gates.0.wg.weight"].detach(), hot=3, strength=4.0)
+    _, _, _, needed = _tutel_reference(x, sd, 2, None)
+    assert int(needed.max()) > 2 * int(1.0 * math.ceil(24 / E))  # Tutel's default factor 1.0 would drop
+    y_ref, loss_ref, dropped, _ = _tutel_reference(x, sd, 2, None)
+    y = layer(x)
+    assert dropped == 0 and layer.moe.stats()["dropped"] == 0
+    torch.testing.assert_close(y, y_ref.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.l_aux.double(), loss_ref.detach(), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("skewed", [True, False])
 def test_tutel_negative_capacity_is_dropless_up_to_the_bound(skewed):
     """Tutel's README: capacity_factor -X gives min(X-capacity, max needed): the
