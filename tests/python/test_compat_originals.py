@@ -3,7 +3,10 @@ written from the original library's gate and layer code (DeepSpeed's
 top1gating/top2gating in ../shared/seeds/000, FastMoE's fmoe/gates/*.py,
 Tutel's fast_dispatch.extract_critical and losses.gshard_loss), per token in
 float64, and the adapter loads a checkpoint in the original's state_dict
-layout (strict=True). Capacity is set so that tokens are dropped."""
+layout (strict=True). Capacity is set so that tokens are dropped, except where
+a dropless mode (DeepSpeed's drop_tokens=False, Tutel's factor 0 or under its
+negative bound) is checked under skew. Outputs, losses and the gradients of the
+input and of every parameter are compared."""
 import math
 
 import pytest
