@@ -50,7 +50,9 @@ int Rank(const Args& a) {
   torch::manual_seed(1);
   dynamoe::MoELayer layer(dynamoe::MoEOptions(a.d_model, a.d_hidden, a.experts).top_k(a.top_k), g->ep);
   torch::manual_seed(100 + g->world_rank);
-  const torch::Tensor x = torch::randn({a.tokens, a.d_model});
+  // x needs a gradient, as inside a model (the layers below need it): the
+  // backward then sends the input gradient back too, not only the expert one.
+  torch::Tensor x = torch::randn({a.tokens, a.d_model}).requires_grad_();
   // [step, gate, count_allgather, dispatch, experts, combine, backward, comm wait,
   //  forward bytes sent, backward bytes sent]
   constexpr int kCols = 10;
@@ -65,6 +67,7 @@ int Rank(const Args& a) {
     (y.square().mean() + layer->aux_loss).backward();
     const double t2 = Now();
     const auto c2 = g->ep->counters();
+    x.mutable_grad() = torch::Tensor();
     if (s < 0) continue;
     const auto& st = layer->stats();
     const double phases[] = {st.phase_seconds.count("gate") ? st.phase_seconds.at("gate") : 0,
