@@ -74,6 +74,9 @@ absl::StatusOr<Calibration> Calibrate(const Trace& trace, double heldout) {
   for (const TraceStep& st : trace.steps) {
     if (st.phase_seconds.size() != trace.phase_names.size()) continue;
     const int64_t P = st.kept.world_size;
+    // Plan::None homes experts only when they divide over the ranks.
+    DYNAMOE_CHECK_ARG(st.plan || st.kept.num_experts % P == 0, "calibrate: step ", st.step, " has ",
+                      st.kept.num_experts, " experts, not a multiple of its ", P, " ranks");
     const Plan plan = st.plan ? *st.plan : Plan::None(P, st.kept.num_experts);
     std::vector<int64_t> rows(P, 0), send(P, 0), recv(P, 0);
     ForEachRoute(plan, st.kept, [&](int64_t s, int64_t, int64_t d, int64_t n) {

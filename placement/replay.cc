@@ -193,7 +193,9 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
       }
     }
   };
-  const size_t threads = std::min<size_t>(results.size(), std::max(1u, std::thread::hardware_concurrency()));
+  const size_t wanted = options.threads > 0 ? static_cast<size_t>(options.threads)
+                                            : std::max(1u, std::thread::hardware_concurrency());
+  const size_t threads = std::min<size_t>(results.size(), wanted);
   std::vector<std::thread> pool;
   for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
   worker();

@@ -28,6 +28,9 @@ struct ReplayOptions {
   // Sizes for layers the trace does not give (imported CSV/JSONL): d_model,
   // d_hidden, bf16.
   LayerSpec default_layer{1024, 4096, false, false, 2};
+  // Worker threads over the (policy, layer) pairs; 0: one per core. Results
+  // do not depend on it.
+  int64_t threads = 0;
   // Called about every 1% of (steps x policies) replayed, and at the end.
   std::function<void(int64_t done, int64_t total)> progress;
 };

@@ -104,6 +104,16 @@ TraceLayerSpec GetLayer(Reader& r) {
   return l;
 }
 
+// Sizes the cost model multiplies (3 * d_model * d_hidden * bytes) must stay
+// far from int64 overflow.
+absl::Status CheckLayer(const TraceLayerSpec& l, const char* what) {
+  if (l.num_experts > kMaxDim || l.d_model > kMaxDim || l.d_hidden > kMaxDim || l.bytes_per_element > 16)
+    return absl::InvalidArgumentError(absl::StrCat(what, ": layer '", l.name, "' has ", l.num_experts, " experts, d_model ",
+                                                   l.d_model, ", d_hidden ", l.d_hidden, ", ", l.bytes_per_element,
+                                                   " bytes per element; at most 2^24, 2^24, 2^24 and 16"));
+  return absl::OkStatus();
+}
+
 // Marker, length and checksums in front of a payload (version 2).
 std::string Frame(std::string payload) {
   Writer w;
@@ -151,13 +161,9 @@ absl::StatusOr<TraceStep> GetStep(Reader& r) {
       c.resize(n);
       for (auto& rank : c) rank = r.I32();
     }
-    for (uint32_t e = 0; e < experts; ++e) {
-      if (p.owner[e] < 0 || static_cast<uint32_t>(p.owner[e]) >= world)
-        return absl::InvalidArgumentError(absl::StrCat("plan owner of expert ", e, " is rank ", p.owner[e]));
-      for (int32_t rank : p.copies[e])
-        if (rank < 0 || static_cast<uint32_t>(rank) >= world)
-          return absl::InvalidArgumentError(absl::StrCat("plan copy of expert ", e, " on rank ", rank));
-    }
+    // Owners and copies in range, copies distinct and not the owner: what
+    // routing a plan (calibration) relies on.
+    DYNAMOE_RETURN_IF_ERROR(p.Validate());
     s.plan = std::move(p);
   }
   const uint32_t phases = r.U32();
@@ -405,6 +411,7 @@ absl::Status ReadHeader(Input& in, Trace& t, uint64_t* pos) {
   if (!r.Fits(layers, 4)) return absl::InvalidArgumentError("trace header: layer specs do not fit");
   for (uint32_t i = 0; i < layers; ++i) t.layers.push_back(GetLayer(r));
   if (!r.ok()) return absl::InvalidArgumentError("trace header is malformed");
+  for (const TraceLayerSpec& l : t.layers) DYNAMOE_RETURN_IF_ERROR(CheckLayer(l, "trace header"));
   *pos = f.end;
   return absl::OkStatus();
 }
@@ -437,6 +444,7 @@ absl::Status Record(std::string_view payload, uint64_t at, Trace& t, ReadState& 
       if (const uint32_t n = r.U32(); n != kNextLayer) index = n;
     TraceLayerSpec l = GetLayer(r);
     if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("layer record at byte ", at, " is malformed"));
+    DYNAMOE_RETURN_IF_ERROR(CheckLayer(l, absl::StrCat("layer record at byte ", at).c_str()));
     if (index == t.layers.size()) {
       t.layers.push_back(std::move(l));
       st.declared.push_back(1);

@@ -212,5 +212,27 @@ TEST(Calibrate, RecoversALinearCostModel) {
   EXPECT_NE(none.status().message().find("at least 5"), std::string::npos) << none.status();
 }
 
+// A decoded step of 3 experts on 2 ranks without a plan (the reader accepts
+// it; the fuzz driver now calibrates what parses) made calibration home
+// expert 2 on rank 2, past its per-rank tables. Now an error naming the step.
+TEST(Calibrate, ExpertsThatDoNotDivideOverTheRanksAreAnError) {
+  Trace t;
+  t.rank = 0;
+  t.phase_names = {"dispatch", "experts", "combine"};
+  t.layers.push_back({"moe0", 3, 8, 16, false, false, 4});
+  for (int64_t s = 0; s < 8; ++s) {
+    TraceStep st;
+    st.step = s;
+    st.kept = *CountMatrix::Make(2, 3, {1, 2, 3 + s, 4, 5, 6});
+    st.routed = st.kept;
+    st.phase_seconds = {0.1, 0.2 + s, 0.1};
+    t.steps.push_back(st);
+  }
+  const auto c = Calibrate(t);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("step 0 has 3 experts, not a multiple of its 2 ranks"), std::string::npos)
+      << c.status();
+}
+
 }  // namespace
 }  // namespace dynamoe::placement

@@ -31,7 +31,7 @@ TraceStep MakeStep(int64_t step, int64_t layer, int64_t world, int64_t experts, 
   s.routed = *CountMatrix::Make(world, experts, routed);
   if (with_plan) {
     Plan p = Plan::None(world, experts);
-    p.copies[1] = {0};
+    p.copies[1] = {1};  // expert 1 lives on rank 0 (2 per rank): a copy on rank 1
     p.predicted_step_seconds = 0.25 + step;
     s.plan = p;
   }
@@ -170,6 +170,51 @@ TEST(Trace, CorruptChecksumSkipsTheRecord) {
   const absl::StatusOr<Trace> h = ParseTrace(header_bad);
   ASSERT_FALSE(h.ok());
   EXPECT_NE(h.status().message().find("header checksum"), std::string::npos) << h.status();
+}
+
+// Found by the fuzz driver once it framed edited payloads correctly (before,
+// every edit failed the checksum): the decoders accepted layer sizes whose
+// product overflows int64 in the cost model (UBSan in replay), and plans with
+// a copy on the owner's rank. Both are errors naming the record now.
+TEST(Trace, DecodersRejectWhatTheChecksumCannot) {
+  std::vector<TraceStep> steps;
+  size_t last = 0;
+  const std::vector<std::string> p = Payloads(SampleTrace(&steps, &last));
+  ASSERT_EQ(p.size(), 7u);  // header, layer, 5 steps
+  auto trace = [&](size_t i, const std::string& payload) {
+    std::string b = std::string("DMOETRC\n") + U32(2);
+    for (size_t k = 0; k < p.size(); ++k) b += FrameV2(k == i ? payload : p[k]);
+    return b;
+  };
+  ASSERT_TRUE(ParseTrace(trace(99, "")).ok());  // the unedited payloads, framed here
+  // The header's layer 0 "moe0": name length 4, then experts, d_model (at +8).
+  const size_t moe0 = p[0].find("moe0");
+  ASSERT_NE(moe0, std::string::npos);
+  std::string header = p[0];
+  header.replace(moe0 + 8, 4, U32(0xffffffffu));  // d_model 2^32 - 1
+  absl::StatusOr<Trace> t = ParseTrace(trace(0, header));
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("layer 'moe0' has 8 experts, d_model 4294967295"), std::string::npos)
+      << t.status();
+  // The layer record: kind, number, name "moe1", experts, d_model, d_hidden (at +21).
+  std::string layer = p[1];
+  ASSERT_EQ(layer.substr(9, 4), "moe1");
+  layer.replace(21, 4, U32(1u << 25));
+  t = ParseTrace(trace(1, layer));
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("d_hidden 33554432"), std::string::npos) << t.status();
+
+  // Step 0 (world 4, 8 experts) carries Plan::None with a copy of expert 1 on
+  // rank 0; expert 1's owner is rank 0 too (8 / 4 experts per rank).
+  std::string step = p[2];
+  const size_t copies = 1 + 8 + 4 + 4 + 4 + 2 * 8 * 4 * 8 + 1 + 8 + 8 * 4;  // where expert 0's copy list starts
+  ASSERT_EQ(step.substr(copies, 12), U32(0) + U32(1) + U32(1));  // expert 0: none; expert 1: one copy, on rank 1
+  step.replace(copies + 8, 4, U32(0));                            // expert 1: its copy on its owner, rank 0
+  t = ParseTrace(trace(2, step));
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("expert 1 copies [0] must be distinct ascending ranks other than the owner 0"),
+            std::string::npos)
+      << t.status();
 }
 
 TEST(Trace, VersionMagicAndUnknownRecords) {

@@ -7,9 +7,15 @@
 //   - damage confined to a few records of a version-2 trace, with a property
 //     check: every record outside the damage is still read, in order;
 //   - CSV and JSONL: the same byte edits plus token edits (extreme numbers,
-//     brackets, separators, lines).
+//     brackets, separators, lines);
+//   - records whose payloads are edited and then framed again with correct
+//     lengths and checksums (version 2 or 1), so that the header, layer, step
+//     and plan decoders themselves see invalid data (a plain byte edit is
+//     caught by the checksum first).
 // Every binary input is also read through a FILE* (the streaming path) and
-// must give the same result as the in-memory parse.
+// must give the same result as the in-memory parse. A trace that parses must
+// hold what its consumers rely on (CheckDecoded), and is then replayed under
+// every policy and calibrated, as dynamoe-replay would.
 //
 //   dynamoe_trace_fuzz [iterations] [seed]
 #include <cinttypes>
@@ -21,7 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "placement/calibrate.h"
 #include "placement/crc32.h"
+#include "placement/replay.h"
 #include "placement/replay_inputs.h"
 #include "placement/trace.h"
 
@@ -50,15 +58,55 @@ void CheckStreamingAgrees(const std::string& bytes, const absl::StatusOr<Trace>&
     Fail("ReadTrace and ParseTrace read different traces", bytes);
 }
 
+// What the replay engine, calibration and the CSV export index by: a parsed
+// trace must never break it, whatever the input.
+void CheckDecoded(const Trace& t, const std::string& input) {
+  for (const TraceStep& s : t.steps) {
+    if (s.layer < 0 || static_cast<size_t>(s.layer) >= t.layers.size()) Fail("a step names an unknown layer", input);
+    const CountMatrix& k = s.kept;
+    if (k.world_size < 1 || k.num_experts < 1 || k.world_size * k.num_experts > kMaxMatrixCells ||
+        k.counts.size() != static_cast<size_t>(k.world_size * k.num_experts))
+      Fail("a kept matrix of inconsistent shape", input);
+    if (s.routed.world_size != k.world_size || s.routed.num_experts != k.num_experts ||
+        s.routed.counts.size() != k.counts.size())
+      Fail("routed and kept matrices differ in shape", input);
+    if (!CheckCountLimits(k, "kept").ok() || !CheckCountLimits(s.routed, "routed").ok())
+      Fail("counts over the limits were accepted", input);
+    if (s.plan) {
+      if (s.plan->world_size != k.world_size || s.plan->num_experts != k.num_experts)
+        Fail("a plan of another shape than its counts", input);
+      if (const absl::Status v = s.plan->Validate(); !v.ok())
+        Fail(("an invalid plan was accepted: " + std::string(v.message())).c_str(), input);
+    }
+  }
+}
+
+// dynamoe-replay's consumers on a parsed trace: errors are fine, crashes not.
+// One thread (the fuzzer's per-input cost); replay results do not depend on it.
+void Consume(const Trace& t) {
+  if (t.steps.empty() || t.steps.size() > 64) return;  // bounded work per input
+  ReplayOptions o;
+  o.threads = 1;
+  (void)Replay(t, o);
+  (void)Calibrate(t);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   const auto t = ParseTrace(bytes);
   CheckStreamingAgrees(bytes, t);
-  if (t.ok() && !t->layers.empty()) (void)ExportCountsCsv(*t);
-  (void)ImportCountsCsv(bytes);
-  (void)ImportRoutingJsonl(bytes);
+  if (t.ok()) {
+    CheckDecoded(*t, bytes);
+    Consume(*t);
+    if (!t->layers.empty()) (void)ExportCountsCsv(*t);
+  }
+  for (const auto& imported : {ImportCountsCsv(bytes), ImportRoutingJsonl(bytes)})
+    if (imported.ok()) {
+      CheckDecoded(*imported, bytes);
+      Consume(*imported);
+    }
   (void)ParseAnyTrace(bytes);
   (void)ParseClusterFile(bytes, ClusterSpec{});
   return 0;
@@ -77,7 +125,12 @@ TraceStep Step(int64_t i, int64_t layer, int64_t experts) {
   s.kept = *CountMatrix::Make(2, experts, c);
   s.routed = s.kept;
   if (i % 4 == 0) s.plan = Plan::None(2, experts);
-  s.phase_seconds = {0.5, 0.25};
+  if (i % 4 == 2) {  // a plan with a copy: the copies decoder has lists to read
+    s.plan = Plan::None(2, experts);
+    s.plan->copies[0] = {1};
+    s.plan->predicted_step_seconds = 0.125;
+  }
+  s.phase_seconds = {0.5, 0.25 + 0.01 * i, 0.125, 0.0625};
   return s;
 }
 
@@ -91,7 +144,9 @@ struct Seed {
 
 Seed BinarySeed() {
   Seed s;
-  s.bytes = EncodeTraceHeader(2, 0, {"gate", "experts"}, {TraceLayerSpec{"moe0", 4, 8, 16, true, false, 2}});
+  // The phases calibration reads, so that calibration runs on what parses.
+  s.bytes = EncodeTraceHeader(2, 0, {"dispatch", "experts", "combine", "count_allgather"},
+                              {TraceLayerSpec{"moe0", 4, 8, 16, true, false, 2}});
   s.starts.push_back(s.bytes.size());
   s.bytes += EncodeLayerRecord({"moe1", 2, 8, 16, false, true, 4}, 1);
   s.steps.push_back(-1);
@@ -144,6 +199,74 @@ void TextEdit(std::string& b, std::mt19937& rng) {
   b.insert(std::min(at, b.size()), rng() % 8 == 0 ? std::string(1 + rng() % 2000, tok[0]) : tok);
 }
 
+// The payloads of a well-formed version-2 trace (the header's first).
+std::vector<std::string> Payloads(const std::string& v2) {
+  std::vector<std::string> out;
+  for (size_t pos = 12; pos < v2.size();) {
+    uint32_t len;
+    std::memcpy(&len, v2.data() + pos + 4, 4);
+    out.push_back(v2.substr(pos + 16, len));
+    pos += 16 + len;
+  }
+  return out;
+}
+
+// Frames as docs/trace-format.md lays them out: whatever the payload, its
+// length and checksums are right.
+std::string Reframe(const std::string& p, uint32_t version) {
+  const std::string n = U32(static_cast<uint32_t>(p.size())) + U32(Crc32(p.data(), p.size()));
+  return version == 1 ? n + p : "\xA7REC" + n + U32(Crc32(n.data(), 8)) + p;
+}
+
+// Values that sit on the decoders' bounds (counts, dimensions, ranks, lengths).
+const uint32_t kEdge[] = {0, 1, 2, 3, 4, 7, 0x7f, 0xff, 0xffff, 1u << 16, (1u << 24) - 1, 1u << 24, (1u << 24) + 1,
+                          0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff};
+
+// One edit of a payload: a byte edit, an edge value over any 4 bytes, or an
+// 8-byte count/time field set to an extreme.
+void PayloadEdit(std::string& p, std::mt19937& rng) {
+  if (p.empty()) return p.push_back(static_cast<char>(rng()));
+  const size_t at = rng() % p.size();
+  switch (rng() % 4) {
+    case 0: return ByteEdit(p, 0, p.size(), rng);
+    case 1: case 2: {
+      const uint32_t v = kEdge[rng() % (sizeof(kEdge) / sizeof(kEdge[0]))];
+      for (size_t j = 0; j < 4 && at + j < p.size(); ++j) p[at + j] = static_cast<char>(v >> (8 * j));
+      return;
+    }
+    default: {
+      const uint64_t wide[] = {0x8000000000000000ull, 0x7fffffffffffffffull, 1ull << 40, (1ull << 40) + 1,
+                               0xffffffffffffffffull, 0x7ff8000000000000ull /* NaN */, 0x7ff0000000000000ull /* inf */};
+      const uint64_t v = wide[rng() % (sizeof(wide) / sizeof(wide[0]))];
+      for (size_t j = 0; j < 8 && at + j < p.size(); ++j) p[at + j] = static_cast<char>(v >> (8 * j));
+    }
+  }
+}
+
+// Edited payloads behind correct frames: the decoders, not the checksums,
+// must reject them. Sometimes whole records are reordered or repeated.
+std::string ReframedInput(const std::vector<std::string>& payloads, std::mt19937& rng) {
+  std::vector<std::string> p = payloads;
+  const uint32_t version = rng() % 4 == 0 ? 1 : 2;
+  if (version == 1)  // version 1 layer records carry no number
+    for (size_t i = 1; i < p.size(); ++i)
+      if (p[i][0] == 1) p[i].erase(1, 4);
+  const int records = 1 + static_cast<int>(rng() % 2);
+  for (int r = 0; r < records; ++r) {
+    std::string& target = p[rng() % p.size()];
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < edits; ++k) PayloadEdit(target, rng);
+  }
+  if (rng() % 8 == 0) {  // whole records out of order or repeated: valid frames all
+    const size_t a = 1 + rng() % (p.size() - 1), b = 1 + rng() % (p.size() - 1);
+    if (rng() % 2) std::swap(p[a], p[b]);
+    else p.insert(p.begin() + static_cast<std::ptrdiff_t>(a), p[b]);
+  }
+  std::string out = std::string("DMOETRC\n") + U32(version);
+  for (const std::string& q : p) out += Reframe(q, version);
+  return out;
+}
+
 // Damage confined to records [first, last] must cost no other record.
 void CheckDamageStaysLocal(const Seed& seed, std::mt19937& rng) {
   const size_t n = seed.steps.size();
@@ -184,13 +307,28 @@ int main(int argc, char** argv) {
   const std::string jsonl =
       "{\"step\": 0, \"layer\": \"moe0\", \"experts\": [3, 1], \"rank\": 1}\n"
       "{\"step\": 0, \"layer\": 7, \"experts\": [2]}\n{\"step\": 1, \"layer\": \"moe0\", \"experts\": [0, 1]}\n";
-  long parsed = 0, local = 0;
+  const std::vector<std::string> payloads = Payloads(binary.bytes);
+  long parsed = 0, local = 0, reframed = 0, reframed_parsed = 0, decoder_rejected = 0;
   for (long i = 0; i < iterations; ++i) {
     if (i > 0 && i % 100000 == 0) std::fprintf(stderr, "trace fuzz: %ld inputs\n", i);
-    const int kind = static_cast<int>(i % 5);
+    const int kind = static_cast<int>(i % 6);
     if (kind == 4) {
       CheckDamageStaysLocal(binary, rng);
       ++local;
+      continue;
+    }
+    if (kind == 5) {
+      const std::string b = ReframedInput(payloads, rng);
+      LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(b.data()), b.size());
+      const absl::StatusOr<Trace> t = ParseTrace(b);
+      ++reframed;
+      if (t.ok()) {
+        ++reframed_parsed;
+        // Every frame is right: nothing may be skipped as damage.
+        if (t->stats.damaged()) Fail("a correctly framed record was read as damage", b);
+      } else if (std::string(t.status().message()).find("checksum") == std::string::npos) {
+        ++decoder_rejected;
+      }
       continue;
     }
     std::string b = kind == 0 ? binary.bytes : kind == 1 ? v1 : kind == 2 ? csv : jsonl;
@@ -204,8 +342,9 @@ int main(int argc, char** argv) {
     parsed += ParseAnyTrace(b).ok();
   }
   std::printf("trace fuzz: %ld inputs (%ld with damage confined to records, every other record read), %ld parsed, "
-              "the rest rejected with an error; no crash\n",
-              iterations, local, parsed);
+              "the rest rejected with an error; %ld correctly framed edited records: %ld parsed, %ld rejected by "
+              "a decoder; no crash\n",
+              iterations, local, parsed, reframed, reframed_parsed, decoder_rejected);
   return 0;
 }
 #endif
