@@ -4,6 +4,7 @@
 //   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
 //                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
 //                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//                  [--threads N]   (worker threads, default one per core: results do not depend on it)
 //                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
 //                                     `python3 -m dynamoe.replay plot DIR`)
 //   dynamoe-replay calibrate TRACE [--heldout 0.2]
@@ -48,7 +49,7 @@ using namespace dynamoe::placement;
 constexpr char kUsage[] =
     "usage: dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
-    "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR]\n"
+    "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR] [--threads N]\n"
     "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
@@ -61,7 +62,7 @@ struct Args {
 // The flags each subcommand takes (--overlap takes no value).
 const std::map<std::string, std::set<std::string>> kFlags = {
     {"run", {"--policies", "--world", "--preset", "--cluster", "--interval", "--hysteresis", "--max-copied",
-             "--overlap", "--csv", "--out-dir"}},
+             "--overlap", "--csv", "--out-dir", "--threads"}},
     {"calibrate", {"--heldout"}},
     {"synth", {"--out", "--steps", "--layers", "--experts", "--world", "--tokens", "--top-k", "--zipf",
                "--drift-every", "--burst-every", "--seed"}},
@@ -197,7 +198,8 @@ int Run(const Args& a) {
   if (!Integer<int64_t>(a, "--world", 1, kMaxReplayWorld, &o.world_size) ||
       !Integer<int64_t>(a, "--interval", 1, 1'000'000'000, &o.policy.interval) ||
       !Real(a, "--hysteresis", 0, 1, &o.policy.hysteresis) ||
-      !Integer<int64_t>(a, "--max-copied", 0, 1 << 24, &o.policy.max_copied))
+      !Integer<int64_t>(a, "--max-copied", 0, 1 << 24, &o.policy.max_copied) ||
+      !Integer<int64_t>(a, "--threads", 1, 1024, &o.threads))
     return 2;
   o.policy.cost.overlap = a.flags.count("--overlap") > 0;
   if (isatty(2))  // a progress bar on a terminal; logs and pipes stay clean
