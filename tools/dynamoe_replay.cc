@@ -4,6 +4,8 @@
 //   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
 //                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
 //                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//                  [--experts N]   (a Megatron trace directory's experts per layer, when no
+//                                   record shows the highest expert)
 //                  [--threads N]   (worker threads, default one per core: results do not depend on it)
 //                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
 //                                     `python3 -m dynamoe.replay plot DIR`)
@@ -47,9 +49,10 @@ namespace {
 using namespace dynamoe::placement;
 
 constexpr char kUsage[] =
-    "usage: dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
+    "usage: dynamoe-replay run TRACE|MEGATRON_DIR... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
     "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR] [--threads N]\n"
+    "                      [--experts N]\n"
     "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
@@ -62,7 +65,7 @@ struct Args {
 // The flags each subcommand takes (--overlap takes no value).
 const std::map<std::string, std::set<std::string>> kFlags = {
     {"run", {"--policies", "--world", "--preset", "--cluster", "--interval", "--hysteresis", "--max-copied",
-             "--overlap", "--csv", "--out-dir", "--threads"}},
+             "--overlap", "--csv", "--out-dir", "--threads", "--experts"}},
     {"calibrate", {"--heldout"}},
     {"synth", {"--out", "--steps", "--layers", "--experts", "--world", "--tokens", "--top-k", "--zipf",
                "--drift-every", "--burst-every", "--seed"}},
@@ -139,8 +142,8 @@ bool ReadFile(const std::string& path, std::string* out) {
 
 // The trace at `path`, its warnings and a summary of any damage on stderr;
 // nullopt (after an error line) when it cannot be read.
-std::optional<Trace> LoadTrace(const std::string& path) {
-  auto t = ReadAnyTraceFile(path);
+std::optional<Trace> LoadTrace(const std::string& path, int64_t experts = 0) {
+  auto t = dynamoe::tools::ReadReplayInput(path, experts);
   if (!t.ok()) {
     std::cerr << "dynamoe-replay: " << path << ": " << t.status().message() << "\n";
     return std::nullopt;
@@ -236,16 +239,19 @@ int Run(const Args& a) {
     if (!open(csv, a.flags.at("--csv"))) return 1;
     dynamoe::tools::WriteStepsHeader(csv);
   }
+  int64_t experts = 0;
+  if (!Integer<int64_t>(a, "--experts", 1, kMaxImportIndex, &experts)) return 2;
   int rc = 0;
   for (const std::string& path : a.positional) {
-    std::optional<Trace> t = LoadTrace(path);
+    std::optional<Trace> t = LoadTrace(path, experts);
     if (!t) {
       rc = 1;
       continue;
     }
     auto r = Replay(*t, o);
     if (!r.ok()) {
-      std::cerr << "dynamoe-replay: " << path << ": " << r.status().message() << "\n";
+      std::cerr << "dynamoe-replay: " << path << ": " << r.status().message()
+                << dynamoe::tools::ReplayErrorHint(path, r.status()) << "\n";
       rc = r.status().code() == absl::StatusCode::kInvalidArgument && r.status().message().find("unknown") != std::string::npos ? 2 : 1;
       continue;
     }

@@ -1,9 +1,14 @@
 #include "tools/replay_files.h"
 
+#include <filesystem>
 #include <map>
+#include <regex>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "placement/megatron_import.h"
+#include "placement/replay_inputs.h"
 
 namespace dynamoe::tools {
 
@@ -22,6 +27,34 @@ std::string Field(const std::string& s) {
 }
 
 }  // namespace
+
+absl::StatusOr<Trace> ReadReplayInput(const std::string& path, int64_t experts) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    if (!placement::IsMegatronTraceDir(path))
+      return absl::InvalidArgumentError(
+          "a directory without router_trace_rank{R}.jsonl files; expected a Megatron-Core router trace directory "
+          "(--moe-routing-trace-path) or a trace file");
+    placement::MegatronImportOptions o;
+    o.experts = experts;
+    return placement::ImportMegatronTraceDir(path, o);
+  }
+  auto t = placement::ReadAnyTraceFile(path);
+  // One Megatron rank file is not a dynamoe JSONL trace: point at its directory.
+  static const std::regex kRankFile(R"(router_trace_rank\d+\.jsonl)");
+  if (!t.ok() && std::regex_match(std::filesystem::path(path).filename().string(), kRankFile))
+    return absl::Status(t.status().code(),
+                        absl::StrCat(t.status().message(), " (a Megatron-Core rank file: give its directory, ",
+                                     std::filesystem::path(path).parent_path().string(), ", to read every rank)"));
+  return t;
+}
+
+std::string ReplayErrorHint(const std::string& path, const absl::Status& status) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec) && status.message().find("do not divide") != std::string::npos)
+    return " (the expert count of a Megatron trace is its largest index + 1: give the real one with --experts N)";
+  return "";
+}
 
 void WriteSummaryHeader(std::ostream& out) {
   out << "trace,policy,world_size,steps,mean_seconds,p99_seconds,speedup_vs_none,imbalance_before,"

@@ -6,13 +6,24 @@
 //                    over layers and recorded ranks (the heat map's input)
 #pragma once
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "placement/replay.h"
 #include "placement/trace.h"
 
 namespace dynamoe::tools {
+
+// What `run` and `calibrate` read: a Megatron-Core router trace directory
+// (router_trace_rank{R}.jsonl files; `experts`: --experts, 0 = from the
+// records) or a trace file in any form ReadAnyTraceFile reads. Messages do not
+// repeat the path.
+absl::StatusOr<placement::Trace> ReadReplayInput(const std::string& path, int64_t experts);
+// A hint appended to a replay error of `path` ("" when none applies): the
+// expert count of an imported trace that does not divide over the ranks.
+std::string ReplayErrorHint(const std::string& path, const absl::Status& status);
 
 void WriteSummaryHeader(std::ostream& out);
 void WriteSummaryRows(std::ostream& out, const std::string& trace_name, const placement::ReplayReport& report);
