@@ -14,6 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import dynamoe
+from test_distributed import free_port
 
 CASES = {
     # the expert-bias update and RTS drop order both depend on the step
@@ -118,11 +119,14 @@ def test_the_step_counts_once_in_metrics_and_trace(tmp_path):
                      if l.startswith("dynamoe_routed_tokens_total{{") and 'layer="ck"' in l)
         print(json.dumps({{"routed": routed, "step": m.step}}))
     """))
-    port = _free_port()
-    env = dict(os.environ, DYNAMOE_TRACE=str(tmp_path / "t"), DYNAMOE_METRICS_PORT=str(port),
-               DYNAMOE_LOG_LEVEL="warning")
-    proc = subprocess.run([sys.executable, str(script), str(port)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    for _ in range(4):  # a port taken between choosing and binding: again on another
+        port = free_port()
+        env = dict(os.environ, DYNAMOE_TRACE=str(tmp_path / "t"), DYNAMOE_METRICS_PORT=str(port),
+                   DYNAMOE_LOG_LEVEL="warning")
+        proc = subprocess.run([sys.executable, str(script), str(port)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        if proc.returncode == 0 or "Address already in use" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"routed": 120.0, "step": 3}
@@ -132,9 +136,3 @@ def test_the_step_counts_once_in_metrics_and_trace(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "3 steps, 1 layers" in out.stdout, out.stdout
 
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
