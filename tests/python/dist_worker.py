@@ -560,14 +560,15 @@ def bias_claim():
     torch.manual_seed(1234)
     moe = dynamoe.MoE(d, h, E, top_k=k, capacity_factor=1.0, min_capacity=1, bias_update_rate=rate,
                       group=dist.group.WORLD, name="bias").double()
-    kept_would_differ = False
+    kept_would_differ = local_would_differ = False
     for step in range(3):
         bias = moe.expert_bias.clone()
-        load = torch.zeros(E, dtype=torch.float64)
+        loads = []
         for r in range(world):
             xr, _ = tokens_of(r + 10 * step, d)
             key = torch.softmax(xr @ moe.gate.weight.detach().T, -1) + bias
-            load += torch.bincount(key.topk(k, -1).indices.flatten(), minlength=E).double()
+            loads.append(torch.bincount(key.topk(k, -1).indices.flatten(), minlength=E).double())
+        load = sum(loads)
         x, gy = tokens_of(rank + 10 * step, d)
         y = moe(x)
         ((y * gy).sum() + moe.aux_loss).backward()
@@ -576,10 +577,13 @@ def bias_claim():
                                                   f"expected {want.tolist()} from routed load {load.tolist()}")
         kept = moe.stats()["counts"].sum(0).double()
         kept_would_differ |= not torch.equal(bias + torch.sign(kept.mean() - kept) * rate, want)
+        local_would_differ |= not torch.equal(bias + torch.sign(loads[rank].mean() - loads[rank]) * rate, want)
         biases = [None] * world
         dist.all_gather_object(biases, moe.expert_bias.tolist())
         check(all(b == biases[0] for b in biases), f"step {step}: expert_bias differs between ranks: {biases}")
+    # The checks above tell the routed from the kept counts, and the world's from this rank's.
     check(kept_would_differ, "capacity drops made an update from the kept counts differ from the routed one's")
+    check(local_would_differ, "an update from this rank's own counts would differ from the world's")
 
 
 def tutel_claim():
