@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dynamoe needs, skipping those already present
-# (a second run is instant).
+# (a second run is instant), then the Python packages of the Hugging Face
+# recording test into build/pydeps (git-ignored; skipped when the pinned set
+# is already there).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ninja-build libtorch-dev python3-torch libgloo-dev libabsl-dev
   libboost-dev libboost-system-dev nlohmann-json3-dev libbenchmark-dev libgtest-dev libgmock-dev
-  prometheus-cpp-dev prometheus python3-pytest python3-matplotlib
+  prometheus-cpp-dev prometheus python3-pytest python3-matplotlib python3-pip python3-numpy python3-yaml
+  python3-requests python3-packaging
   libopenblas0-pthread)  # takes over libblas.so.3 from the reference BLAS torch links against
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -12,13 +16,35 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PACKAGES[@]} packages present"
+else
+  echo "deps: installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: not root; install these packages as root first: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# transformers 4.46 is the last line that runs on Debian's torch 1.13; its
+# other needs come from the Debian packages above. --no-deps keeps pip from
+# replacing those; the test adds build/pydeps to sys.path.
+PYDEPS=(transformers==4.46.3 huggingface_hub==0.26.5 tokenizers==0.20.3 safetensors==0.4.5 tqdm==4.67.1
+  regex==2024.11.6 filelock==3.16.1 fsspec==2024.10.0)
+stamp=build/pydeps/.dynamoe-pydeps
+if [ "$(cat "$stamp" 2>/dev/null)" = "${PYDEPS[*]}" ]; then
+  echo "deps: Python packages present (build/pydeps)"
   exit 0
 fi
-echo "deps: installing ${missing[*]}"
-if [ "$(id -u)" -ne 0 ]; then
-  echo "deps: not root; install these packages as root first: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
-  exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "deps: pip installing ${PYDEPS[*]} into build/pydeps"
+rm -rf build/pydeps
+for attempt in 1 2; do
+  if /usr/bin/python3 -m pip install -q --disable-pip-version-check --no-deps --target build/pydeps "${PYDEPS[@]}"; then
+    echo "${PYDEPS[*]}" >"$stamp"
+    exit 0
+  fi
+  echo "deps: pip install failed (attempt $attempt)" >&2
+  sleep 5
+done
+exit 1
