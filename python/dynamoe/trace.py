@@ -70,8 +70,9 @@ def _step_record(step, layer, counts):
 
 
 def _hf_indices(module, output):
-    logits = output[1]
-    return logits.topk(module.top_k, dim=-1).indices
+    import torch
+    # As these blocks route: top-k of the fp32 softmax (ties resolve as the model's do).
+    return output[1].softmax(dim=-1, dtype=torch.float).topk(module.top_k, dim=-1).indices
 
 
 def _hf_layer(name, module):
@@ -94,7 +95,7 @@ def _num_experts(module):
 class Recorder:
     """The hooks and the writer thread of one recording; see record()."""
 
-    def __init__(self, model, path, adapters=None, training_only=False, max_pending=1024):
+    def __init__(self, model, path, adapters=None, names=None, training_only=False, max_pending=1024):
         import torch
         self._torch = torch
         adapters = dict(adapters or {})
@@ -109,9 +110,10 @@ class Recorder:
         self._error = None
         self._closed = False
         matched = []
+        names = None if names is None else set(names)
         for name, module in model.named_modules():
             fn, experts = self._adapter_for(name, module, adapters, matched)
-            if fn is None:
+            if fn is None or (names is not None and name not in names):
                 continue
             if type(module).__name__ in KNOWN_ROUTERS and fn is _hf_indices:
                 spec = _hf_layer(name, module)
@@ -252,16 +254,18 @@ class Recorder:
         self.close()
 
 
-def record(model, path, *, adapters=None, training_only=False, max_pending=1024):
+def record(model, path, *, adapters=None, names=None, training_only=False, max_pending=1024):
     """Records the routing of `model` into the dynamoe trace `path` until close().
 
     adapters: {module, qualified name or class: fn or (fn, num_experts)} for
       routers this module does not know; fn(module, output) returns the
       [tokens, k] expert indices. num_experts defaults to the module's
       num_experts / num_local_experts attribute.
+    names: record only the routers with these qualified names (default: all).
     training_only: record only forward calls in training mode.
     max_pending: calls queued for the writer before a hook waits for it.
     Returns the Recorder (a context manager). Each forward call of a router is
     one step of its layer. The rank is torch.distributed's when initialised.
     """
-    return Recorder(model, os.fspath(path), adapters=adapters, training_only=training_only, max_pending=max_pending)
+    return Recorder(model, os.fspath(path), adapters=adapters, names=names, training_only=training_only,
+                    max_pending=max_pending)

@@ -1,0 +1,250 @@
+"""dynamoe.trace.record on tiny randomly initialised Hugging Face MoE models
+(no weights downloaded) and on a user module with an adapter: the counts that
+dynamoe-replay reads back from the recorded trace must equal counts computed
+here from the routers' own logits."""
+import csv
+import json
+import os
+import pathlib
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TOOL = ROOT / "build" / "default" / "tools" / "dynamoe-replay"
+PYDEPS = ROOT / "build" / "pydeps"  # scripts/deps.sh installs transformers there
+if PYDEPS.is_dir() and str(PYDEPS) not in sys.path:
+    sys.path.append(str(PYDEPS))
+
+import dynamoe.trace  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not TOOL.exists(), reason="dynamoe-replay is not built")
+
+
+def replay_loads(path, tmp_path, *extra):
+    """{(step, expert): tokens} of dynamoe-replay's expert_load.csv, the summary line, stderr."""
+    out = tmp_path / ("out_" + pathlib.Path(path).name)
+    r = subprocess.run([str(TOOL), "run", str(path), "--policies", "none", "--threads", "1", "--out-dir", str(out),
+                        *extra], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with open(out / "expert_load.csv") as f:
+        loads = {(int(row["step"]), int(row["expert"])): int(row["tokens"]) for row in csv.DictReader(f)}
+    return loads, r.stdout.splitlines()[0], r.stderr
+
+
+def counts_from_logits(logits, k, experts, softmax=False):
+    """Assignments per expert of the k largest logits per token. softmax: as
+    the Hugging Face blocks route (top-k of the fp32 softmax): a token whose
+    logits tie (seen: OLMoE's first token of a 1-sequence batch) goes where
+    the model's topk sends it, which a plain sort of the logits may not."""
+    picked = (logits.softmax(dim=-1, dtype=torch.float) if softmax else logits).topk(k, dim=-1).indices
+    counts = [0] * experts
+    for e in picked.reshape(-1).tolist():
+        counts[e] += 1
+    return counts
+
+
+def tiny_hf(kind):
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64)
+    if kind == "mixtral":
+        cfg = transformers.MixtralConfig(num_local_experts=8, **common)
+        model = transformers.MixtralForCausalLM(cfg)
+    elif kind == "olmoe":
+        cfg = transformers.OlmoeConfig(num_experts=8, **common)
+        model = transformers.OlmoeForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2MoeConfig(num_experts=8, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                                          **common)
+        model = transformers.Qwen2MoeForCausalLM(cfg)
+    return model.eval()
+
+
+def run_batches(model, shapes):
+    """The router logits per batch and layer, from output_router_logits."""
+    logits = []
+    with torch.no_grad():
+        for b, t in shapes:
+            out = model(torch.randint(0, 64, (b, t)), output_router_logits=True)
+            logits.append([l.clone() for l in out.router_logits])
+    return logits
+
+
+def test_mixtral_replay_counts_equal_router_logits(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_hf("mixtral")
+    layer1 = "model.layers.1.block_sparse_moe"
+    # Two recordings at once: every router, and layer 1 alone (its loads
+    # are then that layer's counts, not a sum over layers).
+    with dynamoe.trace.record(model, tmp_path / "all.dmtrace") as rec_all, \
+            dynamoe.trace.record(model, tmp_path / "one.dmtrace", names=[layer1]) as rec_one:
+        logits = run_batches(model, [(2, 10), (3, 7), (1, 16)])
+    assert rec_all.layer_names == ["model.layers.0.block_sparse_moe", layer1]
+    assert rec_all.steps == [3, 3] and rec_one.steps == [3]
+
+    loads, summary, err = replay_loads(tmp_path / "all.dmtrace", tmp_path)
+    assert "6 steps, 2 layers, recorded on 1 ranks" in summary
+    assert err == ""  # every frame's checksums hold
+    for step, per_layer in enumerate(logits):
+        expected = [sum(c) for c in zip(*(counts_from_logits(l, 2, 8, softmax=True) for l in per_layer))]
+        assert [loads[(step, e)] for e in range(8)] == expected, step
+    loads, summary, _ = replay_loads(tmp_path / "one.dmtrace", tmp_path)
+    assert "3 steps, 1 layers" in summary
+    for step, per_layer in enumerate(logits):
+        assert [loads[(step, e)] for e in range(8)] == counts_from_logits(per_layer[1], 2, 8, softmax=True), step
+
+
+@pytest.mark.parametrize("kind", ["olmoe", "qwen2_moe"])
+def test_olmoe_and_qwen_routers_are_known(kind, tmp_path):
+    torch.manual_seed(1)
+    model = tiny_hf(kind)
+    with dynamoe.trace.record(model, tmp_path / "t.dmtrace") as rec:
+        logits = run_batches(model, [(2, 9), (1, 5)])
+    assert rec.layer_names == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    loads, _, err = replay_loads(tmp_path / "t.dmtrace", tmp_path)
+    assert err == ""
+    for step, per_layer in enumerate(logits):
+        expected = [sum(c) for c in zip(*(counts_from_logits(l, 2, 8, softmax=True) for l in per_layer))]
+        assert [loads[(step, e)] for e in range(8)] == expected
+
+
+class UserMoE(torch.nn.Module):
+    """A router dynamoe does not know: forward returns (output, top-k indices)."""
+
+    def __init__(self, experts=6, k=3):
+        super().__init__()
+        self.gate = torch.nn.Linear(4, experts)
+        self.k = k
+
+    def forward(self, x):
+        idx = self.gate(x).topk(self.k, dim=-1).indices
+        return x, idx
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = UserMoE()
+        self.b = UserMoE()
+
+    def forward(self, x):
+        return self.b(self.a(x)[0])[0]
+
+
+def test_user_adapter_and_errors(tmp_path):
+    torch.manual_seed(2)
+    net = Net()
+    xs = [torch.randn(5, 4), torch.randn(8, 4)]
+    with dynamoe.trace.record(net, tmp_path / "u.dmtrace", adapters={UserMoE: (lambda m, out: out[1], 6)}) as rec:
+        for x in xs:
+            net(x)
+    assert rec.layer_names == ["a", "b"]
+    loads, summary, err = replay_loads(tmp_path / "u.dmtrace", tmp_path)
+    assert err == "" and "4 steps, 2 layers" in summary
+    for step, x in enumerate(xs):
+        expected = [0] * 6
+        for m in (net.a, net.b):
+            for c, n in zip(range(6), counts_from_logits(m.gate(x).detach(), 3, 6)):
+                expected[c] += n
+        assert [loads[(step, e)] for e in range(6)] == expected
+
+    # An adapter naming nothing, a router without an expert count, no router.
+    with pytest.raises(ValueError, match="no module of the model matches the adapters for \\['c'\\]"):
+        dynamoe.trace.record(net, tmp_path / "x.dmtrace", adapters={"a": (lambda m, o: o[1], 6), "c": lambda m, o: o})
+    with pytest.raises(ValueError, match="module 'a': give its expert count"):
+        dynamoe.trace.record(net, tmp_path / "x.dmtrace", adapters={"a": lambda m, o: o[1]})
+    with pytest.raises(ValueError, match="no router found"):
+        dynamoe.trace.record(torch.nn.Linear(2, 2), tmp_path / "x.dmtrace")
+    # The failed calls left no hooks behind.
+    assert not net.a._forward_hooks
+    # An adapter returning something else fails the forward call that made it.
+    rec = dynamoe.trace.record(net, tmp_path / "x.dmtrace", adapters={"a": (lambda m, o: "oops", 6)})
+    with pytest.raises(ValueError, match="adapter of 'a' returned str"):
+        net(xs[0])
+    rec.close()
+    # An index beyond the expert count is reported by close().
+    rec = dynamoe.trace.record(net, tmp_path / "y.dmtrace", adapters={"a": (lambda m, o: o[1], 2)})
+    net(xs[0])
+    with pytest.raises(ValueError, match=r"layer 'a' step 0: expert indices must be in \[0, 2\)"):
+        rec.close()
+
+
+def test_damage_is_caught_by_the_checksums(tmp_path):
+    torch.manual_seed(3)
+    net = Net()
+    with dynamoe.trace.record(net, tmp_path / "d.dmtrace", adapters={UserMoE: (lambda m, o: o[1], 6)}):
+        for _ in range(4):
+            net(torch.randn(3, 4))
+    data = bytearray((tmp_path / "d.dmtrace").read_bytes())
+    data[-20] ^= 0x40  # inside the last step record's counts
+    (tmp_path / "d.dmtrace").write_bytes(bytes(data))
+    r = subprocess.run([str(TOOL), "run", str(tmp_path / "d.dmtrace"), "--policies", "none"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    assert "damaged trace: lost 1 record" in r.stderr, r.stderr
+    assert "7 steps, 2 layers" in r.stdout
+
+
+WORKER = r"""
+import json, os, sys, torch
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import dynamoe.trace
+from test_trace_record import Net, UserMoE, counts_from_logits
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+torch.manual_seed(10 + rank)
+net = Net()
+x = torch.randn(4 + rank, 4)
+with dynamoe.trace.record(net, sys.argv[3], adapters={UserMoE: (lambda m, o: o[1], 6)}) as rec:
+    net(x)
+expected = [a + b for a, b in zip(counts_from_logits(net.a.gate(x).detach(), 3, 6),
+                                  counts_from_logits(net.b.gate(x).detach(), 3, 6))]
+json.dump({"path": rec.path, "expected": expected}, open(sys.argv[3] + f".{rank}.json", "w"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_rank_comes_from_torch_distributed(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT / "python"),
+                                       str(pathlib.Path(__file__).parent), str(tmp_path / "job.dmtrace")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out
+    for rank in range(2):
+        info = json.loads((tmp_path / f"job.dmtrace.{rank}.json").read_text())
+        path = tmp_path / f"job.rank{rank}.dmtrace"
+        assert info["path"] == str(path)
+        # Header frame payload: u32 world (1: this rank's row), i32 rank.
+        world, header_rank = struct.unpack_from("<Ii", path.read_bytes(), 8 + 4 + 16)
+        assert (world, header_rank) == (1, rank)
+        loads, _, err = replay_loads(path, tmp_path)
+        assert err == ""
+        assert [loads[(0, e)] for e in range(6)] == info["expected"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_indices_are_copied_asynchronously(tmp_path):
+    torch.manual_seed(4)
+    net = Net().cuda()
+    xs = [torch.randn(64, 4, device="cuda") for _ in range(3)]
+    with dynamoe.trace.record(net, tmp_path / "c.dmtrace", adapters={UserMoE: (lambda m, o: o[1], 6)}):
+        for x in xs:
+            net(x)
+    loads, _, err = replay_loads(tmp_path / "c.dmtrace", tmp_path)
+    assert err == ""
+    for step, x in enumerate(xs):
+        expected = [a + b for a, b in zip(counts_from_logits(net.a.gate(x).detach().cpu(), 3, 6),
+                                          counts_from_logits(net.b.gate(x).detach().cpu(), 3, 6))]
+        assert [loads[(step, e)] for e in range(6)] == expected
