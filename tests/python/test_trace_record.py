@@ -153,6 +153,17 @@ def test_user_adapter_and_errors(tmp_path):
                 expected[c] += n
         assert [loads[(step, e)] for e in range(6)] == expected
 
+    # training_only: eval-mode calls are not steps.
+    net.eval()
+    with dynamoe.trace.record(net, tmp_path / "t.dmtrace", adapters={UserMoE: (lambda m, out: out[1], 6)},
+                              training_only=True) as rec:
+        net(xs[0])
+        net.train()
+        net(xs[1])
+    assert rec.steps == [1, 1]
+    loads, _, _ = replay_loads(tmp_path / "t.dmtrace", tmp_path)
+    assert sum(loads.values()) == 2 * 3 * len(xs[1]) and {s for s, _ in loads} == {0}
+
     # An adapter naming nothing, a router without an expert count, no router.
     with pytest.raises(ValueError, match="no module of the model matches the adapters for \\['c'\\]"):
         dynamoe.trace.record(net, tmp_path / "x.dmtrace", adapters={"a": (lambda m, o: o[1], 6), "c": lambda m, o: o})
