@@ -171,6 +171,51 @@ TEST(Permute, GatherCombineAndBackwardsMatchLoops) {
   EXPECT_EQ(split, out);
 }
 
+double Act(Activation act, double x) {
+  double a;
+  ActivationForward<double>(&x, nullptr, act, &a, 0, 1);
+  return a;
+}
+
+// Hand values: gelu(x) = x Phi(x) (Phi(1) = 0.8413447460685429, Phi(-2) =
+// 0.022750131948179...), silu(x) = x / (1 + e^-x). 1e-15: a few ulp of double.
+TEST(Activation, CpuTwinMatchesHandValues) {
+  EXPECT_NEAR(Act(Activation::kGelu, 1.0), 0.8413447460685429, 1e-15);
+  EXPECT_NEAR(Act(Activation::kGelu, -2.0), -0.04550026389635844, 1e-15);
+  EXPECT_NEAR(Act(Activation::kSilu, 1.0), 0.7310585786300049, 1e-15);
+  EXPECT_NEAR(Act(Activation::kSilu, -2.0), -0.2384058440442351, 1e-15);
+  EXPECT_EQ(Act(Activation::kRelu, -1.0), 0.0);
+  EXPECT_EQ(Act(Activation::kRelu, 2.5), 2.5);
+  float xf = 1.0f, af = 0;  // the float twin computes in float
+  ActivationForward<float>(&xf, nullptr, Activation::kGelu, &af, 0, 1);
+  EXPECT_NEAR(af, 0.8413447460685429, 4e-7);  // a few ulp of float at 0.84
+}
+
+// The backward pass (grad_h, grad_g, the recomputed activation) against
+// central differences of the forward, plain and gated, in double. Step 1e-6:
+// truncation error ~1e-13 (|f'''| / 6 eps^2), rounding ~1e-16 |f| / eps =
+// 1e-10, so 1e-8. (Moved here from the CUDA test, where it never ran without
+// a GPU.)
+TEST(Activation, DerivativeMatchesCentralDifference) {
+  const double eps = 1e-6, ga = 0.3, g = 1.7;
+  for (Activation act : {Activation::kGelu, Activation::kSilu, Activation::kRelu})
+    for (double x : {-3.0, -1.2785, -0.5, 0.37, 2.5}) {  // -1.2785: near the minimum of silu
+      SCOPED_TRACE(testing::Message() << "act=" << static_cast<int>(act) << " x=" << x);
+      const double fd = (Act(act, x + eps) - Act(act, x - eps)) / (2 * eps);
+      double grad_h = 0, grad_g = 0, a = 0, unused = 0;
+      ActivationBackward<double>(&ga, &x, nullptr, act, &grad_h, nullptr, &unused, 0, 1);
+      EXPECT_NEAR(grad_h, ga * fd, 1e-8);
+      // Gated: a = act(h) g, so grad_h = grad_a g act'(h) and grad_g = grad_a act(h).
+      ActivationBackward<double>(&ga, &x, &g, act, &grad_h, &grad_g, &a, 0, 1);
+      EXPECT_NEAR(grad_h, ga * g * fd, 1e-8);
+      EXPECT_NEAR(grad_g, ga * Act(act, x), 1e-15);
+      EXPECT_NEAR(a, g * Act(act, x), 1e-15);
+      double forward_gated = 0;
+      ActivationForward<double>(&x, &g, act, &forward_gated, 0, 1);
+      EXPECT_EQ(forward_gated, a);  // one formula, forward and recomputed in backward
+    }
+}
+
 TEST(Bf16, RoundTripAndRounding) {
   for (float f : {0.f, 1.f, -2.5f, 3.14159f, 1e-20f, 65504.f}) {
     const float back = ToFloat(FromFloat(f, static_cast<bf16*>(nullptr)));
