@@ -3,6 +3,7 @@ and the exit codes and messages of bad input."""
 import csv
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -26,29 +27,140 @@ def trace(tmp_path):
     return path
 
 
+def read_counts_csv(path):
+    """{(step, layer): {(rank, expert): count}} from a "step,layer,rank,expert,count" file, parsed here."""
+    out = {}
+    for row in csv.DictReader(open(path)):
+        out.setdefault((int(row["step"]), row["layer"]), {})[int(row["rank"]), int(row["expert"])] = int(row["count"])
+    return out
+
+
+def expert_loads(cells, experts):
+    return [sum(c for (_, e), c in cells.items() if e == x) for x in range(experts)]
+
+
 def test_run_compares_every_policy_and_writes_csv(tmp_path, trace):
-    csv = tmp_path / "out.csv"
-    r = replay("run", trace, "--world", 16, "--preset", "h100-nvlink-ib", "--csv", csv)
+    out = tmp_path / "out.csv"
+    r = replay("run", trace, "--world", 16, "--preset", "h100-nvlink-ib", "--csv", out)
     assert r.returncode == 0, r.stderr
     assert "recorded on 4 ranks, replayed on 16" in r.stdout
     for p in POLICIES:
         assert any(line.startswith(p) for line in r.stdout.splitlines()), r.stdout
-    rows = csv.read_text().splitlines()
-    assert rows[0] == "trace,policy,step_index,step,layer,predicted_seconds,imbalance_before,imbalance_after,copies"
-    assert len(rows) == 1 + 4 * 40
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ["trace", "policy", "step_index", "step", "layer", "predicted_seconds", "imbalance_before",
+                             "imbalance_after", "copies"]
+    assert len(rows) == 4 * 40
+    # The same synthetic routing as counts (synth is deterministic in its options), read here: the
+    # imbalance before placement is max/mean of the expert loads (re-homing to 16 ranks copies every
+    # rank's counts 4 times, which leaves the ratio alone).
+    counts = tmp_path / "same.csv"
+    assert replay("synth", "--out", counts, "--steps", 40, "--experts", 16, "--world", 4, "--tokens", 128,
+                  "--seed", 3).returncode == 0
+    fed = read_counts_csv(counts)
+    assert len(fed) == 40
+    for row in rows:
+        loads = expert_loads(fed[int(row["step"]), row["layer"]], 16)
+        # %.6g in the file: 6 significant digits.
+        assert float(row["imbalance_before"]) == pytest.approx(max(loads) / (sum(loads) / 16), rel=1e-5), row
+        if row["policy"] == "none":  # plain expert parallelism copies nothing
+            assert int(row["copies"]) == 0
     assert replay("run", trace, "--world", 16, "--preset", "h100-nvlink-ib").stdout == r.stdout  # deterministic
 
 
+def test_none_replays_fed_counts_as_the_cost_model_documents(tmp_path):
+    """Counts written here go in as CSV; the reported loads, imbalances, bytes and predicted times
+    are computed here from those counts with the terms placement/cost_model.h documents."""
+    import random
+    rng = random.Random(7)
+    world, experts, steps = 2, 4, 6
+    fed = {s: {(r, e): rng.randint(0, 20) for r in range(world) for e in range(experts)} for s in range(steps)}
+    fed[5] = {(r, e): (9 if (r, e) == (0, 1) else 0) for r in range(world) for e in range(experts)}  # stays home
+    path = tmp_path / "fed.csv"
+    path.write_text("step,layer,rank,expert,count\n" + "".join(
+        f"{s},moe0,{r},{e},{c}\n" for s, cells in fed.items() for (r, e), c in cells.items()))
+    cluster = tmp_path / "cluster.txt"
+    flops, bw, lat = 2e12, 1e9, 1e-5
+    cluster.write_text(f"flops = {flops}\nintra_node_bw = {bw}\nintra_node_latency_s = {lat}\n")
+    out = tmp_path / "out"
+    r = replay("run", path, "--policies", "none", "--cluster", cluster, "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    assert f"{steps} steps, 1 layers, recorded on {world} ranks, replayed on {world}" in r.stdout
+    # An imported trace has no layer sizes: ReplayOptions::default_layer, d_model 1024, d_hidden
+    # 4096, two matrices, bf16.
+    row_bytes, flop_per_row = 1024 * 2, 2 * 2 * 1024 * 4096
+    home = lambda e: e // (experts // world)
+    want_seconds, want_bytes = [], []
+    for s in range(steps):
+        link = {}
+        for (src, e), c in fed[s].items():
+            link[src, home(e)] = link.get((src, home(e)), 0) + c
+        send = [sum(lat + n * row_bytes / bw for (a, b), n in link.items() if a == q and a != b and n) for q in range(world)]
+        recv = [sum(lat + n * row_bytes / bw for (a, b), n in link.items() if b == q and a != b and n) for q in range(world)]
+        exchange = max(max(send[q], recv[q]) for q in range(world))
+        rows = [sum(n for (_, b), n in link.items() if b == q) for q in range(world)]
+        # Training: four exchanges; backward is two GEMMs per forward GEMM (3x).
+        want_seconds.append(4 * exchange + 3 * max(rows) * flop_per_row / flops)
+        want_bytes.append(4 * row_bytes * sum(n for (a, b), n in link.items() if a != b))
+        loads = expert_loads(fed[s], experts)
+        got = [row for row in csv.DictReader(open(out / "steps.csv")) if int(row["step"]) == s]
+        assert len(got) == 1
+        assert float(got[0]["predicted_seconds"]) == pytest.approx(want_seconds[-1], rel=1e-8)  # %.9g
+        assert float(got[0]["imbalance_before"]) == pytest.approx(max(loads) / (sum(loads) / experts), rel=1e-5)
+        assert float(got[0]["imbalance_after"]) == pytest.approx(max(rows) / (sum(rows) / world), rel=1e-5)
+        assert int(got[0]["copies"]) == 0
+    assert want_seconds[5] == 3 * 9 * flop_per_row / flops  # the step without an exchange pays no latency
+    reported = {(int(row["step"]), int(row["expert"])): int(row["tokens"]) for row in csv.DictReader(open(out / "expert_load.csv"))}
+    assert reported == {(s, e): expert_loads(fed[s], experts)[e] for s in range(steps) for e in range(experts)}
+    summary = next(csv.DictReader(open(out / "summary.csv")))
+    assert float(summary["mean_seconds"]) == pytest.approx(sum(want_seconds) / steps, rel=1e-8)
+    assert float(summary["p99_seconds"]) == pytest.approx(max(want_seconds), rel=1e-8)
+    assert float(summary["bytes_per_step"]) == pytest.approx(sum(want_bytes) / steps, rel=1e-8)
+    assert int(summary["plan_changes"]) == 0 and float(summary["copies_per_step"]) == 0
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path):
+    """README: "Results are deterministic (the thread count does not change them)". 4 layers x 4
+    policies = 16 work items on 1 thread and on 7 (more than the cores, so items interleave):
+    every output byte is the same."""
+    path = tmp_path / "layers.dmtrace"
+    assert replay("synth", "--out", path, "--steps", 50, "--layers", 4, "--experts", 16, "--world", 4, "--tokens", 128,
+                  "--drift-every", 15, "--burst-every", 10, "--seed", 11).returncode == 0
+    outputs = []
+    for threads in (1, 7):
+        out = tmp_path / f"t{threads}"
+        r = replay("run", path, "--world", 8, "--threads", threads, "--out-dir", out)
+        assert r.returncode == 0, r.stderr
+        outputs.append((r.stdout.replace(str(out), "OUT"),
+                        *[(out / f).read_bytes() for f in ("summary.csv", "steps.csv", "expert_load.csv")]))
+    assert outputs[0] == outputs[1]
+    steps = list(csv.DictReader(open(tmp_path / "t1" / "steps.csv")))
+    assert sum(int(s["copies"]) for s in steps) > 0  # policies copied: the sums compared hold more than zeros
+    bad = replay("run", path, "--threads", 0)
+    assert bad.returncode == 2 and "--threads expects an integer" in bad.stderr, bad.stderr
+
+
 def test_every_input_form(tmp_path, trace):
-    csv = tmp_path / "counts.csv"
-    assert replay("synth", "--out", csv, "--steps", 5, "--experts", 8, "--world", 2).returncode == 0
-    jsonl = tmp_path / "routing.jsonl"  # per-token routing without a rank field
-    jsonl.write_text("".join(f'{{"step": {s}, "layer": "moe0", "experts": [{s % 8}, {(s + 3) % 8}]}}\n'
+    """Each form replays, and the expert loads reported are the ones fed in."""
+    counts = tmp_path / "counts.csv"
+    assert replay("synth", "--out", counts, "--steps", 40, "--experts", 16, "--world", 4, "--tokens", 128,
+                  "--seed", 3).returncode == 0  # the binary fixture's routing, as CSV
+    fed = read_counts_csv(counts)
+    from_counts = {(s, e): expert_loads(cells, 16)[e] for (s, _), cells in fed.items() for e in range(16)}
+    assert sum(from_counts.values()) == 40 * 4 * 128 * 2  # steps x ranks x tokens x top-2
+    jsonl = tmp_path / "routing.jsonl"  # per-token routing without a rank field: tokens of rank 0
+    jsonl.write_text("".join(f'{{"step": {s // 2}, "layer": "moe0", "experts": [{s % 8}, {(s + 3) % 8}]}}\n'
                              for s in range(20)))
-    for path in (trace, csv, jsonl):
-        r = replay("run", path)
+    from_jsonl = {(s, e): 0 for s in range(10) for e in range(8)}
+    for s in range(20):
+        from_jsonl[s // 2, s % 8] += 1
+        from_jsonl[s // 2, (s + 3) % 8] += 1
+    for path, want in ((trace, from_counts), (counts, from_counts), (jsonl, from_jsonl)):
+        out = tmp_path / f"out-{path.name}"
+        r = replay("run", path, "--policies", "none", "--out-dir", out)
         assert r.returncode == 0, (path, r.stderr)
-        assert "none" in r.stdout
+        assert f"{len({s for s, _ in want})} steps" in r.stdout, r.stdout
+        got = {(int(row["step"]), int(row["expert"])): int(row["tokens"]) for row in csv.DictReader(open(out / "expert_load.csv"))}
+        assert got == want, path
 
 
 def test_bad_input_is_named_with_an_exit_code(tmp_path, trace):
@@ -63,7 +175,8 @@ def test_bad_input_is_named_with_an_exit_code(tmp_path, trace):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01 not a trace")
     cases.append((("run", junk), 1, "not a trace"))
-    cases.append((("run", tmp_path), 1, "read error at byte 0"))  # a directory: the read fails
+    # A directory is read as a Megatron router trace directory: this one holds none of its files.
+    cases.append((("run", tmp_path), 1, "a directory without router_trace_rank{R}.jsonl files"))
     for args, code, message in cases:
         r = replay(*args)
         assert r.returncode == code, (args, r.returncode, r.stderr)
@@ -94,6 +207,70 @@ def test_calibrate_on_a_trace_the_demo_recorded(tmp_path, trace):
     assert replay("run", tmp_path / "run.rank1.dmtrace", "--world", 8).returncode == 0
     bad = replay("calibrate", trace)  # a synthetic trace has no phase timings
     assert bad.returncode == 1 and "record it with DYNAMOE_TRACE" in bad.stderr
+
+
+DECISION = re.compile(r"\[dynamoe D\] demo placement fastermoe step (\d+): predicted (\S+) s without copies, "
+                      r"(\S+) s with shadowed \[([\d,]*)\] replicas \{\};(.*)$")
+EXPERT = re.compile(r" expert (\d+) \(load (\d+)(?:, next (\d+))?\) (shadowed|not shadowed): (.*?);")
+
+
+def test_debug_log_explains_each_placement_decision(tmp_path):
+    """README: DYNAMOE_LOG_LEVEL=debug logs each decision: the prediction without copies and with
+    the plan, and why each expert was or was not copied. Checked against the trace the same run
+    recorded: the loads named are the recorded loads, the experts come in load order, "shadowed" is
+    exactly gain > weights, and the prediction without copies is the replay of `none` on the trace
+    with the same cluster."""
+    demo = ROOT / "build" / "default" / "tools" / "dynamoe-demo"
+    steps = 12
+    # A slow GPU and a slow link: some experts pay for their copy, some do not.
+    env = dict(os.environ, DYNAMOE_TRACE=str(tmp_path / "run"), DYNAMOE_LOG_LEVEL="debug", DYNAMOE_PLACEMENT="fastermoe",
+               DYNAMOE_GPU_FLOPS="1e6", DYNAMOE_INTRA_BW="3e4", OMP_NUM_THREADS="1")
+    r = subprocess.run([str(demo), "--ranks", "2", "--steps", str(steps), "--log-every", str(steps)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [m for m in map(DECISION.match, (r.stdout + r.stderr).splitlines()) if m]
+    assert [int(m.group(1)) for m in lines] == list(range(steps)), r.stderr[-3000:]  # each decision, once (rank 0 logs)
+
+    out = tmp_path / "out"
+    cluster = tmp_path / "cluster.txt"
+    cluster.write_text("flops = 1e6\nintra_node_bw = 3e4\ninter_node_bw = 6.25e9\n"
+                       "intra_node_latency_s = 5e-6\ninter_node_latency_s = 5e-6\n")  # DYNAMOE_LATENCY_US default 5
+    rp = replay("run", tmp_path / "run.rank0.dmtrace", "--policies", "none", "--cluster", cluster, "--out-dir", out)
+    assert rp.returncode == 0, rp.stderr
+    none = [float(row["predicted_seconds"]) for row in csv.DictReader(open(out / "steps.csv"))]
+    loads = {}
+    for row in csv.DictReader(open(out / "expert_load.csv")):
+        loads.setdefault(int(row["step"]), {})[int(row["expert"])] = int(row["tokens"])
+    assert len(none) == len(loads) == steps
+    per_token, decided = None, {"shadowed": 0, "not shadowed": 0}
+    for m, step in zip(lines, sorted(loads)):
+        assert float(m.group(2)) == pytest.approx(none[step], rel=1e-5)  # printed to 6 digits
+        load = loads[step]
+        ranked = sorted(load.values(), reverse=True)
+        explained = EXPERT.findall(m.group(5))
+        assert explained, m.group(0)
+        shadowed = set()
+        for k, (e, l, nxt, verdict, why) in enumerate(explained):
+            e, l = int(e), int(l)
+            assert l == load[e] == ranked[k], (step, e, l, load)  # the recorded load, in load order
+            gain, weights = map(float, re.fullmatch(r"gain (\S+) s (?:>|<=) weights (\S+) s", why).groups())
+            if nxt:
+                assert int(nxt) == ranked[k + 1]
+            # gain = (load - next load) x seconds per token: one rate for every line.
+            rate = gain / (l - ranked[k + 1]) if l > ranked[k + 1] else None
+            if rate is not None:
+                per_token = per_token or rate
+                assert rate == pytest.approx(per_token, rel=2e-2)  # gains are printed to 3 digits
+            assert (verdict == "shadowed") == (gain > weights), why
+            decided[verdict] += 1
+            if verdict == "shadowed":
+                shadowed.add(e)
+            else:
+                assert k == len(explained) - 1  # the first expert not worth it ends the search
+        assert shadowed == {int(x) for x in m.group(4).split(",") if x}  # the plan is what was explained
+        if not shadowed:
+            assert m.group(2) == m.group(3)  # no copies: the same prediction
+    assert decided["shadowed"] > 0 and decided["not shadowed"] > 0, decided
 
 
 def test_out_dir_files_agree_with_the_table_and_plot(tmp_path):
