@@ -2,7 +2,9 @@
 Grafana panel query is valid PromQL (checked by promtool as recording rules)
 and uses only the documented metric families. And the files DYNAMOE_TRACE
 writes from real processes: one per global rank, a full disk reported at once
-and counted, records of a process killed by os._exit kept up to the flush period."""
+and counted, records of a process killed by os._exit kept up to the flush period, and the trace
+of a process killed by SIGKILL mid-run read back."""
+import csv
 import json
 import os
 import pathlib
@@ -151,3 +153,45 @@ def test_records_survive_os_exit_after_the_flush_period(tmp_path):
                                     DYNAMOE_TRACE_FLUSH_S="0.2"))
     assert r.returncode == 0, r.stderr
     assert _trace_steps(f"{prefix}.rank0.dmtrace")[0] == 6
+
+
+def test_a_killed_job_leaves_a_readable_trace(tmp_path):
+    """README: "a crashed job leaves a readable trace". A process training without end is killed
+    by SIGKILL (no handler, no destructor, no flush at exit) in the middle of its run: every step
+    it finished more than a flush period before the kill is in the file, in order, and
+    dynamoe-replay reads it (a torn last record at most costs that record)."""
+    import signal
+    import time
+    prefix = tmp_path / "crashed"
+    cmd = _trace_job(tmp_path, """
+        torch.manual_seed(0)
+        m = dynamoe.MoE(8, 16, 4, top_k=2, name="c")
+        step = 0
+        while True:
+            m(torch.randn(16, 8)).sum().backward()
+            print(step, flush=True)  # step `step` is done
+            step += 1
+    """)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=rank_env(PYTHONPATH=str(ROOT / "python"), DYNAMOE_TRACE=str(prefix),
+                                      DYNAMOE_TRACE_FLUSH_S="0.05"))
+    try:
+        for line in p.stdout:
+            if int(line) == 20:
+                break
+        done_before = int(line)  # steps 0..20 are done
+        time.sleep(1.0)  # 20 flush periods; it keeps training meanwhile
+        p.send_signal(signal.SIGKILL)
+        assert p.wait(timeout=30) == -signal.SIGKILL, p.stderr.read()  # still running when killed
+    finally:
+        p.kill()
+    finished = done_before + 1 + sum(1 for _ in p.stdout)  # steps it reported before dying
+    out = tmp_path / "out"
+    r = subprocess.run([str(REPLAY), "run", f"{prefix}.rank0.dmtrace", "--policies", "none", "--out-dir", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == "" or "cut short" in r.stderr, r.stderr  # at most a torn last record
+    steps = [int(row["step"]) for row in csv.DictReader(open(out / "steps.csv"))]
+    # Every step done a flush period (here 1 s) before the kill, in order; none it did not start.
+    assert steps and steps == list(range(steps[0], steps[0] + len(steps))), steps
+    assert steps[0] == 0 and done_before <= steps[-1] <= finished, (steps, finished)
