@@ -30,16 +30,18 @@ std::string Field(const std::string& s) {
 
 absl::StatusOr<Trace> ReadReplayInput(const std::string& path, int64_t experts) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    if (!placement::IsMegatronTraceDir(path))
-      return absl::InvalidArgumentError(
-          "a directory without router_trace_rank{R}.jsonl files; expected a Megatron-Core router trace directory "
-          "(--moe-routing-trace-path) or a trace file");
+  const bool dir = std::filesystem::is_directory(path, ec);
+  if (dir && placement::IsMegatronTraceDir(path)) {
     placement::MegatronImportOptions o;
     o.experts = experts;
     return placement::ImportMegatronTraceDir(path, o);
   }
   auto t = placement::ReadAnyTraceFile(path);
+  if (!t.ok() && dir)
+    return absl::Status(t.status().code(),
+                        absl::StrCat(t.status().message(), " (a directory without router_trace_rank{R}.jsonl files; ",
+                                     "expected a Megatron-Core router trace directory (--moe-routing-trace-path) ",
+                                     "or a trace file)"));
   // One Megatron rank file is not a dynamoe JSONL trace: point at its directory.
   static const std::regex kRankFile(R"(router_trace_rank\d+\.jsonl)");
   if (!t.ok() && std::regex_match(std::filesystem::path(path).filename().string(), kRankFile))
