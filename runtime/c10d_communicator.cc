@@ -128,16 +128,25 @@ absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c1
   // Gloo's own timeout only unblocks its threads after ours has reported.
   auto opts = c10d::ProcessGroupGloo::Options::create(info.timeout * 2 + std::chrono::seconds(5));
   opts->threads = 2;
+  bool device_made = false;
   try {
     opts->devices.push_back(bind_addr.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
                                               : c10d::ProcessGroupGloo::createDeviceForHostname(bind_addr));
+    device_made = true;
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, info.rank, info.size, opts);
     GroupInfo gloo_info = info;
     gloo_info.backend = "gloo";
     return CommunicatorPtr(c10::make_intrusive<C10dCommunicator>(std::move(pg), store, gloo_info));
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("creating the Gloo group '", info.name, "' (rank ", info.rank,
-                                               " of ", info.size, ") failed: ", e.what()));
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);  // its what() carries a backtrace
+    const std::string bad_addr =
+        device_made || bind_addr.empty()
+            ? ""
+            : absl::StrCat(": DYNAMOE_COMM_ADDR=\"", bind_addr,
+                           "\" is not an address of this host (unset it to use the one that reaches MASTER_ADDR)");
+    return absl::UnavailableError(absl::StrCat("creating the Gloo group '", info.name, "' (rank ", info.rank, " of ",
+                                               info.size, ") failed", bad_addr, ": ",
+                                               c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
 #endif
 }
