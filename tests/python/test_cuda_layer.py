@@ -51,14 +51,27 @@ def _run(layer, x, grad):
     return y.detach(), x.grad.detach(), grads, layer.stats()
 
 
-def _rel(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+def _assert_close(got, want, ulps, eps, what="tensor"):
+    """Element-wise: |got - want| <= ulps * eps * max|want| for every element.
+    A tensor-wide norm would let one wrong element in a long tail pass."""
+    got, want = got.double().cpu(), want.double().cpu()
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    bound = ulps * eps * want.abs().max().clamp_min(1e-30).item()
+    err = (got - want).abs()
+    bad = (err > bound).nonzero()
+    assert bad.numel() == 0, (f"{what}: {bad.shape[0]} of {want.numel()} elements differ by more than "
+                              f"{bound:.3g} (max {err.max().item():.3g}), first at {bad[0].tolist()}")
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+# cuBLAS and the CPU GEMM block the inner sums differently (and the CUDA path
+# fuses the activation), so results differ by reduction order only: fp32 sums
+# of <= 517 terms stay within ~2^-13 of the largest value (1024 ulps); bf16
+# results are rounded from fp32 sums, so within 4 of their ulps. Element-wise
+# bounds not yet run on a GPU: tune them on the first GPU run, never widen
+# them past a measured maximum without a reason.
+@pytest.mark.parametrize("dtype,ulps", [(torch.float32, 1024), (torch.bfloat16, 4)])
 @pytest.mark.parametrize("case", CASES)
-def test_cuda_layer_matches_cpu_layer(case, dtype, tol):
+def test_cuda_layer_matches_cpu_layer(case, dtype, ulps):
     d, h, e, k, cf, gated, act, bias, tokens = case
     torch.manual_seed(0)
     cpu = dynamoe.MoE(d, h, e, top_k=k, capacity_factor=cf, gated=gated, activation=act, bias=bias,
@@ -70,11 +83,12 @@ def test_cuda_layer_matches_cpu_layer(case, dtype, tol):
     y1, gx1, g1, s1 = _run(gpu, x.cuda(), grad.cuda())
     assert torch.equal(s0["counts"].cpu(), s1["counts"].cpu()), "routing differs"
     assert s0["dropped"] == s1["dropped"]
-    assert _rel(y1, y0) < tol
-    assert _rel(gx1, gx0) < tol
+    eps = torch.finfo(dtype).eps
+    _assert_close(y1, y0, ulps, eps, "output")
+    _assert_close(gx1, gx0, ulps, eps, "input gradient")
     assert set(g0) == set(g1)
     for name in g0:
-        assert _rel(g1[name], g0[name]) < tol, name
+        _assert_close(g1[name], g0[name], ulps, eps, name)
 
 
 def test_cuda_layer_rejects_float64_with_a_clear_error():
@@ -95,10 +109,13 @@ def test_cuda_layer_fp16_matches_fp32_on_the_same_values():
     y1, gx1, g1, s1 = _run(half, x, grad)
     assert y1.dtype == torch.float16 and gx1.dtype == torch.float16
     assert torch.equal(s0["counts"], s1["counts"]), "same logits in fp32: same routing"
-    assert _rel(y1, y0) < 5e-3
-    assert _rel(gx1, gx0) < 5e-3
+    # fp16 rounds the hidden activations before the second GEMM: each of the
+    # 192 rounded terms errs by <= 1/2 ulp, so allow 8 fp16 ulps of the largest value.
+    eps = torch.finfo(torch.float16).eps
+    _assert_close(y1, y0, 8, eps, "output")
+    _assert_close(gx1, gx0, 8, eps, "input gradient")
     for name in ("w1", "w2", "w3"):
-        assert _rel(g1[name], g0[name]) < 5e-3, name
+        _assert_close(g1[name], g0[name], 8, eps, name)
 
 
 def test_cuda_layer_names_non_finite_router_rows():
