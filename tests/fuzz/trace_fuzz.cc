@@ -11,7 +11,9 @@
 //   - records whose payloads are edited and then framed again with correct
 //     lengths and checksums (version 2 or 1), so that the header, layer, step
 //     and plan decoders themselves see invalid data (a plain byte edit is
-//     caught by the checksum first).
+//     caught by the checksum first). The entry point also reads every binary
+//     input a second time with its checksums recomputed, so that libFuzzer's
+//     own mutations reach the decoders too.
 // Every binary input is also read through a FILE* (the streaming path) and
 // must give the same result as the in-memory parse. A trace that parses must
 // hold what its consumers rely on (CheckDecoded), and is then replayed under
@@ -91,10 +93,32 @@ void Consume(const Trace& t) {
   (void)Calibrate(t);
 }
 
-}  // namespace
+// The input with every frame's checksums (and, in version 2, head checksum)
+// recomputed, walking the frames from the header on as their lengths say:
+// whatever libFuzzer changed inside a payload then reaches its decoder.
+std::string WithChecksumsFixed(std::string b) {
+  if (b.size() < 12 || b.compare(0, 8, "DMOETRC\n") != 0) return b;
+  uint32_t version;
+  std::memcpy(&version, b.data() + 8, 4);
+  if (version != 1 && version != 2) return b;
+  const size_t head = version == 1 ? 8 : 16, len_at = version == 1 ? 0 : 4;
+  for (size_t pos = 12; pos + head <= b.size();) {
+    if (version == 2 && b.compare(pos, 4, "\xA7REC") != 0) break;
+    uint32_t len;
+    std::memcpy(&len, b.data() + pos + len_at, 4);
+    if (len > b.size() - pos - head) break;  // a torn last record stays torn
+    const uint32_t crc = Crc32(b.data() + pos + head, len);
+    std::memcpy(b.data() + pos + len_at + 4, &crc, 4);
+    if (version == 2) {
+      const uint32_t head_crc = Crc32(b.data() + pos + 4, 8);
+      std::memcpy(b.data() + pos + 12, &head_crc, 4);
+    }
+    pos += head + len;
+  }
+  return b;
+}
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string bytes(reinterpret_cast<const char*>(data), size);
+void ParseAndConsume(const std::string& bytes) {
   const auto t = ParseTrace(bytes);
   CheckStreamingAgrees(bytes, t);
   if (t.ok()) {
@@ -102,6 +126,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Consume(*t);
     if (!t->layers.empty()) (void)ExportCountsCsv(*t);
   }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  ParseAndConsume(bytes);
+  if (const std::string fixed = WithChecksumsFixed(bytes); fixed != bytes) ParseAndConsume(fixed);
   for (const auto& imported : {ImportCountsCsv(bytes), ImportRoutingJsonl(bytes)})
     if (imported.ok()) {
       CheckDecoded(*imported, bytes);
