@@ -145,11 +145,15 @@ def _start_job(tmp_path):
                                stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 180
         paths = [out / "rank0.json", out / "rank1.json"]
-        while time.time() < deadline and not all(p.exists() for p in paths):
-            if job.poll() is not None and not all(p.exists() for p in paths):
-                pytest.fail("the job ended early:\n" + job.communicate()[0])
-            time.sleep(0.3)
-        assert all(p.exists() for p in paths), "the ranks did not report"
+        try:
+            while time.time() < deadline and not all(p.exists() for p in paths):
+                if job.poll() is not None and not all(p.exists() for p in paths):
+                    pytest.fail("the job ended early:\n" + job.communicate()[0])
+                time.sleep(0.3)
+            assert all(p.exists() for p in paths), "the ranks did not report"
+        except BaseException:
+            job.kill()
+            raise
         reports = [json.loads(p.read_text()) for p in paths]
         if any(r.get("port_busy") for r in reports):
             job.wait(timeout=60)
