@@ -30,9 +30,9 @@ using dynamoe::bench::Seconds;
 // The loop users write (MixtralKit style): one bias-free Linear per expert,
 // each its own parameter, so each expert's backward makes only its own weight
 // gradient. (Slicing one stacked weight, w1[e], would instead make every
-// slice's backward build a full-size zero gradient of the stack, slowing the
-// loop down 1.2-1.4x.) The weights are copies of the layer's; the gate is the
-// layer's.
+// slice's backward build a full-size zero gradient of the stack: 1.1-2x
+// slower, bench/README.md.) The weights are copies of the layer's; the gate is
+// the layer's.
 struct NaiveMoE {
   std::vector<torch::nn::Linear> w1, w2;
 
