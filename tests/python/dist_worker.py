@@ -25,7 +25,6 @@ p.add_argument("--capacity", type=float, default=0.0)
 p.add_argument("--ep_size", type=int, default=0)
 p.add_argument("--gated", type=int, default=0)
 p.add_argument("--tokens", default="5,0,17,9")
-p.add_argument("--stop_file", default="")
 p.add_argument("--compat", default="")
 p.add_argument("--cases", default="")
 p.add_argument("--stages", type=int, default=0)
@@ -455,26 +454,6 @@ def mismatch():
             check(f"layer 'm_{case}'" in str(e), f"{case}: the layer is named: {e}")
 
 
-def metrics():
-    """Runs 3 training steps with DYNAMOE_METRICS_PORT set, reports the routing
-    it did, then stays up (so Prometheus can scrape) until the stop file appears."""
-    E, d, h = args.experts, 6, 10
-    torch.manual_seed(1234)
-    moe = dynamoe.MoE(d, h, E, top_k=args.top_k, group=dist.group.WORLD, name="prom")
-    routed = [0] * E
-    for step in range(3):
-        x, gy = tokens_of(rank + 10 * step, d)
-        moe(x.float()).backward(gy.float())
-        for e, c in enumerate(moe.stats()["routed_counts"].tolist()):
-            routed[e] += c
-    report["routed"] = routed
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump(report, f)
-    deadline = time.time() + 120
-    while not os.path.exists(args.stop_file) and time.time() < deadline:
-        time.sleep(0.2)
-
-
 def compat():
     """A compatibility adapter (test_compat.py) expert-parallel over the world
     against a one-process dynamoe.MoE holding every expert, same weights."""
@@ -730,8 +709,6 @@ try:
         placement()
     elif args.scenario == "schedule":
         schedule()
-    elif args.scenario == "metrics":
-        metrics()
     elif args.scenario == "compat":
         compat()
     elif args.scenario == "checkpoint":
