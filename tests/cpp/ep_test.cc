@@ -1,6 +1,5 @@
 // Multi-process expert parallelism: each test starts one worker process per
 // rank (tests/cpp/ep_worker.cc) with torchrun's variables, as torchrun would.
-#include <chrono>
 #include <map>
 #include <string>
 #include <vector>
@@ -32,12 +31,15 @@ double Elapsed(const RankResult& r) {
 }
 
 struct EqualCase {
+  std::string name;  // the ctest name's last part
   int world;
   std::vector<std::string> args;
 };
+void PrintTo(const EqualCase& c, std::ostream* os) { *os << c.name; }
 
 class EpEqualTest : public testing::TestWithParam<EqualCase> {};
 
+// Each scenario's worker exits 0 only when every check of every rank passed.
 TEST_P(EpEqualTest, MatchesSingleProcessLayer) {
   DYNAMOE_SKIP_WITHOUT_GLOO();
   const auto results = Launch(GetParam().world, GetParam().args);
@@ -47,15 +49,24 @@ TEST_P(EpEqualTest, MatchesSingleProcessLayer) {
 INSTANTIATE_TEST_SUITE_P(
     Worlds, EpEqualTest,
     testing::Values(
-        EqualCase{2, {"top_k=2", "tokens=5,0"}},                          // a rank with no tokens
-        EqualCase{3, {"top_k=1", "gated=1", "tokens=5,0,17"}},            // top-1, gated, uneven
-        EqualCase{4, {"top_k=4", "tokens=5,0,17,9"}},                     // top-4
-        EqualCase{4, {"top_k=2", "capacity=1.0", "tokens=12,3,17,9"}},    // capacity per source rank
-        EqualCase{3, {"top_k=2", "capacity=0.5", "tokens=30,7,1"}},       // heavy drops
-        EqualCase{4, {"top_k=2", "ep_size=2", "tokens=8,0,13,5"}},        // two EP groups
-        EqualCase{4, {"top_k=2", "ep_size=1", "tokens=8,3,13,5"}},        // pure data parallel
-        EqualCase{2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}},
-        EqualCase{3, {"top_k=2", "dtype=bfloat16", "tokens=20,0,11"}}));
+        EqualCase{"W2_RankWithoutTokens", 2, {"top_k=2", "tokens=5,0"}},
+        EqualCase{"W3_Top1GatedUneven", 3, {"top_k=1", "gated=1", "tokens=5,0,17"}},
+        EqualCase{"W4_Top4", 4, {"top_k=4", "tokens=5,0,17,9"}},
+        EqualCase{"W4_CapacityPerSourceRank", 4, {"top_k=2", "capacity=1.0", "tokens=12,3,17,9"}},
+        EqualCase{"W3_HeavyDrops", 3, {"top_k=2", "capacity=0.5", "tokens=30,7,1"}},
+        EqualCase{"W4_TwoEpGroups", 4, {"top_k=2", "ep_size=2", "tokens=8,0,13,5"}},
+        EqualCase{"W4_PureDataParallel", 4, {"top_k=2", "ep_size=1", "tokens=8,3,13,5"}},
+        EqualCase{"W2_Float32GatedCapacity", 2, {"top_k=2", "dtype=float", "gated=1", "capacity=1.25", "tokens=40,9"}},
+        EqualCase{"W3_Bfloat16", 3, {"top_k=2", "dtype=bfloat16", "tokens=20,0,11"}},
+        // Custom experts (ExpertFactory) against a plain per-token loop.
+        EqualCase{"W3_CustomExperts", 3, {"scenario=custom", "experts=6", "top_k=2", "tokens=9,0,14"}},
+        EqualCase{"W4_CustomExpertsTwoEpGroups", 4,
+                  {"scenario=custom", "experts=8", "top_k=3", "ep_size=2", "tokens=7,12,0,5"}},
+        // bias_update_rate > 0 against the update computed from every rank's tokens.
+        EqualCase{"W3_BiasUpdate", 3, {"scenario=bias", "experts=6", "top_k=2", "capacity=0.5", "tokens=20,9,14"}},
+        EqualCase{"W4_BiasUpdateTwoEpGroups", 4,
+                  {"scenario=bias", "experts=8", "top_k=2", "capacity=0.5", "ep_size=2", "tokens=20,9,14,6"}}),
+    [](const testing::TestParamInfo<EqualCase>& info) { return info.param.name; });
 
 // DYNAMOE_TRACE: each rank writes its file, and the count matrices the ranks
 // all-gathered are recorded identically, with each row the tokens * k its
@@ -120,22 +131,29 @@ TEST(EpFailureTest, RankExitingMidStepIsNamedByEverySurvivor) {
     EXPECT_EQ(results[r].exit_code, 3) << dynamoe::tools::DescribeResults(results);
     EXPECT_NE(results[r].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[r].err;
     EXPECT_NE(results[r].err.find("Cause: rank 2 stopped responding"), std::string::npos) << results[r].err;
+    // The heartbeat names the dead rank; the bound is the README's (deadline
+    // + 5 s), generous on a loaded machine.
     EXPECT_GT(Elapsed(results[r]), 0);
-    EXPECT_LT(Elapsed(results[r]), kTimeout) << "survivors must fail within DYNAMOE_TIMEOUT_S";
+    EXPECT_LT(Elapsed(results[r]), kTimeout + 5) << "survivors must fail within DYNAMOE_TIMEOUT_S + 5 s";
   }
 }
 
 TEST(EpFailureTest, HungRankIsNamedWithinTheDeadline) {
   DYNAMOE_SKIP_WITHOUT_GLOO();
   const int world = 2;
-  const auto results = Launch(world, {"scenario=hang", "hang_s=6"}, WithTimeout(world));
+  const double hang_s = 8;
+  const auto results = Launch(world, {"scenario=hang", "hang_s=" + std::to_string(static_cast<int>(hang_s))},
+                              WithTimeout(world));
   EXPECT_EQ(results[0].exit_code, 3) << dynamoe::tools::DescribeResults(results);
   EXPECT_NE(results[0].err.find("DEADLINE_EXCEEDED"), std::string::npos) << results[0].err;
   EXPECT_NE(results[0].err.find("layer 'moe' phase 'combine'"), std::string::npos) << results[0].err;
   EXPECT_NE(results[0].err.find("Cause: rank 1 is alive but has not reached this collective"), std::string::npos)
       << results[0].err;
-  EXPECT_LE(Elapsed(results[0]), kTimeout + 1.0);
+  // The deadline, not the peer's return, ended the wait: raised after most of
+  // DYNAMOE_TIMEOUT_S (the diagnosis starts shortly before it) and before the
+  // stalled rank woke up (5 s of slack for a loaded machine).
   EXPECT_GE(Elapsed(results[0]), kTimeout * 0.5);
+  EXPECT_LT(Elapsed(results[0]), hang_s);
 }
 
 TEST(EpFailureTest, DivergedLayersFailOnEveryRank) {
@@ -199,12 +217,9 @@ TEST_P(FaultTest, SurvivorsNameTheFaultWithinTheDeadline) {
                  {"DYNAMOE_GPU_FLOPS", "1e6"}};  // a slow modelled GPU: the policies copy the hot expert
   for (const auto& [k, v] : c.env) options.env[k] = v;
   options.timeout_s = kFaultTimeout + 10 + 5;  // + start-up; then the launcher kills what is left (the frozen rank)
-  const auto t0 = std::chrono::steady_clock::now();
   const auto results = dynamoe::tools::LaunchLocal(
       DYNAMOE_EP_WORKER, {"scenario=fault", "experts=6", "ep_size=" + std::to_string(c.ep_size)}, c.world, options);
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string all = dynamoe::tools::DescribeResults(results);
-  const bool frozen = c.env.at("DYNAMOE_FAULT").rfind("stop", 0) == 0;
   EXPECT_EQ(results[c.faulty].exit_code, 128 + 9) << all;  // SIGKILL: its own, or the launcher's after SIGSTOP
   for (int r = 0; r < c.world; ++r) {
     if (r == c.faulty) continue;
@@ -212,10 +227,12 @@ TEST_P(FaultTest, SurvivorsNameTheFaultWithinTheDeadline) {
     for (const auto& s : c.every_survivor_names)
       EXPECT_NE(results[r].err.find(s), std::string::npos) << "rank " << r << " does not name \"" << s << "\"\n"
                                                            << results[r].err;
+    // The README's bound (deadline + 5 s): 100% slack on a 5 s deadline.
     EXPECT_GT(Elapsed(results[r]), 0) << all;
     EXPECT_LE(Elapsed(results[r]), kFaultTimeout + 5) << "rank " << r << " raised late\n" << results[r].err;
   }
-  if (!frozen) EXPECT_LE(wall, kFaultTimeout + 10 + 5) << "a process outlived DYNAMOE_TIMEOUT_S + 10 s\n" << all;
+  // "Exits by itself" is the exit code 3 above: the launcher kills whatever
+  // outlives options.timeout_s (128 + 9), so no wall-clock check is needed.
 }
 
 INSTANTIATE_TEST_SUITE_P(

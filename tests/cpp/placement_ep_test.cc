@@ -1,5 +1,5 @@
 // Every placement policy across real processes (placement_worker.cc), world
-// sizes 2 and 4: outputs and gradients equal `none`, plans identical on every
+// sizes 2 and 4, fp64, fp32 and bf16: outputs and gradients equal `none`, plans identical on every
 // rank (DYNAMOE_CHECK_PLAN=1 also checks each step), copies where the skew
 // calls for them. A slow modelled GPU (1 MFLOP/s) makes copies pay off on
 // these tiny experts; interval 2 exercises plan reuse.
@@ -15,9 +15,11 @@
 namespace {
 
 struct Case {
+  std::string name;  // the ctest name's last part
   int world;
   std::vector<std::string> args;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class PlacementEpTest : public testing::TestWithParam<Case> {};
 
@@ -32,13 +34,16 @@ TEST_P(PlacementEpTest, EveryPolicyMatchesNone) {
   const std::string all = dynamoe::tools::DescribeResults(results);
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << all;
   // The hot expert was copied by every policy but none (the worker checks
-  // each step; this is the summary rank 0 printed).
+  // each step; this is the summary rank 0 printed, "<dtype>/hot/<policy>: N copies").
   for (const char* policy : {"fastermoe", "adaptive", "eplb"})
     EXPECT_EQ(results[0].out.find(std::string("hot/") + policy + ": 0 copies"), std::string::npos) << all;
 }
 
-INSTANTIATE_TEST_SUITE_P(Worlds, PlacementEpTest,
-                         testing::Values(Case{2, {"tokens=13,7"}}, Case{4, {"tokens=13,0,17,9"}},
-                                         Case{4, {"tokens=6,11,0,20", "gated=1", "experts=12"}}));
+INSTANTIATE_TEST_SUITE_P(
+    Worlds, PlacementEpTest,
+    testing::Values(Case{"W2_Fp64Fp32Bf16", 2, {"tokens=13,7", "dtypes=double,float,bfloat16"}},
+                    Case{"W4_Fp64", 4, {"tokens=13,0,17,9"}},
+                    Case{"W4_Gated12ExpertsBf16", 4, {"tokens=6,11,0,20", "gated=1", "experts=12", "dtypes=bfloat16"}}),
+    [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

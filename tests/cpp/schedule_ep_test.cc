@@ -15,9 +15,11 @@
 namespace {
 
 struct Case {
+  std::string name;  // the ctest name's last part
   int world;
   std::vector<std::string> args;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class ScheduleEpTest : public testing::TestWithParam<Case> {};
 
@@ -33,12 +35,15 @@ TEST_P(ScheduleEpTest, OverlapMatchesSequential) {
 
 INSTANTIATE_TEST_SUITE_P(
     Worlds, ScheduleEpTest,
-    testing::Values(Case{2, {"tokens=13,7", "groups=1,4", "degrees=1,2,3"}},
-                    Case{3, {"tokens=13,0,17", "experts=6", "groups=1,2", "degrees=1,2"}},
-                    Case{4, {"tokens=13,0,17,9", "groups=1,2,3,4", "degrees=1,3"}},
-                    Case{4, {"tokens=6,11,0,20", "gated=1", "experts=12", "groups=2", "degrees=2",
-                             "policies=none,adaptive", "dtypes=float,bfloat16"}},
-                    Case{3, {"tokens=9,14,5", "experts=6", "groups=1", "degrees=5", "policies=none,eplb",
-                             "dtypes=float,bfloat16"}}));
+    testing::Values(Case{"W2_Degrees123", 2, {"tokens=13,7", "groups=1,4", "degrees=1,2,3"}},
+                    Case{"W3_RankWithoutTokens", 3, {"tokens=13,0,17", "experts=6", "groups=1,2", "degrees=1,2"}},
+                    Case{"W4_EveryGroupSize", 4, {"tokens=13,0,17,9", "groups=1,2,3,4", "degrees=1,3"}},
+                    Case{"W4_GatedFp32Bf16", 4,
+                         {"tokens=6,11,0,20", "gated=1", "experts=12", "groups=2", "degrees=2",
+                          "policies=none,adaptive", "dtypes=float,bfloat16"}},
+                    Case{"W3_Degree5Fp32Bf16", 3,
+                         {"tokens=9,14,5", "experts=6", "groups=1", "degrees=5", "policies=none,eplb",
+                          "dtypes=float,bfloat16"}}),
+    [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

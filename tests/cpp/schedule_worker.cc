@@ -17,6 +17,7 @@
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
+#include "tests/cpp/ulps.h"
 #include "tests/cpp/worker_expect.h"
 
 namespace {
@@ -33,16 +34,26 @@ torch::Dtype DtypeOf(const std::string& name) {
   return torch::kDouble;
 }
 
-// |a - b| <= atol + rtol |b|, with tolerances for the dtype: double sums in a
-// different order stay within 1e-10; 16-bit gradients round per chunk.
-void ExpectClose(const Tensor& a, const Tensor& b, torch::Dtype dtype, const std::string& what) {
-  const double rtol = dtype == torch::kDouble ? 1e-10 : dtype == torch::kFloat ? 1e-5 : 2e-2;
-  const bool same = a.sizes() == b.sizes();
-  const Tensor a64 = a.to(torch::kDouble), b64 = b.to(torch::kDouble);
-  const double scale = same && b.numel() ? b64.abs().max().item<double>() : 0.0;
-  const double diff = same && a.numel() ? (a64 - b64).abs().max().item<double>() : 0.0;
-  Expect(same && diff <= rtol * (1.0 + scale), what + " (max diff " + std::to_string(diff) + ", scale " +
-                                                   std::to_string(scale) + ")");
+// a within max_ulps of b (tests/cpp/ulps.h); 0 is bitwise equality.
+void ExpectUlps(const Tensor& a, const Tensor& b, double max_ulps, const std::string& what) {
+  const std::string why = dynamoe::testing::WithinUlps(a, b, max_ulps, what);
+  Expect(why.empty(), what + " (" + why + ")");
+}
+
+// Bounds, in ulps of the reference's largest magnitude. Each row's output
+// and input gradient, and the router's gradient (from those outputs), go
+// through the same products as in the sequential schedule, only in smaller
+// batches (chunks): bitwise equal in fp32 and bf16 (measured 0); fp64's CPU
+// GEMM sums a row in an order that depends on how many rows it multiplies:
+// measured up to 3 ulps, bound 4. Expert weight gradients add the chunks'
+// products one chunk after another instead of in one GEMM: measured 2 ulps in
+// fp32 and bf16 (bound 2), 5 in fp64 (bound 8).
+struct Bounds {
+  double same, reordered;
+};
+Bounds BoundsFor(torch::Dtype dtype) {
+  if (dtype == torch::kDouble) return {4, 8};
+  return {0, 2};
 }
 
 struct Waits {
@@ -66,6 +77,7 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
          const std::string& dtype_name, const std::string& policy, int64_t group_size, int64_t degree) {
   const int64_t E = std::stoi(args.at("experts")), d = 6, h = 10;
   const torch::Dtype dtype = DtypeOf(dtype_name);
+  const Bounds bounds = BoundsFor(dtype);
   const std::vector<std::string> tokens = Split(args.at("tokens"));
   MoEOptions opts(d, h, E);
   opts.top_k(2).gated(args.at("gated") == "1").bias(true);
@@ -97,13 +109,15 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
     const Waits w_ref = Step(ref, x_ref, gy, &y_ref);
     const Waits w = Step(moe, x_moe, gy, &y);
     const std::string at = what + " step " + std::to_string(step);
-    ExpectClose(y, y_ref, dtype, at + ": output");
-    if (input_grad) ExpectClose(x_moe.grad(), x_ref.grad(), dtype, at + ": gradient of x");
+    ExpectUlps(y, y_ref, bounds.same, at + ": output");
+    if (input_grad) ExpectUlps(x_moe.grad(), x_ref.grad(), bounds.same, at + ": gradient of x");
     auto ref_params = ref->named_parameters();
     for (auto& p : moe->named_parameters()) {
       const Tensor a = p.value().grad(), b = ref_params[p.key()].grad();
       Expect(a.defined() == b.defined(), at + ": gradient of " + p.key() + " defined on one side only");
-      if (a.defined() && b.defined()) ExpectClose(a, b, dtype, at + ": gradient of " + p.key());
+      const bool router = p.key().rfind("gate.", 0) == 0;  // from each token's outputs: same arithmetic
+      if (a.defined() && b.defined())
+        ExpectUlps(a, b, router ? bounds.same : bounds.reordered, at + ": gradient of " + p.key());
     }
     const dynamoe::MoEStats& s = moe->stats();
     Expect(s.overlapped && !ref->stats().overlapped, at + ": stats().overlapped");
