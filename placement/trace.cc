@@ -417,6 +417,7 @@ absl::Status ReadHeader(Input& in, Trace& t, uint64_t* pos) {
 }
 
 struct ReadState {
+  const TraceStepSink* sink = nullptr;  // steps go here instead of Trace::steps
   int64_t dropped = 0;        // warnings over the cap
   std::vector<char> declared;  // per layer: declared (else a stand-in for a declaration lost to damage)
 };
@@ -461,7 +462,11 @@ absl::Status Record(std::string_view payload, uint64_t at, Trace& t, ReadState& 
     DYNAMOE_RETURN_IF_ERROR(Layer(t, st, s->layer, at, "step record"));
     if (!st.declared[s->layer] && t.layers[s->layer].num_experts == 0)
       t.layers[s->layer].num_experts = s->kept.num_experts;
-    t.steps.push_back(*std::move(s));
+    if (st.sink != nullptr) {
+      DYNAMOE_RETURN_IF_ERROR((*st.sink)(t, *std::move(s)));
+    } else {
+      t.steps.push_back(*std::move(s));
+    }
   } else {
     ++t.stats.skipped_unknown;
     Warn(t.stats, &st.dropped, absl::StrCat("record at byte ", at, ": unknown kind ", int(kind), ", skipped"));
@@ -482,11 +487,12 @@ void Damaged(Trace& t, ReadState& st, uint64_t from, uint64_t to, const char* wh
                     records == 1 ? " record" : " records", " lost) up to ", until));
 }
 
-absl::StatusOr<Trace> Parse(Input& in) {
+absl::StatusOr<Trace> Parse(Input& in, const TraceStepSink* sink) {
   Trace t;
   uint64_t pos = 0;
   DYNAMOE_RETURN_IF_ERROR(ReadHeader(in, t, &pos));
   ReadState st;
+  st.sink = sink;
   st.declared.assign(t.layers.size(), 1);
   while (in.Have(pos, 1) > 0) {
     in.Release(pos);
@@ -533,9 +539,9 @@ absl::StatusOr<Trace> Parse(Input& in) {
 }
 
 // Out of memory is an error naming where, never a partial trace.
-absl::StatusOr<Trace> ParseCatching(Input& in) {
+absl::StatusOr<Trace> ParseCatching(Input& in, const TraceStepSink* sink = nullptr) {
   try {
-    return Parse(in);
+    return Parse(in, sink);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("out of memory reading the trace (at byte ", in.end(), ")"));
   } catch (const std::length_error&) {
@@ -553,6 +559,11 @@ absl::StatusOr<Trace> ParseTrace(std::string_view bytes) {
 absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix) {
   Input in(file, prefix);
   return ParseCatching(in);
+}
+
+absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix, const TraceStepSink& sink) {
+  Input in(file, prefix);
+  return ParseCatching(in, &sink);
 }
 
 absl::StatusOr<Trace> ReadTraceFile(const std::string& path) {

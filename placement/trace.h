@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -93,6 +94,11 @@ absl::StatusOr<Trace> ParseTrace(std::string_view bytes);
 // the caller already read from `file` (e.g. to sniff the format). A read
 // error or exhausted memory is an error, never a partial trace.
 absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix = {});
+// Streamed read that keeps no steps: each step record goes to `sink` as it is
+// read (with the trace read so far: header, layers), Trace::steps stays
+// empty, and an error from the sink ends the read with it.
+using TraceStepSink = std::function<absl::Status(const Trace& so_far, TraceStep step)>;
+absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix, const TraceStepSink& sink);
 // ReadTrace on a path; errors name it, and each warning of stats is logged.
 absl::StatusOr<Trace> ReadTraceFile(const std::string& path);
 

@@ -4,8 +4,13 @@
 //   dynamoe-replay run TRACE... [--policies none,fastermoe,adaptive,eplb] [--world N]
 //                  [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE]
 //                  [--interval N] [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE]
+//                  TRACE: a trace file (binary, CSV, JSONL), a Megatron-Core router trace
+//                  directory, or the path a job of N ranks gave dynamoe.trace.record
+//                  (its PATH.rank<R>.dmtrace files replay merged, as N ranks)
 //                  [--experts N]   (a Megatron trace directory's experts per layer, when no
 //                                   record shows the highest expert)
+//                  [--export-csv FILE]   (one TRACE's counts as read, as "step,layer,rank,expert,count"
+//                                         CSV: e.g. the per-rank rows of a merged recording)
 //                  [--threads N]   (worker threads, default one per core: results do not depend on it)
 //                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
 //                                     `python3 -m dynamoe.replay plot DIR`)
@@ -49,10 +54,10 @@ namespace {
 using namespace dynamoe::placement;
 
 constexpr char kUsage[] =
-    "usage: dynamoe-replay run TRACE|MEGATRON_DIR... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
+    "usage: dynamoe-replay run TRACE|MEGATRON_DIR|RECORD_PATH... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
     "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR] [--threads N]\n"
-    "                      [--experts N]\n"
+    "                      [--experts N] [--export-csv FILE]\n"
     "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
@@ -65,7 +70,7 @@ struct Args {
 // The flags each subcommand takes (--overlap takes no value).
 const std::map<std::string, std::set<std::string>> kFlags = {
     {"run", {"--policies", "--world", "--preset", "--cluster", "--interval", "--hysteresis", "--max-copied",
-             "--overlap", "--csv", "--out-dir", "--threads", "--experts"}},
+             "--overlap", "--csv", "--out-dir", "--threads", "--experts", "--export-csv"}},
     {"calibrate", {"--heldout"}},
     {"synth", {"--out", "--steps", "--layers", "--experts", "--world", "--tokens", "--top-k", "--zipf",
                "--drift-every", "--burst-every", "--seed"}},
@@ -241,12 +246,23 @@ int Run(const Args& a) {
   }
   int64_t experts = 0;
   if (!Integer<int64_t>(a, "--experts", 1, kMaxImportIndex, &experts)) return 2;
+  if (a.flags.count("--export-csv") && a.positional.size() != 1) {
+    std::cerr << "dynamoe-replay run: --export-csv takes one TRACE\n" << kUsage;
+    return 2;
+  }
   int rc = 0;
   for (const std::string& path : a.positional) {
     std::optional<Trace> t = LoadTrace(path, experts);
     if (!t) {
       rc = 1;
       continue;
+    }
+    if (a.flags.count("--export-csv")) {
+      std::ofstream f(a.flags.at("--export-csv"), std::ios::binary);
+      if (!(f << ExportCountsCsv(*t)) || !f.flush()) {
+        std::cerr << "dynamoe-replay: cannot write '" << a.flags.at("--export-csv") << "'\n";
+        return 1;
+      }
     }
     auto r = Replay(*t, o);
     if (!r.ok()) {

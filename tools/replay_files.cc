@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "placement/megatron_import.h"
 #include "placement/replay_inputs.h"
+#include "tools/rank_merge.h"
 
 namespace dynamoe::tools {
 
@@ -36,12 +37,16 @@ absl::StatusOr<Trace> ReadReplayInput(const std::string& path, int64_t experts) 
     o.experts = experts;
     return placement::ImportMegatronTraceDir(path, o);
   }
+  // The path given to dynamoe.trace.record in a job of N ranks: no such file,
+  // but <base>.rank<R>.dmtrace files, merged into one trace of N ranks.
+  if (!std::filesystem::exists(path, ec))
+    if (auto ranks = RankFilesOf(path); !ranks.empty()) return MergeRankFiles(ranks);
   auto t = placement::ReadAnyTraceFile(path);
   if (!t.ok() && dir)
     return absl::Status(t.status().code(),
                         absl::StrCat(t.status().message(), " (a directory without router_trace_rank{R}.jsonl files; ",
                                      "expected a Megatron-Core router trace directory (--moe-routing-trace-path) ",
-                                     "or a trace file)"));
+                                     "a trace file, or the path given to dynamoe.trace.record)"));
   // One Megatron rank file is not a dynamoe JSONL trace: point at its directory.
   static const std::regex kRankFile(R"(router_trace_rank\d+\.jsonl)");
   if (!t.ok() && std::regex_match(std::filesystem::path(path).filename().string(), kRankFile))

@@ -18,8 +18,10 @@ namespace dynamoe::tools {
 
 // What `run` and `calibrate` read: a Megatron-Core router trace directory
 // (router_trace_rank{R}.jsonl files; `experts`: --experts, 0 = from the
-// records) or a trace file in any form ReadAnyTraceFile reads. Messages do not
-// repeat the path.
+// records), the path given to dynamoe.trace.record in a job of N ranks (no
+// such file; its <base>.rank<R>.dmtrace files are merged: rank_merge.h) or a
+// trace file in any form ReadAnyTraceFile reads. Messages do not repeat the
+// path.
 absl::StatusOr<placement::Trace> ReadReplayInput(const std::string& path, int64_t experts);
 // A hint appended to a replay error of `path` ("" when none applies): the
 // expert count of an imported trace that does not divide over the ranks.

@@ -19,16 +19,17 @@ _LAZY = {
     "reduce_gradients": ".distributed",
     "portable_state_dict": ".checkpoint",
     "load_portable_state_dict": ".checkpoint",
+    "trace": ".trace",  # the submodule itself: dynamoe.trace.record(model, path)
 }
 __all__ = ["MoE", "load_library", "config", "config_hash", "communicator", "expert_parallel_groups",
-           "is_expert_parameter", "reduce_gradients", "portable_state_dict", "load_portable_state_dict"]
+           "is_expert_parameter", "reduce_gradients", "portable_state_dict", "load_portable_state_dict", "trace"]
 
 
 def __getattr__(name):
     if name not in _LAZY:
         raise AttributeError(f"module 'dynamoe' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name], __name__)
-    value = getattr(module, "load" if name == "load_library" else name)
+    value = module if _LAZY[name] == "." + name else getattr(module, "load" if name == "load_library" else name)
     globals()[name] = value
     return value
 

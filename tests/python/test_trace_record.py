@@ -5,6 +5,7 @@ here from the routers' own logits."""
 import csv
 import json
 import os
+import re
 import pathlib
 import socket
 import struct
@@ -259,3 +260,140 @@ def test_cuda_indices_are_copied_asynchronously(tmp_path):
         expected = [a + b for a, b in zip(counts_from_logits(net.a.gate(x).detach().cpu(), 3, 6),
                                           counts_from_logits(net.b.gate(x).detach().cpu(), 3, 6))]
         assert [loads[(step, e)] for e in range(6)] == expected
+
+
+MIXTRAL_WORKER = r"""
+import json, sys, torch
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import dynamoe  # dynamoe.trace through the package's lazy names
+from test_trace_record import tiny_hf, run_batches, counts_from_logits
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+torch.manual_seed(0)  # the same weights on every rank, as in data parallelism
+model = tiny_hf("mixtral")
+torch.manual_seed(100 + rank)  # each rank its own data, of its own sizes
+with dynamoe.trace.record(model, sys.argv[3]):
+    logits = run_batches(model, [(1 + rank, 6), (2, 5 + 3 * rank), (1, 12)])
+counts = [[counts_from_logits(l, 2, 8, softmax=True) for l in per_layer] for per_layer in logits]
+json.dump(counts, open(sys.argv[3] + f".{rank}.json", "w"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_ranks_of_a_job_replay_merged(tmp_path):
+    """Two real processes record a tiny Mixtral on different data; `run PATH`
+    merges PATH.rank{0,1}.dmtrace: row r of every (step, layer) matrix must be
+    rank r's counts from its own output_router_logits."""
+    pytest.importorskip("transformers")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = tmp_path / "job.dmtrace"
+    procs = [subprocess.Popen([sys.executable, "-c", MIXTRAL_WORKER, str(ROOT / "python"),
+                               str(pathlib.Path(__file__).parent), str(job)],
+                              env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, out
+    assert not job.exists() and (tmp_path / "job.rank1.dmtrace").exists()
+    expected = [json.loads((tmp_path / f"job.dmtrace.{r}.json").read_text()) for r in range(2)]
+    assert expected[0] != expected[1]  # different data: a swapped or duplicated row would show
+
+    loads, summary, err = replay_loads(job, tmp_path, "--export-csv", str(tmp_path / "merged.csv"))
+    assert err == ""
+    assert "6 steps, 2 layers, recorded on 2 ranks, replayed on 2" in summary
+    names = ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"]
+    got = {}
+    with open(tmp_path / "merged.csv") as f:
+        for row in csv.DictReader(f):
+            got[(int(row["step"]), row["layer"], int(row["rank"]), int(row["expert"]))] = int(row["count"])
+    assert len(got) == 3 * 2 * 2 * 8
+    for rank in range(2):
+        for step in range(3):
+            for layer, name in enumerate(names):
+                assert [got[(step, name, rank, e)] for e in range(8)] == expected[rank][step][layer], (rank, step)
+    for step in range(3):  # expert_load.csv: summed over layers and ranks
+        assert [loads[(step, e)] for e in range(8)] == [
+            sum(expected[r][step][l][e] for r in range(2) for l in range(2)) for e in range(8)]
+
+
+def write_rank_file(path, rank, layers, steps, world=1):
+    """A dynamoe.trace.record file written by hand: layers [(name, experts)],
+    steps [(step, layer, counts)]."""
+    specs = [dict(name=n, num_experts=e, d_model=0, d_hidden=0, gated=0, bias=0, bytes_per_element=2)
+             for n, e in layers]
+    head = dynamoe.trace._header(rank, specs)
+    if world != 1:  # the header frame's payload starts with the world size: re-frame it
+        body = struct.pack("<I", world) + head[8 + 4 + 16 + 4:]  # after magic, version, frame head, world
+        head = head[:12] + dynamoe.trace._frame(body)
+    path.write_bytes(head + b"".join(dynamoe.trace._step_record(s, l, c) for s, l, c in steps))
+
+
+GOOD = ([("moe", 4)], [(0, 0, [1, 2, 0, 1]), (1, 0, [0, 0, 3, 1])])
+
+
+@pytest.mark.parametrize("case,rank1,message", [
+    ("ok", GOOD, None),
+    ("missing", None, r"rank files missing: job\.rank\{1\}\.dmtrace \(found 2 of ranks 0\.\.2"),
+    ("experts", ([("moe", 5)], [(0, 0, [1, 2, 0, 1, 0]), (1, 0, [0, 0, 3, 1, 0])]),
+     r"job\.rank1\.dmtrace: layer 0 is 'moe' with 5 experts; in .*job\.rank0\.dmtrace it is 'moe' with 4"),
+    ("name", ([("other", 4)], GOOD[1]), r"job\.rank1\.dmtrace: layer 0 is 'other' with 4 experts"),
+    ("layers", ([("moe", 4), ("moe2", 4)], GOOD[1]), r"job\.rank1\.dmtrace declares 2 layers; .* declares 1"),
+    ("fewer steps", (GOOD[0], GOOD[1][:1]), r"job\.rank1\.dmtrace has no step 1 of layer 'moe', which .*rank0"),
+    ("more steps", (GOOD[0], GOOD[1] + [(2, 0, [1, 1, 1, 1])]),
+     r"job\.rank0\.dmtrace has no step 2 of layer 'moe', which .*job\.rank1\.dmtrace has"),
+    ("twice", (GOOD[0], GOOD[1] + [(1, 0, [1, 1, 1, 1])]), r"job\.rank1\.dmtrace: step 1 of layer 'moe' is recorded twice"),
+    ("world", "world", r"job\.rank1\.dmtrace holds the counts of 2 ranks, not one"),
+    ("rank", "rank", r"job\.rank1\.dmtrace: its header names rank 0, its name rank 1"),
+])
+def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
+    write_rank_file(tmp_path / "job.rank0.dmtrace", 0, *GOOD)
+    if case == "missing":
+        write_rank_file(tmp_path / "job.rank2.dmtrace", 2, *GOOD)
+    elif rank1 == "world":
+        write_rank_file(tmp_path / "job.rank1.dmtrace", 1, GOOD[0], [], world=2)
+    elif rank1 == "rank":
+        write_rank_file(tmp_path / "job.rank1.dmtrace", 0, *GOOD)
+    else:
+        write_rank_file(tmp_path / "job.rank1.dmtrace", 1, *rank1)
+    r = subprocess.run([str(TOOL), "run", str(tmp_path / "job.dmtrace"), "--policies", "none", "--export-csv",
+                        str(tmp_path / "m.csv")], capture_output=True, text=True, timeout=60)
+    if message is None:
+        assert r.returncode == 0, r.stderr
+        assert "2 steps, 1 layers, recorded on 2 ranks" in r.stdout
+        rows = (tmp_path / "m.csv").read_text().splitlines()
+        # step 1, rank 1: the counts rank 1's file holds (the same as rank 0's here: both written from GOOD)
+        assert "1,moe,1,2,3" in rows and "0,moe,0,1,2" in rows
+        return
+    assert r.returncode == 1, r.stdout
+    assert re.search(message, r.stderr), r.stderr
+
+
+def test_merge_drops_a_step_lost_to_damage(tmp_path):
+    write_rank_file(tmp_path / "job.rank0.dmtrace", 0, *GOOD)
+    write_rank_file(tmp_path / "job.rank1.dmtrace", 1, *GOOD)
+    data = bytearray((tmp_path / "job.rank1.dmtrace").read_bytes())
+    data[-20] ^= 0x40  # inside rank 1's last step record (step 1)
+    (tmp_path / "job.rank1.dmtrace").write_bytes(bytes(data))
+    r = subprocess.run([str(TOOL), "run", str(tmp_path / "job"), "--policies", "none"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "1 steps, 1 layers, recorded on 2 ranks" in r.stdout
+    assert "job.rank1.dmtrace: record at byte" in r.stderr and "1 steps dropped" in r.stderr, r.stderr
+
+
+def test_trace_is_reachable_from_import_dynamoe():
+    """`import dynamoe` then dynamoe.trace.record(...): the package's lazy name
+    imports the submodule (a fresh interpreter: this one imported it already)."""
+    code = ("import sys, dynamoe\n"
+            "assert 'dynamoe.trace' not in sys.modules\n"
+            "assert 'trace' in dir(dynamoe)\n"
+            "rec = dynamoe.trace.record\n"
+            "import dynamoe.trace as t\n"
+            "assert rec is t.record and dynamoe.trace is t\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT / "python")),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
