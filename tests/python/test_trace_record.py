@@ -335,7 +335,7 @@ GOOD = ([("moe", 4)], [(0, 0, [1, 2, 0, 1]), (1, 0, [0, 0, 3, 1])])
 
 
 @pytest.mark.parametrize("case,rank1,message", [
-    ("ok", GOOD, None),
+    ("ok", (GOOD[0], [(0, 0, [3, 0, 0, 1]), (1, 0, [2, 2, 0, 0])]), None),
     ("missing", None, r"rank files missing: job\.rank\{1\}\.dmtrace \(found 2 of ranks 0\.\.2"),
     ("experts", ([("moe", 5)], [(0, 0, [1, 2, 0, 1, 0]), (1, 0, [0, 0, 3, 1, 0])]),
      r"job\.rank1\.dmtrace: layer 0 is 'moe' with 5 experts; in .*job\.rank0\.dmtrace it is 'moe' with 4"),
@@ -364,8 +364,9 @@ def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
         assert r.returncode == 0, r.stderr
         assert "2 steps, 1 layers, recorded on 2 ranks" in r.stdout
         rows = (tmp_path / "m.csv").read_text().splitlines()
-        # step 1, rank 1: the counts rank 1's file holds (the same as rank 0's here: both written from GOOD)
-        assert "1,moe,1,2,3" in rows and "0,moe,0,1,2" in rows
+        # step,layer,rank,expert,count: each row from its own rank's file
+        assert rows[1:] == [f"{s},moe,{r},{e},{c}" for s in range(2) for r in range(2)
+                            for e, c in enumerate([GOOD[1], [(0, 0, [3, 0, 0, 1]), (1, 0, [2, 2, 0, 0])]][r][s][2])]
         return
     assert r.returncode == 1, r.stdout
     assert re.search(message, r.stderr), r.stderr
