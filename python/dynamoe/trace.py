@@ -19,8 +19,10 @@ logits). Any other module is named with an adapter: a function from
 
 Under torch.distributed each rank writes `<path without .dmtrace>.rank<R>.dmtrace`
 holding its own tokens: a 1-row count matrix per step, whose header names the
-rank; `dynamoe-replay run FILE --world N` replays it as N ranks that each
-route like it (data-parallel scaling).
+rank. `dynamoe-replay run PATH` (the path given here) merges a job's files
+into one trace of N ranks, row R rank R's tokens; `dynamoe-replay run
+PATH.rank0.dmtrace --world N` replays one rank as N ranks routing like it.
+
 """
 import atexit
 import os
