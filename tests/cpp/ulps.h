@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 
 namespace dynamoe::testing {
@@ -57,8 +58,9 @@ inline std::string WithinUlps(const torch::Tensor& a, const torch::Tensor& b, do
                                       << torch::toString(b.scalar_type()) << " " << what << "\n";
   if (!g.same_shape) return "shapes differ";
   if (g.ulps <= max_ulps && !(max_ulps == 0 && !torch::equal(a, b))) return "";
-  return "max diff " + std::to_string(g.max_diff) + " = " + std::to_string(g.ulps) + " ulps of " +
-         std::to_string(g.ulp) + ", allowed " + std::to_string(max_ulps);
+  std::ostringstream why;
+  why << "max diff " << g.max_diff << " = " << g.ulps << " ulps of " << g.ulp << ", allowed " << max_ulps;
+  return why.str();
 }
 
 }  // namespace dynamoe::testing
