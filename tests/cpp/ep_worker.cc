@@ -75,9 +75,9 @@ int Equal(const std::map<std::string, std::string>& args, const dynamoe::runtime
   // tokens only, with the same arithmetic as one process: bitwise equal in
   // fp32 and bf16 (measured 0). fp64 is not: its CPU GEMM sums a row's
   // products in an order that depends on how many rows it multiplies (torch.mm
-  // of the first m rows differs from the same rows of a larger product by up
-  // to 4 ulps), and an expert multiplies more rows here than in the
-  // reference; measured up to 2.75 ulps, bound 4.
+  // of the first m rows of a [40, 10] x [10, 6] product differs from the
+  // same rows of the full product for m = 1, 3, 7), and an expert multiplies
+  // more rows here than in the reference; measured up to 2.75 ulps, bound 4.
   // Expert gradients add the same products over several ranks' rows in
   // another order (one GEMM over all rows here; one backward per rank there,
   // rounded to the dtype in between; then the all-reduce): measured 1 ulp of
