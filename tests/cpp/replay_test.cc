@@ -101,6 +101,47 @@ TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
   EXPECT_FALSE(Replay(Trace{}, Options()).ok());
 }
 
+// README: "Results are deterministic (the thread count does not change them)".
+// 6 layers x 4 policies = 24 work items spread over 1 to 24 threads (more
+// than the cores: the items then interleave arbitrarily) must give bitwise
+// the same report, sums included.
+TEST(Replay, ResultsDoNotDependOnTheThreadCount) {
+  SynthOptions so;
+  so.steps = 60, so.layers = 6, so.experts = 16, so.world = 4, so.tokens = 256, so.drift_every = 20;
+  so.burst_every = 15, so.seed = 5;
+  const auto t = Synthesize(so);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ReplayOptions o;
+  o.world_size = 8;
+  o.threads = 1;
+  const auto one = Replay(*t, o);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->policies.size(), 4u);
+  EXPECT_GT(one->policies[2].copies_per_step, 0);  // adaptive copied: the sums hold more than zeros
+  for (int64_t threads : {2, 3, 7, 24, 0}) {
+    o.threads = threads;
+    const auto r = Replay(*t, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->step_imbalance_before, one->step_imbalance_before) << threads << " threads";
+    for (size_t p = 0; p < 4; ++p) {
+      const PolicyReport &a = one->policies[p], &b = r->policies[p];
+      SCOPED_TRACE(a.policy + ", " + std::to_string(threads) + " threads");
+      // Exact: the same arithmetic in the same order, whatever thread ran it.
+      EXPECT_EQ(b.step_seconds, a.step_seconds);
+      EXPECT_EQ(b.step_imbalance_after, a.step_imbalance_after);
+      EXPECT_EQ(b.step_copies, a.step_copies);
+      EXPECT_EQ(b.mean_seconds, a.mean_seconds);
+      EXPECT_EQ(b.p99_seconds, a.p99_seconds);
+      EXPECT_EQ(b.speedup_vs_none, a.speedup_vs_none);
+      EXPECT_EQ(b.imbalance_before, a.imbalance_before);
+      EXPECT_EQ(b.imbalance_after, a.imbalance_after);
+      EXPECT_EQ(b.copies_per_step, a.copies_per_step);
+      EXPECT_EQ(b.bytes_per_step, a.bytes_per_step);
+      EXPECT_EQ(b.plan_changes, a.plan_changes);
+    }
+  }
+}
+
 // Counts whose sums would overflow int64 (negative loads) and worlds whose
 // tables would not fit are errors, not garbage or bad_alloc.
 TEST(Replay, RejectsOverflowingCountsAndHugeWorlds) {
