@@ -34,8 +34,7 @@
 #include "common/status.h"
 #include "runtime/rendezvous.h"
 #include "tests/cpp/custom_expert_reference.h"
-#include "tests/cpp/ulps.h"
-#include "tests/cpp/worker_expect.h"
+#include "tests/cpp/worker_ulps.h"
 
 namespace {
 
@@ -58,11 +57,7 @@ int TokensOf(const std::string& list, int rank) {
 }
 
 using dynamoe::testing::Expect;
-// a within max_ulps of b (tests/cpp/ulps.h); 0 is bitwise equality.
-void ExpectUlps(const Tensor& a, const Tensor& b, double max_ulps, const std::string& what) {
-  const std::string why = dynamoe::testing::WithinUlps(a, b, max_ulps, what);
-  Expect(why.empty(), what + " (" + why + ")");
-}
+using dynamoe::testing::ExpectUlps;
 
 // Local slice [first, first + n) of a full-expert parameter.
 Tensor Slice(const Tensor& full, int64_t first, int64_t n) { return full.narrow(0, first, n); }

@@ -14,8 +14,7 @@
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
-#include "tests/cpp/ulps.h"
-#include "tests/cpp/worker_expect.h"
+#include "tests/cpp/worker_ulps.h"
 
 namespace {
 
@@ -25,11 +24,7 @@ using torch::Tensor;
 
 using dynamoe::testing::Expect;
 using dynamoe::testing::Split;
-// a within max_ulps of b (tests/cpp/ulps.h); 0 is bitwise equality.
-void ExpectUlps(const Tensor& a, const Tensor& b, double max_ulps, const std::string& what) {
-  const std::string why = dynamoe::testing::WithinUlps(a, b, max_ulps, what);
-  Expect(why.empty(), what + " (" + why + ")");
-}
+using dynamoe::testing::ExpectUlps;
 
 // Bounds, in ulps of the reference's largest magnitude. A copied expert runs
 // the same products on another rank, in a batch of another size: outputs and
@@ -47,11 +42,7 @@ Bounds BoundsFor(torch::Dtype dtype) {
   return {0, 3};
 }
 
-torch::Dtype DtypeOf(const std::string& name) {
-  if (name == "float") return torch::kFloat;
-  if (name == "bfloat16") return torch::kBFloat16;
-  return torch::kDouble;
-}
+using dynamoe::testing::DtypeOf;
 
 // Gathers one int64 from every rank of the group.
 std::vector<int64_t> GatherAll(const dynamoe::runtime::CommunicatorPtr& comm, int64_t value) {

@@ -17,8 +17,7 @@
 #include "bindings/moe_layer.h"
 #include "common/status.h"
 #include "runtime/rendezvous.h"
-#include "tests/cpp/ulps.h"
-#include "tests/cpp/worker_expect.h"
+#include "tests/cpp/worker_ulps.h"
 
 namespace {
 
@@ -28,17 +27,9 @@ using dynamoe::testing::Expect;
 using dynamoe::testing::Split;
 using torch::Tensor;
 
-torch::Dtype DtypeOf(const std::string& name) {
-  if (name == "float") return torch::kFloat;
-  if (name == "bfloat16") return torch::kBFloat16;
-  return torch::kDouble;
-}
+using dynamoe::testing::DtypeOf;
 
-// a within max_ulps of b (tests/cpp/ulps.h); 0 is bitwise equality.
-void ExpectUlps(const Tensor& a, const Tensor& b, double max_ulps, const std::string& what) {
-  const std::string why = dynamoe::testing::WithinUlps(a, b, max_ulps, what);
-  Expect(why.empty(), what + " (" + why + ")");
-}
+using dynamoe::testing::ExpectUlps;
 
 // Bounds, in ulps of the reference's largest magnitude. Each row's output
 // and input gradient, and the router's gradient (from those outputs), go
