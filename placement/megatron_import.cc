@@ -15,7 +15,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "placement/rank_files.h"
 
 namespace dynamoe::placement {
 namespace {
@@ -207,7 +209,10 @@ struct LayerKey {
   int64_t mtp = -1;  // -1: not an MTP head
   int64_t layer = 0;
   // Decoder layers first, then MTP heads, then other blocks; by layer within.
-  auto Order() const { return std::make_tuple(block != "decoder", mtp, block, layer); }
+  auto Order() const {
+    const int kind = mtp >= 0 ? 1 : block == "decoder" ? 0 : 2;
+    return std::make_tuple(kind, mtp, block, layer);
+  }
   bool operator<(const LayerKey& o) const { return Order() < o.Order(); }
   std::string Name() const {
     return mtp >= 0 ? absl::StrCat(block, mtp, ".", layer) : absl::StrCat(block, ".", layer);
@@ -220,15 +225,21 @@ struct Counts {
   std::map<LayerKey, int64_t> layer_ids;
   std::vector<int64_t> experts;  // per layer id: largest expert + 1 seen (or given)
   std::map<std::pair<int64_t, int64_t>, std::vector<std::vector<int64_t>>> cells;  // (step, layer id) -> [rank][expert]
-  int64_t cells_held = 0;
+  int64_t cells_held = 0;  // int64s held by `cells`: counts, and the map node and row headers of each entry
 };
+
+// A `cells` entry's memory besides its counts, in int64s: the map node (key,
+// links, vector: ~10 words) and one vector header (3 words) per rank.
+int64_t EntryOverhead(int64_t world) { return 10 + 3 * world; }
+
+// router_trace_rank{R}.jsonl
+const std::regex& RankFileName() {
+  static const std::regex kName(R"(router_trace_rank(\d+)\.jsonl)");
+  return kName;
+}
 
 std::string Quote(const std::string& line) {
   return absl::StrCat("\"", line.substr(0, 80), line.size() > 80 ? "...\"" : "\"");
-}
-
-void Warn(TraceReadStats& st, std::string w) {
-  if (st.warnings.size() < TraceReadStats::kMaxWarnings) st.warnings.push_back(std::move(w));
 }
 
 // One rank's file into `c`.
@@ -260,7 +271,7 @@ absl::Status ReadRankFile(const fs::path& path, int64_t rank, int64_t world, con
       // A writer killed mid-line leaves the last record cut short.
       st.truncated = true;
       st.skipped_bytes += static_cast<int64_t>(line.size());
-      Warn(st, absl::StrCat(where(), "torn last line (", line.size(), " bytes, no newline), skipped"));
+      st.Warn(absl::StrCat(where(), "torn last line (", line.size(), " bytes, no newline), skipped"));
       break;
     }
     const char* kExpected =
@@ -297,7 +308,12 @@ absl::Status ReadRankFile(const fs::path& path, int64_t rank, int64_t world, con
     const int64_t id = it->second;
     c.experts[id] = std::max({c.experts[id], r.max_expert + 1, limit});
     auto& rows = c.cells[{*r.step, id}];
-    if (rows.empty()) rows.resize(world);
+    if (rows.empty()) {
+      c.cells_held += EntryOverhead(world);
+      DYNAMOE_CHECK_ARG(c.cells_held <= kMaxImportCells, where(),
+                        "the count matrices would hold over 2^27 cells (steps x layers x ranks x experts)");
+      rows.resize(world);
+    }
     std::vector<int64_t>& row = rows[rank];
     if (static_cast<int64_t>(row.size()) <= r.max_expert) {
       c.cells_held += r.max_expert + 1 - static_cast<int64_t>(row.size());
@@ -318,22 +334,21 @@ absl::Status ReadRankFile(const fs::path& path, int64_t rank, int64_t world, con
 bool IsMegatronTraceDir(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return false;
-  static const std::regex kName(R"(router_trace_rank(\d+)\.jsonl)");
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    if (std::regex_match(entry.path().filename().string(), kName)) return true;
+  // increment(ec), not a range-for: that throws when an entry cannot be read.
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (std::regex_match(it->path().filename().string(), RankFileName())) return true;
   return false;
 }
 
 absl::StatusOr<Trace> ImportMegatronTraceDir(const std::string& dir, const MegatronImportOptions& o) {
   DYNAMOE_CHECK_ARG(o.experts >= 0 && o.experts <= kMaxImportIndex, "--experts must be in [0, 2^20], got ",
                     o.experts);
-  static const std::regex kName(R"(router_trace_rank(\d+)\.jsonl)");
   std::map<int64_t, fs::path> files;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::smatch m;
     const std::string name = it->path().filename().string();
-    if (!std::regex_match(name, m, kName)) continue;
+    if (!std::regex_match(name, m, RankFileName())) continue;
     int64_t rank;
     DYNAMOE_CHECK_ARG(m[1].length() <= 7 && absl::SimpleAtoi(m[1].str(), &rank) && rank < kMaxImportIndex, dir,
                       ": ", name, ": rank out of range [0, 2^20)");
@@ -342,12 +357,11 @@ absl::StatusOr<Trace> ImportMegatronTraceDir(const std::string& dir, const Megat
   if (ec) return absl::NotFoundError(absl::StrCat(dir, ": cannot list: ", ec.message()));
   DYNAMOE_CHECK_ARG(!files.empty(), dir, ": no router_trace_rank{R}.jsonl files (Megatron-Core writes them into ",
                     "the directory given by --moe-routing-trace-path)");
-  const int64_t world = files.rbegin()->first + 1;
-  if (static_cast<int64_t>(files.size()) != world) {
-    std::string missing;
-    for (int64_t r = 0, n = 0; r < world && n < 8; ++r)
-      if (!files.count(r)) absl::StrAppend(&missing, missing.empty() ? "" : ", ", r), ++n;
-    return absl::InvalidArgumentError(absl::StrCat(dir, ": rank files ", missing, " missing: expected ",
+  const RankCoverage ranks = CoverageOf(files);
+  const int64_t world = ranks.world;
+  if (!ranks.missing.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": rank files ", absl::StrJoin(ranks.missing, ", "),
+                                                   " missing: expected ",
                                                    "router_trace_rank0.jsonl to router_trace_rank", world - 1,
                                                    ".jsonl (the world size is the largest rank + 1)"));
   }
@@ -360,7 +374,7 @@ absl::StatusOr<Trace> ImportMegatronTraceDir(const std::string& dir, const Megat
     DYNAMOE_RETURN_IF_ERROR(ReadRankFile(path, rank, world, o, c, t.stats, skipped_stages));
   for (const auto& [stage, n] : skipped_stages) {
     t.stats.skipped_unknown += n;
-    Warn(t.stats, absl::StrCat(n, " record", n == 1 ? "" : "s", " of stage \"", stage,
+    t.stats.Warn(absl::StrCat(n, " record", n == 1 ? "" : "s", " of stage \"", stage,
                                "\" skipped (only \"pre_dispatch\" routing is counted)"));
   }
   DYNAMOE_CHECK_ARG(!c.cells.empty(), dir, ": no routing records in ", files.size(), " rank file",
@@ -375,20 +389,24 @@ absl::StatusOr<Trace> ImportMegatronTraceDir(const std::string& dir, const Megat
     l.num_experts = c.experts[id];
     t.layers.push_back(l);
   }
-  std::vector<std::tuple<int64_t, int64_t, const std::vector<std::vector<int64_t>>*>> steps;
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> steps;  // (step, layer number, layer id)
   for (const auto& [k, rows] : c.cells) {
     const int64_t E = c.experts[k.second];
     DYNAMOE_CHECK_ARG(world * E <= kMaxMatrixCells && world * E <= kMaxImportCells - cells, dir,
                       ": the count matrices would be too large (", world, " ranks x ", E,
                       " experts per matrix; at most 2^24 cells per matrix and 2^27 in all)");
     cells += world * E;
-    steps.emplace_back(k.first, order[k.second], &rows);
+    steps.emplace_back(k.first, order[k.second], k.second);
   }
   std::sort(steps.begin(), steps.end());
-  for (const auto& [step, layer, rows] : steps) {
+  for (const auto& [step, layer, id] : steps) {
     const int64_t E = t.layers[layer].num_experts;
     std::vector<int64_t> dense(world * E, 0);
-    for (int64_t r = 0; r < world; ++r) std::copy((*rows)[r].begin(), (*rows)[r].end(), dense.begin() + r * E);
+    {  // Each entry freed as it is made dense: peak memory is about one copy of the counts, not two.
+      auto entry = c.cells.extract({step, id});
+      const auto& rows = entry.mapped();
+      for (int64_t r = 0; r < world; ++r) std::copy(rows[r].begin(), rows[r].end(), dense.begin() + r * E);
+    }
     TraceStep s;
     s.step = step, s.layer = layer;
     DYNAMOE_ASSIGN_OR_RETURN(s.kept, CountMatrix::Make(world, E, std::move(dense)));

@@ -31,7 +31,8 @@ bool IsMegatronTraceDir(const std::string& dir);
 // the count matrices, never a file). Row r of each matrix is rank r's
 // tokens; the world size is the number of rank files, which must be ranks
 // 0..N-1. Layers are named "decoder.L" and "mtp<idx>.L" (other blocks
-// "<block>.L"), ordered decoder first, then by MTP head and layer. Records
+// "<block>.L"), ordered decoder first, then MTP heads (by head), then other
+// blocks (by name), by layer within each. Records
 // of the same (step, layer) on one rank add up (micro-batches). Records of a
 // stage other than "pre_dispatch" are skipped with a warning. A bad record is
 // InvalidArgument naming the file and line; a torn last line (no newline,

@@ -379,8 +379,7 @@ Resync FindNextFrame(Input& in, uint64_t from, uint32_t version) {
 }
 
 void Warn(TraceReadStats& st, int64_t* dropped, std::string w) {
-  if (st.warnings.size() < TraceReadStats::kMaxWarnings) st.warnings.push_back(std::move(w));
-  else ++*dropped;
+  if (!st.Warn(std::move(w))) ++*dropped;
 }
 
 absl::Status ReadHeader(Input& in, Trace& t, uint64_t* pos) {

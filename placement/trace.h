@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <iosfwd>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,6 +60,12 @@ struct TraceReadStats {
   bool truncated = false;       // the last record was cut short: dropped
   std::vector<std::string> warnings;  // the first kMaxWarnings, then one line counting the rest
   static constexpr size_t kMaxWarnings = 20;
+  // Adds `w` unless kMaxWarnings are held already; false when it was not added.
+  bool Warn(std::string w) {
+    if (warnings.size() >= kMaxWarnings) return false;
+    warnings.push_back(std::move(w));
+    return true;
+  }
   bool damaged() const { return skipped_corrupt > 0 || skipped_bytes > 0; }
 };
 
@@ -107,6 +114,7 @@ absl::StatusOr<Trace> ReadTraceFile(const std::string& path);
 // writes every entry of the kept matrices, zeros included.
 absl::StatusOr<Trace> ImportCountsCsv(std::string_view text);
 std::string ExportCountsCsv(const Trace& trace);
+void ExportCountsCsv(const Trace& trace, std::ostream& out);  // row by row, for big traces
 // JSONL of per-token routing, one token per line:
 // {"step": 3, "layer": "moe0", "experts": [5, 1], "rank": 0}  ("rank" optional, 0).
 absl::StatusOr<Trace> ImportRoutingJsonl(std::string_view text);

@@ -145,12 +145,16 @@ absl::StatusOr<Trace> ImportCountsCsv(std::string_view text) {
 
 std::string ExportCountsCsv(const Trace& trace) {
   std::ostringstream out;
+  ExportCountsCsv(trace, out);
+  return out.str();
+}
+
+void ExportCountsCsv(const Trace& trace, std::ostream& out) {
   out << "step,layer,rank,expert,count\n";
   for (const TraceStep& s : trace.steps)
     for (int64_t r = 0; r < s.kept.world_size; ++r)
       for (int64_t e = 0; e < s.kept.num_experts; ++e)
         out << s.step << ',' << trace.layers[s.layer].name << ',' << r << ',' << e << ',' << s.kept.at(r, e) << '\n';
-  return out.str();
 }
 
 absl::StatusOr<Trace> ImportRoutingJsonl(std::string_view text) {

@@ -142,8 +142,8 @@ absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c1
     const std::string bad_addr =
         device_made || bind_addr.empty()
             ? ""
-            : absl::StrCat(": DYNAMOE_COMM_ADDR=\"", bind_addr,
-                           "\" is not an address of this host (unset it to use the one that reaches MASTER_ADDR)");
+            : absl::StrCat(": DYNAMOE_COMM_ADDR=\"", bind_addr, "\" cannot be resolved or bound on this host ",
+                           "(unset it to use the one that reaches MASTER_ADDR)");
     return absl::UnavailableError(absl::StrCat("creating the Gloo group '", info.name, "' (rank ", info.rank, " of ",
                                                info.size, ") failed", bad_addr, ": ",
                                                c10_error ? c10_error->what_without_backtrace() : e.what()));

@@ -45,6 +45,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "placement/calibrate.h"
+#include "placement/megatron_import.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
 #include "tools/replay_files.h"
@@ -209,6 +210,15 @@ int Run(const Args& a) {
       !Integer<int64_t>(a, "--max-copied", 0, 1 << 24, &o.policy.max_copied) ||
       !Integer<int64_t>(a, "--threads", 1, 1024, &o.threads))
     return 2;
+  int64_t experts = 0;  // --experts: a Megatron trace directory's expert count; meaningless for other inputs
+  if (!Integer<int64_t>(a, "--experts", 1, kMaxImportIndex, &experts)) return 2;
+  if (experts > 0)
+    for (const std::string& path : a.positional)
+      if (!dynamoe::placement::IsMegatronTraceDir(path)) {
+        std::cerr << "dynamoe-replay run: --experts applies to a Megatron-Core router trace directory only; '" << path
+                  << "' is not one (other inputs carry their expert counts)\n";
+        return 2;
+      }
   o.policy.cost.overlap = a.flags.count("--overlap") > 0;
   if (isatty(2))  // a progress bar on a terminal; logs and pipes stay clean
     o.progress = [](int64_t done, int64_t total) {
@@ -244,8 +254,6 @@ int Run(const Args& a) {
     if (!open(csv, a.flags.at("--csv"))) return 1;
     dynamoe::tools::WriteStepsHeader(csv);
   }
-  int64_t experts = 0;
-  if (!Integer<int64_t>(a, "--experts", 1, kMaxImportIndex, &experts)) return 2;
   if (a.flags.count("--export-csv") && a.positional.size() != 1) {
     std::cerr << "dynamoe-replay run: --export-csv takes one TRACE\n" << kUsage;
     return 2;
@@ -259,7 +267,8 @@ int Run(const Args& a) {
     }
     if (a.flags.count("--export-csv")) {
       std::ofstream f(a.flags.at("--export-csv"), std::ios::binary);
-      if (!(f << ExportCountsCsv(*t)) || !f.flush()) {
+      // Streamed row by row: a big trace's CSV is never held whole.
+      if (!f || (ExportCountsCsv(*t, f), !f.flush())) {
         std::cerr << "dynamoe-replay: cannot write '" << a.flags.at("--export-csv") << "'\n";
         return 1;
       }
@@ -341,7 +350,10 @@ int Synth(const Args& a) {
   const std::string& out = a.flags.at("--out");
   const bool as_csv = out.size() > 4 && out.substr(out.size() - 4) == ".csv";
   std::ofstream f(out, std::ios::binary);
-  f << (as_csv ? ExportCountsCsv(*t) : EncodeTrace(*t));
+  if (as_csv)
+    ExportCountsCsv(*t, f);
+  else
+    f << EncodeTrace(*t);
   if (!f) {
     std::cerr << "dynamoe-replay: cannot write '" << out << "'\n";
     return 1;

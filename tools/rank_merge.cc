@@ -6,12 +6,14 @@
 #include <cstring>
 #include <filesystem>
 #include <regex>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "placement/rank_files.h"
 #include "placement/replay.h"
 
 namespace dynamoe::tools {
@@ -54,16 +56,36 @@ struct Merge {
   Trace out;
   std::map<std::pair<int64_t, int64_t>, size_t> index;  // (step, layer) -> out.steps
   std::vector<int64_t> last_rank;                       // per merged step: the last rank that filled it
-  std::vector<int64_t> missing;                         // per merged step: the first rank without it (-1: none)
+  std::vector<int64_t> gap;                             // per merged step: a rank lacking it mid-file (-1: none)
+  std::vector<char> drop;                               // per merged step: some rank lacks it at its end/to damage
+  std::vector<int64_t> last_step;                       // per rank read: its file's highest step (-1: none)
+  std::vector<char> damaged;                            // per rank read: records lost to damage
+  std::vector<std::set<int64_t>> cut;                   // per rank read: steps dropped after its file ended
+  int64_t lost_to_damage = 0;                           // merged steps dropped for a damaged file
+
+  // Rank q's file (read whole) lacks merged step i: after its last step (the
+  // job stopped before it wrote it) or lost to damage, the step is dropped;
+  // in the middle it is an error.
+  void Lacks(int64_t q, size_t i) {
+    const int64_t step = out.steps[i].step;
+    if (damaged[q]) {
+      if (!drop[i]) ++lost_to_damage;
+      drop[i] = 1;
+    } else if (step >= last_step[q]) {  // ==: the last step, cut between its layers
+      cut[q].insert(step);
+      drop[i] = 1;
+    } else if (gap[i] < 0) {
+      gap[i] = q;
+    }
+  }
 };
 
-// Rank `rank`'s file into m (rank 0's, read first, sets the layers); appends whether it was damaged.
-absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const std::string& file0,
-                       std::vector<char>* damaged) {
+// Rank `rank`'s file into m (rank 0's, read first, sets the layers); ranks are read in order.
+absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const std::string& file0) {
   std::FILE* f = std::fopen(file.c_str(), "rb");
   if (f == nullptr) return absl::NotFoundError(absl::StrCat("cannot open ", file, ": ", std::strerror(errno)));
   bool header_checked = false;
-  int64_t filled = 0;
+  int64_t filled = 0, last_step = -1;
   auto check_header = [&](const Trace& t) -> absl::Status {
     if (t.world_size != 1)
       return absl::InvalidArgumentError(absl::StrCat(
@@ -79,9 +101,12 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
       header_checked = true;
     }
     const TraceLayerSpec& l = t.layers[s.layer];
-    if (s.kept.num_experts != l.num_experts)
+    // Each step's matrix is copied into row `rank` of a world x experts one: its shape must be the header's.
+    if (s.kept.world_size != 1 || s.routed.world_size != 1 || s.kept.num_experts != l.num_experts ||
+        s.routed.num_experts != l.num_experts)
       return absl::InvalidArgumentError(absl::StrCat(file, ": step ", s.step, " of layer ", Describe(l), " counts ",
-                                                     s.kept.num_experts, " experts"));
+                                                     s.kept.world_size, " ranks x ", s.kept.num_experts,
+                                                     " experts; a one-rank recording's are 1 x ", l.num_experts));
     if (rank > 0) {
       if (static_cast<size_t>(s.layer) >= m.out.layers.size())
         return absl::InvalidArgumentError(absl::StrCat(file, ": step ", s.step, " names layer ", s.layer, " but ",
@@ -104,7 +129,9 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
       merged.routed = merged.kept;
       m.out.steps.push_back(std::move(merged));
       m.last_rank.push_back(-1);
-      m.missing.push_back(rank > 0 ? 0 : -1);  // a step new after rank 0's file is absent from it
+      m.gap.push_back(-1);
+      m.drop.push_back(0);
+      for (int64_t q = 0; q < rank; ++q) m.Lacks(q, m.out.steps.size() - 1);  // absent from the files read
     }
     const size_t i = it->second;
     if (m.last_rank[i] == rank)
@@ -112,6 +139,7 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
           absl::StrCat(file, ": step ", s.step, " of layer '", l.name, "' is recorded twice"));
     m.last_rank[i] = rank;
     ++filled;
+    last_step = std::max(last_step, s.step);
     TraceStep& d = m.out.steps[i];
     std::copy(s.kept.counts.begin(), s.kept.counts.end(), d.kept.counts.begin() + rank * e);
     std::copy(s.routed.counts.begin(), s.routed.counts.end(), d.routed.counts.begin() + rank * e);
@@ -136,9 +164,12 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
         return absl::InvalidArgumentError(absl::StrCat(file, ": layer ", l, " is ", Describe(t->layers[l]), "; in ",
                                                        file0, " it is ", Describe(m.out.layers[l])));
   }
+  m.last_step.push_back(last_step);
+  m.damaged.push_back(t->stats.damaged() ? 1 : 0);
+  m.cut.emplace_back();
   if (filled < static_cast<int64_t>(m.out.steps.size()))
     for (size_t i = 0; i < m.out.steps.size(); ++i)
-      if (m.last_rank[i] != rank && m.missing[i] < 0) m.missing[i] = rank;
+      if (m.last_rank[i] != rank) m.Lacks(rank, i);
   placement::TraceReadStats& st = m.out.stats;
   st.records += t->stats.records;
   st.skipped_corrupt += t->stats.skipped_corrupt;
@@ -146,9 +177,7 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
   st.skipped_bytes += t->stats.skipped_bytes;
   st.skipped_unknown += t->stats.skipped_unknown;
   st.truncated = st.truncated || t->stats.truncated;
-  for (const std::string& w : t->stats.warnings)
-    if (st.warnings.size() < placement::TraceReadStats::kMaxWarnings) st.warnings.push_back(absl::StrCat(file, ": ", w));
-  damaged->push_back(t->stats.damaged() ? 1 : 0);
+  for (const std::string& w : t->stats.warnings) st.Warn(absl::StrCat(file, ": ", w));
   return absl::OkStatus();
 }
 
@@ -156,15 +185,14 @@ absl::Status MergeFile(Merge& m, int64_t rank, const std::string& file, const st
 
 absl::StatusOr<Trace> MergeRankFiles(const std::map<int64_t, std::string>& files) {
   if (files.empty()) return absl::NotFoundError("no rank files to merge");
-  const int64_t world = files.rbegin()->first + 1;
+  const placement::RankCoverage ranks = placement::CoverageOf(files);
+  const int64_t world = ranks.world;
   const std::string& any = files.begin()->second;
   if (world > placement::kMaxReplayWorld)
     return absl::InvalidArgumentError(absl::StrCat(files.rbegin()->second, ": rank ", world - 1, " is over the ",
                                                    placement::kMaxReplayWorld, " ranks replay takes"));
-  if (static_cast<int64_t>(files.size()) != world) {
-    std::vector<int64_t> absent;
-    for (int64_t r = 0; r < world && absent.size() < 8; ++r)
-      if (!files.count(r)) absent.push_back(r);
+  if (!ranks.missing.empty()) {
+    const std::vector<int64_t>& absent = ranks.missing;
     const std::string name = fs::path(any).filename().string();
     const std::string base = name.substr(0, name.rfind(".rank"));
     return absl::NotFoundError(absl::StrCat(
@@ -175,29 +203,29 @@ absl::StatusOr<Trace> MergeRankFiles(const std::map<int64_t, std::string>& files
   m.world = world;
   m.out.world_size = world;
   m.out.rank = -1;
-  std::vector<char> damaged;
   const std::string& file0 = files.at(0);
-  for (const auto& [rank, file] : files) DYNAMOE_RETURN_IF_ERROR(MergeFile(m, rank, file, file0, &damaged));
-  // Steps some rank lacks: lost to damage (dropped) or recorded differently (an error).
+  for (const auto& [rank, file] : files) DYNAMOE_RETURN_IF_ERROR(MergeFile(m, rank, file, file0));
+  // Steps some rank lacks: after its file's end or lost to damage (dropped), or
+  // in its middle: the ranks recorded different steps (an error).
   std::vector<TraceStep> kept;
-  int64_t dropped = 0;
   for (size_t i = 0; i < m.out.steps.size(); ++i) {
     TraceStep& s = m.out.steps[i];
-    const int64_t r = m.missing[i];
-    if (r < 0) {
-      kept.push_back(std::move(s));
-      continue;
-    }
-    const std::string& layer = m.out.layers[s.layer].name;
-    if (!damaged[r])
+    if (const int64_t r = m.gap[i]; r >= 0)
       return absl::InvalidArgumentError(absl::StrCat(
-          files.at(r), " has no step ", s.step, " of layer '", layer, "', which ",
-          files.at(r == 0 ? m.last_rank[i] : 0), " has: the ranks recorded different steps (a step is a forward call",
-          " of a router; every rank must make the same calls)"));
-    ++dropped;
+          files.at(r), " has no step ", s.step, " of layer '", m.out.layers[s.layer].name, "', which ",
+          files.at(m.last_rank[i]), " has, but has later steps: the ranks recorded different steps (a step is a ",
+          "forward call of a router; every rank must make the same calls)"));
+    if (!m.drop[i]) kept.push_back(std::move(s));
   }
-  if (dropped > 0)
-    m.out.stats.warnings.push_back(absl::StrCat(dropped, " steps dropped: some rank's record of them was lost to damage"));
+  for (const auto& [rank, file] : files)
+    if (const std::set<int64_t>& cut = m.cut[rank]; !cut.empty())
+      m.out.stats.warnings.push_back(absl::StrCat(
+          file, " ends at step ", m.last_step[rank], ": ", cut.size(), " step", cut.size() == 1 ? "" : "s",
+          " (", *cut.begin(), cut.size() == 1 ? "" : absl::StrCat("..", *cut.rbegin()), ") that other ranks recorded ",
+          "after it dropped (the job stopped before this rank wrote them)"));
+  if (m.lost_to_damage > 0)
+    m.out.stats.warnings.push_back(
+        absl::StrCat(m.lost_to_damage, " steps dropped: some rank's record of them was lost to damage"));
   m.out.steps = std::move(kept);
   return std::move(m.out);
 }

@@ -24,8 +24,10 @@ std::map<int64_t, std::string> RankFilesOf(const std::string& path);
 // Errors name the file: a missing rank (ranks must be 0..N-1), a file that
 // is not a one-rank recording or names another rank, layers that differ
 // from rank 0's (count, name, expert count), a (step, layer) recorded twice
-// or absent from a file. A step absent from a damaged file (its record lost)
-// is dropped with a warning instead. Warnings of each file name it.
+// or absent from the middle of a file. A step absent after a file's last
+// step (a killed job's files end at different steps) or from a damaged file
+// (its record lost) is dropped with a warning naming the file instead.
+// Warnings of each file name it.
 absl::StatusOr<placement::Trace> MergeRankFiles(const std::map<int64_t, std::string>& files);
 
 }  // namespace dynamoe::tools

@@ -37,6 +37,9 @@ absl::StatusOr<Trace> ReadReplayInput(const std::string& path, int64_t experts) 
     o.experts = experts;
     return placement::ImportMegatronTraceDir(path, o);
   }
+  if (experts > 0)
+    return absl::InvalidArgumentError(
+        "--experts applies to a Megatron-Core router trace directory only (other inputs carry their expert counts)");
   // The path given to dynamoe.trace.record in a job of N ranks: no such file,
   // but <base>.rank<R>.dmtrace files, merged into one trace of N ranks.
   if (!std::filesystem::exists(path, ec))

@@ -4,7 +4,7 @@
     with dynamoe.trace.record(model, "run.dmtrace"):
         for batch in batches:
             model(batch)
-    # then: dynamoe-replay run run.dmtrace --world 8
+    # then: dynamoe-replay run run.dmtrace
 
 Forward hooks on each router take the top-k expert indices of every call
 (a step of that layer), copy them off the GPU asynchronously (into pinned
@@ -19,10 +19,13 @@ logits). Any other module is named with an adapter: a function from
 
 Under torch.distributed each rank writes `<path without .dmtrace>.rank<R>.dmtrace`
 holding its own tokens: a 1-row count matrix per step, whose header names the
-rank. `dynamoe-replay run PATH` (the path given here) merges a job's files
-into one trace of N ranks, row R rank R's tokens; `dynamoe-replay run
-PATH.rank0.dmtrace --world N` replays one rank as N ranks routing like it.
+rank. `dynamoe-replay run PATH` (the path given here, which itself does not
+exist) merges every rank's file of the job into one trace of N ranks, row R
+rank R's tokens; a file of one rank replays alone as a 1-rank trace.
 
+Forward calls made during a backward pass (activation checkpointing /
+recompute runs the forward again) are not steps: on torch >= 2.0 the hook
+skips them. torch 1.x has no way to tell, and records them again.
 """
 import atexit
 import os
@@ -73,8 +76,35 @@ def _step_record(step, layer, counts):
 
 def _hf_indices(module, output):
     import torch
+    logits = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    experts = _num_experts(module)
+    if not torch.is_tensor(logits) or logits.dim() != 2 or (experts and logits.shape[-1] != experts):
+        try:
+            import transformers
+            version = f"transformers {transformers.__version__}"
+        except ImportError:
+            version = "this transformers version"
+        got = (f"a tuple of {len(output)} ({', '.join(_describe(o) for o in output)})"
+               if isinstance(output, tuple) else _describe(output))
+        name = type(module).__name__
+        raise TypeError(f"dynamoe.trace: {name} returned {got}; the recorder expects (hidden_states, router_logits "
+                        f"[tokens, {experts}]), as its forward returns in the transformers versions it knows. "
+                        f"{version} differs: record it with an adapter, "
+                        f"adapters={{{name}: (fn, num_experts)}} with fn(module, output) -> [tokens, k] indices")
     # As these blocks route: top-k of the fp32 softmax (ties resolve as the model's do).
-    return output[1].softmax(dim=-1, dtype=torch.float).topk(module.top_k, dim=-1).indices
+    return logits.softmax(dim=-1, dtype=torch.float).topk(module.top_k, dim=-1).indices
+
+
+def _describe(x):
+    import torch
+    return f"a tensor of shape {list(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+
+
+def _in_backward(torch):
+    """True inside a backward pass (a recompute of activation checkpointing):
+    torch >= 2.0 numbers the running graph task; torch 1.x cannot tell."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
 
 
 def _hf_layer(name, module):
@@ -110,8 +140,9 @@ class Recorder:
         self.training_only = training_only
         self._layers, self._hooks, self._steps = [], [], []
         self._error = None
-        self._closed = False
-        matched = []
+        self._reported = False  # the hooks raised the writer's error once
+        self._closed = True  # until the file and the writer exist (close() then has nothing to do)
+        matched, found = [], []
         names = None if names is None else set(names)
         for name, module in model.named_modules():
             fn, experts = self._adapter_for(name, module, adapters, matched)
@@ -122,18 +153,15 @@ class Recorder:
             else:
                 experts = experts or _num_experts(module)
                 if not experts:
-                    self.remove_hooks()
                     raise ValueError(f"dynamoe.trace: module '{name}': give its expert count as "
                                      f"adapters={{...: (fn, num_experts)}}; it has no num_experts attribute")
                 spec = dict(name=name, num_experts=int(experts), d_model=0, d_hidden=0, gated=0, bias=0,
                             bytes_per_element=2)
-            index = len(self._layers)
+            found.append((module, len(self._layers), fn))
             self._layers.append(spec)
             self._steps.append(0)
-            self._hooks.append(module.register_forward_hook(self._make_hook(index, fn)))
         unused = [k for k in adapters if not any(k is m for m in matched)]
         if unused or not self._layers:
-            self.remove_hooks()
             raise ValueError("dynamoe.trace: " + (f"no module of the model matches the adapters for {unused!r}"
                                                   if unused else "no router found: the model has no " +
                                                   ", ".join(KNOWN_ROUTERS) + " and adapters name no module"))
@@ -143,7 +171,15 @@ class Recorder:
         self._queue = queue.Queue(maxsize=max_pending)  # bounded: a slow disk slows the job, memory stays bounded
         self._thread = threading.Thread(target=self._write_loop, name="dynamoe-trace-writer", daemon=True)
         self._thread.start()
+        self._closed = False
         atexit.register(self.close)
+        # Hooks last: whatever failed above left the model as it was.
+        try:
+            for module, index, fn in found:
+                self._hooks.append(module.register_forward_hook(self._make_hook(index, fn)))
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _adapter_for(name, module, adapters, matched):
@@ -160,10 +196,13 @@ class Recorder:
         torch = self._torch
 
         def hook(module, inputs, output):
-            if self._closed or (self.training_only and not module.training):
+            if self._closed or (self.training_only and not module.training) or _in_backward(torch):
                 return
             if self._error is not None:
-                raise self._error
+                if self._reported:
+                    raise RuntimeError("dynamoe.trace: recording stopped after an error (raised by an earlier call)")
+                self._reported = True
+                raise RuntimeError(f"dynamoe.trace: recording to {self.path} failed: {self._error}") from self._error
             idx = fn(module, output)
             if not torch.is_tensor(idx) or idx.dim() < 1:
                 raise ValueError(f"dynamoe.trace: the adapter of '{self._layers[index]['name']}' returned "
@@ -252,8 +291,16 @@ class Recorder:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        # The body's exception propagates; the writer's, if any, is only reported.
+        try:
+            self.close()
+        except Exception as e:
+            import warnings
+            warnings.warn(f"dynamoe.trace: recording to {self.path} also failed: {e!r}", RuntimeWarning)
 
 
 def record(model, path, *, adapters=None, names=None, training_only=False, max_pending=1024):

@@ -204,6 +204,6 @@ def test_comm_addr_no_interface_has_is_named(tmp_path):
     proc, reports = launch(tmp_path, 2, "--scenario=comm_addr", "--cases=bad", env={"DYNAMOE_TIMEOUT_S": "20"})
     for r, rep in enumerate(reports):
         assert rep is not None, proc.stdout + proc.stderr
-        assert f"creating the Gloo group 'g0-1' (rank {r} of 2) failed: DYNAMOE_COMM_ADDR=\"192.0.2.1\" is not " \
-               "an address of this host" in rep.get("error", ""), rep
+        assert f"creating the Gloo group 'g0-1' (rank {r} of 2) failed: DYNAMOE_COMM_ADDR=\"192.0.2.1\" cannot be " \
+               "resolved or bound on this host" in rep.get("error", ""), rep
         assert "frame #" not in rep["error"], rep["error"]  # the cause without a C++ backtrace

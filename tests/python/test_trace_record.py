@@ -7,10 +7,11 @@ import json
 import os
 import re
 import pathlib
-import socket
 import struct
 import subprocess
 import sys
+import time
+import warnings
 
 import pytest
 import torch
@@ -186,6 +187,94 @@ def test_user_adapter_and_errors(tmp_path):
         rec.close()
 
 
+def test_a_failed_start_leaves_the_model_as_it_was(tmp_path):
+    net = Net()
+    with pytest.raises(FileNotFoundError):
+        dynamoe.trace.record(net, tmp_path / "no" / "such" / "dir.dmtrace", adapters={UserMoE: (lambda m, o: o[1], 6)})
+    assert not net.a._forward_hooks and not net.b._forward_hooks
+    net(torch.randn(3, 4))  # no hook left to fail
+
+
+def wait_for_writer_error(rec):
+    deadline = time.monotonic() + 60  # the writer thread's turn on a loaded machine
+    while rec._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec._error is not None
+
+
+def test_a_writer_error_is_raised_once_then_briefly(tmp_path):
+    torch.manual_seed(5)
+    net = Net()
+    rec = dynamoe.trace.record(net, tmp_path / "e.dmtrace", adapters={"a": (lambda m, o: o[1], 2)})
+    net(torch.randn(3, 4))  # indices up to 5 of 2 experts: the writer fails
+    wait_for_writer_error(rec)
+    with pytest.raises(RuntimeError, match="recording to .*e.dmtrace failed: .*expert indices") as first:
+        net(torch.randn(3, 4))
+    assert isinstance(first.value.__cause__, ValueError)
+    with pytest.raises(RuntimeError, match="recording stopped after an error") as second:
+        net(torch.randn(3, 4))
+    assert second.value is not first.value and second.value.__cause__ is None
+    with pytest.raises(ValueError, match="expert indices must be in"):
+        rec.close()
+
+
+def test_exit_keeps_the_exception_of_the_body(tmp_path):
+    net = Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyError, match="from the body"):
+            with dynamoe.trace.record(net, tmp_path / "k.dmtrace", adapters={"a": (lambda m, o: o[1], 2)}) as rec:
+                net(torch.randn(3, 4))
+                wait_for_writer_error(rec)
+                raise KeyError("from the body")
+    assert any("also failed" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert not net.a._forward_hooks
+
+
+class MixtralSparseMoeBlock(torch.nn.Module):
+    """Named like transformers' block, but returns the hidden states alone
+    (as a transformers release that changed the block's output might)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = torch.nn.Linear(4, 8, bias=False)
+        self.experts = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+        self.num_experts, self.top_k = 8, 2
+
+    def forward(self, x):
+        return x
+
+
+def test_an_unexpected_hf_block_output_names_the_way_out(tmp_path):
+    block = MixtralSparseMoeBlock()
+    with dynamoe.trace.record(block, tmp_path / "h.dmtrace"):
+        with pytest.raises(TypeError, match=r"MixtralSparseMoeBlock returned a tensor of shape \[3, 4\]; .*"
+                                            r"\(hidden_states, router_logits \[tokens, 8\]\).*transformers.*"
+                                            r"adapters=\{MixtralSparseMoeBlock: \(fn, num_experts\)\}"):
+            block(torch.randn(3, 4))
+
+
+class Checkpointed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.moe = UserMoE()
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(lambda y: self.moe(y)[0] * 2, x)
+
+
+@pytest.mark.skipif(not hasattr(torch._C, "_current_graph_task_id"),
+                    reason="torch < 2.0 cannot tell a recompute in backward from a forward (documented)")
+def test_recomputed_forwards_are_not_steps(tmp_path):
+    import torch.utils.checkpoint  # noqa: F401
+    torch.manual_seed(6)
+    net = Checkpointed()
+    with dynamoe.trace.record(net, tmp_path / "r.dmtrace", adapters={UserMoE: (lambda m, o: o[1], 6)}) as rec:
+        for _ in range(2):
+            net(torch.randn(5, 4, requires_grad=True)).sum().backward()
+    assert rec.steps == [2]  # the recompute of each backward is not a third and fourth
+
+
 def test_damage_is_caught_by_the_checksums(tmp_path):
     torch.manual_seed(3)
     net = Net()
@@ -207,8 +296,8 @@ import json, os, sys, torch
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import dynamoe.trace
 from test_trace_record import Net, UserMoE, counts_from_logits
-torch.distributed.init_process_group("gloo")
-rank = torch.distributed.get_rank()
+rank = int(sys.argv[4])
+torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[5], rank=rank, world_size=2)
 torch.manual_seed(10 + rank)
 net = Net()
 x = torch.randn(4 + rank, 4)
@@ -221,19 +310,29 @@ torch.distributed.destroy_process_group()
 """
 
 
-def test_rank_comes_from_torch_distributed(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def run_two_ranks(script, tmp_path, job, timeout):
+    """Two real processes of one gloo group (a file store: no port to pick),
+    both killed if either fails or hangs."""
     procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT / "python"),
-                                       str(pathlib.Path(__file__).parent), str(tmp_path / "job.dmtrace")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out
+    try:
+        for rank in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", script, str(ROOT / "python"), str(pathlib.Path(__file__).parent), str(job),
+                 str(rank), str(tmp_path / "store")],
+                env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True))
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            assert p.returncode == 0, out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_rank_comes_from_torch_distributed(tmp_path):
+    run_two_ranks(WORKER, tmp_path, tmp_path / "job.dmtrace", 120)
     for rank in range(2):
         info = json.loads((tmp_path / f"job.dmtrace.{rank}.json").read_text())
         path = tmp_path / f"job.rank{rank}.dmtrace"
@@ -247,7 +346,7 @@ def test_rank_comes_from_torch_distributed(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_indices_are_copied_asynchronously(tmp_path):
+def test_indices_of_cuda_routers_are_counted(tmp_path):
     torch.manual_seed(4)
     net = Net().cuda()
     xs = [torch.randn(64, 4, device="cuda") for _ in range(3)]
@@ -267,8 +366,8 @@ import json, sys, torch
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import dynamoe  # dynamoe.trace through the package's lazy names
 from test_trace_record import tiny_hf, run_batches, counts_from_logits
-torch.distributed.init_process_group("gloo")
-rank = torch.distributed.get_rank()
+rank = int(sys.argv[4])
+torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[5], rank=rank, world_size=2)
 torch.manual_seed(0)  # the same weights on every rank, as in data parallelism
 model = tiny_hf("mixtral")
 torch.manual_seed(100 + rank)  # each rank its own data, of its own sizes
@@ -285,18 +384,8 @@ def test_ranks_of_a_job_replay_merged(tmp_path):
     merges PATH.rank{0,1}.dmtrace: row r of every (step, layer) matrix must be
     rank r's counts from its own output_router_logits."""
     pytest.importorskip("transformers")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     job = tmp_path / "job.dmtrace"
-    procs = [subprocess.Popen([sys.executable, "-c", MIXTRAL_WORKER, str(ROOT / "python"),
-                               str(pathlib.Path(__file__).parent), str(job)],
-                              env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                       MASTER_PORT=str(port)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-    for p in procs:
-        out, _ = p.communicate(timeout=180)
-        assert p.returncode == 0, out
+    run_two_ranks(MIXTRAL_WORKER, tmp_path, job, 180)
     assert not job.exists() and (tmp_path / "job.rank1.dmtrace").exists()
     expected = [json.loads((tmp_path / f"job.dmtrace.{r}.json").read_text()) for r in range(2)]
     assert expected[0] != expected[1]  # different data: a swapped or duplicated row would show
@@ -331,6 +420,14 @@ def write_rank_file(path, rank, layers, steps, world=1):
     path.write_bytes(head + b"".join(dynamoe.trace._step_record(s, l, c) for s, l, c in steps))
 
 
+def step_record(step, layer, rows):
+    """A step record of len(rows) ranks (kept == routed), valid checksums."""
+    flat = [c for row in rows for c in row]
+    counts = struct.pack(f"<{len(flat)}q", *flat)
+    return dynamoe.trace._frame(struct.pack("<BqIII", 2, step, layer, len(rows), len(rows[0])) + counts + counts +
+                                struct.pack("<BI", 0, 0))
+
+
 GOOD = ([("moe", 4)], [(0, 0, [1, 2, 0, 1]), (1, 0, [0, 0, 3, 1])])
 
 
@@ -341,12 +438,16 @@ GOOD = ([("moe", 4)], [(0, 0, [1, 2, 0, 1]), (1, 0, [0, 0, 3, 1])])
      r"job\.rank1\.dmtrace: layer 0 is 'moe' with 5 experts; in .*job\.rank0\.dmtrace it is 'moe' with 4"),
     ("name", ([("other", 4)], GOOD[1]), r"job\.rank1\.dmtrace: layer 0 is 'other' with 4 experts"),
     ("layers", ([("moe", 4), ("moe2", 4)], GOOD[1]), r"job\.rank1\.dmtrace declares 2 layers; .* declares 1"),
-    ("fewer steps", (GOOD[0], GOOD[1][:1]), r"job\.rank1\.dmtrace has no step 1 of layer 'moe', which .*rank0"),
-    ("more steps", (GOOD[0], GOOD[1] + [(2, 0, [1, 1, 1, 1])]),
-     r"job\.rank0\.dmtrace has no step 2 of layer 'moe', which .*job\.rank1\.dmtrace has"),
+    ("gap", (GOOD[0], [GOOD[1][0], (2, 0, [1, 1, 1, 1])]),
+     r"job\.rank1\.dmtrace has no step 1 of layer 'moe', which .*job\.rank0\.dmtrace has, but has later steps"),
     ("twice", (GOOD[0], GOOD[1] + [(1, 0, [1, 1, 1, 1])]), r"job\.rank1\.dmtrace: step 1 of layer 'moe' is recorded twice"),
     ("world", "world", r"job\.rank1\.dmtrace holds the counts of 2 ranks, not one"),
     ("rank", "rank", r"job\.rank1\.dmtrace: its header names rank 0, its name rank 1"),
+    # A 1-rank header over a 2-row step: copied into row 1 it would write past the merged matrix.
+    ("step world", "step world",
+     r"job\.rank1\.dmtrace: step 0 of layer 'moe' with 4 experts counts 2 ranks x 4 experts; .* are 1 x 4"),
+    ("step experts", "step experts",
+     r"job\.rank1\.dmtrace: step 0 of layer 'moe' with 4 experts counts 1 ranks x 5 experts"),
 ])
 def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
     write_rank_file(tmp_path / "job.rank0.dmtrace", 0, *GOOD)
@@ -356,6 +457,11 @@ def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
         write_rank_file(tmp_path / "job.rank1.dmtrace", 1, GOOD[0], [], world=2)
     elif rank1 == "rank":
         write_rank_file(tmp_path / "job.rank1.dmtrace", 0, *GOOD)
+    elif rank1 in ("step world", "step experts"):
+        write_rank_file(tmp_path / "job.rank1.dmtrace", 1, GOOD[0], [])
+        rows = [[1, 2, 3, 4], [5, 6, 7, 8]] if rank1 == "step world" else [[1, 2, 3, 4, 5]]
+        with open(tmp_path / "job.rank1.dmtrace", "ab") as f:
+            f.write(step_record(0, 0, rows))
     else:
         write_rank_file(tmp_path / "job.rank1.dmtrace", 1, *rank1)
     r = subprocess.run([str(TOOL), "run", str(tmp_path / "job.dmtrace"), "--policies", "none", "--export-csv",
@@ -370,6 +476,29 @@ def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
         return
     assert r.returncode == 1, r.stdout
     assert re.search(message, r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("short_rank", [0, 1])
+def test_merge_drops_the_steps_after_a_file_ends(short_rank, tmp_path):
+    """A killed job: one rank's file ends early (steps 0..1 of 0..3), the other
+    stops between the layers of step 3. The steps a file lacks after its end
+    are dropped with a warning naming it; what every rank has is merged."""
+    layers = [("moe", 4), ("moe2", 4)]
+    counts = {r: {(s, l): [r + 1, s, l, 1] for s in range(4) for l in range(2)} for r in range(2)}
+    have = {short_rank: [(s, l) for s in range(2) for l in range(2)],
+            1 - short_rank: [(s, l) for s in range(4) for l in range(2)][:-1]}
+    for r in range(2):
+        write_rank_file(tmp_path / f"job.rank{r}.dmtrace", r, layers, [(s, l, counts[r][(s, l)]) for s, l in have[r]])
+    r = subprocess.run([str(TOOL), "run", str(tmp_path / "job"), "--policies", "none", "--export-csv",
+                        str(tmp_path / "m.csv")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "4 steps, 2 layers, recorded on 2 ranks" in r.stdout  # steps 0 and 1 of both layers
+    assert re.search(rf"job\.rank{short_rank}\.dmtrace ends at step 1: 2 steps \(2\.\.3\) that other ranks recorded "
+                     "after it dropped", r.stderr), r.stderr
+    assert f"job.rank{1 - short_rank}.dmtrace ends" not in r.stderr  # its last step is 3, whose moe2 nobody has
+    rows = (tmp_path / "m.csv").read_text().splitlines()[1:]
+    assert rows == [f"{s},{n},{rk},{e},{counts[rk][(s, l)][e]}" for s in range(2) for l, (n, _) in enumerate(layers)
+                    for rk in range(2) for e in range(4)]
 
 
 def test_merge_drops_a_step_lost_to_damage(tmp_path):
