@@ -14,6 +14,12 @@
 //     caught by the checksum first). The entry point also reads every binary
 //     input a second time with its checksums recomputed, so that libFuzzer's
 //     own mutations reach the decoders too.
+//   - Megatron-Core router traces (router_trace_rank{0,1}.jsonl written into
+//     a scratch directory, ImportMegatronTraceDir): token and byte edits of
+//     either rank's lines; a bad file is an error naming the file and line;
+//   - dynamoe.trace.record's one-rank files (<base>.rank{0,1}.dmtrace,
+//     MergeRankFiles): payload edits framed again with correct checksums,
+//     byte edits, cuts; an error names one of the files.
 // Every binary input is also read through a FILE* (the streaming path) and
 // must give the same result as the in-memory parse. A trace that parses must
 // hold what its consumers rely on (CheckDecoded), and is then replayed under
@@ -25,15 +31,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "placement/calibrate.h"
 #include "placement/crc32.h"
+#include "placement/megatron_import.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
 #include "placement/trace.h"
+#include "tools/rank_merge.h"
 
 namespace {
 
@@ -118,6 +128,123 @@ std::string WithChecksumsFixed(std::string b) {
   return b;
 }
 
+// A scratch directory for the importers that read files, made once per
+// process and removed at exit.
+const std::string& ScratchDir() {
+  // Never destroyed: the exit handler that removes the directory runs after static destructors.
+  static const std::string* const dir = [] {
+    const char* tmp = std::getenv("TMPDIR");
+    auto* d = new std::string(std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/dynamoe_trace_fuzz_XXXXXX");
+    if (mkdtemp(d->data()) == nullptr) {
+      std::perror("trace fuzz: mkdtemp");
+      std::abort();
+    }
+    std::atexit([] { std::error_code ec; std::filesystem::remove_all(ScratchDir(), ec); });
+    return d;
+  }();
+  return *dir;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr || std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size() || std::fclose(f) != 0) {
+    std::perror(("trace fuzz: writing " + path).c_str());
+    std::abort();
+  }
+}
+
+// Rows are ranks: every matrix of an import of `world` rank files has `world` rows.
+void CheckWorld(const Trace& t, size_t world, const std::string& input) {
+  for (const TraceStep& s : t.steps)
+    if (s.kept.world_size != static_cast<int64_t>(world)) Fail("a matrix whose rows are not the rank files", input);
+}
+
+// Megatron-Core's router trace directory, rank r's file holding ranks[r]:
+// a trace of consistent shapes, or an error naming a rank file and a line.
+bool ImportMegatronFiles(const std::vector<std::string>& ranks) {
+  const std::string dir = ScratchDir() + "/megatron";
+  std::filesystem::create_directories(dir);
+  for (size_t r = 0; r < ranks.size(); ++r)
+    WriteFile(dir + "/router_trace_rank" + std::to_string(r) + ".jsonl", ranks[r]);
+  const absl::StatusOr<Trace> t = ImportMegatronTraceDir(dir);
+  if (t.ok()) {
+    CheckWorld(*t, ranks.size(), ranks[0]);
+    CheckDecoded(*t, ranks[0]);
+    Consume(*t);
+    return true;
+  }
+  const std::string msg(t.status().message());
+  const bool names_line = msg.find(dir + "/router_trace_rank") != std::string::npos && msg.find(" line ") != std::string::npos;
+  // What no one line causes (no records at all, matrices over the limits) names the directory.
+  const bool whole_dir = msg.rfind(dir + ": ", 0) == 0 && (msg.find("no routing records") != std::string::npos ||
+                                                          msg.find("would be too large") != std::string::npos);
+  if (!names_line && !whole_dir)
+    Fail(("a Megatron import error names no file and line: " + msg.substr(0, 300)).c_str(), ranks[0]);
+  return false;
+}
+
+// dynamoe.trace.record's one-rank files merged: a trace of every rank's rows,
+// or an error naming one of the files.
+bool MergeRecordFiles(const std::vector<std::string>& ranks) {
+  std::map<int64_t, std::string> files;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    files[static_cast<int64_t>(r)] = ScratchDir() + "/job.rank" + std::to_string(r) + ".dmtrace";
+    WriteFile(files[static_cast<int64_t>(r)], ranks[r]);
+  }
+  const absl::StatusOr<Trace> t = dynamoe::tools::MergeRankFiles(files);
+  if (t.ok()) {
+    CheckWorld(*t, ranks.size(), ranks[0]);
+    CheckDecoded(*t, ranks[0]);
+    Consume(*t);
+    return true;
+  }
+  const std::string msg(t.status().message());
+  if (msg.find(ScratchDir() + "/job.rank") == std::string::npos)
+    Fail(("a rank merge error names no file: " + msg.substr(0, 300)).c_str(), ranks[0]);
+  return false;
+}
+
+// Valid inputs of the file importers, for the other rank's file.
+const char kMegatronRank0[] =
+    "{\"step\": 0, \"stage\": \"pre_dispatch\", \"block\": \"decoder\", \"layer\": 1, \"rank\": 0, "
+    "\"num_tokens\": 2, \"topk\": 2, \"top_indices\": [[1, 3], [0, 2]]}\n"
+    "{\"step\": 0, \"stage\": \"post_dispatch\", \"block\": \"decoder\", \"layer\": 1, \"top_indices\": [[1]]}\n"
+    "{\"step\": 0, \"block\": \"mtp\", \"mtp_idx\": 0, \"layer\": 0, \"logit_shape\": [2, 4], "
+    "\"top_indices\": [[3, 2], [2, 0]], \"hs_offset\": 7}\n"
+    "{\"step\": 1, \"stage\": \"pre_dispatch\", \"layer\": 1, \"top_indices\": [[0, 1], [1, 2], [3, 0]]}\n";
+const char kMegatronRank1[] =
+    "{\"step\": 0, \"stage\": \"pre_dispatch\", \"block\": \"decoder\", \"layer\": 1, \"rank\": 1, "
+    "\"num_tokens\": 1, \"topk\": 2, \"top_indices\": [[2, 3]]}\n"
+    "{\"step\": 1, \"layer\": 1, \"top_indices\": [[0, 3]]}\n";
+
+// Rank `rank`'s dynamoe.trace.record file: one layer, 1 x 4 matrices.
+std::string OneRankRecording(int64_t rank) {
+  std::string b = EncodeTraceHeader(1, rank, {"dispatch", "experts", "combine", "count_allgather"},
+                                    {TraceLayerSpec{"moe0", 4, 8, 16, true, false, 2}});
+  for (int64_t i = 0; i < 6; ++i) {
+    TraceStep s;
+    s.step = i, s.layer = 0;
+    std::vector<int64_t> c(4);
+    for (size_t k = 0; k < c.size(); ++k) c[k] = (i * 5 + rank * 3 + static_cast<int64_t>(k)) % 7;
+    s.kept = *CountMatrix::Make(1, 4, c);
+    s.routed = s.kept;
+    s.phase_seconds = {0.5, 0.25 + 0.01 * i, 0.125, 0.0625};
+    b += EncodeStepRecord(s);
+  }
+  return b;
+}
+
+// The entry point feeds the file importers too (the deterministic driver
+// feeds them its own two-file mutations instead).
+bool g_entry_feeds_file_importers = true;
+
+void FeedFileImporters(const std::string& bytes, const std::string& fixed) {
+  ImportMegatronFiles({bytes, kMegatronRank1});
+  static const std::string rank1 = OneRankRecording(1);
+  MergeRecordFiles({bytes, rank1});
+  if (fixed != bytes) MergeRecordFiles({fixed, rank1});
+}
+
 void ParseAndConsume(const std::string& bytes) {
   const auto t = ParseTrace(bytes);
   CheckStreamingAgrees(bytes, t);
@@ -133,7 +260,9 @@ void ParseAndConsume(const std::string& bytes) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   ParseAndConsume(bytes);
-  if (const std::string fixed = WithChecksumsFixed(bytes); fixed != bytes) ParseAndConsume(fixed);
+  const std::string fixed = WithChecksumsFixed(bytes);
+  if (fixed != bytes) ParseAndConsume(fixed);
+  if (g_entry_feeds_file_importers) FeedFileImporters(bytes, fixed);
   for (const auto& imported : {ImportCountsCsv(bytes), ImportRoutingJsonl(bytes)})
     if (imported.ok()) {
       CheckDecoded(*imported, bytes);
@@ -231,6 +360,36 @@ void TextEdit(std::string& b, std::mt19937& rng) {
   b.insert(std::min(at, b.size()), rng() % 8 == 0 ? std::string(1 + rng() % 2000, tok[0]) : tok);
 }
 
+// Megatron's field names and values on their bounds.
+const char* const kMegatronTokens[] = {"\"top_indices\": [[", "\"top_indices\": []", "\"mtp_idx\": ", "\"layer\": ",
+                                       "\"stage\": \"post_dispatch\"", "\"block\": \"\"", "\"logit_shape\": [2, ",
+                                       "\"rank\": ", "\"num_tokens\": ", "\"topk\": ", "1048575", "1048576", "-1",
+                                       "[0, 1048575]", "[]", "[[]]", "null", "true", "1.5", "\"x\"", "\r\n"};
+
+// Rank files of a Megatron trace directory, one or both edited.
+std::vector<std::string> MegatronInput(std::mt19937& rng) {
+  std::vector<std::string> ranks = {kMegatronRank0, kMegatronRank1};
+  for (std::string& b : ranks) {
+    if (rng() % 3 == 0) continue;  // this rank's file stays valid
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < edits && !b.empty(); ++k) {
+      const int how = static_cast<int>(rng() % 8);
+      if (how < 4) {
+        TextEdit(b, rng);
+      } else if (how < 6) {
+        const size_t at = rng() % b.size();
+        if (rng() % 2) b.erase(at, rng() % 8);
+        b.insert(std::min(at, b.size()), kMegatronTokens[rng() % (sizeof(kMegatronTokens) / sizeof(kMegatronTokens[0]))]);
+      } else if (how == 6) {
+        b.resize(rng() % b.size());  // a writer killed mid-file
+      } else {
+        ByteEdit(b, 0, b.size(), rng);
+      }
+    }
+  }
+  return ranks;
+}
+
 // The payloads of a well-formed version-2 trace (the header's first).
 std::vector<std::string> Payloads(const std::string& v2) {
   std::vector<std::string> out;
@@ -299,6 +458,27 @@ std::string ReframedInput(const std::vector<std::string>& payloads, std::mt19937
   return out;
 }
 
+// One-rank recordings of ranks 0 and 1, one or both edited: payloads framed
+// again with correct checksums (the decoders and the merge see the edit),
+// byte edits, or a cut (a killed job's files end at different steps).
+std::vector<std::string> RecordingInput(const std::vector<std::vector<std::string>>& payloads, std::mt19937& rng) {
+  std::vector<std::string> ranks = {OneRankRecording(0), OneRankRecording(1)};
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    std::string& b = ranks[r];
+    switch (rng() % 4) {
+      case 0: break;  // this rank's file stays valid
+      case 1: b = ReframedInput(payloads[r], rng); break;
+      case 2: b.resize(12 + rng() % (b.size() - 12)); break;
+      default: {
+        const int edits = 1 + static_cast<int>(rng() % 3);
+        for (int k = 0; k < edits && !b.empty(); ++k) ByteEdit(b, 0, b.size(), rng);
+      }
+    }
+  }
+  if (rng() % 16 == 0) std::swap(ranks[0], ranks[1]);  // each file names the other's rank
+  return ranks;
+}
+
 // Damage confined to records [first, last] must cost no other record.
 void CheckDamageStaysLocal(const Seed& seed, std::mt19937& rng) {
   const size_t n = seed.steps.size();
@@ -340,10 +520,26 @@ int main(int argc, char** argv) {
       "{\"step\": 0, \"layer\": \"moe0\", \"experts\": [3, 1], \"rank\": 1}\n"
       "{\"step\": 0, \"layer\": 7, \"experts\": [2]}\n{\"step\": 1, \"layer\": \"moe0\", \"experts\": [0, 1]}\n";
   const std::vector<std::string> payloads = Payloads(binary.bytes);
+  const std::vector<std::vector<std::string>> recording_payloads = {Payloads(OneRankRecording(0)),
+                                                                    Payloads(OneRankRecording(1))};
+  g_entry_feeds_file_importers = false;  // kinds 6 and 7 feed them
   long parsed = 0, local = 0, reframed = 0, reframed_parsed = 0, decoder_rejected = 0;
+  long megatron = 0, megatron_imported = 0, merges = 0, merged = 0;
   for (long i = 0; i < iterations; ++i) {
     if (i > 0 && i % 100000 == 0) std::fprintf(stderr, "trace fuzz: %ld inputs\n", i);
-    const int kind = static_cast<int>(i % 6);
+    const int kind = static_cast<int>(i % 8);
+    if (kind == 6) {
+      const std::vector<std::string> ranks = MegatronInput(rng);
+      ++megatron;
+      megatron_imported += ImportMegatronFiles(ranks);
+      continue;
+    }
+    if (kind == 7) {
+      const std::vector<std::string> ranks = RecordingInput(recording_payloads, rng);
+      ++merges;
+      merged += MergeRecordFiles(ranks);
+      continue;
+    }
     if (kind == 4) {
       CheckDamageStaysLocal(binary, rng);
       ++local;
@@ -375,8 +571,10 @@ int main(int argc, char** argv) {
   }
   std::printf("trace fuzz: %ld inputs (%ld with damage confined to records, every other record read), %ld parsed, "
               "the rest rejected with an error; %ld correctly framed edited records: %ld parsed, %ld rejected by "
-              "a decoder; no crash\n",
-              iterations, local, parsed, reframed, reframed_parsed, decoder_rejected);
+              "a decoder; %ld Megatron trace directories: %ld imported, the rest an error naming file and line; %ld "
+              "rank-file merges: %ld merged, the rest an error naming a file; no crash\n",
+              iterations, local, parsed, reframed, reframed_parsed, decoder_rejected, megatron, megatron_imported,
+              merges, merged);
   return 0;
 }
 #endif
