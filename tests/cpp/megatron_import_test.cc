@@ -21,11 +21,23 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path MakeDir() {
-  char dir[] = "/tmp/dynamoe_megatron_XXXXXX";
-  EXPECT_NE(mkdtemp(dir), nullptr);
-  return dir;
-}
+// Scratch directories, removed in TearDown even when an ASSERT returned early.
+class MegatronImport : public ::testing::Test {
+ protected:
+  fs::path MakeDir() {
+    char dir[] = "/tmp/dynamoe_megatron_XXXXXX";
+    EXPECT_NE(mkdtemp(dir), nullptr);
+    dirs_.emplace_back(dir);
+    return dirs_.back();
+  }
+  void TearDown() override {
+    std::error_code ec;
+    for (const fs::path& d : dirs_) fs::remove_all(d, ec);
+  }
+
+ private:
+  std::vector<fs::path> dirs_;
+};
 
 void Write(const fs::path& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
@@ -60,9 +72,9 @@ struct Fixture {
 // decoder layer 1's number), 8 experts, top-2, 5 tokens per record; step 1
 // has two micro-batches per layer. Records are written MTP first and layers
 // backwards, so the importer's ordering is what puts them in name order.
-Fixture MakeFixture() {
+Fixture MakeFixture(const fs::path& dir) {
   Fixture f;
-  f.dir = MakeDir();
+  f.dir = dir;
   std::mt19937 rng(7);
   struct L {
     std::string block;
@@ -102,8 +114,8 @@ Fixture MakeFixture() {
   return f;
 }
 
-TEST(MegatronImport, EqualsTheSameRoutingAsJsonlAndTheTally) {
-  const Fixture f = MakeFixture();
+TEST_F(MegatronImport, EqualsTheSameRoutingAsJsonlAndTheTally) {
+  const Fixture f = MakeFixture(MakeDir());
   ASSERT_TRUE(IsMegatronTraceDir(f.dir));
   auto m = ImportMegatronTraceDir(f.dir);
   ASSERT_TRUE(m.ok()) << m.status();
@@ -150,10 +162,9 @@ TEST(MegatronImport, EqualsTheSameRoutingAsJsonlAndTheTally) {
     EXPECT_EQ(rm->policies[p].copies_per_step, rj->policies[p].copies_per_step);
     EXPECT_EQ(rm->policies[p].imbalance_after, rj->policies[p].imbalance_after);
   }
-  fs::remove_all(f.dir);
 }
 
-TEST(MegatronImport, ExpertCountFromFlagOrLogitShape) {
+TEST_F(MegatronImport, ExpertCountFromFlagOrLogitShape) {
   const fs::path dir = MakeDir();
   Write(dir / "router_trace_rank0.jsonl", Record(0, "decoder", -1, 0, 0, {{0, 1}, {2, 1}}));
   auto t = ImportMegatronTraceDir(dir);
@@ -172,11 +183,10 @@ TEST(MegatronImport, ExpertCountFromFlagOrLogitShape) {
   t = ImportMegatronTraceDir(dir);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->layers[0].num_experts, 4);
-  fs::remove_all(dir);
 }
 
 // Each bad record is an error naming the file and its line.
-TEST(MegatronImport, BadRecordsNameFileAndLine) {
+TEST_F(MegatronImport, BadRecordsNameFileAndLine) {
   const std::string good = Record(0, "decoder", -1, 0, 1, {{0, 1}});
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"{\"step\": 1, \"layer\": 0, \"top_indices\": [[0, 1]]\n", "not valid JSON"},
@@ -208,11 +218,10 @@ TEST(MegatronImport, BadRecordsNameFileAndLine) {
     const std::string msg(t.status().message());
     EXPECT_NE(msg.find("router_trace_rank1.jsonl line 3: "), std::string::npos) << msg;
     EXPECT_NE(msg.find(expected), std::string::npos) << "expected '" << expected << "' in: " << msg;
-    fs::remove_all(dir);
   }
 }
 
-TEST(MegatronImport, ExpertsFlagBelowAnIndexIsAnError) {
+TEST_F(MegatronImport, ExpertsFlagBelowAnIndexIsAnError) {
   const fs::path dir = MakeDir();
   Write(dir / "router_trace_rank0.jsonl", Record(0, "decoder", -1, 0, 0, {{0, 1}}) + Record(1, "decoder", -1, 0, 0, {{0, 9}}));
   MegatronImportOptions o;
@@ -222,10 +231,9 @@ TEST(MegatronImport, ExpertsFlagBelowAnIndexIsAnError) {
   EXPECT_NE(t.status().message().find("router_trace_rank0.jsonl line 2: expert index 9 is out of range: --experts is 8"),
             std::string::npos)
       << t.status();
-  fs::remove_all(dir);
 }
 
-TEST(MegatronImport, TornLastLineIsAWarningAndEarlierRecordsAreKept) {
+TEST_F(MegatronImport, TornLastLineIsAWarningAndEarlierRecordsAreKept) {
   const fs::path dir = MakeDir();
   const std::string full = Record(0, "decoder", -1, 0, 0, {{0, 1}, {1, 2}}) + Record(1, "decoder", -1, 0, 0, {{3, 1}});
   const std::string torn = Record(2, "decoder", -1, 0, 0, {{0, 1}, {1, 2}});
@@ -252,10 +260,9 @@ TEST(MegatronImport, TornLastLineIsAWarningAndEarlierRecordsAreKept) {
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_FALSE(t->stats.truncated);
   EXPECT_EQ(t->steps.size(), 3u);
-  fs::remove_all(dir);
 }
 
-TEST(MegatronImport, OtherStagesAreSkippedWithAWarning) {
+TEST_F(MegatronImport, OtherStagesAreSkippedWithAWarning) {
   const fs::path dir = MakeDir();
   std::string other = Record(0, "decoder", -1, 0, 0, {{3, 3}});
   other.replace(other.find("pre_dispatch"), 12, "post_combine");
@@ -266,10 +273,22 @@ TEST(MegatronImport, OtherStagesAreSkippedWithAWarning) {
   EXPECT_EQ(t->stats.skipped_unknown, 1);
   ASSERT_EQ(t->stats.warnings.size(), 1u);
   EXPECT_NE(t->stats.warnings[0].find("\"post_combine\""), std::string::npos);
-  fs::remove_all(dir);
 }
 
-TEST(MegatronImport, DirectoryLevelErrors) {
+// Decoder layers, then MTP heads, then other blocks, whatever the file order.
+TEST_F(MegatronImport, LayersAreOrderedDecoderThenMtpThenOtherBlocks) {
+  const fs::path dir = MakeDir();
+  Write(dir / "router_trace_rank0.jsonl", Record(0, "vision", -1, 0, 0, {{0, 1}}) + Record(0, "mtp", 0, 1, 0, {{1, 2}}) +
+                                              Record(0, "decoder", -1, 1, 0, {{2, 3}}) +
+                                              Record(0, "adapter", -1, 0, 0, {{3, 0}}));
+  auto t = ImportMegatronTraceDir(dir);
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<std::string> names;
+  for (const TraceLayerSpec& l : t->layers) names.push_back(l.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"decoder.1", "mtp0.1", "adapter.0", "vision.0"}));
+}
+
+TEST_F(MegatronImport, DirectoryLevelErrors) {
   const fs::path dir = MakeDir();
   EXPECT_FALSE(IsMegatronTraceDir(dir));
   auto t = ImportMegatronTraceDir(dir);
@@ -297,7 +316,6 @@ TEST(MegatronImport, DirectoryLevelErrors) {
   EXPECT_EQ(t->world_size, 3);
   EXPECT_EQ(t->steps[0].kept.counts, (std::vector<int64_t>{0, 0, 0, 0, 1, 1}));
   EXPECT_EQ(t->layers[0].name, "decoder.5");
-  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -124,6 +124,14 @@ def test_expert_count_flag_and_partial_inputs(tmp_path):
     assert loads == ["0,0,0", "0,1,2", "0,2,2", "0,3,2", "0,4,0", "0,5,0", "0,6,2", "0,7,0"]
     r = run(d, "--experts", "4")
     assert r.returncode == 1 and "line 1: expert index 6 is out of range: --experts is 4" in r.stderr, r.stderr
+    # --experts means nothing for other inputs: refused before any output is written.
+    (tmp_path / "t.jsonl").write_text('{"step": 0, "layer": "moe", "experts": [0, 1]}\n')
+    r = run(tmp_path / "t.jsonl", "--experts", "8", "--csv", tmp_path / "steps.csv")
+    assert r.returncode == 2 and "--experts applies to a Megatron-Core router trace directory only" in r.stderr, \
+        r.stderr
+    assert not (tmp_path / "steps.csv").exists()
+    r = run(d, "--experts", "0")
+    assert r.returncode == 2 and "--experts" in r.stderr, r.stderr
     # One rank file alone: pointed at its directory.
     r = run(d / "router_trace_rank1.jsonl")
     assert r.returncode == 1 and "give its directory" in r.stderr, r.stderr
