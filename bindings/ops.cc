@@ -406,6 +406,8 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("config_get(str name) -> str", &dynamoe::ConfigGet);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
+  // True inside a backward pass (e.g. an activation-checkpointing recompute); torch 1.x has no Python API for it.
+  m.def("in_backward() -> bool", [] { return dynamoe::scheduler::InBackwardPass(); });
   m.def("default_layer_name() -> str", [] { return dynamoe::scheduler::NextDefaultLayerName(); });
   m.def("expert_capacity(int num_tokens, int top_k, int num_experts, float capacity_factor, int min_capacity) -> int",
         &dynamoe::ExpertCapacityOp);

@@ -24,8 +24,7 @@ exist) merges every rank's file of the job into one trace of N ranks, row R
 rank R's tokens; a file of one rank replays alone as a 1-rank trace.
 
 Forward calls made during a backward pass (activation checkpointing /
-recompute runs the forward again) are not steps: on torch >= 2.0 the hook
-skips them. torch 1.x has no way to tell, and records them again.
+recompute runs the forward again) are not steps: the hook skips them.
 """
 import atexit
 import os
@@ -102,9 +101,13 @@ def _describe(x):
 
 def _in_backward(torch):
     """True inside a backward pass (a recompute of activation checkpointing):
-    torch >= 2.0 numbers the running graph task; torch 1.x cannot tell."""
+    torch >= 2.0 numbers the running graph task; on torch 1.x the dynamoe
+    library asks the autograd engine."""
     current = getattr(torch._C, "_current_graph_task_id", None)
-    return current is not None and current() != -1
+    if current is not None:
+        return current() != -1
+    from ._ops import ops
+    return bool(ops().in_backward())
 
 
 def _hf_layer(name, module):

@@ -263,8 +263,6 @@ class Checkpointed(torch.nn.Module):
         return torch.utils.checkpoint.checkpoint(lambda y: self.moe(y)[0] * 2, x)
 
 
-@pytest.mark.skipif(not hasattr(torch._C, "_current_graph_task_id"),
-                    reason="torch < 2.0 cannot tell a recompute in backward from a forward (documented)")
 def test_recomputed_forwards_are_not_steps(tmp_path):
     import torch.utils.checkpoint  # noqa: F401
     torch.manual_seed(6)
