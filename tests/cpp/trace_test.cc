@@ -17,6 +17,7 @@
 
 #include "monitor/trace_writer.h"
 #include "placement/crc32.h"
+#include "tests/cpp/trace_frames.h"
 #include "placement/trace.h"
 
 namespace dynamoe::placement {
@@ -54,29 +55,10 @@ void ExpectSameStep(const TraceStep& a, const TraceStep& b) {
   EXPECT_EQ(a.phase_seconds, b.phase_seconds);
 }
 
-std::string U32(uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); }
-
-// Frames as docs/trace-format.md lays them out, built here independently of
-// the encoder.
-std::string FrameV2(const std::string& payload) {
-  const std::string n = U32(static_cast<uint32_t>(payload.size())) + U32(Crc32(payload.data(), payload.size()));
-  return "\xA7REC" + n + U32(Crc32(n.data(), 8)) + payload;
-}
-std::string FrameV1(const std::string& payload) {
-  return U32(static_cast<uint32_t>(payload.size())) + U32(Crc32(payload.data(), payload.size())) + payload;
-}
-
-// The payloads of a well-formed version-2 trace (the header's first).
-std::vector<std::string> Payloads(const std::string& v2) {
-  std::vector<std::string> out;
-  for (size_t pos = 12; pos < v2.size();) {
-    uint32_t len;
-    std::memcpy(&len, v2.data() + pos + 4, 4);
-    out.push_back(v2.substr(pos + 16, len));
-    pos += 16 + len;
-  }
-  return out;
-}
+using testing::Payloads;
+using testing::U32;
+std::string FrameV2(const std::string& payload) { return testing::Frame(payload, 2); }
+std::string FrameV1(const std::string& payload) { return testing::Frame(payload, 1); }
 
 // The same trace in format version 1: no markers, no layer numbers.
 std::string ToV1(const std::string& v2) {

@@ -39,6 +39,7 @@
 
 #include "placement/calibrate.h"
 #include "placement/crc32.h"
+#include "tests/cpp/trace_frames.h"
 #include "placement/megatron_import.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
@@ -276,7 +277,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 #ifndef DYNAMOE_LIBFUZZER
 namespace {
 
-std::string U32(uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); }
+using dynamoe::testing::U32;
 
 TraceStep Step(int64_t i, int64_t layer, int64_t experts) {
   TraceStep s;
@@ -390,24 +391,11 @@ std::vector<std::string> MegatronInput(std::mt19937& rng) {
   return ranks;
 }
 
-// The payloads of a well-formed version-2 trace (the header's first).
-std::vector<std::string> Payloads(const std::string& v2) {
-  std::vector<std::string> out;
-  for (size_t pos = 12; pos < v2.size();) {
-    uint32_t len;
-    std::memcpy(&len, v2.data() + pos + 4, 4);
-    out.push_back(v2.substr(pos + 16, len));
-    pos += 16 + len;
-  }
-  return out;
-}
+using dynamoe::testing::Payloads;
 
 // Frames as docs/trace-format.md lays them out: whatever the payload, its
 // length and checksums are right.
-std::string Reframe(const std::string& p, uint32_t version) {
-  const std::string n = U32(static_cast<uint32_t>(p.size())) + U32(Crc32(p.data(), p.size()));
-  return version == 1 ? n + p : "\xA7REC" + n + U32(Crc32(n.data(), 8)) + p;
-}
+std::string Reframe(const std::string& p, uint32_t version) { return dynamoe::testing::Frame(p, version); }
 
 // Values that sit on the decoders' bounds (counts, dimensions, ranks, lengths).
 const uint32_t kEdge[] = {0, 1, 2, 3, 4, 7, 0x7f, 0xff, 0xffff, 1u << 16, (1u << 24) - 1, 1u << 24, (1u << 24) + 1,
