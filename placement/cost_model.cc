@@ -1,6 +1,7 @@
 #include "placement/cost_model.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace dynamoe::placement {
 
@@ -104,9 +105,17 @@ LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan pla
   // ... then the plan's copies as edits.
   for (int64_t e = 0; e < E; ++e) {
     if (plan_.copies[e].empty()) continue;
+    // Removes the owner-only routes of the pass (copies and quota hidden), then
+    // follows the copies and the quota (if any).
     std::vector<int32_t> copies;
+    Quota quota;
     copies.swap(plan_.copies[e]);
-    SetCopies(e, std::move(copies));  // replaces the owner-only routes of the pass
+    if (!plan_.quotas.empty()) quota = std::exchange(plan_.quotas[e], Quota{});
+    ApplyRoutes(e, -1);
+    plan_.copies[e] = std::move(copies);
+    if (!plan_.quotas.empty()) plan_.quotas[e] = std::move(quota);
+    for (int32_t r : plan_.copies[e]) ApplyBroadcast(e, r, +1);
+    ApplyRoutes(e, +1);
   }
 }
 
@@ -124,6 +133,14 @@ void LoadState::ApplyRoutes(int64_t expert, int64_t sign) {
   const int64_t* column = counts_.counts.data() + expert;
   const int32_t owner = plan_.owner[expert];
   const auto& copies = plan_.copies[expert];
+  if (plan_.HasQuota(expert)) {
+    for (int64_t s = 0; s < P_; ++s)
+      RoutesOf(plan_, s, expert, column[s * E], [&](int64_t src, int64_t, int64_t dst, int64_t rows) {
+        rows_[dst] += sign * rows;
+        if (dst != src) ApplyLink(src, dst, sign * rows);
+      });
+    return;
+  }
   if (copies.empty()) {  // plain: everything to the owner
     for (int64_t s = 0; s < P_; ++s) {
       const int64_t n = column[s * E];
@@ -163,6 +180,7 @@ void LoadState::ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign) {
 
 void LoadState::SetCopies(int64_t expert, std::vector<int32_t> copies) {
   ApplyRoutes(expert, -1);
+  if (plan_.HasQuota(expert)) plan_.quotas[expert] = Quota{};  // the edited expert follows the split rule
   for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, -1);
   plan_.copies[expert] = std::move(copies);
   for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, +1);
@@ -237,7 +255,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies) {
       if (d_link_[dst] == 0) touched_.push_back(static_cast<int32_t>(dst));
       d_link_[dst] += rows;
     };
-    SplitRows(owner, old_copies, holder_[s], s, n, [&](int64_t d, int64_t rows) { piece(d, -rows); });
+    RoutesOf(plan_, s, expert, n, [&](int64_t, int64_t, int64_t d, int64_t rows) { piece(d, -rows); });
     SplitRows(owner, copies, new_holder_[s], s, n, piece);
     for (int32_t d : touched_) {
       const int64_t delta = d_link_[d];

@@ -9,6 +9,13 @@
 
 namespace dynamoe::placement {
 
+int64_t Quota::SourceRows(int64_t s) const {
+  if (s < 0 || s + 1 >= static_cast<int64_t>(start.size())) return 0;
+  int64_t n = 0;
+  for (int32_t k = start[s]; k < start[s + 1]; ++k) n += rows[k];
+  return n;
+}
+
 Plan Plan::None(int64_t world_size, int64_t num_experts) {
   Plan p;
   p.world_size = world_size;
@@ -59,6 +66,13 @@ uint64_t Plan::Hash() const {
     absl::StrAppend(&bytes, owner[e], ":");
     for (int32_t r : copies[e]) absl::StrAppend(&bytes, r, ",");
     bytes += ';';
+    if (HasQuota(e)) {
+      const Quota& q = quotas[e];
+      for (size_t s = 0; s + 1 < q.start.size(); ++s) {
+        for (int32_t k = q.start[s]; k < q.start[s + 1]; ++k) absl::StrAppend(&bytes, q.dest[k], "=", q.rows[k], ",");
+        bytes += '|';
+      }
+    }
   }
   return Fnv1a64(bytes);
 }
@@ -90,6 +104,21 @@ absl::Status Plan::Validate() const {
                         e, " copies [", absl::StrJoin(copies[e], ","),
                         "] must be distinct ascending ranks other than the owner ", owner[e]);
     }
+  }
+  DYNAMOE_CHECK_ARG(quotas.empty() || static_cast<int64_t>(quotas.size()) == num_experts, "plan: quotas must have ",
+                    num_experts, " entries or none, got ", quotas.size());
+  for (int64_t e = 0; e < num_experts && !quotas.empty(); ++e) {
+    const Quota& q = quotas[e];
+    if (q.empty()) continue;
+    DYNAMOE_CHECK_ARG(static_cast<int64_t>(q.start.size()) == world_size + 1 && q.start.front() == 0 &&
+                          q.dest.size() == q.rows.size() && q.start.back() == static_cast<int32_t>(q.dest.size()),
+                      "plan: expert ", e, " quota must have ", world_size + 1, " source offsets over its pieces");
+    for (int64_t s = 0; s < world_size; ++s)
+      DYNAMOE_CHECK_ARG(q.start[s] <= q.start[s + 1], "plan: expert ", e, " quota offsets must not decrease");
+    for (size_t k = 0; k < q.dest.size(); ++k)
+      DYNAMOE_CHECK_ARG(q.rows[k] > 0 && q.dest[k] >= 0 && q.dest[k] < world_size && Holds(q.dest[k], e),
+                        "plan: expert ", e, " quota sends ", q.rows[k], " rows to rank ", q.dest[k],
+                        ", expected rows > 0 to a rank holding the expert");
   }
   return absl::OkStatus();
 }

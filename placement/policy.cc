@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "placement/policies.h"
+#include "placement/quotas.h"
 
 namespace dynamoe::placement {
 
@@ -34,11 +35,14 @@ absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
   DYNAMOE_CHECK_ARG(counts.num_experts == num_experts_, options_.layer, " placement ", name_, ": count matrix has ",
                     counts.num_experts, " experts, earlier steps had ", num_experts_);
   Observe(counts);
-  if (!has_plan_ || step_ % std::max<int64_t>(options_.interval, 1) == 0) {
+  const bool replan = !has_plan_ || step_ % std::max<int64_t>(options_.interval, 1) == 0;
+  if (replan) {
     plan_ = Decide(counts);
     has_plan_ = true;
-  } else {
-    plan_.predicted_step_seconds = LoadState(model_, counts, plan_).Evaluate();
+  }
+  // Quotas follow every step's counts, whether or not the copies changed.
+  plan_.predicted_step_seconds = AssignBestQuotas(plan_, counts, model_);
+  if (!replan) {
     DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the plan (" << plan_.Summary() << ") until the next re-plan; "
                         << "predicted " << plan_.predicted_step_seconds << " s";
   }

@@ -36,13 +36,26 @@ inline ReferenceCost ReferenceStep(const ClusterSpec& c, const LayerSpec& l, boo
     return node(a) == node(b) ? c.intra_node_latency_s : c.inter_node_latency_s;
   };
 
-  // The split rule (plan.h): a holder keeps its rows; any other source gives
+  // A quota (plan.h) that covers the source's rows says where they go.
+  // Otherwise the split rule: a holder keeps its rows; any other source gives
   // holder i (owner first, then copies ascending) floor(rows / n) rows, plus
   // one of the remainder when (i - source) mod n < rows mod n.
   std::vector<int64_t> rows(P, 0), link(P * P, 0);
   for (int64_t s = 0; s < P; ++s)
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n_rows = counts[s * E + e];
+      if (!plan.quotas.empty() && !plan.quotas[e].start.empty() && n_rows > 0) {
+        const auto& q = plan.quotas[e];
+        int64_t covered = 0;
+        for (int32_t k = q.start[s]; k < q.start[s + 1]; ++k) covered += q.rows[k];
+        if (covered == n_rows) {
+          for (int32_t k = q.start[s]; k < q.start[s + 1]; ++k) {
+            rows[q.dest[k]] += q.rows[k];
+            if (q.dest[k] != s) link[s * P + q.dest[k]] += q.rows[k];
+          }
+          continue;
+        }
+      }
       std::vector<int64_t> holders = {plan.owner[e]};
       for (int32_t r : plan.copies[e]) holders.push_back(r);
       if (std::find(holders.begin(), holders.end(), s) != holders.end()) {
