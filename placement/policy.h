@@ -27,6 +27,7 @@ struct PolicyOptions {
   int64_t max_copied = 8;          // experts copied per layer (eplb: redundant replicas) (DYNAMOE_SHADOW_MAX)
   double memory_budget_bytes = 0;  // copies' weights + gradients per rank; 0 = no limit
   double hysteresis = 0.05;        // adaptive keeps its plan unless a new one is this much faster
+  double balance_tolerance = 1.05; // adaptive stops once busiest / mean rows is within this (DYNAMOE_BALANCE_TOLERANCE)
   double alpha = 2;                // d_hidden / d_model when LayerSpec::d_hidden is 0 (fastermoe)
   CostOptions cost;
   std::string layer = "moe";  // for log lines

@@ -26,6 +26,7 @@ placement::PolicyOptions PolicyOptionsFromConfig(const Config& config, const std
   o.max_copied = config.GetInt("DYNAMOE_SHADOW_MAX");
   o.memory_budget_bytes = config.GetFloat("DYNAMOE_SHADOW_MEMORY_MB") * 1024.0 * 1024.0;
   o.hysteresis = config.GetFloat("DYNAMOE_PLACEMENT_HYSTERESIS");
+  o.balance_tolerance = config.GetFloat("DYNAMOE_BALANCE_TOLERANCE");
   o.alpha = config.GetFloat("DYNAMOE_ALPHA");
   o.cost.training = true;
   o.cost.overlap = config.Get("DYNAMOE_SCHEDULE") == "overlap";
