@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -37,12 +38,13 @@ void RouteTotals(const CountMatrix& counts, const Plan& plan, Traffic& t) {
       if (plan.copies[e].empty()) {  // plain expert parallelism
         t.rows[plan.owner[e]] += n;
         t.off_rank += plan.owner[e] != s ? n : 0;
-      } else if (plan.Holds(s, e)) {
-        t.rows[s] += n;
-      } else {
-        t.off_rank += n;
-        SplitRows(plan.owner[e], plan.copies[e], false, s, n, [&](int64_t d, int64_t r) { t.rows[d] += r; });
+        continue;
       }
+      // The plan's quota where it covers these rows, else the split rule.
+      RoutesOf(plan, s, e, n, [&](int64_t src, int64_t, int64_t d, int64_t r) {
+        t.rows[d] += r;
+        t.off_rank += d != src ? r : 0;
+      });
     }
   }
 }
@@ -81,6 +83,114 @@ absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size
   return CountMatrix::Make(world_size, E, std::move(out));
 }
 
+LayerSpec ModelledLayer(const TraceLayerSpec& l, const ReplayOptions& options) {
+  LayerSpec spec = options.default_layer;
+  if (l.d_model > 0 && l.d_hidden > 0)
+    spec = LayerSpec{l.d_model, l.d_hidden, l.gated, l.bias, l.bytes_per_element > 0 ? l.bytes_per_element : 2};
+  const LayerOverride& o = options.layer;
+  if (o.d_model > 0) spec.d_model = o.d_model;
+  if (o.d_hidden > 0) spec.d_hidden = o.d_hidden;
+  if (o.bytes_per_element > 0) spec.bytes_per_element = o.bytes_per_element;
+  if (o.gated) spec.gated = *o.gated;
+  return spec;
+}
+
+StepCost BalancedCost(const CountMatrix& counts, const CostModel& model) {
+  const ClusterSpec& c = model.cluster();
+  const int64_t P = counts.world_size, E = counts.num_experts;
+  // Per rank the rows it routes; per node its ranks, its ranks that send,
+  // their rows. O(world * experts): no world x world table.
+  const int64_t nodes = c.NodeOf(P - 1) + 1;
+  std::vector<int64_t> routes(P, 0), size(nodes, 0), active(nodes, 0), node_rows(nodes, 0);
+  int64_t total = 0, senders = 0;
+  for (int64_t s = 0; s < P; ++s) {
+    const int64_t* row = counts.counts.data() + s * E;
+    routes[s] = std::accumulate(row, row + E, int64_t{0});
+    const int64_t n = c.NodeOf(s);
+    ++size[n];
+    active[n] += routes[s] > 0;
+    node_rows[n] += routes[s];
+    senders += routes[s] > 0;
+    total += routes[s];
+  }
+  const double rs_in = model.RowSeconds(true), rs_out = model.RowSeconds(false);
+  const double lat_in = c.intra_node_latency_s, lat_out = c.inter_node_latency_s, p = static_cast<double>(P);
+  double a2a = 0;
+  for (int64_t r = 0; r < P; ++r) {
+    const int64_t n = c.NodeOf(r);
+    const double in_peers = static_cast<double>(size[n] - 1), out_peers = static_cast<double>(P - size[n]);
+    // r sends routes[r] / P rows to every other rank ...
+    const double share = static_cast<double>(routes[r]) / p;
+    const double send =
+        routes[r] > 0 ? in_peers * (lat_in + share * rs_in) + out_peers * (lat_out + share * rs_out) : 0.0;
+    // ... and receives 1/P of every other rank's rows.
+    const double in_senders = static_cast<double>(active[n] - (routes[r] > 0));
+    const double out_senders = static_cast<double>(senders - active[n]);
+    const double recv = in_senders * lat_in + out_senders * lat_out +
+                        (static_cast<double>(node_rows[n] - routes[r]) * rs_in +
+                         static_cast<double>(total - node_rows[n]) * rs_out) / p;
+    a2a = std::max({a2a, send, recv});
+  }
+  return model.Finish(a2a, (total + P - 1) / P, 0.0);
+}
+
+namespace {
+
+// Scales one rank's row of cells to `target` rows (largest remainder) given
+// the scale's numerator and denominator: cell * num / den, rounded so the
+// row sums to target.
+void ScaleRow(int64_t* cells, int64_t E, int64_t num, int64_t den, int64_t target, std::vector<int64_t>& order,
+              std::vector<int64_t>& rem) {
+  int64_t sum = 0;
+  rem.assign(E, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const __int128 x = static_cast<__int128>(cells[e]) * num;
+    cells[e] = static_cast<int64_t>(x / den);
+    rem[e] = static_cast<int64_t>(x % den);
+    sum += cells[e];
+  }
+  order.resize(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rem[a] > rem[b]; });
+  // The floors lose less than one row per cell with a remainder, so the rows
+  // left go to cells that had some (empty cells stay empty).
+  for (int64_t i = 0; sum < target && i < E && rem[order[i]] > 0; ++i, ++sum) ++cells[order[i]];
+}
+
+}  // namespace
+
+absl::Status RescaleTokensPerRank(Trace& trace, int64_t tokens, int64_t top_k) {
+  DYNAMOE_CHECK_ARG(tokens >= 1 && top_k >= 1, "replay: tokens per rank and top-k must be >= 1, got ", tokens,
+                    " and ", top_k);
+  DYNAMOE_CHECK_ARG(tokens <= kMaxStepTotal / top_k, "replay: ", tokens, " tokens per rank x top-", top_k,
+                    " is over 2^40 rows");
+  const int64_t rows = tokens * top_k;
+  std::vector<int64_t> order, rem;
+  for (TraceStep& st : trace.steps) {
+    const int64_t P = st.kept.world_size, E = st.kept.num_experts;
+    DYNAMOE_CHECK_ARG(top_k <= E, "replay: top-", top_k, " routing needs at least ", top_k,
+                      " experts; step ", st.step, " has ", E);
+    DYNAMOE_CHECK_ARG(P <= kMaxStepTotal / rows, "replay: step ", st.step, ": ", P, " ranks x ", rows,
+                      " rows per rank is over 2^40 rows in one step");
+    // Rows per token come from the routed counts (before capacity) where the
+    // trace has them, so dropped rows stay dropped in proportion.
+    const bool routed = st.routed.counts.size() == st.kept.counts.size();
+    for (int64_t r = 0; r < P; ++r) {
+      int64_t* kept = st.kept.counts.data() + r * E;
+      int64_t* base = routed ? st.routed.counts.data() + r * E : kept;
+      const int64_t kept_sum = std::accumulate(kept, kept + E, int64_t{0});
+      const int64_t den = std::accumulate(base, base + E, int64_t{0});
+      if (den == 0) continue;  // a rank that routed nothing stays empty
+      // kept's target: kept_sum * rows / den, rounded half up.
+      const int64_t kept_target =
+          static_cast<int64_t>((static_cast<__int128>(kept_sum) * rows * 2 + den) / (2 * static_cast<__int128>(den)));
+      if (routed) ScaleRow(base, E, rows, den, rows, order, rem);
+      if (kept_sum > 0) ScaleRow(kept, E, kept_target, kept_sum, kept_target, order, rem);
+    }
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // One policy on one layer: the unit of parallel work. Sums are per item and
@@ -92,38 +202,53 @@ struct LayerResult {
 };
 
 // Replays the steps of one layer (indices into trace.steps, in trace order)
-// through a fresh instance of the policy; writes pr's per-step vectors (and
-// the policy-independent `before`, when given: one policy's items fill it) at
-// those indices.
+// through a fresh instance of the policy, or the bound; writes pr's per-step
+// vectors (and the policy-independent `before`, when given: one item per
+// layer fills it) at those indices.
 LayerResult ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, int64_t layer,
                         const ReplayOptions& options, const ClusterSpec& cluster, const std::string& name,
                         const std::function<void()>& tick, PolicyReport& pr, std::vector<double>* before) {
   LayerResult out;
   const TraceLayerSpec& l = trace.layers[layer];
-  LayerSpec spec = options.default_layer;
-  if (l.d_model > 0 && l.d_hidden > 0)
-    spec = LayerSpec{l.d_model, l.d_hidden, l.gated, l.bias, l.bytes_per_element > 0 ? l.bytes_per_element : 2};
+  const LayerSpec spec = ModelledLayer(l, options);
   PolicyOptions po = options.policy;
   po.layer = l.name;
-  auto policy = MakePolicy(name, cluster, spec, po);
-  if (!policy.ok()) return out.status = policy.status(), out;
+  const bool bound = name == kBalancedBound;
+  std::unique_ptr<Policy> policy;
+  if (!bound) {
+    auto made = MakePolicy(name, cluster, spec, po);
+    if (!made.ok()) return out.status = made.status(), out;
+    policy = *std::move(made);
+  }
+  const CostModel model(cluster, spec, po.cost);
   Plan last;
   bool has_last = false;
   Traffic traffic;
   for (size_t i : steps) {
     auto counts = Rehome(trace.steps[i].kept, cluster.world_size);
     if (!counts.ok()) return out.status = counts.status(), out;
-    auto plan = (*policy)->Step(*counts);
+    if (before) (*before)[i] = LoadImbalance(counts->ExpertLoads());
+    if (bound) {
+      const StepCost c = BalancedCost(*counts, model);
+      const double total = static_cast<double>(counts->Total()), P = static_cast<double>(cluster.world_size);
+      pr.step_seconds[i] = c.total;
+      pr.step_imbalance_after[i] = total > 0 ? static_cast<double>(c.max_rows) / (total / P) : 0.0;
+      out.after += pr.step_imbalance_after[i];
+      // Every rank keeps 1/P of its rows and sends the rest.
+      out.bytes += total * (P - 1) / P * spec.RowBytes() * model.Exchanges();
+      tick();
+      continue;
+    }
+    auto plan = policy->Step(*counts);
     if (!plan.ok()) return out.status = plan.status(), out;
     // Every policy predicts its plan on the counts it was given.
     pr.step_seconds[i] = plan->predicted_step_seconds;
     RouteTotals(*counts, *plan, traffic);
-    if (before) (*before)[i] = LoadImbalance(counts->ExpertLoads());
     pr.step_imbalance_after[i] = LoadImbalance(traffic.rows);
     pr.step_copies[i] = static_cast<int32_t>(plan->TotalCopies());
     out.after += pr.step_imbalance_after[i];
     out.copies += pr.step_copies[i];
-    out.bytes += BytesMoved(traffic, *plan, (*policy)->model());
+    out.bytes += BytesMoved(traffic, *plan, policy->model());
     if (has_last && !SamePlan(*plan, last)) ++out.plan_changes;
     last = std::move(*plan);
     has_last = true;
@@ -145,8 +270,20 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   report.steps = static_cast<int64_t>(trace.steps.size());
   ClusterSpec cluster = options.cluster;
   cluster.world_size = report.world_size;
-  for (const std::string& name : options.policies)  // unknown names fail before any work
-    DYNAMOE_RETURN_IF_ERROR(MakePolicy(name, cluster, options.default_layer, options.policy).status());
+  // What runs: the listed names, then none and the bound where not listed
+  // (the speed-up and the bound's share need them). Unknown names fail before
+  // any work.
+  std::vector<std::string> run;
+  for (const std::string& name : options.policies) {
+    if (name != kBalancedBound)
+      DYNAMOE_RETURN_IF_ERROR(MakePolicy(name, cluster, options.default_layer, options.policy).status());
+    DYNAMOE_CHECK_ARG(std::find(run.begin(), run.end(), name) == run.end(), "replay: policy \"", name,
+                      "\" is listed twice");
+    run.push_back(name);
+  }
+  const size_t listed = run.size();
+  for (const char* name : {"none", kBalancedBound})
+    if (std::find(run.begin(), run.end(), name) == run.end()) run.push_back(name);
   const int64_t L = static_cast<int64_t>(trace.layers.size());
   std::vector<std::vector<size_t>> by_layer(L);
   for (size_t i = 0; i < trace.steps.size(); ++i) {
@@ -156,40 +293,55 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     DYNAMOE_RETURN_IF_ERROR(CheckCountLimits(s.kept, absl::StrCat("replay: step ", s.step)));
     by_layer[s.layer].push_back(i);
   }
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerSpec spec = ModelledLayer(trace.layers[l], options);
+    DYNAMOE_CHECK_ARG(spec.d_model > 0 && spec.d_hidden >= 0 && spec.bytes_per_element > 0, "replay: layer ",
+                      trace.layers[l].name, " has d_model ", spec.d_model, ", d_hidden ", spec.d_hidden,
+                      ", bytes per element ", spec.bytes_per_element, "; expected d_model > 0, d_hidden >= 0, bytes > 0");
+  }
 
-  const size_t P = options.policies.size();
-  const int64_t total = report.steps * static_cast<int64_t>(P);
+  const size_t P = run.size();
+  // Progress counts the listed names' steps; the extra ones ride along.
+  const int64_t total = report.steps * static_cast<int64_t>(listed);
   const int64_t every = std::max<int64_t>(1, total / 100);
   std::atomic<int64_t> done{0};
   std::mutex progress_mu;
-  auto tick = [&] {
+  auto tick_listed = [&] {
     const int64_t d = ++done;
     if (options.progress && (d % every == 0 || d == total)) {
       std::lock_guard<std::mutex> lock(progress_mu);
       options.progress(d, total);
     }
   };
-  // Every (policy, layer) pair is independent: a pool of one thread per core
+  const std::function<void()> tick = tick_listed, quiet = [] {};
+  // Every (name, layer) pair is independent: a pool of one thread per core
   // takes them in turn.
-  report.policies.resize(P);
+  std::vector<PolicyReport> reports(P);
   for (size_t p = 0; p < P; ++p) {
-    report.policies[p].policy = options.policies[p];
-    report.policies[p].step_seconds.assign(trace.steps.size(), 0.0);
-    report.policies[p].step_imbalance_after.assign(trace.steps.size(), 0.0);
-    report.policies[p].step_copies.assign(trace.steps.size(), 0);
+    reports[p].policy = run[p];
+    reports[p].step_seconds.assign(trace.steps.size(), 0.0);
+    reports[p].step_imbalance_after.assign(trace.steps.size(), 0.0);
+    reports[p].step_copies.assign(trace.steps.size(), 0);
   }
   report.step_imbalance_before.assign(trace.steps.size(), 0.0);
+  // The bound's items are cheap: last, so that they fill the tail.
+  const size_t bound = std::find(run.begin(), run.end(), kBalancedBound) - run.begin();
+  std::vector<size_t> order;
+  for (size_t p = 0; p < P; ++p)
+    if (p != bound) order.push_back(p);
+  order.push_back(bound);
   std::vector<LayerResult> results(P * L);
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t i; (i = next++) < results.size();) {
-      const size_t p = i / L, l = i % L;
+      const size_t p = order[i / L], l = i % L;
       try {  // an exception must not leave a thread (std::terminate)
-        results[i] = ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, options.policies[p],
-                                 tick, report.policies[p], p == 0 ? &report.step_imbalance_before : nullptr);
+        results[p * L + l] =
+            ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, run[p],
+                        p < listed ? tick : quiet, reports[p], p == bound ? &report.step_imbalance_before : nullptr);
       } catch (const std::bad_alloc&) {
-        results[i].status = absl::ResourceExhaustedError(
-            absl::StrCat("replay: out of memory replaying layer ", l, " under ", options.policies[p]));
+        results[p * L + l].status = absl::ResourceExhaustedError(
+            absl::StrCat("replay: out of memory replaying layer ", l, " under ", run[p]));
       }
     }
   };
@@ -204,7 +356,7 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
   const double n = static_cast<double>(report.steps);
   const double before = std::accumulate(report.step_imbalance_before.begin(), report.step_imbalance_before.end(), 0.0);
   for (size_t p = 0; p < P; ++p) {
-    PolicyReport& pr = report.policies[p];
+    PolicyReport& pr = reports[p];
     LayerResult sum;
     for (int64_t l = 0; l < L; ++l) {
       const LayerResult& r = results[p * L + l];
@@ -218,9 +370,16 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     pr.copies_per_step = sum.copies / n, pr.bytes_per_step = sum.bytes / n;
     pr.plan_changes = sum.plan_changes;
   }
-  for (const PolicyReport& p : report.policies)
-    if (p.policy == "none")
-      for (PolicyReport& q : report.policies) q.speedup_vs_none = q.mean_seconds > 0 ? p.mean_seconds / q.mean_seconds : 0;
+  report.none_mean_seconds = reports[std::find(run.begin(), run.end(), "none") - run.begin()].mean_seconds;
+  report.balanced_mean_seconds = reports[bound].mean_seconds;
+  const double gain = report.none_mean_seconds - report.balanced_mean_seconds;
+  for (PolicyReport& q : reports) {
+    q.speedup_vs_none = q.mean_seconds > 0 ? report.none_mean_seconds / q.mean_seconds : 0;
+    q.bound_fraction = gain > 1e-9 * report.none_mean_seconds ? (report.none_mean_seconds - q.mean_seconds) / gain
+                                                               : std::numeric_limits<double>::quiet_NaN();
+  }
+  reports.resize(listed);
+  report.policies = std::move(reports);
   return report;
 }
 

@@ -3,7 +3,8 @@
     dynamoe-replay run TRACE --out-dir out/       # summary.csv, steps.csv, expert_load.csv
     python3 -m dynamoe.replay plot out/           # out/step_time.png, imbalance.png, expert_load.png
 
-step_time.png    predicted time of each training step (its layers summed) per policy
+step_time.png    predicted time of each training step (its layers summed) per policy,
+                 and the force-balanced bound ("balanced", dashed) when replayed
 imbalance.png    max/mean rows per rank per step (layers averaged): the recorded
                  routing under plain expert parallelism, and under each policy's plan
 expert_load.png  tokens per expert per step (layers and ranks summed), a heat map
@@ -17,6 +18,11 @@ import pathlib
 import sys
 
 FILES = ("summary.csv", "steps.csv", "expert_load.csv")
+BOUND = "balanced"  # dynamoe-replay's force-balanced bound: drawn dashed, in grey
+
+
+def _style(policy):
+    return {"linestyle": "--", "color": "0.4"} if policy == BOUND else {}
 PLOTS = ("step_time.png", "imbalance.png", "expert_load.png")
 
 
@@ -102,7 +108,7 @@ def plot(out_dir, trace=None, max_points=2000, dest=None):
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for p in data["policies"]:
         x, y = _binned(steps, [data["seconds"][p][s] * 1e3 for s in steps], max_points)
-        ax.plot(x, y, label=p, linewidth=1)
+        ax.plot(x, y, label=p + (" (bound)" if p == BOUND else ""), linewidth=1, **_style(p))
     ax.set(xlabel="step", ylabel="predicted step time (ms, MoE layers summed)", title=title)
     ax.legend()
     fig.tight_layout()
@@ -114,7 +120,7 @@ def plot(out_dir, trace=None, max_points=2000, dest=None):
     ax.plot(x, y, label="recorded (expert load, max/mean)", color="black", linewidth=1)
     for p in data["policies"]:
         x, y = _binned(steps, [data["imbalance_after"][p][s] for s in steps], max_points)
-        ax.plot(x, y, label=f"{p} (rows per rank, max/mean)", linewidth=1)
+        ax.plot(x, y, label=f"{p} (rows per rank, max/mean)", linewidth=1, **_style(p))
     ax.set(xlabel="step", ylabel="imbalance (max / mean)", title=title)
     ax.legend()
     fig.tight_layout()

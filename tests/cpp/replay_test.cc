@@ -1,9 +1,12 @@
 // The replay engine on traces whose predicted times are worked out by hand.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "placement/calibrate.h"
+#include "placement/policy.h"
 #include "placement/replay.h"
 #include "placement/replay_inputs.h"
 
@@ -102,7 +105,7 @@ TEST(Replay, EveryPolicyIsDeterministicAndNoneIsTheBaseline) {
 }
 
 // README: "Results are deterministic (the thread count does not change them)".
-// 7 layers x 4 policies = 28 work items spread over 1 to 24 threads (more
+// 7 layers x (4 policies + the bound) = 35 work items spread over 1 to 24 threads (more
 // than the cores: the items then interleave arbitrarily) must give bitwise
 // the same report, sums included. Layer 0 has 8x the experts of the others,
 // so its items finish last on several threads: sums taken in completion
@@ -126,14 +129,14 @@ TEST(Replay, ResultsDoNotDependOnTheThreadCount) {
   o.threads = 1;
   const auto one = Replay(*t, o);
   ASSERT_TRUE(one.ok()) << one.status();
-  ASSERT_EQ(one->policies.size(), 4u);
+  ASSERT_EQ(one->policies.size(), 5u);  // the four policies and the bound
   EXPECT_GT(one->policies[2].copies_per_step, 0);  // adaptive copied: the sums hold more than zeros
   for (int64_t threads : {2, 3, 7, 24, 0}) {
     o.threads = threads;
     const auto r = Replay(*t, o);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->step_imbalance_before, one->step_imbalance_before) << threads << " threads";
-    for (size_t p = 0; p < 4; ++p) {
+    for (size_t p = 0; p < 5; ++p) {
       const PolicyReport &a = one->policies[p], &b = r->policies[p];
       SCOPED_TRACE(a.policy + ", " + std::to_string(threads) + " threads");
       // Exact: the same arithmetic in the same order, whatever thread ran it.
@@ -148,6 +151,7 @@ TEST(Replay, ResultsDoNotDependOnTheThreadCount) {
       EXPECT_EQ(b.copies_per_step, a.copies_per_step);
       EXPECT_EQ(b.bytes_per_step, a.bytes_per_step);
       EXPECT_EQ(b.plan_changes, a.plan_changes);
+      EXPECT_TRUE(b.bound_fraction == a.bound_fraction || (std::isnan(a.bound_fraction) && std::isnan(b.bound_fraction)));
     }
   }
 }
@@ -208,81 +212,208 @@ TEST(Replay, SynthesizeWithASteepZipfAndItsLimits) {
   fails(bad, "at most 2^27");
 }
 
-}  // namespace
-}  // namespace dynamoe::placement
+// The force-balanced bound on 4 ranks, two nodes of 2, worked out by hand.
+// d_model 8 fp32 rows (32 B): 1 s per row inside a node (32 B/s), 2 s
+// between nodes (16 B/s); latency 0.5 s inside, 1 s between; 0.512 s of
+// forward compute per row (as above).
+//   rows routed per rank R = {8, 4, 0, 4}: 16 in all, ceil(16 / 4) = 4 rows
+//   computed per rank; each rank sends R / 4 to every other rank:
+//   send 0 = (0.5 + 2 * 1) + 2 * (1 + 2 * 2)      = 12.5   (its node peer, two remote)
+//   send 1 = (0.5 + 1 * 1) + 2 * (1 + 1 * 2)      = 7.5
+//   send 3 = (0.5 + 1 * 1) + 2 * (1 + 1 * 2)      = 7.5    (rank 2 sends nothing)
+//   recv 2 = (0.5 + 1 * 1) + (1 + 2 * 2) + (1 + 1 * 2) = 9.5 (from 3; from 0 and 1)
+//   recv 0 = 4.5, recv 1 = 5.5, recv 3 = 8 (rank 2 sends nothing: no latency)
+// One exchange is the slowest: 12.5 s; training has four.
+ClusterSpec TwoNodes() {
+  ClusterSpec c;
+  c.world_size = 4, c.ranks_per_node = 2, c.flops = 1000, c.intra_node_bw = 32, c.inter_node_bw = 16;
+  c.intra_node_latency_s = 0.5, c.inter_node_latency_s = 1.0;
+  return c;
+}
+const CountMatrix kTwoNodeCounts = *CountMatrix::Make(4, 4, {8, 0, 0, 0, /**/ 0, 4, 0, 0, /**/ 0, 0, 0, 0, /**/ 4, 0, 0, 0});
 
-namespace dynamoe::placement {
-namespace {
-
-// Phase times that are exactly linear in the rows: the fit recovers the
-// coefficients, the implied rates follow from the layer sizes, and the
-// held-out error is 0.
-TEST(Calibrate, RecoversALinearCostModel) {
-  Trace t;
-  t.rank = 0;
-  t.phase_names = {"gate", "dispatch", "experts", "combine"};
-  t.layers.push_back({"moe0", 4, 8, 16, false, false, 4});
-  for (int64_t s = 0; s < 20; ++s) {
-    TraceStep st;
-    st.step = s;
-    // Rank 0 keeps 2 + s rows on expert 0 and sends s % 5 rows to expert 2 (rank 1).
-    st.kept = *CountMatrix::Make(2, 4, {2 + s, 0, s % 5, 0, /**/ 0, 0, 1, 0});
-    st.routed = st.kept;
-    const double rows = 2.0 + s, sent = s % 5;
-    st.phase_seconds = {0.001, 0.5 * (1e-3 * sent + 2e-4), 4e-3 * rows + 1e-3, 0.5 * (1e-3 * sent + 2e-4)};
-    t.steps.push_back(st);
-  }
-  const auto c = Calibrate(t, 0.25);
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->warmup_steps, 2);  // min(10, 20 / 10)
-  EXPECT_EQ(c->fit_steps, 14);
-  EXPECT_EQ(c->heldout_steps, 4);
-  ASSERT_EQ(c->fits.size(), 2u);
-  EXPECT_NEAR(c->fits[0].slope, 4e-3, 1e-12);
-  EXPECT_NEAR(c->fits[0].intercept, 1e-3, 1e-12);
-  EXPECT_NEAR(c->fits[1].slope, 1e-3, 1e-12);
-  EXPECT_NEAR(c->fits[1].intercept, 2e-4, 1e-12);
-  EXPECT_NEAR(c->step_median_error, 0, 1e-9);
-  EXPECT_NEAR(c->work_median_error, 0, 1e-9);
-  EXPECT_NEAR(c->flops, 2.0 * 2 * 8 * 16 / 4e-3, 1e-3);    // FLOP per row / seconds per row
-  EXPECT_NEAR(c->bytes_per_second, 2.0 * 8 * 4 / 1e-3, 1e-6);  // two exchanges of 32-byte rows
-
-  // A few fit steps 5x slower (a preempted rank): the fit follows the
-  // typical step, where least squares would be dragged far off.
-  Trace noisy = t;
-  for (int64_t s : {4, 8, 12}) noisy.steps[s].phase_seconds[2] *= 5;
-  const auto robust = Calibrate(noisy, 0.25);
-  ASSERT_TRUE(robust.ok()) << robust.status();
-  EXPECT_NEAR(robust->fits[0].slope, 4e-3, 4e-5);
-  EXPECT_LT(robust->fits[0].heldout_median_error, 0.01);
-
-  Trace imported = t;
-  for (auto& st : imported.steps) st.phase_seconds.clear();
-  const auto none = Calibrate(imported);
-  ASSERT_FALSE(none.ok());
-  EXPECT_NE(none.status().message().find("at least 5"), std::string::npos) << none.status();
+TEST(Replay, BalancedBoundMatchesTheHandComputedCost) {
+  const LayerSpec layer{8, 16, false, false, 4};
+  const StepCost c = BalancedCost(kTwoNodeCounts, CostModel(TwoNodes(), layer));
+  EXPECT_EQ(c.max_rows, 4);
+  EXPECT_NEAR(c.all_to_all, 4 * 12.5, 1e-12);
+  EXPECT_NEAR(c.compute, 4 * 0.512 * 3, 1e-12);
+  EXPECT_EQ(c.broadcast, 0);  // no weights move
+  EXPECT_EQ(c.reduce, 0);
+  EXPECT_NEAR(c.total, 50 + 6.144, 1e-12);
+  CostOptions overlap;
+  overlap.overlap = true;
+  EXPECT_NEAR(BalancedCost(kTwoNodeCounts, CostModel(TwoNodes(), layer, overlap)).total, 50, 1e-12);
+  // Inference: two exchanges, forward compute only.
+  CostOptions inference;
+  inference.training = false;
+  EXPECT_NEAR(BalancedCost(kTwoNodeCounts, CostModel(TwoNodes(), layer, inference)).total, 25 + 4 * 0.512, 1e-12);
 }
 
-// A decoded step of 3 experts on 2 ranks without a plan (the reader accepts
-// it; the fuzz driver now calibrates what parses) made calibration home
-// expert 2 on rank 2, past its per-rank tables. Now an error naming the step.
-TEST(Calibrate, ExpertsThatDoNotDivideOverTheRanksAreAnError) {
+// The bound as a replay row, and speed-up and share always against none:
+// replayed when not listed, and then not reported.
+TEST(Replay, BalancedRowAndSharesAgainstNoneWhetherListedOrNot) {
   Trace t;
-  t.rank = 0;
-  t.phase_names = {"dispatch", "experts", "combine"};
-  t.layers.push_back({"moe0", 3, 8, 16, false, false, 4});
-  for (int64_t s = 0; s < 8; ++s) {
-    TraceStep st;
-    st.step = s;
-    st.kept = *CountMatrix::Make(2, 3, {1, 2, 3 + s, 4, 5, 6});
-    st.routed = st.kept;
-    st.phase_seconds = {0.1, 0.2 + s, 0.1};
-    t.steps.push_back(st);
+  t.world_size = 4;
+  t.layers.push_back({"moe0", 4, 8, 16, false, false, 4});
+  TraceStep st;
+  st.kept = st.routed = kTwoNodeCounts;
+  t.steps = {st};
+  ReplayOptions o;
+  o.cluster = TwoNodes();
+  o.policies = {"balanced", "none"};
+  const auto r = Replay(t, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->policies.size(), 2u);
+  const PolicyReport &bound = r->policies[0], &none = r->policies[1];
+  EXPECT_EQ(bound.policy, "balanced");
+  EXPECT_NEAR(bound.mean_seconds, 56.144, 1e-12);
+  EXPECT_NEAR(bound.imbalance_after, 1.0, 1e-12);  // 4 rows on every rank, mean 4
+  EXPECT_EQ(bound.copies_per_step, 0);
+  // Every rank keeps a quarter of its rows: 12 of 16 leave, 32 B each, 4 exchanges.
+  EXPECT_NEAR(bound.bytes_per_step, 12 * 32 * 4, 1e-9);
+  // none: expert e on rank e. Rank 0 computes 12 rows (its 8 and rank 3's 4):
+  // 12 * 0.512 * 3 = 18.432 s. The one link, 3 -> 0 (between nodes), carries
+  // 4 rows: 1 + 4 * 2 = 9 s per exchange, 36 s in training. 54.432 s.
+  EXPECT_NEAR(none.mean_seconds, 54.432, 1e-12);
+  EXPECT_NEAR(none.imbalance_after, 12 / 4.0, 1e-12);
+  // The bound is slower here (its exchange costs more than none's imbalance):
+  // no gain to share.
+  EXPECT_TRUE(std::isnan(none.bound_fraction));
+  EXPECT_NEAR(bound.speedup_vs_none, 54.432 / 56.144, 1e-12);
+
+  // Compute 1000x slower (1 FLOP/s) makes it dominate: 512 s per row, the
+  // same links. none: 12 * 512 * 3 + 36 = 18468 s; bound: 4 * 512 * 3 + 50 =
+  // 6194 s. A copy of expert 0 costs 2 * (0.5 + 1024 B / 32 B/s) = 65 s on
+  // rank 0's node peer: worth it.
+  o.cluster.flops = 1;
+  o.policies = {"adaptive", "eplb"};  // neither none nor the bound listed
+  const auto big = Replay(t, o);
+  ASSERT_TRUE(big.ok()) << big.status();
+  ASSERT_EQ(big->policies.size(), 2u);
+  EXPECT_EQ(big->policies[0].policy, "adaptive");
+  EXPECT_NEAR(big->none_mean_seconds, 18468, 1e-9);
+  EXPECT_NEAR(big->balanced_mean_seconds, 6194, 1e-9);
+  for (const PolicyReport& p : big->policies) {
+    SCOPED_TRACE(p.policy);
+    EXPECT_GT(p.speedup_vs_none, 1.0);  // both copy expert 0 and win
+    EXPECT_NEAR(p.speedup_vs_none, 18468 / p.mean_seconds, 1e-9);
+    EXPECT_NEAR(p.bound_fraction, (18468 - p.mean_seconds) / (18468 - 6194), 1e-9);
   }
-  const auto c = Calibrate(t);
-  ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("step 0 has 3 experts, not a multiple of its 2 ranks"), std::string::npos)
-      << c.status();
+  o.policies = {"none", "none"};
+  EXPECT_FALSE(Replay(t, o).ok());
+}
+
+// The modelled layer replaces the recorded one field by field.
+TEST(Replay, ModelledLayerOverridesTheRecordedFields) {
+  ReplayOptions o;
+  const TraceLayerSpec recorded{"moe0", 4, 8, 16, false, true, 4};
+  LayerSpec s = ModelledLayer(recorded, o);
+  EXPECT_EQ(s.d_model, 8);
+  EXPECT_EQ(s.d_hidden, 16);
+  EXPECT_TRUE(s.bias);
+  EXPECT_EQ(s.bytes_per_element, 4);
+  const TraceLayerSpec imported{"moe0", 4, 0, 0, false, false, 4};  // no sizes: the default layer
+  EXPECT_EQ(ModelledLayer(imported, o).d_model, 1024);
+  o.layer.d_model = 4096, o.layer.d_hidden = 14336, o.layer.gated = true, o.layer.bytes_per_element = 2;
+  for (const TraceLayerSpec& l : {recorded, imported}) {
+    s = ModelledLayer(l, o);
+    EXPECT_EQ(s.d_model, 4096);
+    EXPECT_EQ(s.d_hidden, 14336);
+    EXPECT_TRUE(s.gated);
+    EXPECT_EQ(s.bytes_per_element, 2);
+    EXPECT_EQ(s.bias, l.bias);  // not overridden
+  }
+  // Through the replay: the hand-computed trace (d_model 8, d_hidden 16, fp32)
+  // modelled with d_hidden 32, gated, bf16: 3 matrices * 2 * 8 * 32 / 1000 =
+  // 1.536 s per row, rows of 16 B: 0.5 s per link row. Step 0 (no exchange):
+  // 4 rows * 1.536 * 3; step 1: 4 * (0.5 + 3 * 0.5) + 3 * 1.536 * 3.
+  Trace t = TwoStepTrace();
+  ReplayOptions m = Options();
+  m.layer.d_hidden = 32, m.layer.gated = true, m.layer.bytes_per_element = 2;
+  const auto r = Replay(t, m);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->policies[0].step_seconds[0], 4 * 1.536 * 3, 1e-12);
+  EXPECT_NEAR(r->policies[0].step_seconds[1], 4 * 2.0 + 3 * 1.536 * 3, 1e-12);
+}
+
+// Largest-remainder rescaling, worked out by hand.
+TEST(Replay, RescaleTokensPerRankKeepsEachRanksDistribution) {
+  Trace t;
+  t.world_size = 3;
+  t.layers.push_back({"moe0", 4, 0, 0, false, false, 2});
+  TraceStep st;
+  // Rank 0 routed {3, 1, 0, 0} and kept it all; rank 1 routed {4, 4, 0, 0}
+  // and kept {4, 2, 0, 0} (2 dropped); rank 2 routed nothing.
+  st.routed = *CountMatrix::Make(3, 4, {3, 1, 0, 0, /**/ 4, 4, 0, 0, /**/ 0, 0, 0, 0});
+  st.kept = *CountMatrix::Make(3, 4, {3, 1, 0, 0, /**/ 4, 2, 0, 0, /**/ 0, 0, 0, 0});
+  t.steps = {st};
+  ASSERT_TRUE(RescaleTokensPerRank(t, 5, 2).ok());  // 10 rows per rank
+  // Rank 0: 3 * 10 / 4 = 7.5 and 1 * 10 / 4 = 2.5: floors 7 + 2 = 9, the one
+  // row left goes to the tie's lower expert: {8, 2}.
+  // Rank 1: routed {4, 4} -> {5, 5}; kept 6 of 8 -> 7.5, rounded half up to
+  // 8 rows: 4 * 8 / 6 = 5.33 and 2 * 8 / 6 = 2.67: floors 5 + 2, the row left
+  // to the larger remainder (expert 1): {5, 3}.
+  EXPECT_EQ(t.steps[0].routed.counts, (std::vector<int64_t>{8, 2, 0, 0, 5, 5, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(t.steps[0].kept.counts, (std::vector<int64_t>{8, 2, 0, 0, 5, 3, 0, 0, 0, 0, 0, 0}));
+  // Scaling to a sum the rows already have changes nothing.
+  Trace same = t;
+  ASSERT_TRUE(RescaleTokensPerRank(same, 10, 1).ok());
+  EXPECT_EQ(same.steps[0].kept.counts, t.steps[0].kept.counts);
+  EXPECT_EQ(same.steps[0].routed.counts, t.steps[0].routed.counts);
+  // A trace without routed counts scales its kept ones.
+  Trace kept_only = t;
+  kept_only.steps[0].routed = CountMatrix{};
+  ASSERT_TRUE(RescaleTokensPerRank(kept_only, 100, 1).ok());
+  // {8, 2} -> {80, 20}; {5, 3} -> 62.5, 37.5: tie to expert 0: {63, 37}.
+  EXPECT_EQ(kept_only.steps[0].kept.counts, (std::vector<int64_t>{80, 20, 0, 0, 63, 37, 0, 0, 0, 0, 0, 0}));
+  EXPECT_FALSE(RescaleTokensPerRank(t, 0, 2).ok());
+  EXPECT_FALSE(RescaleTokensPerRank(t, 1, 0).ok());
+  const absl::Status big = RescaleTokensPerRank(t, int64_t{1} << 30, 1 << 11);  // 2^41 rows per rank
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.message().find("over 2^40"), std::string::npos) << big;
+}
+
+// The rows per rank the replay reports follow the plan's quotas: recomputed
+// here from each step's plan (the same policy fed the same counts) with
+// ForEachRoute. Adaptive's quotas are uneven on these counts (they differ
+// from the even split on some step), so a replay that split evenly would
+// fail.
+TEST(Replay, RowsPerRankFollowThePlansQuotas) {
+  SynthOptions so;
+  so.steps = 30, so.experts = 16, so.world = 4, so.tokens = 512, so.top_k = 2, so.zipf = 1.4, so.drift_every = 10;
+  so.seed = 9;
+  const auto t = Synthesize(so);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ReplayOptions o;
+  o.world_size = 8;
+  o.cluster = *ClusterPreset("h100-nvlink-ib");
+  o.policies = {"adaptive", "eplb"};
+  o.layer.d_model = 4096, o.layer.d_hidden = 14336, o.layer.gated = true;  // big enough to copy
+  const auto r = Replay(*t, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ClusterSpec cluster = o.cluster;
+  cluster.world_size = 8;
+  int64_t uneven = 0;
+  for (size_t p = 0; p < 2; ++p) {
+    auto policy = MakePolicy(o.policies[p], cluster, ModelledLayer(t->layers[0], o), o.policy);
+    ASSERT_TRUE(policy.ok());
+    for (size_t i = 0; i < t->steps.size(); ++i) {
+      const CountMatrix counts = *Rehome(t->steps[i].kept, 8);
+      const Plan plan = *(*policy)->Step(counts);
+      std::vector<int64_t> rows(8, 0), even(8, 0);
+      ForEachRoute(plan, counts, [&](int64_t, int64_t, int64_t d, int64_t n) { rows[d] += n; });
+      Plan no_quotas = plan;
+      no_quotas.quotas.clear();
+      ForEachRoute(no_quotas, counts, [&](int64_t, int64_t, int64_t d, int64_t n) { even[d] += n; });
+      uneven += rows != even;
+      const double mean = static_cast<double>(counts.Total()) / 8;
+      EXPECT_DOUBLE_EQ(r->policies[p].step_imbalance_after[i],
+                       static_cast<double>(*std::max_element(rows.begin(), rows.end())) / mean)
+          << o.policies[p] << " step " << i;
+    }
+  }
+  EXPECT_GT(uneven, 0);
 }
 
 }  // namespace

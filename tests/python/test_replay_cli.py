@@ -12,7 +12,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = ROOT / "build" / "default" / "tools" / "dynamoe-replay"
 pytestmark = pytest.mark.skipif(not TOOL.exists(), reason="dynamoe-replay is not built")
-POLICIES = ("none", "fastermoe", "adaptive", "eplb")
+POLICIES = ("none", "fastermoe", "adaptive", "eplb", "balanced")  # the default list: the policies and the bound
 
 
 def replay(*args):
@@ -49,7 +49,7 @@ def test_run_compares_every_policy_and_writes_csv(tmp_path, trace):
     rows = list(csv.DictReader(open(out)))
     assert list(rows[0]) == ["trace", "policy", "step_index", "step", "layer", "predicted_seconds", "imbalance_before",
                              "imbalance_after", "copies"]
-    assert len(rows) == 4 * 40
+    assert len(rows) == len(POLICIES) * 40
     # The same synthetic routing as counts (synth is deterministic in its options), read here: the
     # imbalance before placement is max/mean of the expert loads (re-homing to 16 ranks copies every
     # rank's counts 4 times, which leaves the ratio alone).
@@ -62,7 +62,7 @@ def test_run_compares_every_policy_and_writes_csv(tmp_path, trace):
         loads = expert_loads(fed[int(row["step"]), row["layer"]], 16)
         # %.6g in the file: 6 significant digits.
         assert float(row["imbalance_before"]) == pytest.approx(max(loads) / (sum(loads) / 16), rel=1e-5), row
-        if row["policy"] == "none":  # plain expert parallelism copies nothing
+        if row["policy"] in ("none", "balanced"):  # plain expert parallelism and the bound copy nothing
             assert int(row["copies"]) == 0
     assert replay("run", trace, "--world", 16, "--preset", "h100-nvlink-ib").stdout == r.stdout  # deterministic
 
@@ -84,7 +84,7 @@ def test_none_replays_fed_counts_as_the_cost_model_documents(tmp_path):
     out = tmp_path / "out"
     r = replay("run", path, "--policies", "none", "--cluster", cluster, "--out-dir", out)
     assert r.returncode == 0, r.stderr
-    assert f"{steps} steps, 1 layers, recorded on {world} ranks, replayed on {world}" in r.stdout
+    assert f"{steps} steps of 1 layer, recorded on {world} ranks, replayed on {world}" in r.stdout
     # An imported trace has no layer sizes: ReplayOptions::default_layer, d_model 1024, d_hidden
     # 4096, two matrices, bf16.
     row_bytes, flop_per_row = 1024 * 2, 2 * 2 * 1024 * 4096
@@ -294,7 +294,7 @@ def test_out_dir_files_agree_with_the_table_and_plot(tmp_path):
     assert f"python3 -m dynamoe.replay plot {out}" in r.stdout
     summary = {row["policy"]: row for row in csv.DictReader(open(out / "summary.csv"))}
     steps = list(csv.DictReader(open(out / "steps.csv")))
-    assert set(summary) == set(POLICIES) and len(steps) == 4 * 60 * 2
+    assert set(summary) == set(POLICIES) and len(steps) == len(POLICIES) * 60 * 2
     for p, row in summary.items():
         mine = [float(s["predicted_seconds"]) for s in steps if s["policy"] == p]
         assert sum(mine) / len(mine) == pytest.approx(float(row["mean_seconds"]), rel=1e-6)
@@ -424,3 +424,135 @@ def test_a_trace_streams_from_a_pipe(tmp_path, trace):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "40 steps" in out
+
+
+def test_header_counts_steps_of_layers(tmp_path):
+    """12 steps of 3 layers are 36 layer-steps (records); the header counts steps."""
+    path = tmp_path / "layers.dmtrace"
+    assert replay("synth", "--out", path, "--steps", 12, "--layers", 3, "--experts", 8, "--world", 2,
+                  "--tokens", 16).returncode == 0
+    r = replay("run", path, "--policies", "none")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"{path}: 12 steps of 3 layers, recorded on 2 ranks, replayed on 2"
+    # A layer recorded on fewer steps: the records are not steps x layers, and the header says so.
+    counts = tmp_path / "uneven.csv"
+    counts.write_text("step,layer,rank,expert,count\n0,a,0,0,3\n0,b,0,1,2\n1,a,0,0,1\n")
+    r = replay("run", counts, "--policies", "none")
+    assert r.returncode == 0, r.stderr
+    assert f"{counts}: 2 steps of 2 layers (3 layer-steps), recorded on 1 ranks" in r.stdout, r.stdout
+
+
+def summary_rows(out):
+    return {row["policy"]: row for row in csv.DictReader(open(out / "summary.csv"))}
+
+
+def test_speedup_and_bound_share_without_none_listed(tmp_path, trace):
+    """--policies adaptive,eplb: none and the bound are replayed anyway (not printed), and each
+    policy's speed-up and share of the bound's gain agree with separate runs of none and the bound."""
+    common = ("--world", 16, "--preset", "h100-nvlink-ib", "--d-model", 4096, "--d-hidden", 14336, "--gated",
+              "--dtype", "bf16", "--tokens-per-rank", 4096, "--top-k", 2)
+    r = replay("run", trace, "--policies", "adaptive,eplb", "--out-dir", tmp_path / "p", *common)
+    assert r.returncode == 0, r.stderr
+    assert not any(line.startswith(("none ", "balanced ")) for line in r.stdout.splitlines()), r.stdout
+    base = replay("run", trace, "--policies", "none,balanced", "--out-dir", tmp_path / "b", *common)
+    assert base.returncode == 0, base.stderr
+    b = summary_rows(tmp_path / "b")
+    none, bound = float(b["none"]["mean_seconds"]), float(b["balanced"]["mean_seconds"])
+    assert none > bound  # a Mixtral-sized layer: balancing the rows pays
+    assert float(b["balanced"]["bound_fraction"]) == pytest.approx(1.0, rel=1e-6)
+    assert float(b["none"]["bound_fraction"]) == 0
+    for p, row in summary_rows(tmp_path / "p").items():
+        mean = float(row["mean_seconds"])
+        assert float(row["speedup_vs_none"]) == pytest.approx(none / mean, rel=1e-5), p  # %.6g in the file
+        assert float(row["bound_fraction"]) == pytest.approx((none - mean) / (none - bound), rel=1e-5, abs=1e-6), p
+        line = next(l for l in r.stdout.splitlines() if l.startswith(p + " "))
+        assert f"{100 * (none - mean) / (none - bound):.1f}%" in line, line
+    # The bound: no policy has fewer rows on its busiest rank.
+    after = {p: float(row["imbalance_after"]) for p, row in summary_rows(tmp_path / "p").items()}
+    assert all(a >= float(b["balanced"]["imbalance_after"]) - 1e-6 for a in after.values()), after
+
+
+def rescaled(row, rows):
+    """A rank's counts scaled to `rows` in integers: floors, then one more row to the largest
+    remainders (ties to the lower expert), as --tokens-per-rank documents."""
+    total = sum(row)
+    if total == 0:
+        return list(row)
+    floors = [c * rows // total for c in row]
+    rest = sorted(range(len(row)), key=lambda e: (-(row[e] * rows % total), e))
+    for e in rest[:rows - sum(floors)]:
+        floors[e] += 1
+    return floors
+
+
+def test_a_modelled_layer_and_batch_are_replayed_as_documented(tmp_path):
+    """Counts fed as CSV, replayed as another layer (--d-model/--d-hidden/--gated/--dtype) and batch
+    (--tokens-per-rank/--top-k). The rescaled loads, none's predicted times and the bound's are computed
+    here from the fed counts with the terms placement/cost_model.h and placement/replay.h document."""
+    import math
+    import random
+    rng = random.Random(3)
+    world, experts, steps, tokens, top_k = 2, 4, 5, 50, 2
+    fed = {s: {(r, e): rng.randint(0, 30) for r in range(world) for e in range(experts)} for s in range(steps)}
+    fed[4][1, 0] = fed[4][1, 1] = fed[4][1, 2] = fed[4][1, 3] = 0  # rank 1 routes nothing: stays empty
+    path = tmp_path / "fed.csv"
+    path.write_text("step,layer,rank,expert,count\n" + "".join(
+        f"{s},moe0,{r},{e},{c}\n" for s, cells in fed.items() for (r, e), c in cells.items()))
+    cluster = tmp_path / "cluster.txt"
+    flops, bw, lat = 1e12, 2e9, 1e-5
+    cluster.write_text(f"flops = {flops}\nintra_node_bw = {bw}\nintra_node_latency_s = {lat}\n")
+    out = tmp_path / "out"
+    d_model, d_hidden = 64, 96
+    r = replay("run", path, "--policies", "none,balanced", "--cluster", cluster, "--out-dir", out, "--d-model", d_model,
+               "--d-hidden", d_hidden, "--gated", "--dtype", "fp32", "--tokens-per-rank", tokens, "--top-k", top_k)
+    assert r.returncode == 0, r.stderr
+    assert f"modelled: d_model {d_model}, d_hidden {d_hidden}, gated, fp32; {tokens} tokens per rank, top-{top_k}" in r.stdout
+    row_bytes, flop_per_row = d_model * 4, 2 * 3 * d_model * d_hidden  # three matrices (gated), fp32
+    home = lambda e: e // (experts // world)
+    loads = {(int(x["step"]), int(x["expert"])): int(x["tokens"]) for x in csv.DictReader(open(out / "expert_load.csv"))}
+    by_policy = {}
+    for x in csv.DictReader(open(out / "steps.csv")):
+        by_policy.setdefault(x["policy"], {})[int(x["step"])] = float(x["predicted_seconds"])
+    for s in range(steps):
+        cells = {}
+        for q in range(world):
+            row = rescaled([fed[s][q, e] for e in range(experts)], tokens * top_k)
+            assert sum(row) == (0 if s == 4 and q == 1 else tokens * top_k)
+            cells.update({(q, e): c for e, c in enumerate(row)})
+        assert [loads[s, e] for e in range(experts)] == [sum(cells[q, e] for q in range(world)) for e in range(experts)]
+        # none: plain expert parallelism on the rescaled counts.
+        link = {}
+        for (src, e), c in cells.items():
+            link[src, home(e)] = link.get((src, home(e)), 0) + c
+        off = lambda q, side: sum(lat + n * row_bytes / bw for (a, b), n in link.items() if (a, b)[side] == q and a != b and n)
+        exchange = max(max(off(q, 0), off(q, 1)) for q in range(world))
+        rows = [sum(n for (_, b), n in link.items() if b == q) for q in range(world)]
+        assert by_policy["none"][s] == pytest.approx(4 * exchange + 3 * max(rows) * flop_per_row / flops, rel=1e-8)
+        # The bound: each rank sends 1/world of its rows to every other rank; ceil(mean) rows each.
+        routes = [sum(cells[q, e] for e in range(experts)) for q in range(world)]
+        send = [(world - 1) * (lat + routes[q] / world * row_bytes / bw) if routes[q] else 0 for q in range(world)]
+        recv = [sum(lat + routes[a] / world * row_bytes / bw for a in range(world) if a != q and routes[a])
+                for q in range(world)]
+        busiest = math.ceil(sum(routes) / world)
+        want = 4 * max(send + recv) + 3 * busiest * flop_per_row / flops
+        assert by_policy["balanced"][s] == pytest.approx(want, rel=1e-8), s
+
+
+def test_modelling_flags_are_checked(trace):
+    cases = [
+        (("--dtype", "fp8"), "--dtype expects fp32, bf16 or fp16, got 'fp8'"),
+        (("--d-model", "0"), "--d-model expects an integer in [1, 1048576]"),
+        (("--d-hidden", "1e3"), "--d-hidden expects an integer"),
+        (("--tokens-per-rank", "8192"), "--tokens-per-rank and --top-k go together"),
+        (("--top-k", "2"), "--tokens-per-rank and --top-k go together"),
+        (("--tokens-per-rank", "0", "--top-k", "2"), "--tokens-per-rank expects an integer in [1, "),
+        (("--policies", "none,none"), 'policy "none" is listed twice'),
+    ]
+    for args, message in cases:
+        r = replay("run", trace, *args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert message in r.stderr, (args, r.stderr)
+    big = replay("run", trace, "--tokens-per-rank", 1 << 30, "--top-k", 4096)
+    assert big.returncode == 1 and "over 2^40" in big.stderr, big.stderr
+    h = replay("--help")
+    assert h.returncode == 0 and "balanced is the force-balanced bound" in h.stdout and "--tokens-per-rank" in h.stdout
