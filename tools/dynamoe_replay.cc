@@ -12,6 +12,13 @@
 //                  [--export-csv FILE]   (one TRACE's counts as read, as "step,layer,rank,expert,count"
 //                                         CSV: e.g. the per-rank rows of a merged recording)
 //                  [--threads N]   (worker threads, default one per core: results do not depend on it)
+//                  [--d-model N] [--d-hidden N] [--gated] [--dtype fp32|bf16|fp16]
+//                                  (model this layer instead of the recorded one: each flag replaces that
+//                                   field of every layer)
+//                  [--tokens-per-rank N --top-k K]   (rescale every step to N tokens per rank of
+//                                   top-K routing: RescaleTokensPerRank in placement/replay.h)
+//                  The table ends with `balanced`, the force-balanced bound (placement/replay.h),
+//                  and gives each policy's share of the bound's gain over none.
 //                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
 //                                     `python3 -m dynamoe.replay plot DIR`)
 //   dynamoe-replay calibrate TRACE [--heldout 0.2]
@@ -24,6 +31,7 @@
 // flag value that is not a number of the expected kind and range).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -43,6 +51,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "placement/calibrate.h"
 #include "placement/megatron_import.h"
@@ -58,10 +67,31 @@ constexpr char kUsage[] =
     "usage: dynamoe-replay run TRACE|MEGATRON_DIR|RECORD_PATH... [--policies none,fastermoe,adaptive,eplb] [--world N]\n"
     "                      [--preset default|h100-nvlink-ib|a100-nvlink-ib] [--cluster FILE] [--interval N]\n"
     "                      [--hysteresis X] [--max-copied N] [--overlap] [--csv FILE] [--out-dir DIR] [--threads N]\n"
-    "                      [--experts N] [--export-csv FILE]\n"
+    "                      [--experts N] [--export-csv FILE] [--d-model N] [--d-hidden N] [--gated]\n"
+    "                      [--dtype fp32|bf16|fp16] [--tokens-per-rank N --top-k K]\n"
     "       dynamoe-replay calibrate TRACE [--heldout 0.2]\n"
     "       dynamoe-replay synth --out FILE [--steps N] [--layers N] [--experts N] [--world N] [--tokens N]\n"
     "                      [--top-k N] [--zipf S] [--drift-every N] [--burst-every N] [--seed N]\n";
+
+// `dynamoe-replay --help`: what run's columns and modelling flags mean.
+constexpr char kHelp[] =
+    "\n"
+    "run replays each TRACE through the policies (--policies, default none,fastermoe,adaptive,eplb,balanced)\n"
+    "and prints per policy: predicted mean and p99 step time, speed-up vs none, the share of the bound's\n"
+    "gain it reaches ((none - policy) / (none - balanced), mean step times), imbalance before (max/mean\n"
+    "expert load) and after (busiest rank / mean rows under the plan), MB moved, copies and plan changes.\n"
+    "none and balanced are replayed even when not listed: speed-ups and shares are always against them.\n"
+    "\n"
+    "balanced is the force-balanced bound: every rank computes the mean rows (ceil(total / ranks)), no\n"
+    "weights move, and tokens move as a perfectly balanced router sends them (each rank's rows spread\n"
+    "evenly over all ranks, fractional rows, a latency per peer). No plan puts fewer rows on its busiest\n"
+    "rank; a plan can beat its exchange only by keeping rows home with copies, whose weights it pays.\n"
+    "\n"
+    "The modelled layer is the recorded one (imported traces: d_model 1024, d_hidden 4096, bf16) with\n"
+    "--d-model, --d-hidden, --gated (three matrices) and --dtype replacing those fields. --tokens-per-rank N\n"
+    "--top-k K rescales every step so each rank routes N x K rows (its routed rows scaled to N x K, its\n"
+    "kept rows by the same factor, integers by largest remainder): each rank keeps its distribution over\n"
+    "the experts. The count matrices hold rows, not tokens, hence K.\n";
 
 struct Args {
   std::vector<std::string> positional;
@@ -71,13 +101,17 @@ struct Args {
 // The flags each subcommand takes (--overlap takes no value).
 const std::map<std::string, std::set<std::string>> kFlags = {
     {"run", {"--policies", "--world", "--preset", "--cluster", "--interval", "--hysteresis", "--max-copied",
-             "--overlap", "--csv", "--out-dir", "--threads", "--experts", "--export-csv"}},
+             "--overlap", "--csv", "--out-dir", "--threads", "--experts", "--export-csv", "--d-model", "--d-hidden",
+             "--gated", "--dtype", "--tokens-per-rank", "--top-k"}},
     {"calibrate", {"--heldout"}},
     {"synth", {"--out", "--steps", "--layers", "--experts", "--world", "--tokens", "--top-k", "--zipf",
                "--drift-every", "--burst-every", "--seed"}},
 };
 
-// --key value pairs (and bare --overlap); positional arguments otherwise.
+// Flags that take no value.
+const std::set<std::string> kBare = {"--overlap", "--gated"};
+
+// --key value pairs (and the bare flags); positional arguments otherwise.
 bool ParseArgs(int argc, char** argv, Args* a) {
   const std::set<std::string>& known = kFlags.at(argv[1]);
   for (int i = 2; i < argc; ++i) {
@@ -87,7 +121,7 @@ bool ParseArgs(int argc, char** argv, Args* a) {
     } else if (!known.count(s)) {
       std::cerr << "dynamoe-replay " << argv[1] << ": unknown flag " << s << "\n" << kUsage;
       return false;
-    } else if (s == "--overlap") {
+    } else if (kBare.count(s)) {
       a->flags[s] = "1";
     } else if (i + 1 < argc) {
       a->flags[s] = argv[++i];
@@ -165,16 +199,49 @@ std::optional<Trace> LoadTrace(const std::string& path, int64_t experts = 0) {
   return *std::move(t);
 }
 
-void PrintReport(const std::string& path, const Trace& t, const ReplayReport& r) {
-  std::cout << absl::StrFormat("%s: %d steps, %d layers, recorded on %d ranks, replayed on %d\n", path,
-                               static_cast<int64_t>(t.steps.size()), static_cast<int64_t>(t.layers.size()),
-                               t.steps.empty() ? 0 : t.steps[0].kept.world_size, r.world_size);
-  std::cout << absl::StrFormat("%-10s %12s %12s %9s %18s %12s %12s %12s\n", "policy", "mean ms", "p99 ms",
-                               "speedup", "imbalance bef/aft", "MB/step", "copies/step", "plan changes");
-  for (const PolicyReport& p : r.policies)
-    std::cout << absl::StrFormat("%-10s %12.4f %12.4f %8.3fx %8.2f / %-7.2f %12.3f %12.2f %12d\n", p.policy,
-                                 p.mean_seconds * 1e3, p.p99_seconds * 1e3, p.speedup_vs_none, p.imbalance_before,
-                                 p.imbalance_after, p.bytes_per_step / 1e6, p.copies_per_step, p.plan_changes);
+// "96 steps of 3 layers": distinct step numbers, not layer-steps (records).
+std::string StepsOfLayers(const Trace& t) {
+  std::vector<int64_t> ids;
+  ids.reserve(t.steps.size());
+  for (const TraceStep& s : t.steps) ids.push_back(s.step);
+  std::sort(ids.begin(), ids.end());
+  const int64_t steps = std::unique(ids.begin(), ids.end()) - ids.begin();
+  const int64_t layers = static_cast<int64_t>(t.layers.size()), records = static_cast<int64_t>(t.steps.size());
+  std::string out = absl::StrCat(steps, steps == 1 ? " step" : " steps", " of ", layers, layers == 1 ? " layer" : " layers");
+  // Layers that skip steps (a recording of some layers only) make records fewer.
+  if (records != steps * layers) absl::StrAppend(&out, " (", records, " layer-steps)");
+  return out;
+}
+
+// modelled: a line on what was modelled instead of the recording ("" for none).
+void PrintReport(const std::string& path, const Trace& t, const ReplayReport& r, const std::string& modelled) {
+  std::cout << absl::StrFormat("%s: %s, recorded on %d ranks, replayed on %d\n", path, StepsOfLayers(t),
+                               t.steps.empty() ? 0 : t.steps[0].kept.world_size, r.world_size)
+            << modelled;
+  std::cout << absl::StrFormat("%-10s %12s %12s %9s %8s %18s %12s %12s %12s\n", "policy", "mean ms", "p99 ms",
+                               "speedup", "of bound", "imbalance bef/aft", "MB/step", "copies/step", "plan changes");
+  for (const PolicyReport& p : r.policies) {
+    const std::string share =
+        std::isnan(p.bound_fraction) ? std::string("n/a") : absl::StrFormat("%.1f%%", 100 * p.bound_fraction);
+    std::cout << absl::StrFormat("%-10s %12.4f %12.4f %8.3fx %8s %8.2f / %-7.2f %12.3f %12.2f %12d\n", p.policy,
+                                 p.mean_seconds * 1e3, p.p99_seconds * 1e3, p.speedup_vs_none, share,
+                                 p.imbalance_before, p.imbalance_after, p.bytes_per_step / 1e6, p.copies_per_step,
+                                 p.plan_changes);
+  }
+}
+
+// What the replay modelled instead of the recording: one line.
+std::string Modelled(const Trace& t, const ReplayOptions& o, int64_t tokens_per_rank, int64_t top_k) {
+  std::set<std::string> layers;
+  for (const TraceLayerSpec& l : t.layers) {
+    const LayerSpec s = ModelledLayer(l, o);
+    layers.insert(absl::StrFormat("d_model %d, d_hidden %d%s%s, %s", s.d_model, s.d_hidden, s.gated ? ", gated" : "",
+                                  s.bias ? ", bias" : "",
+                                  s.bytes_per_element == 4 ? "fp32" : absl::StrCat(8 * s.bytes_per_element, "-bit")));
+  }
+  std::string out = absl::StrCat("modelled: ", absl::StrJoin(layers, "; "));
+  if (tokens_per_rank > 0) absl::StrAppendFormat(&out, "; %d tokens per rank, top-%d", tokens_per_rank, top_k);
+  return out + "\n";
 }
 
 int Run(const Args& a) {
@@ -220,6 +287,29 @@ int Run(const Args& a) {
         return 2;
       }
   o.policy.cost.overlap = a.flags.count("--overlap") > 0;
+  // The modelled layer and batch (kHelp). Sizes up to 2^20 keep an expert's
+  // bytes (3 x d_model x d_hidden x 4) far inside int64.
+  if (!Integer<int64_t>(a, "--d-model", 1, 1 << 20, &o.layer.d_model) ||
+      !Integer<int64_t>(a, "--d-hidden", 1, 1 << 20, &o.layer.d_hidden))
+    return 2;
+  if (a.flags.count("--gated")) o.layer.gated = true;
+  if (a.flags.count("--dtype")) {
+    const std::string& d = a.flags.at("--dtype");
+    o.layer.bytes_per_element = d == "fp32" ? 4 : d == "bf16" || d == "fp16" ? 2 : 0;
+    if (o.layer.bytes_per_element == 0) {
+      std::cerr << "dynamoe-replay: --dtype expects fp32, bf16 or fp16, got '" << d << "'\n";
+      return 2;
+    }
+  }
+  int64_t tokens_per_rank = 0, top_k = 0;
+  if (!Integer<int64_t>(a, "--tokens-per-rank", 1, int64_t{1} << 30, &tokens_per_rank) ||
+      !Integer<int64_t>(a, "--top-k", 1, kMaxImportIndex, &top_k))
+    return 2;
+  if ((tokens_per_rank > 0) != (top_k > 0)) {
+    std::cerr << "dynamoe-replay run: --tokens-per-rank and --top-k go together (a trace counts rows, "
+                 "top-k per token: N tokens per rank are N x K rows)\n";
+    return 2;
+  }
   if (isatty(2))  // a progress bar on a terminal; logs and pipes stay clean
     o.progress = [](int64_t done, int64_t total) {
       const int pct = static_cast<int>(100 * done / total);
@@ -273,14 +363,24 @@ int Run(const Args& a) {
         return 1;
       }
     }
+    if (tokens_per_rank > 0)
+      if (absl::Status s = RescaleTokensPerRank(*t, tokens_per_rank, top_k); !s.ok()) {
+        std::cerr << "dynamoe-replay: " << path << ": " << s.message() << "\n";
+        rc = 1;
+        continue;
+      }
     auto r = Replay(*t, o);
     if (!r.ok()) {
       std::cerr << "dynamoe-replay: " << path << ": " << r.status().message()
                 << dynamoe::tools::ReplayErrorHint(path, r.status()) << "\n";
-      rc = r.status().code() == absl::StatusCode::kInvalidArgument && r.status().message().find("unknown") != std::string::npos ? 2 : 1;
+      const auto& m = r.status().message();
+      rc = r.status().code() == absl::StatusCode::kInvalidArgument &&
+                   (m.find("unknown") != std::string::npos || m.find("listed twice") != std::string::npos)
+               ? 2
+               : 1;
       continue;
     }
-    PrintReport(path, *t, *r);
+    PrintReport(path, *t, *r, o.layer.any() || tokens_per_rank > 0 ? Modelled(*t, o, tokens_per_rank, top_k) : "");
     for (std::ofstream* f : {&csv, &steps})
       if (f->is_open()) dynamoe::tools::WriteStepsRows(*f, path, *t, *r);
     if (summary.is_open()) dynamoe::tools::WriteSummaryRows(summary, path, *r);
@@ -367,6 +467,11 @@ int Synth(const Args& a) {
 
 int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "--help" || cmd == "-h" || cmd == "help" ||
+      (argc > 2 && (std::string(argv[2]) == "--help" || std::string(argv[2]) == "-h"))) {
+    std::cout << kUsage << kHelp;
+    return 0;
+  }
   if (!kFlags.count(cmd)) {
     std::cerr << kUsage;
     return 2;
