@@ -134,5 +134,5 @@ def test_the_step_counts_once_in_metrics_and_trace(tmp_path):
     out = subprocess.run([replay, "run", str(tmp_path / "t.rank0.dmtrace"), "--policies", "none"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "3 steps, 1 layers" in out.stdout, out.stdout
+    assert "3 steps of 1 layer," in out.stdout, out.stdout
 

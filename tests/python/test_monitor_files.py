@@ -80,7 +80,7 @@ def _trace_steps(path):
     r = subprocess.run([str(REPLAY), "run", str(path), "--policies", "none"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r": (\d+) steps, (\d+) layers", r.stdout)
+    m = re.search(r": (\d+) steps? of (\d+) layers?", r.stdout)  # one layer: steps = records
     assert m, r.stdout
     return int(m.group(1)), r.stderr
 
@@ -191,7 +191,7 @@ def test_a_killed_job_leaves_a_readable_trace(tmp_path):
             if os.path.exists(f"{prefix}.rank0.dmtrace"):
                 polled = subprocess.run([str(REPLAY), "run", f"{prefix}.rank0.dmtrace", "--policies", "none"],
                                         capture_output=True, text=True, timeout=60)
-                m = re.search(r": (\d+) steps, ", polled.stdout)
+                m = re.search(r": (\d+) steps? of ", polled.stdout)
                 on_file = int(m.group(1)) if polled.returncode == 0 and m else 0  # no header yet: 0
         p.send_signal(signal.SIGKILL)
         assert p.wait(timeout=30) == -signal.SIGKILL, p.stderr.read()  # still running when killed

@@ -71,8 +71,8 @@ def test_megatron_dir_replays_like_the_same_jsonl(tmp_path):
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert a.stderr == ""
     table_a, table_b = a.stdout.splitlines(), b.stdout.splitlines()
-    assert table_a[0] == f"{d}: 16 steps, 4 layers, recorded on 2 ranks, replayed on 2"
-    assert table_b[0].endswith(": 16 steps, 4 layers, recorded on 2 ranks, replayed on 2")
+    assert table_a[0] == f"{d}: 4 steps of 4 layers, recorded on 2 ranks, replayed on 2"
+    assert table_b[0].endswith(": 4 steps of 4 layers, recorded on 2 ranks, replayed on 2")
     assert table_a[1:-1] == table_b[1:-1]  # the policy table (the last line names the output folder)
     for f in ("summary.csv", "steps.csv", "expert_load.csv"):
         assert without_trace_column(tmp_path / "a" / f) == without_trace_column(tmp_path / "b" / f), f

@@ -90,13 +90,13 @@ def test_mixtral_replay_counts_equal_router_logits(tmp_path):
     assert rec_all.steps == [3, 3] and rec_one.steps == [3]
 
     loads, summary, err = replay_loads(tmp_path / "all.dmtrace", tmp_path)
-    assert "6 steps, 2 layers, recorded on 1 ranks" in summary
+    assert "3 steps of 2 layers, recorded on 1 ranks" in summary
     assert err == ""  # every frame's checksums hold
     for step, per_layer in enumerate(logits):
         expected = [sum(c) for c in zip(*(counts_from_logits(l, 2, 8, softmax=True) for l in per_layer))]
         assert [loads[(step, e)] for e in range(8)] == expected, step
     loads, summary, _ = replay_loads(tmp_path / "one.dmtrace", tmp_path)
-    assert "3 steps, 1 layers" in summary
+    assert "3 steps of 1 layer," in summary
     for step, per_layer in enumerate(logits):
         assert [loads[(step, e)] for e in range(8)] == counts_from_logits(per_layer[1], 2, 8, softmax=True), step
 
@@ -147,7 +147,7 @@ def test_user_adapter_and_errors(tmp_path):
             net(x)
     assert rec.layer_names == ["a", "b"]
     loads, summary, err = replay_loads(tmp_path / "u.dmtrace", tmp_path)
-    assert err == "" and "4 steps, 2 layers" in summary
+    assert err == "" and "2 steps of 2 layers," in summary
     for step, x in enumerate(xs):
         expected = [0] * 6
         for m in (net.a, net.b):
@@ -286,7 +286,7 @@ def test_damage_is_caught_by_the_checksums(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 0
     assert "damaged trace: lost 1 record" in r.stderr, r.stderr
-    assert "7 steps, 2 layers" in r.stdout
+    assert "4 steps of 2 layers (7 layer-steps)" in r.stdout
 
 
 WORKER = r"""
@@ -390,7 +390,7 @@ def test_ranks_of_a_job_replay_merged(tmp_path):
 
     loads, summary, err = replay_loads(job, tmp_path, "--export-csv", str(tmp_path / "merged.csv"))
     assert err == ""
-    assert "6 steps, 2 layers, recorded on 2 ranks, replayed on 2" in summary
+    assert "3 steps of 2 layers, recorded on 2 ranks, replayed on 2" in summary
     names = ["model.layers.0.block_sparse_moe", "model.layers.1.block_sparse_moe"]
     got = {}
     with open(tmp_path / "merged.csv") as f:
@@ -466,7 +466,7 @@ def test_merge_errors_name_the_file(case, rank1, message, tmp_path):
                         str(tmp_path / "m.csv")], capture_output=True, text=True, timeout=60)
     if message is None:
         assert r.returncode == 0, r.stderr
-        assert "2 steps, 1 layers, recorded on 2 ranks" in r.stdout
+        assert "2 steps of 1 layer, recorded on 2 ranks" in r.stdout
         rows = (tmp_path / "m.csv").read_text().splitlines()
         # step,layer,rank,expert,count: each row from its own rank's file
         assert rows[1:] == [f"{s},moe,{r},{e},{c}" for s in range(2) for r in range(2)
@@ -490,7 +490,7 @@ def test_merge_drops_the_steps_after_a_file_ends(short_rank, tmp_path):
     r = subprocess.run([str(TOOL), "run", str(tmp_path / "job"), "--policies", "none", "--export-csv",
                         str(tmp_path / "m.csv")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "4 steps, 2 layers, recorded on 2 ranks" in r.stdout  # steps 0 and 1 of both layers
+    assert "2 steps of 2 layers, recorded on 2 ranks" in r.stdout  # steps 0 and 1 of both layers
     assert re.search(rf"job\.rank{short_rank}\.dmtrace ends at step 1: 2 steps \(2\.\.3\) that other ranks recorded "
                      "after it dropped", r.stderr), r.stderr
     assert f"job.rank{1 - short_rank}.dmtrace ends" not in r.stderr  # its last step is 3, whose moe2 nobody has
@@ -508,7 +508,7 @@ def test_merge_drops_a_step_lost_to_damage(tmp_path):
     r = subprocess.run([str(TOOL), "run", str(tmp_path / "job"), "--policies", "none"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "1 steps, 1 layers, recorded on 2 ranks" in r.stdout
+    assert "1 step of 1 layer, recorded on 2 ranks" in r.stdout
     assert "job.rank1.dmtrace: record at byte" in r.stderr and "1 steps dropped" in r.stderr, r.stderr
 
 
