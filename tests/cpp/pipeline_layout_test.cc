@@ -2,7 +2,8 @@
 // every rank of a world from one count matrix and plan, checked against
 // itself and against the sequential exchange plan: both ends of every stage
 // agree, every row is sent once, and each rank computes the same rows per
-// expert as under the sequential schedule.
+// expert as under the sequential schedule; with quotas, the rows the quotas
+// send it.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include <random>
 #include <set>
 
+#include "placement/quotas.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/pipeline_layout.h"
 
@@ -33,6 +35,46 @@ placement::Plan PlanWithCopies(int64_t P, int64_t E) {
   return plan;
 }
 
+// PlanWithCopies with quotas: water-filled (every row may move), then expert
+// 1's replaced by a hand-made one where source s sends all its rows to rank
+// s + 1 (mod P), so every holder's own rows leave it.
+placement::Plan PlanWithQuotas(const at::Tensor& counts) {
+  const int64_t P = counts.size(0), E = counts.size(1);
+  placement::Plan plan = PlanWithCopies(P, E);
+  const placement::CountMatrix m = ToCountMatrix(counts);
+  placement::ClusterSpec cluster;
+  cluster.world_size = P;
+  placement::AssignQuotas(plan, m, cluster, false);
+  placement::Quota& q = plan.quotas[1];
+  q = placement::Quota{};
+  q.start.push_back(0);
+  for (int64_t s = 0; s < P; ++s) {
+    if (m.at(s, 1) > 0) {
+      q.dest.push_back(static_cast<int32_t>((s + 1) % P));
+      q.rows.push_back(m.at(s, 1));
+    }
+    q.start.push_back(static_cast<int32_t>(q.dest.size()));
+  }
+  return plan;
+}
+
+// Rows of each expert rank r computes, read off the quotas (all cover their
+// sources here) and the owners, without RoutesOf.
+std::vector<int64_t> QuotaRowsOn(const placement::Plan& plan, const at::Tensor& counts, int64_t r) {
+  const int64_t P = counts.size(0), E = counts.size(1);
+  std::vector<int64_t> rows(E, 0);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t s = 0; s < P; ++s) {
+      if (!plan.HasQuota(e)) {
+        if (plan.owner[e] == r) rows[e] += counts[s][e].item<int64_t>();
+        continue;
+      }
+      const placement::Quota& q = plan.quotas[e];
+      for (int32_t k = q.start[s]; k < q.start[s + 1]; ++k) rows[e] += q.dest[k] == r ? q.rows[k] : 0;
+    }
+  return rows;
+}
+
 std::vector<int64_t> Values(const at::Tensor& t) {
   return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
 }
@@ -45,10 +87,13 @@ class PipelineLayoutTest : public testing::TestWithParam<Shape> {};
 
 TEST_P(PipelineLayoutTest, StagesAgreeAndMatchSequential) {
   const Shape s = GetParam();
-  for (bool copies : {false, true})
+  for (int kind : {0, 1, 2})  // no copies, copies on the split rule, copies with quotas
     for (uint32_t seed : {1u, 2u, 3u}) {
       const at::Tensor counts = RandomCounts(s.world, s.experts, seed, seed == 3);
-      const placement::Plan plan = copies ? PlanWithCopies(s.world, s.experts) : placement::Plan::None(s.world, s.experts);
+      const placement::Plan plan = kind == 0   ? placement::Plan::None(s.world, s.experts)
+                                   : kind == 1 ? PlanWithCopies(s.world, s.experts)
+                                               : PlanWithQuotas(counts);
+      ASSERT_TRUE(plan.Validate().ok()) << plan.Validate();
       std::vector<PipelineLayout> layouts;
       for (int r = 0; r < s.world; ++r) layouts.push_back(MakePipelineLayout(counts, r, plan, s.group_size, s.degree));
       const int64_t g = std::min<int64_t>(s.group_size, s.world - 1);
@@ -85,6 +130,11 @@ TEST_P(PipelineLayoutTest, StagesAgreeAndMatchSequential) {
         }
         EXPECT_EQ(offset, rows);
         EXPECT_EQ(per_slot, Values(seq.local_counts));
+        if (kind == 2) {
+          const std::vector<int64_t> want = QuotaRowsOn(plan, counts, r);
+          for (size_t k = 0; k < L.slot_experts.size(); ++k)
+            EXPECT_EQ(per_slot[k], want[L.slot_experts[k]]) << "rank " << r << " expert " << L.slot_experts[k];
+        }
       }
     }
 }
