@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -148,6 +149,22 @@ ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const pla
   out.to_expert_major = PermutationTensor(std::move(recv_perm));
   out.to_source_major = InversePermutation(out.to_expert_major);
   return out;
+}
+
+namespace {
+PlanOverride& PlanOverrideSlot() {
+  static PlanOverride* slot = new PlanOverride();
+  return *slot;
+}
+}  // namespace
+
+void SetPlanOverrideForTesting(PlanOverride override) { PlanOverrideSlot() = std::move(override); }
+
+void OverridePlanForTesting(const std::string& layer, const at::Tensor& kept_matrix, placement::Plan& plan) {
+  const PlanOverride& override = PlanOverrideSlot();
+  if (!override) return;
+  override(layer, ToCountMatrix(kept_matrix), plan);
+  ThrowIfError(plan.Validate());
 }
 
 absl::Status CheckPlanAgreement(runtime::Communicator& comm, uint64_t plan_hash, const std::string& layer,

@@ -41,8 +41,9 @@ placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix);
 std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank);
 
 // How this rank's rows move under a placement plan (placement::ForEachRoute
-// decides which holder computes which rows); local counts are per slot
-// (SlotExperts).
+// decides which holder computes which rows: the plan's quotas for copied
+// experts, which the policy sets from these very counts, so every rank cuts
+// the same pieces); local counts are per slot (SlotExperts).
 struct ExchangePlan {
   std::vector<int64_t> send_rows, recv_rows;  // per rank, this rank included
   at::Tensor to_dest_major;    // expert-sorted rows -> destination-major send order (undefined: identity)
@@ -53,6 +54,16 @@ struct ExchangePlan {
   std::vector<int64_t> slot_experts;  // global expert of each slot
 };
 ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan);
+
+// Tests only: rewrites the plan a layer's policy chose (copies, quotas)
+// before the plan check, the weights' exchange and the routing, so that
+// multi-process tests can force hand-made quotas. Set it before the layers
+// run, from one thread; an empty function removes it.
+using PlanOverride =
+    std::function<void(const std::string& layer, const placement::CountMatrix& counts, placement::Plan& plan)>;
+void SetPlanOverrideForTesting(PlanOverride override);
+// Applies the override, if any, and validates its plan (PlacementState::Next).
+void OverridePlanForTesting(const std::string& layer, const at::Tensor& kept_matrix, placement::Plan& plan);
 
 // DYNAMOE_CHECK_PLAN: all-gathers the plan hash; FailedPrecondition naming the
 // ranks whose plan differs from this rank's.
