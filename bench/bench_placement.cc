@@ -1,13 +1,16 @@
 // bench_placement: decision time of each placement policy (pure C++, no
-// torch). For experts in {8, 64, 256} and world sizes in {8, 64, 256}, feeds
-// a policy a rotating set of skewed count matrices (Zipf-like expert
-// popularity, 4096 tokens x top-2 per rank, a different hot set each matrix)
-// and reports the mean time of Policy::Step, which re-plans every step
-// (interval 1). Targets: fastermoe and adaptive under 50 us, eplb under 1 ms,
-// at 256 experts x 64 ranks. Experts fewer than ranks is not a valid layout
-// (every rank owns at least one expert) and prints n/a.
+// torch): a scaling table against experts {64, 256, 1024} and world sizes
+// {16, 64, 256}. Each policy is fed a rotating set of 16 skewed count
+// matrices (Zipf popularity, exponent 1.2, over a different hot set each,
+// 8192 assignments per rank, +-20% per (rank, expert)) and each call of
+// Policy::Step, which re-plans every step (interval 1) and assigns the quotas,
+// is timed on its own; the table gives the median. Targets (issue 23):
+// adaptive < 20 us at 256 experts x 64 ranks and < 200 us at 1024 x 256;
+// eplb < 1 ms at both. Experts fewer than ranks is not a valid layout (every
+// rank owns at least one expert) and prints n/a.
 //
-//   ./build/default/bench/bench_placement [--min-seconds 0.2]
+//   ./build/default/bench/bench_placement [--min-seconds 0.3] [--policies none,fastermoe,adaptive,eplb]
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -41,7 +44,12 @@ std::vector<CountMatrix> Workload(int64_t P, int64_t E, int n) {
   return out;
 }
 
-double MicrosPerDecision(const std::string& name, int64_t P, int64_t E, double min_seconds) {
+struct Timing {
+  double median_us = 0, p90_us = 0;
+  double copies = 0;  // mean copies per plan
+};
+
+Timing TimeDecisions(const std::string& name, int64_t P, int64_t E, double min_seconds) {
   ClusterSpec cluster;
   cluster.world_size = P;
   cluster.ranks_per_node = 8;
@@ -49,49 +57,70 @@ double MicrosPerDecision(const std::string& name, int64_t P, int64_t E, double m
   auto policy = MakePolicy(name, cluster, layer, PolicyOptions{}).value();
   const std::vector<CountMatrix> work = Workload(P, E, 16);
   using Clock = std::chrono::steady_clock;
-  int64_t iters = 0;
-  volatile uint64_t sink = 0;
+  std::vector<double> us;
+  int64_t copies = 0;
+  for (const CountMatrix& m : work) policy->Step(m).value();  // warm-up: buffers grow once
   const auto start = Clock::now();
-  double elapsed = 0;
-  do {
-    for (const CountMatrix& m : work) sink = sink + policy->Step(m).value().TotalCopies();
-    iters += static_cast<int64_t>(work.size());
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < min_seconds);
-  return elapsed / static_cast<double>(iters) * 1e6;
+  while (us.size() < 64 || std::chrono::duration<double>(Clock::now() - start).count() < min_seconds) {
+    for (const CountMatrix& m : work) {
+      const auto t0 = Clock::now();
+      const Plan plan = policy->Step(m).value();
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      copies += plan.TotalCopies();
+    }
+  }
+  Timing t;
+  t.copies = static_cast<double>(copies) / static_cast<double>(us.size());
+  std::sort(us.begin(), us.end());
+  t.median_us = us[us.size() / 2];
+  t.p90_us = us[us.size() * 9 / 10];
+  return t;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  double min_seconds = 0.2;
-  for (int i = 1; i + 1 < argc; i += 2)
+  double min_seconds = 0.3;
+  std::vector<std::string> names = {"none", "fastermoe", "adaptive", "eplb"};
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--min-seconds") == 0) min_seconds = std::stod(argv[i + 1]);
-  std::printf("bench_placement: mean microseconds per decision (Policy::Step, re-plan every step), skewed counts, "
-              "d_model 4096, d_hidden 14336, gated, bf16, 8 ranks per node\n\n");
-  std::printf("| policy | experts | 8 ranks | 64 ranks | 256 ranks |\n|---|---|---|---|---|\n");
-  bool ok = true;
-  double at_target[4] = {0, 0, 0, 0};
-  const char* names[] = {"none", "fastermoe", "adaptive", "eplb"};
-  for (int p = 0; p < 4; ++p)
-    for (int64_t E : {8, 64, 256}) {
-      std::printf("| %s | %lld |", names[p], static_cast<long long>(E));
-      for (int64_t P : {8, 64, 256}) {
+    if (std::strcmp(argv[i], "--policies") == 0) {
+      names.clear();
+      std::string list = argv[i + 1];
+      for (size_t at = 0; at <= list.size();) {
+        const size_t comma = std::min(list.find(',', at), list.size());
+        names.push_back(list.substr(at, comma - at));
+        at = comma + 1;
+      }
+    }
+  }
+  std::printf("bench_placement: median microseconds per decision (Policy::Step: re-plan every step, quotas "
+              "included), Zipf 1.2 counts, d_model 4096, d_hidden 14336, gated, bf16, 8 ranks per node; "
+              "(mean copies per plan)\n\n");
+  std::printf("| policy | experts | 16 ranks | 64 ranks | 256 ranks |\n|---|---|---|---|---|\n");
+  double adaptive_256_64 = -1, adaptive_1024_256 = -1, eplb_256_64 = -1, eplb_1024_256 = -1;
+  for (const std::string& name : names)
+    for (int64_t E : {64, 256, 1024}) {
+      std::printf("| %s | %lld |", name.c_str(), static_cast<long long>(E));
+      for (int64_t P : {16, 64, 256}) {
         if (E < P) {
           std::printf(" n/a |");
           continue;
         }
-        const double us = MicrosPerDecision(names[p], P, E, min_seconds);
-        if (E == 256 && P == 64) at_target[p] = us;
-        std::printf(" %.1f |", us);
+        const Timing t = TimeDecisions(name, P, E, min_seconds);
+        if (name == "adaptive" && E == 256 && P == 64) adaptive_256_64 = t.median_us;
+        if (name == "adaptive" && E == 1024 && P == 256) adaptive_1024_256 = t.median_us;
+        if (name == "eplb" && E == 256 && P == 64) eplb_256_64 = t.median_us;
+        if (name == "eplb" && E == 1024 && P == 256) eplb_1024_256 = t.median_us;
+        std::printf(" %.1f (%.0f) |", t.median_us, t.copies);
         std::fflush(stdout);
       }
       std::printf("\n");
     }
-  std::printf("\nAt 256 experts x 64 ranks: fastermoe %.1f us, adaptive %.1f us (target < 50 us); eplb %.1f us "
-              "(target < 1000 us)\n",
-              at_target[1], at_target[2], at_target[3]);
-  ok = at_target[1] < 50 && at_target[2] < 50 && at_target[3] < 1000;
-  std::printf("targets: %s\n", ok ? "met" : "MISSED");
+  if (adaptive_256_64 >= 0)
+    std::printf("\nadaptive: %.1f us at 256 x 64 (target < 20), %.1f us at 1024 x 256 (target < 200)\n",
+                adaptive_256_64, adaptive_1024_256);
+  if (eplb_256_64 >= 0)
+    std::printf("eplb: %.1f us at 256 x 64, %.1f us at 1024 x 256 (target < 1000)\n", eplb_256_64, eplb_1024_256);
   return 0;
 }

@@ -1,159 +1,286 @@
-// adaptive: greedy search on the cost model. Starting from plain expert
-// parallelism, each round scores a few candidate actions on the incremental
-// LoadState and applies the one that lowers the predicted step time most:
-//   shadow(e)    copy e onto every rank (tokens for e stay local everywhere);
-//   copy(e, r)   one more copy of e on rank r (r's tokens for e stay local and
-//                other senders split theirs over the holders).
-// Candidates each round: the 2 hottest experts not yet on every rank, and the
-// hottest expert held by the busiest rank; copy targets are the least
-// loaded non-holder and the non-holder sending the most of e. Each candidate
-// is scored by LoadState::Try without changing the state, so a decision is
-// O(rounds * 9 * world * holders) after one pass over the counts.
-// It stops when no candidate lowers the prediction, or a budget is reached:
-// DYNAMOE_SHADOW_MAX actions (so at most that many experts copied), the
-// memory budget per rank.
-// Hysteresis: the previous plan is kept unless the new one is predicted at
-// least `hysteresis` faster on these counts (and the previous is no slower
-// than no copies), so plans do not flap between near-equal choices.
+// adaptive: replicas chosen by marginal gain on the cost model, with quotas.
+// Owners keep their experts (and optimizer state); each copy costs its weight
+// broadcast and gradient reduce in the model. Starting from plain expert
+// parallelism, each round adds the one copy with the best predicted gain per
+// byte moved (the copy's weights out and gradient back, plus the token rows
+// it adds to the exchanges, if any), where a copy's gain is scored with the
+// expert's rows water-filled over its holders given every other rank's rows
+// (LoadState::Try with Routing::kBalanced: the quota it would get).
+// Candidates each round, over every expert and every rank:
+//   - the experts with the most rows on the busiest rank (only those can
+//     lower the compute term: a copy moves rows only off its expert's holders);
+//   - the expert that loads the slowest link end most (the rank with the
+//     highest send or receive time): received rows of an expert it holds
+//     (copied onto the non-holder sending the most of it), or the expert it
+//     sends most rows of (copied onto it);
+//   - targets: the least-loaded rank without the expert, found over all ranks;
+//     with several nodes, node-first: the least-loaded one on the owner's node
+//     is a candidate too and wins ties (its weights cross no node boundary).
+// It stops when no candidate lowers the prediction, when the busiest rank's
+// rows are within DYNAMOE_BALANCE_TOLERANCE of the mean, or at a budget:
+// DYNAMOE_SHADOW_MAX experts copied, the memory budget per rank.
+// A round costs O(world) per candidate (about five) after the one pass over
+// the counts that Policy::Step makes anyway; nothing is allocated once the
+// state's buffers have grown.
+// Hysteresis: the previous replica set, its quotas reassigned on these
+// counts, is kept unless the new one (with its quotas) is predicted at least
+// `hysteresis` faster (and the previous is no slower than no copies), so
+// plans do not flap between near-equal choices.
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "placement/policies.h"
+#include "placement/quotas.h"
 
 namespace dynamoe::placement {
 namespace {
 
-constexpr int kHottest = 2;     // hottest experts not yet everywhere
-constexpr int kOnBusiest = 1;   // hottest expert held by the busiest rank
-
-struct Action {
-  int64_t expert = -1;
-  int64_t rank = -1;  // -1: shadow on every rank
-  double seconds = 0;
-};
-
-std::string Describe(const Action& a) {
-  return a.rank < 0 ? absl::StrFormat("shadow expert %d", a.expert)
-                    : absl::StrFormat("copy expert %d to rank %d", a.expert, a.rank);
-}
+constexpr int kOnBusiest = 2;  // experts with the most rows on the busiest rank
+constexpr int kIdlest = 8;     // least-loaded ranks kept per round
 
 }  // namespace
 
 void AdaptivePolicy::Search(LoadState& state) {
-  const int64_t P = state.plan().world_size, E = state.plan().num_experts;
-  double current = state.Evaluate();
+  const Plan& plan = state.plan();
+  const int64_t P = plan.world_size, E = plan.num_experts;
   if (P < 2) return;
-  const std::vector<int64_t> order = ExpertsByLoad(state.expert_loads());
-  const int64_t per_rank = CopiesAllowedPerRank();
+  const ClusterSpec& cluster = model_.cluster();
   const bool explain = LogEnabled(LogLevel::kDebug);
   std::string why;
-  std::vector<char> copied(E, 0);
-  int64_t num_copied = 0;
+  const int64_t per_rank = CopiesAllowedPerRank();
+  const double weight_bytes = model_.layer().ExpertBytes() * (model_.options().training ? 2.0 : 1.0);
+  const double bytes_per_row = model_.layer().RowBytes() * model_.Exchanges();
+  const std::vector<int64_t>& loads = state.expert_loads();
+  const std::vector<int64_t>& rows = state.rows();
+  int64_t total = 0;
+  for (int64_t e = 0; e < E; ++e) total += loads[e];
+  const double mean = static_cast<double>(total) / static_cast<double>(P);
+  // Experts each rank owns (CSR), and the copied experts so far.
+  owned_start_.assign(P + 1, 0);
+  for (int64_t e = 0; e < E; ++e) ++owned_start_[plan.owner[e] + 1];
+  for (int64_t r = 0; r < P; ++r) owned_start_[r + 1] += owned_start_[r];
+  owned_.resize(E);
+  {
+    std::vector<int32_t>& next = scratch_ranks_;
+    next.assign(owned_start_.begin(), owned_start_.end() - 1);
+    for (int64_t e = 0; e < E; ++e) owned_[next[plan.owner[e]]++] = static_cast<int32_t>(e);
+  }
+  copied_.clear();
+  double current = state.Evaluate();
 
-  auto allowed = [&](int64_t e, int64_t rank) {
-    if (!copied[e] && num_copied >= options_.max_copied) return false;
-    if (rank >= 0) return state.CopiesOn(rank) < per_rank;
-    for (int64_t r = 0; r < P; ++r)
-      if (!state.plan().Holds(r, e) && state.CopiesOn(r) >= per_rank) return false;
-    return true;
+  struct Candidate {
+    int64_t expert = -1, rank = -1;
+    double seconds = 0, score = 0;
   };
-  std::vector<int32_t> trial;
-  auto score = [&](Action a) {
-    trial = state.plan().copies[a.expert];
-    if (a.rank < 0) {
-      trial.clear();
-      for (int32_t r = 0; r < P; ++r)
-        if (r != state.plan().owner[a.expert]) trial.push_back(r);
-    } else {
-      trial.insert(std::upper_bound(trial.begin(), trial.end(), static_cast<int32_t>(a.rank)),
-                   static_cast<int32_t>(a.rank));
-    }
-    a.seconds = state.Try(a.expert, trial);
-    return a;
-  };
-
   for (int64_t round = 0;; ++round) {
-    if (round >= options_.max_copied) {
-      if (explain) why += absl::StrFormat(" stopped: budget of %d actions reached;", options_.max_copied);
-      break;
-    }
-    std::vector<int64_t> experts;
-    for (int64_t e : order) {
-      if (static_cast<int64_t>(experts.size()) >= kHottest) break;
-      if (state.plan().NumHolders(e) < P) experts.push_back(e);
-    }
     const int64_t busiest = state.BusiestRank();
-    int taken = 0;
-    for (int64_t e : order) {
-      if (taken >= kOnBusiest) break;
-      if (state.plan().Holds(busiest, e) && state.plan().NumHolders(e) < P &&
-          std::find(experts.begin(), experts.end(), e) == experts.end()) {
-        experts.push_back(e);
-        ++taken;
-      }
-    }
-    Action best;
-    best.seconds = current;
-    bool budget_blocked = false;
-    for (int64_t e : experts) {
-      if (state.TopNonHolderSender(e) < 0) continue;  // every sender holds e: no copy helps
-      const int64_t targets[3] = {-1, state.IdlestNonHolder(e), state.TopNonHolderSender(e)};
-      for (int i = 0; i < 3; ++i) {
-        if (i > 0 && (targets[i] < 0 || (i == 2 && targets[2] == targets[1]))) continue;
-        if (!allowed(e, targets[i])) {
-          budget_blocked = true;
-          continue;
-        }
-        const Action a = score(Action{e, targets[i], 0});
-        if (a.seconds < best.seconds) best = a;
-      }
-    }
-    if (best.expert < 0 || !(best.seconds < current * (1 - 1e-9))) {
+    if (static_cast<double>(rows[busiest]) <= options_.balance_tolerance * mean) {
       if (explain)
-        why += budget_blocked ? " stopped: the remaining helpful copies exceed the budget;"
-                              : " stopped: no candidate lowers the prediction (hottest experts' copies would cost "
-                                "more in weights than they save);";
+        why += absl::StrFormat(" stopped: busiest rank %d has %d rows, within %.3g of the mean %.1f;", busiest,
+                               rows[busiest], options_.balance_tolerance, mean);
       break;
     }
-    if (explain) why += absl::StrFormat(" %s: %.4g s -> %.4g s;", Describe(best), current, best.seconds);
-    if (best.rank < 0)
-      state.Shadow(best.expert);
-    else
-      state.AddCopy(best.expert, best.rank);
-    if (!copied[best.expert]) ++num_copied;
-    copied[best.expert] = 1;
-    current = best.seconds;
+    const bool can_copy_new = static_cast<int64_t>(copied_.size()) < options_.max_copied;
+    // The least-loaded ranks with room for a copy, ascending (ties: lower rank).
+    idlest_.clear();
+    for (int64_t r = 0; r < P; ++r) {
+      if (state.CopiesOn(r) >= per_rank) continue;
+      auto at = std::upper_bound(idlest_.begin(), idlest_.end(), static_cast<int32_t>(r),
+                                 [&](int32_t a, int32_t b) { return rows[a] != rows[b] ? rows[a] < rows[b] : a < b; });
+      if (static_cast<int64_t>(idlest_.size()) < kIdlest) {
+        idlest_.insert(at, static_cast<int32_t>(r));
+      } else if (at != idlest_.end()) {
+        idlest_.insert(at, static_cast<int32_t>(r));
+        idlest_.pop_back();
+      }
+    }
+    auto room = [&](int64_t r) { return state.CopiesOn(r) < per_rank; };
+    auto idlest_without = [&](int64_t e, int64_t lo, int64_t hi) {  // over ranks [lo, hi)
+      for (int32_t r : idlest_)
+        if (r >= lo && r < hi && !plan.Holds(r, e)) return static_cast<int64_t>(r);
+      int64_t best = -1;
+      for (int64_t r = lo; r < hi; ++r)
+        if (room(r) && !plan.Holds(r, e) && (best < 0 || rows[r] < rows[best])) best = r;
+      return best;
+    };
+    // Candidate (expert, rank) pairs.
+    pairs_.clear();
+    auto add_targets = [&](int64_t e) {
+      if (plan.NumHolders(e) >= P) return;
+      if (plan.copies[e].empty() && !can_copy_new) return;
+      if (cluster.MultiNode()) {
+        const int64_t node = cluster.NodeOf(plan.owner[e]), per_node = cluster.ranks_per_node;
+        const int64_t local = idlest_without(e, node * per_node, std::min(P, (node + 1) * per_node));
+        if (local >= 0) pairs_.push_back({e, local});
+      }
+      const int64_t any = idlest_without(e, 0, P);
+      if (any >= 0 && (pairs_.empty() || pairs_.back().first != e || pairs_.back().second != any))
+        pairs_.push_back({e, any});
+    };
+    // Experts with the most rows on the busiest rank.
+    int64_t top[kOnBusiest], top_rows[kOnBusiest];
+    int n_top = 0;
+    auto consider = [&](int64_t e, int64_t on_b) {
+      if (on_b <= 0 || plan.NumHolders(e) >= P) return;
+      int i = n_top < kOnBusiest ? n_top++ : kOnBusiest;
+      if (i == kOnBusiest && !(on_b > top_rows[kOnBusiest - 1])) return;
+      if (i == kOnBusiest) i = kOnBusiest - 1;
+      top[i] = e;
+      top_rows[i] = on_b;
+      for (; i > 0 && (top_rows[i] > top_rows[i - 1] || (top_rows[i] == top_rows[i - 1] && top[i] < top[i - 1])); --i) {
+        std::swap(top[i], top[i - 1]);
+        std::swap(top_rows[i], top_rows[i - 1]);
+      }
+    };
+    for (int32_t k = owned_start_[busiest]; k < owned_start_[busiest + 1]; ++k) {
+      const int32_t e = owned_[k];
+      consider(e, plan.copies[e].empty() ? loads[e] : state.RowsOf(e, busiest));
+    }
+    for (int32_t e : copied_)
+      if (plan.owner[e] != busiest && plan.Holds(busiest, e)) consider(e, state.RowsOf(e, busiest));
+    for (int i = 0; i < n_top; ++i) add_targets(top[i]);
+    // The slowest link end: its heaviest expert.
+    int64_t slow = 0;
+    double slow_s = -1;
+    bool receiving = true;
+    for (int64_t r = 0; r < P; ++r) {
+      const double snd = state.SendSeconds(r), rcv = state.RecvSeconds(r);
+      if (rcv > slow_s) slow = r, slow_s = rcv, receiving = true;
+      if (snd > slow_s) slow = r, slow_s = snd, receiving = false;
+    }
+    if (slow_s > 0) {
+      int64_t pick = -1, pick_rows = 0, pick_rank = -1;
+      if (receiving) {
+        // Rows of its experts that arrive from other ranks (owned plain
+        // experts; copied ones it holds are rarely the heaviest link).
+        for (int32_t k = owned_start_[slow]; k < owned_start_[slow + 1]; ++k) {
+          const int32_t e = owned_[k];
+          if (!plan.copies[e].empty() || plan.NumHolders(e) >= P) continue;
+          const int64_t in = loads[e] - state.Column(e)[slow];
+          if (in > pick_rows) pick = e, pick_rows = in;
+        }
+        if (pick >= 0 && can_copy_new) {
+          const int64_t* col = state.Column(pick);
+          for (int64_t r = 0; r < P; ++r)
+            if (room(r) && !plan.Holds(r, pick) && col[r] > 0 && (pick_rank < 0 || col[r] > col[pick_rank]))
+              pick_rank = r;
+        }
+      } else if (room(slow)) {
+        const int64_t* row = state.counts().counts.data() + slow * E;
+        for (int64_t e = 0; e < E; ++e)
+          if (row[e] > pick_rows && !plan.Holds(slow, e) && (can_copy_new || !plan.copies[e].empty()))
+            pick = e, pick_rows = row[e];
+        pick_rank = slow;
+      }
+      if (pick >= 0 && pick_rank >= 0) pairs_.push_back({pick, pick_rank});
+    }
+    if (pairs_.empty()) {
+      if (explain) why += " stopped: no expert on the busiest rank or slowest link can be copied within the budgets;";
+      break;
+    }
+    // Score each pair once.
+    Candidate best;
+    for (size_t i = 0; i < pairs_.size(); ++i) {
+      const auto [e, r] = pairs_[i];
+      bool seen = false;
+      for (size_t j = 0; j < i && !seen; ++j) seen = pairs_[j] == pairs_[i];
+      if (seen) continue;
+      trial_ = plan.copies[e];
+      trial_.insert(std::upper_bound(trial_.begin(), trial_.end(), static_cast<int32_t>(r)), static_cast<int32_t>(r));
+      const double t = state.Try(e, trial_, Routing::kBalanced);
+      const double gain = current - t;
+      if (!(gain > current * 1e-9)) continue;
+      const double bytes =
+          weight_bytes + std::max<double>(0.0, static_cast<double>(state.TriedOffRankDelta()) * bytes_per_row);
+      const double score = gain / bytes;
+      if (best.expert < 0 || score > best.score) best = Candidate{e, r, t, score};
+    }
+    if (best.expert < 0) {
+      if (explain) why += " stopped: no candidate copy lowers the prediction;";
+      break;
+    }
+    if (explain)
+      why += absl::StrFormat(" copy expert %d to rank %d: %.4g s -> %.4g s;", best.expert, best.rank, current,
+                             best.seconds);
+    if (plan.copies[best.expert].empty()) copied_.push_back(static_cast<int32_t>(best.expert));
+    state.AddCopy(best.expert, best.rank, Routing::kBalanced);
+    current = state.Evaluate();
   }
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " search:" << why;
 }
 
-Plan AdaptivePolicy::Decide(const CountMatrix& counts) {
-  LoadState state(model_, counts, Plan::None(counts.world_size, counts.num_experts));
+namespace {
+
+// Gives every expert the copies in `copies` ([E]; split rule).
+void SetAllCopies(LoadState& state, const std::vector<std::vector<int32_t>>& copies) {
+  for (size_t e = 0; e < copies.size(); ++e)
+    if (state.plan().copies[e] != copies[e]) state.SetCopies(static_cast<int64_t>(e), copies[e]);
+}
+
+}  // namespace
+
+void AdaptivePolicy::Decide(const CountMatrix&) {
+  LoadState& state = state_;  // plain expert parallelism on these counts
+  const Plan& plan = state.plan();
+  const int64_t E = plan.num_experts;
   const double none_seconds = state.Evaluate();
+  const bool explain = LogEnabled(LogLevel::kDebug);
+  // Seeds: the replica sets fastermoe and eplb choose on these counts, with
+  // their quotas, so adaptive is never predicted slower than either (its own
+  // search may stop early: balance tolerance, budgets).
+  double seed_seconds = 0;
+  const char* seed = nullptr;
+  for (int k = 0; k < 2; ++k) {
+    if (k == 0) {
+      FasterMoEShadowing(state, options_, CopiesAllowedPerRank(), nullptr);
+    } else {
+      load_.assign(state.expert_loads().begin(), state.expert_loads().end());
+      EplbReplicas(state, load_, options_, CopiesAllowedPerRank(), nullptr);
+    }
+    bool any = false;
+    for (int64_t e = 0; e < E && !any; ++e) any = !plan.copies[e].empty();
+    if (!any) continue;
+    const double t = state.AssignBestQuotas();
+    if (seed == nullptr || t < seed_seconds) {
+      seed_seconds = t;
+      seed = k == 0 ? "fastermoe's" : "eplb's";
+      seed_copies_ = plan.copies;
+      state.SaveQuotas(1);
+    }
+    for (int64_t e = 0; e < E; ++e)
+      if (!plan.copies[e].empty()) state.SetCopies(e, {});
+  }
   Search(state);
-  Plan plan = state.plan();
-  plan.predicted_step_seconds = state.Evaluate();
-  if (has_previous_ && !(previous_ == plan)) {
-    // The previous plan on these counts: edit the state rather than re-read the matrix.
-    for (int64_t e = 0; e < plan.num_experts; ++e)
-      if (plan.copies[e] != previous_.copies[e]) state.SetCopies(e, previous_.copies[e]);
-    const double previous_seconds = state.Evaluate();
-    if (previous_seconds <= none_seconds &&
-        plan.predicted_step_seconds > previous_seconds * (1 - options_.hysteresis)) {
-      DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the previous plan (" << previous_.Summary() << ", "
-                          << previous_seconds << " s): the new one (" << plan.Summary() << ", "
-                          << plan.predicted_step_seconds << " s) is not " << options_.hysteresis * 100
-                          << "% faster";
-      plan = previous_;
-      plan.predicted_step_seconds = previous_seconds;  // same model, same counts
+  const double search_seconds = state.AssignBestQuotas();
+  double new_seconds = search_seconds;
+  if (seed != nullptr && seed_seconds < search_seconds) {
+    SetAllCopies(state, seed_copies_);
+    state.RestoreQuotas(1);
+    new_seconds = seed_seconds;
+    if (explain)
+      DYNAMOE_LOG(kDebug) << LogPrefix() << " " << seed << " replica set (" << seed_seconds
+                          << " s) beats the search's (" << search_seconds << " s)";
+  }
+  if (has_previous_ && previous_copies_ != plan.copies) {
+    // The previous replica set with its quotas reassigned on these counts.
+    state.SaveQuotas(1);
+    next_copies_ = plan.copies;
+    SetAllCopies(state, previous_copies_);
+    const double previous_seconds = state.AssignBestQuotas();
+    if (previous_seconds <= none_seconds && new_seconds > previous_seconds * (1 - options_.hysteresis)) {
+      DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the previous plan (" << plan.Summary() << ", "
+                          << previous_seconds << " s): the new one (" << new_seconds << " s) is not "
+                          << options_.hysteresis * 100 << "% faster";
+    } else {
+      SetAllCopies(state, next_copies_);
+      state.RestoreQuotas(1);
     }
   }
   DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, "
-                      << plan.predicted_step_seconds << " s with " << plan.Summary();
-  previous_ = plan;
+                      << state.AssignBestQuotas() << " s with " << plan.Summary();
+  previous_copies_ = plan.copies;  // element-wise: buffers reused
   has_previous_ = true;
-  return plan;
 }
 
 }  // namespace dynamoe::placement

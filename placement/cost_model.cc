@@ -1,7 +1,8 @@
 #include "placement/cost_model.h"
 
 #include <algorithm>
-#include <utility>
+
+#include "placement/quotas.h"
 
 namespace dynamoe::placement {
 
@@ -57,236 +58,714 @@ StepCost CostModel::Predict(const CountMatrix& counts, const Plan& plan) const {
   return Finish(a2a, *std::max_element(rows.begin(), rows.end()), bcast);
 }
 
-LoadState::LoadState(const CostModel& model, const CountMatrix& counts, Plan plan)
-    : model_(model), counts_(counts), plan_(std::move(plan)), P_(counts.world_size) {
-  const int64_t E = counts.num_experts;
-  rows_.assign(P_, 0);
-  link_rows_.assign(P_ * P_, 0);
-  send_.assign(P_, 0.0);
-  recv_.assign(P_, 0.0);
-  bcast_send_.assign(P_, 0.0);
-  bcast_recv_.assign(P_, 0.0);
-  copies_on_.assign(P_, 0);
-  loads_.assign(E, 0);
-  node_.resize(P_);
-  for (int64_t r = 0; r < P_; ++r) node_[r] = static_cast<int32_t>(model.cluster().NodeOf(r));
-  row_intra_ = model.RowSeconds(true);
-  row_inter_ = model.RowSeconds(false);
-  lat_intra_ = model.cluster().intra_node_latency_s;
-  lat_inter_ = model.cluster().inter_node_latency_s;
-  // Plain expert parallelism in one pass over the matrix's nonzeros; the
-  // links each source uses are collected as they first appear, so sparse
-  // counts cost O(nonzeros), not O(world^2).
-  const int32_t* owner = plan_.owner.data();
-  std::vector<int32_t> used;
-  for (int64_t s = 0; s < P_; ++s) {
-    const int64_t* row = counts.counts.data() + s * E;
-    int64_t* link = link_rows_.data() + s * P_;
-    used.clear();
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = row[e];
-      if (n == 0) continue;
-      const int32_t d = owner[e];
-      loads_[e] += n;
-      rows_[d] += n;
-      if (d == s) continue;  // rows kept on their rank are not link traffic
-      if (link[d] == 0) used.push_back(d);
-      link[d] += n;
+double PipelineSeconds(double exchange, double compute, int64_t stages, double stage_overhead) {
+  const double n = static_cast<double>(std::max<int64_t>(1, stages));
+  return std::max(exchange, compute) + std::min(exchange, compute) / n + n * stage_overhead;
+}
+
+int64_t BestStageCount(double exchange, double compute, double stage_overhead, int64_t max_stages) {
+  int64_t best = 1;
+  for (int64_t n = 2; n <= max_stages; ++n)
+    if (PipelineSeconds(exchange, compute, n, stage_overhead) < PipelineSeconds(exchange, compute, best, stage_overhead))
+      best = n;
+  return best;
+}
+
+// LoadState: the cost model's per-rank terms under edits.
+
+
+LoadState::LoadState(const CostModel& model) : model_(model) { ReadRates(); }
+
+void LoadState::ReadRates() {
+  const CostModel& model = model_;
+  const ClusterSpec& c = model.cluster();
+  lat_[0] = c.intra_node_latency_s;
+  lat_[1] = c.inter_node_latency_s;
+  row_s_[0] = model.RowSeconds(true);
+  row_s_[1] = model.RowSeconds(false);
+  // ExpertSeconds' formula per link class.
+  expert_s_[0] = c.intra_node_latency_s + model.layer().ExpertBytes() / c.intra_node_bw;
+  expert_s_[1] = c.inter_node_latency_s + model.layer().ExpertBytes() / c.inter_node_bw;
+}
+
+LoadState::LoadState(const CostModel& model, const CountMatrix& counts, const Plan& plan) : LoadState(model) {
+  Reset(counts, plan);
+}
+
+void LoadState::Reset(const CountMatrix& counts) {
+  counts_ = &counts;
+  P_ = counts.world_size;
+  E_ = counts.num_experts;
+  const int64_t per_rank = std::max<int64_t>(E_ / std::max<int64_t>(P_, 1), 1);
+  plan_.world_size = P_;
+  plan_.num_experts = E_;
+  plan_.predicted_step_seconds = 0;
+  plan_.owner.resize(E_);
+  for (int64_t e = 0; e < E_; ++e) plan_.owner[e] = static_cast<int32_t>(e / per_rank);
+  contiguous_owners_ = true;
+  PlainPass();
+}
+
+void LoadState::Reset(const CountMatrix& counts, const Plan& plan) {
+  counts_ = &counts;
+  P_ = counts.world_size;
+  E_ = counts.num_experts;
+  plan_.world_size = P_;
+  plan_.num_experts = E_;
+  plan_.predicted_step_seconds = 0;
+  plan_.owner = plan.owner;
+  const int64_t per_rank = std::max<int64_t>(E_ / std::max<int64_t>(P_, 1), 1);
+  contiguous_owners_ = true;
+  for (int64_t e = 0; e < E_ && contiguous_owners_; ++e) contiguous_owners_ = plan_.owner[e] == e / per_rank;
+  PlainPass();
+  // ... then the plan's copies and quotas as edits.
+  for (int64_t e = 0; e < E_; ++e) {
+    if (plan.copies[e].empty()) continue;
+    CollectRoutes(e, old_);
+    const Sink state{rows_.data(), send_.data(), recv_.data()};
+    Apply(old_, -1, state);
+    plan_.copies[e] = plan.copies[e];
+    if (plan.HasQuota(e)) plan_.quotas[e] = plan.quotas[e];
+    for (int32_t r : plan_.copies[e]) {
+      ApplyBroadcast(e, r, +1, bsend_.data(), brecv_.data());
+      ++copies_on_[r];
     }
-    double sent = 0;  // in a register: send_ and recv_ may alias for the compiler
-    for (int32_t d : used) {
-      const double t = LinkDelta(s, d, 0, link[d]);
-      off_rank_rows_ += link[d];
-      sent += t;
-      recv_[d] += t;
-    }
-    send_[s] = sent;
+    CollectRoutes(e, new_);
+    Apply(new_, +1, state);
   }
-  // ... then the plan's copies as edits.
+}
+
+void LoadState::PlainPass() {
+  best_quotas_done_ = false;
+  const int64_t P = P_, E = E_;
+  plan_.copies.resize(E);
+  plan_.quotas.resize(E);
   for (int64_t e = 0; e < E; ++e) {
-    if (plan_.copies[e].empty()) continue;
-    // Removes the owner-only routes of the pass (copies and quota hidden), then
-    // follows the copies and the quota (if any).
-    std::vector<int32_t> copies;
-    Quota quota;
-    copies.swap(plan_.copies[e]);
-    if (!plan_.quotas.empty()) quota = std::exchange(plan_.quotas[e], Quota{});
-    ApplyRoutes(e, -1);
-    plan_.copies[e] = std::move(copies);
-    if (!plan_.quotas.empty()) plan_.quotas[e] = std::move(quota);
-    for (int32_t r : plan_.copies[e]) ApplyBroadcast(e, r, +1);
-    ApplyRoutes(e, +1);
+    plan_.copies[e].clear();
+    Quota& q = plan_.quotas[e];
+    q.start.clear();
+    q.dest.clear();
+    q.rows.clear();
+  }
+  rows_.assign(P, 0);
+  link_.resize(P * P);
+  send_.assign(P, Tally{});
+  recv_.assign(P, Tally{});
+  bsend_.assign(2 * P, 0);
+  brecv_.assign(2 * P, 0);
+  copies_on_.assign(P, 0);
+  loads_.assign(E, 0);
+  node_.resize(P);
+  for (int64_t r = 0; r < P; ++r) node_[r] = static_cast<int32_t>(model_.cluster().NodeOf(r));
+  routed_.assign(E, 1);
+  column_at_.assign(E, -1);
+  columns_.clear();
+  d_rows_.assign(P, 0);
+  d_send_.assign(P, Tally{});
+  d_recv_.assign(P, Tally{});
+  d_bsend_.assign(2 * P, 0);
+  d_brecv_.assign(2 * P, 0);
+  left_.resize(P);
+  off_rank_rows_ = 0;
+  const int64_t per_node = model_.cluster().ranks_per_node > 0 ? model_.cluster().ranks_per_node : P;
+  const int64_t per_rank = std::max<int64_t>(E / std::max<int64_t>(P, 1), 1);
+  int64_t* loads = loads_.data();
+  int64_t* rows = rows_.data();
+  const int32_t* owner = plan_.owner.data();
+  for (int64_t s = 0; s < P; ++s) {
+    const int64_t* __restrict row = counts_->counts.data() + s * E;
+    int64_t* __restrict link = link_.data() + s * P;
+    // Expert loads (column sums) and this source's rows per destination rank:
+    // with owners in blocks of per_rank experts, block sums; else by owner.
+    for (int64_t e = 0; e < E; ++e) loads[e] += row[e];
+    if (contiguous_owners_ && per_rank * P == E) {
+      switch (per_rank) {
+        case 1:
+          for (int64_t d = 0; d < P; ++d) link[d] = row[d];
+          break;
+        case 2:
+          for (int64_t d = 0; d < P; ++d) link[d] = row[2 * d] + row[2 * d + 1];
+          break;
+        case 4:
+          for (int64_t d = 0; d < P; ++d) link[d] = (row[4 * d] + row[4 * d + 1]) + (row[4 * d + 2] + row[4 * d + 3]);
+          break;
+        default:
+          for (int64_t d = 0; d < P; ++d) {
+            const int64_t* b = row + d * per_rank;
+            int64_t sum = 0;
+            for (int64_t j = 0; j < per_rank; ++j) sum += b[j];
+            link[d] = sum;
+          }
+      }
+    } else {
+      std::fill(link, link + P, 0);
+      for (int64_t e = 0; e < E; ++e) link[owner[e]] += row[e];
+    }
+    rows[s] += link[s];  // kept on the rank: no link
+    link[s] = 0;
+    // Tallies per link class: the source's node is a block of ranks.
+    const int64_t lo = std::min(P, node_[s] * per_node), hi = std::min(P, lo + per_node);
+    int64_t sent_rows[2] = {0, 0}, sent_links[2] = {0, 0};
+    auto tally = [&](int64_t from, int64_t to, int c) {
+      for (int64_t d = from; d < to; ++d) {
+        const int64_t n = link[d], on = n != 0;
+        rows[d] += n;
+        recv_[d].rows[c] += n;
+        recv_[d].links[c] += on;
+        sent_rows[c] += n;
+        sent_links[c] += on;
+      }
+    };
+    tally(0, lo, 1);
+    tally(lo, hi, 0);
+    tally(hi, P, 1);
+    for (int c = 0; c < 2; ++c) {
+      send_[s].rows[c] = sent_rows[c];
+      send_[s].links[c] = sent_links[c];
+      off_rank_rows_ += sent_rows[c];
+    }
   }
 }
 
-void LoadState::ApplyLink(int64_t from, int64_t to, int64_t rows) {
-  int64_t& n = link_rows_[from * P_ + to];
-  const double t = LinkDelta(from, to, n, rows);
-  n += rows;
-  off_rank_rows_ += rows;
-  send_[from] += t;
-  recv_[to] += t;
+const int64_t* LoadState::Column(int64_t expert) {
+  if (column_at_[expert] < 0) {
+    column_at_[expert] = static_cast<int32_t>(columns_.size());
+    columns_.resize(columns_.size() + P_);
+    int64_t* out = columns_.data() + column_at_[expert];
+    const int64_t* m = counts_->counts.data() + expert;
+    for (int64_t s = 0; s < P_; ++s) out[s] = m[s * E_];
+  }
+  return columns_.data() + column_at_[expert];
 }
 
-void LoadState::ApplyRoutes(int64_t expert, int64_t sign) {
-  const int64_t E = counts_.num_experts;
-  const int64_t* column = counts_.counts.data() + expert;
+void LoadState::SplitPieces(int64_t expert, const std::vector<int32_t>& copies, std::vector<Piece>& out) {
+  out.clear();
+  const int64_t* col = Column(expert);
   const int32_t owner = plan_.owner[expert];
-  const auto& copies = plan_.copies[expert];
-  if (plan_.HasQuota(expert)) {
+  if (copies.empty()) {
     for (int64_t s = 0; s < P_; ++s)
-      RoutesOf(plan_, s, expert, column[s * E], [&](int64_t src, int64_t, int64_t dst, int64_t rows) {
-        rows_[dst] += sign * rows;
-        if (dst != src) ApplyLink(src, dst, sign * rows);
-      });
+      if (col[s] > 0) out.push_back({static_cast<int32_t>(s), owner, col[s]});
     return;
   }
-  if (copies.empty()) {  // plain: everything to the owner
-    for (int64_t s = 0; s < P_; ++s) {
-      const int64_t n = column[s * E];
-      if (n == 0) continue;
-      rows_[owner] += sign * n;
-      if (s != owner) ApplyLink(s, owner, sign * n);
-    }
+  const int64_t n = 1 + static_cast<int64_t>(copies.size());
+  if (n == P_) {  // on every rank: every source keeps its rows
+    for (int64_t s = 0; s < P_; ++s)
+      if (col[s] > 0) out.push_back({static_cast<int32_t>(s), static_cast<int32_t>(s), col[s]});
     return;
   }
-  if (static_cast<int64_t>(copies.size()) == P_ - 1) {  // shadowed: everything stays local
-    for (int64_t s = 0; s < P_; ++s) rows_[s] += sign * column[s * E];
-    return;
-  }
-  holder_.assign(P_, 0);
-  holder_[owner] = 1;
-  for (int32_t r : copies) holder_[r] = 1;
   for (int64_t s = 0; s < P_; ++s) {
-    const int64_t n = column[s * E];
-    if (n == 0) continue;
-    if (holder_[s]) {
-      rows_[s] += sign * n;
-      continue;
-    }
-    RoutesOf(plan_, s, expert, n, [&](int64_t src, int64_t, int64_t dst, int64_t rows) {
-      rows_[dst] += sign * rows;
-      ApplyLink(src, dst, sign * rows);
+    const int64_t rows = col[s];
+    if (rows <= 0) continue;
+    const bool holds = s == owner || std::binary_search(copies.begin(), copies.end(), static_cast<int32_t>(s));
+    SplitRows(owner, copies, holds, s, rows, [&](int64_t dest, int64_t share) {
+      out.push_back({static_cast<int32_t>(s), static_cast<int32_t>(dest), share});
     });
   }
 }
 
-void LoadState::ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign) {
-  const double t = static_cast<double>(sign) * model_.ExpertSeconds(plan_.owner[expert], rank);
-  bcast_send_[plan_.owner[expert]] += t;
-  bcast_recv_[rank] += t;
-  copies_on_[rank] += sign;
+void LoadState::CollectRoutes(int64_t expert, std::vector<Piece>& out) {
+  if (!plan_.HasQuota(expert)) return SplitPieces(expert, plan_.copies[expert], out);
+  out.clear();
+  const int64_t* col = Column(expert);
+  for (int64_t s = 0; s < P_; ++s) {
+    if (col[s] <= 0) continue;
+    RoutesOf(plan_, s, expert, col[s], [&](int64_t src, int64_t, int64_t dst, int64_t rows) {
+      out.push_back({static_cast<int32_t>(src), static_cast<int32_t>(dst), rows});
+    });
+  }
 }
 
-void LoadState::SetCopies(int64_t expert, std::vector<int32_t> copies) {
-  ApplyRoutes(expert, -1);
-  if (plan_.HasQuota(expert)) plan_.quotas[expert] = Quota{};  // the edited expert follows the split rule
-  for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, -1);
-  plan_.copies[expert] = std::move(copies);
-  for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, +1);
-  ApplyRoutes(expert, +1);
+bool LoadState::FillTargets(int64_t expert, const int32_t* holders, int64_t n, const int64_t* base,
+                            bool keep_own_rows, int64_t* targets) {
+  const int64_t* col = Column(expert);
+  own_.resize(n);
+  order_.resize(n);
+  base_.resize(n);
+  int64_t rows = loads_[expert];
+  for (int64_t i = 0; i < n; ++i) {
+    own_[i] = col[holders[i]];
+    base_[i] = base[i] + (keep_own_rows ? own_[i] : 0);
+    if (keep_own_rows) rows -= own_[i];
+  }
+  WaterFillInto(base_.data(), n, rows, targets, order_.data());
+  bool own_fits = true;
+  for (int64_t i = 0; i < n; ++i) {
+    if (keep_own_rows) targets[i] += own_[i];
+    own_fits = own_fits && targets[i] >= own_[i];
+  }
+  return own_fits;
 }
 
-void LoadState::AddCopy(int64_t expert, int64_t rank) {
-  std::vector<int32_t> c = plan_.copies[expert];
-  c.insert(std::upper_bound(c.begin(), c.end(), static_cast<int32_t>(rank)), static_cast<int32_t>(rank));
-  SetCopies(expert, std::move(c));
+bool LoadState::BalancedPieces(int64_t expert, const int32_t* holders, int64_t n, const int64_t* base,
+                               bool keep_own_rows, std::vector<Piece>& out) {
+  targets_.resize(n);
+  const bool own_fits = FillTargets(expert, holders, n, base, keep_own_rows, targets_.data());
+  PiecesFromTargets(expert, holders, n, targets_.data(), out);
+  return own_fits;
 }
 
-void LoadState::RemoveCopy(int64_t expert, int64_t rank) {
-  std::vector<int32_t> c = plan_.copies[expert];
-  c.erase(std::find(c.begin(), c.end(), static_cast<int32_t>(rank)));
-  SetCopies(expert, std::move(c));
+void LoadState::PiecesFromTargets(int64_t expert, const int32_t* holders, int64_t n, const int64_t* targets,
+                                  std::vector<Piece>& out) {
+  out.clear();
+  const int64_t* col = Column(expert);
+  need_.assign(targets, targets + n);
+  order_.resize(n);
+  // Each holder's share: its own rows first, then same-node sources, then
+  // any source in rank order (quotas.h).
+  int64_t* left = left_.data();
+  for (int64_t s = 0; s < P_; ++s) left[s] = col[s];
+  auto take = [&](int64_t s, int64_t i) {
+    const int64_t k = std::min(left[s], need_[i]);
+    if (k <= 0) return;
+    out.push_back({static_cast<int32_t>(s), holders[i], k});
+    left[s] -= k;
+    need_[i] -= k;
+  };
+  for (int64_t i = 0; i < n; ++i) take(holders[i], i);
+  if (model_.cluster().MultiNode()) {
+    // Holders grouped by node (holder order within a node): each node's
+    // sources take from its holders, which is the sources-ascending order
+    // since a source only meets the holders of its own node.
+    for (int64_t i = 0; i < n; ++i) order_[i] = static_cast<int32_t>(i);
+    std::sort(order_.begin(), order_.begin() + n, [&](int32_t a, int32_t b) {
+      return node_[holders[a]] != node_[holders[b]] ? node_[holders[a]] < node_[holders[b]] : a < b;
+    });
+    const int64_t per_node = model_.cluster().ranks_per_node;
+    for (int64_t g = 0; g < n;) {
+      int64_t h = g;
+      const int32_t node = node_[holders[order_[g]]];
+      while (h < n && node_[holders[order_[h]]] == node) ++h;
+      const int64_t lo = std::min<int64_t>(P_, node * per_node), hi = std::min<int64_t>(P_, lo + per_node);
+      for (int64_t s = lo; s < hi; ++s)
+        for (int64_t j = g; j < h && left[s] > 0; ++j) take(s, order_[j]);
+      g = h;
+    }
+  }
+  int64_t i = 0;
+  for (int64_t s = 0; s < P_ && i < n; ++s)
+    while (left[s] > 0 && i < n) {
+      take(s, i);
+      if (need_[i] == 0) ++i;
+    }
+}
+
+void LoadState::Apply(const std::vector<Piece>& pieces, int64_t sign, const Sink& sink) {
+  for (const Piece& p : pieces) {
+    const int64_t k = sign * p.rows;
+    sink.rows[p.dst] += k;
+    if (p.src == p.dst) continue;
+    int64_t& l = link_[p.src * P_ + p.dst];
+    const bool was_on = l > 0;
+    l += k;
+    const int c = Class(p.src, p.dst);
+    sink.send[p.src].rows[c] += k;
+    sink.recv[p.dst].rows[c] += k;
+    if (was_on != (l > 0)) {
+      const int64_t on = l > 0 ? 1 : -1;
+      sink.send[p.src].links[c] += on;
+      sink.recv[p.dst].links[c] += on;
+    }
+    off_rank_delta_ += k;
+  }
+}
+
+void LoadState::ApplyBroadcast(int64_t expert, int64_t rank, int64_t sign, int64_t* send, int64_t* recv) {
+  const int32_t owner = plan_.owner[expert];
+  const int c = Class(owner, rank);
+  send[c * P_ + owner] += sign;
+  recv[c * P_ + rank] += sign;
+}
+
+void LoadState::StoreQuota(int64_t expert, const std::vector<Piece>& pieces) {
+  Quota& q = plan_.quotas[expert];
+  q.start.assign(P_ + 1, 0);
+  for (const Piece& p : pieces) ++q.start[p.src + 1];
+  for (int64_t s = 0; s < P_; ++s) q.start[s + 1] += q.start[s];
+  q.dest.resize(pieces.size());
+  q.rows.resize(pieces.size());
+  piece_count_.assign(q.start.begin(), q.start.end() - 1);  // next free slot per source
+  for (const Piece& p : pieces) {
+    const int32_t k = piece_count_[p.src]++;
+    q.dest[k] = p.dst;
+    q.rows[k] = p.rows;
+  }
+  // Within a source: holders ascending, repeats merged.
+  int32_t w = 0;
+  for (int64_t s = 0; s < P_; ++s) {
+    const int32_t b = q.start[s], e = q.start[s + 1];
+    for (int32_t i = b + 1; i < e; ++i)  // insertion sort: a source has few pieces
+      for (int32_t j = i; j > b && q.dest[j - 1] > q.dest[j]; --j) {
+        std::swap(q.dest[j - 1], q.dest[j]);
+        std::swap(q.rows[j - 1], q.rows[j]);
+      }
+    q.start[s] = w;
+    for (int32_t i = b; i < e; ++i) {
+      if (w > q.start[s] && q.dest[w - 1] == q.dest[i]) {
+        q.rows[w - 1] += q.rows[i];
+        continue;
+      }
+      q.dest[w] = q.dest[i];
+      q.rows[w] = q.rows[i];
+      ++w;
+    }
+  }
+  q.start[P_] = w;
+  q.dest.resize(w);
+  q.rows.resize(w);
+}
+
+void LoadState::Reroute(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
+  best_quotas_done_ = false;
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  CollectRoutes(expert, old_);
+  Apply(old_, -1, state);
+  for (int32_t r : plan_.copies[expert]) {
+    ApplyBroadcast(expert, r, -1, bsend_.data(), brecv_.data());
+    --copies_on_[r];
+  }
+  plan_.copies[expert] = copies;
+  Quota& q = plan_.quotas[expert];
+  q.start.clear();
+  q.dest.clear();
+  q.rows.clear();
+  for (int32_t r : plan_.copies[expert]) {
+    ApplyBroadcast(expert, r, +1, bsend_.data(), brecv_.data());
+    ++copies_on_[r];
+  }
+  if (routing == Routing::kSplit || plan_.copies[expert].empty()) {
+    SplitPieces(expert, plan_.copies[expert], new_);
+    Apply(new_, +1, state);
+    return;
+  }
+  holders_.assign(1, plan_.owner[expert]);
+  holders_.insert(holders_.end(), plan_.copies[expert].begin(), plan_.copies[expert].end());
+  const int64_t n = static_cast<int64_t>(holders_.size());
+  // Base loads of the holders: the state without this expert.
+  holder_rows_.resize(n);
+  for (int64_t i = 0; i < n; ++i) holder_rows_[i] = rows_[holders_[i]];
+  const bool own_fits = BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), false, new_);
+  Apply(new_, +1, state);
+  if (!own_fits) {
+    // Keeping holders' own rows local may be faster (less token traffic).
+    const double all = Evaluate();
+    BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), true, alt_);
+    Apply(new_, -1, state);
+    Apply(alt_, +1, state);
+    if (!(Evaluate() < all)) {
+      Apply(alt_, -1, state);
+      Apply(new_, +1, state);
+    } else {
+      new_.swap(alt_);
+    }
+  }
+  StoreQuota(expert, new_);
+}
+
+void LoadState::SetCopies(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
+  if (&copies == &plan_.copies[expert]) {
+    edit_ = copies;
+    return Reroute(expert, edit_, routing);
+  }
+  Reroute(expert, copies, routing);
+}
+
+void LoadState::AddCopy(int64_t expert, int64_t rank, Routing routing) {
+  edit_ = plan_.copies[expert];
+  edit_.insert(std::upper_bound(edit_.begin(), edit_.end(), static_cast<int32_t>(rank)), static_cast<int32_t>(rank));
+  Reroute(expert, edit_, routing);
+}
+
+void LoadState::RemoveCopy(int64_t expert, int64_t rank, Routing routing) {
+  edit_ = plan_.copies[expert];
+  edit_.erase(std::find(edit_.begin(), edit_.end(), static_cast<int32_t>(rank)));
+  Reroute(expert, edit_, routing);
 }
 
 void LoadState::Shadow(int64_t expert) {
-  std::vector<int32_t> c;
+  edit_.clear();
   for (int32_t r = 0; r < P_; ++r)
-    if (r != plan_.owner[expert]) c.push_back(r);
-  SetCopies(expert, std::move(c));
+    if (r != plan_.owner[expert]) edit_.push_back(r);
+  Reroute(expert, edit_, Routing::kSplit);
 }
 
-double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies) {
-  const int64_t E = counts_.num_experts;
-  const int64_t* column = counts_.counts.data() + expert;
+double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
+  const Sink trial{d_rows_.data(), d_send_.data(), d_recv_.data()};
   const int32_t owner = plan_.owner[expert];
-  const std::vector<int32_t>& old_copies = plan_.copies[expert];
-  holder_.assign(P_, 0);
-  new_holder_.assign(P_, 0);
-  holder_[owner] = new_holder_[owner] = 1;
-  for (int32_t r : old_copies) holder_[r] = 1;
-  for (int32_t r : copies) new_holder_[r] = 1;
-  d_send_.assign(P_, 0.0);
-  d_recv_.assign(P_, 0.0);
-  d_bsend_.assign(P_, 0.0);
-  d_brecv_.assign(P_, 0.0);
-  d_rows_.assign(P_, 0);
-  d_link_.assign(P_, 0);
-  for (int32_t r : old_copies) {
-    const double t = model_.ExpertSeconds(owner, r);
-    d_bsend_[owner] -= t;
-    d_brecv_[r] -= t;
-  }
-  for (int32_t r : copies) {
-    const double t = model_.ExpertSeconds(owner, r);
-    d_bsend_[owner] += t;
-    d_brecv_[r] += t;
-  }
-  if (old_copies.empty() && static_cast<int64_t>(copies.size()) == P_ - 1) {
-    // Fast path for the common first action: shadow a plain expert.
-    for (int64_t s = 0; s < P_; ++s) {
-      const int64_t n = column[s * E];
-      if (n == 0 || s == owner) continue;
-      d_rows_[owner] -= n;
-      d_rows_[s] += n;
-      const double t = LinkDelta(s, owner, link_rows_[s * P_ + owner], -n);
-      d_send_[s] += t;
-      d_recv_[owner] += t;
-    }
-    return Totals(true).total;
-  }
-  for (int64_t s = 0; s < P_; ++s) {
-    const int64_t n = column[s * E];
-    if (n == 0) continue;
-    touched_.clear();
-    auto piece = [&](int64_t dst, int64_t rows) {
-      d_rows_[dst] += rows;
-      if (dst == s) return;
-      if (d_link_[dst] == 0) touched_.push_back(static_cast<int32_t>(dst));
-      d_link_[dst] += rows;
-    };
-    RoutesOf(plan_, s, expert, n, [&](int64_t, int64_t, int64_t d, int64_t rows) { piece(d, -rows); });
-    SplitRows(owner, copies, new_holder_[s], s, n, piece);
-    for (int32_t d : touched_) {
-      const int64_t delta = d_link_[d];
-      d_link_[d] = 0;
-      if (delta == 0) continue;
-      const double t = LinkDelta(s, d, link_rows_[s * P_ + d], delta);
-      d_send_[s] += t;
-      d_recv_[d] += t;
+  for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, -1, d_bsend_.data(), d_brecv_.data());
+  for (int32_t r : copies) ApplyBroadcast(expert, r, +1, d_bsend_.data(), d_brecv_.data());
+  CollectRoutes(expert, old_);
+  off_rank_delta_ = 0;
+  Apply(old_, -1, trial);
+  double best;
+  std::vector<Piece>* applied = &new_;
+  if (routing == Routing::kSplit || copies.empty()) {
+    SplitPieces(expert, copies, new_);
+    Apply(new_, +1, trial);
+    best = Totals(true).total;
+    tried_off_rank_delta_ = off_rank_delta_;
+  } else {
+    holders_.assign(1, owner);
+    holders_.insert(holders_.end(), copies.begin(), copies.end());
+    const int64_t n = static_cast<int64_t>(holders_.size());
+    holder_rows_.resize(n);
+    for (int64_t i = 0; i < n; ++i) holder_rows_[i] = rows_[holders_[i]] + d_rows_[holders_[i]];
+    const bool own_fits = BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), false, new_);
+    Apply(new_, +1, trial);
+    best = Totals(true).total;
+    tried_off_rank_delta_ = off_rank_delta_;
+    if (!own_fits) {
+      BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), true, alt_);
+      Apply(new_, -1, trial);
+      Apply(alt_, +1, trial);
+      const double t = Totals(true).total;
+      applied = &alt_;
+      if (t < best) {
+        best = t;
+        tried_off_rank_delta_ = off_rank_delta_;
+      }
     }
   }
-  return Totals(true).total;
+  // Undo: the deltas return to exactly zero and link_ to the state's.
+  Apply(*applied, -1, trial);
+  Apply(old_, +1, trial);
+  for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, +1, d_bsend_.data(), d_brecv_.data());
+  for (int32_t r : copies) ApplyBroadcast(expert, r, -1, d_bsend_.data(), d_brecv_.data());
+  return best;
 }
 
-StepCost LoadState::Totals(bool with_trial) const {
+void LoadState::Unroute(int64_t expert) {
+  best_quotas_done_ = false;
+  if (!routed_[expert]) return;
+  CollectRoutes(expert, old_);
+  Apply(old_, -1, Sink{rows_.data(), send_.data(), recv_.data()});
+  routed_[expert] = 0;
+}
+
+void LoadState::SaveQuotas(int slot) {
+  std::vector<int32_t>& experts = saved_experts_[slot];
+  std::vector<Quota>& quotas = saved_quotas_[slot];
+  experts.clear();
+  for (int64_t e = 0; e < E_; ++e)
+    if (!plan_.copies[e].empty()) experts.push_back(static_cast<int32_t>(e));
+  if (quotas.size() < experts.size()) quotas.resize(experts.size());
+  for (size_t i = 0; i < experts.size(); ++i) quotas[i] = plan_.quotas[experts[i]];  // reuses capacity
+  saved_done_[slot] = best_quotas_done_;
+  saved_seconds_[slot] = best_quotas_seconds_;
+}
+
+void LoadState::RestoreQuotas(int slot) {
+  best_quotas_done_ = false;
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  for (size_t i = 0; i < saved_experts_[slot].size(); ++i) {
+    const int32_t e = saved_experts_[slot][i];
+    const Quota& q = saved_quotas_[slot][i];
+    if (plan_.quotas[e] == q) continue;
+    CollectRoutes(e, old_);
+    Apply(old_, -1, state);
+    plan_.quotas[e] = q;
+    CollectRoutes(e, new_);
+    Apply(new_, +1, state);
+  }
+  best_quotas_done_ = saved_done_[slot];  // the same routing as then
+  best_quotas_seconds_ = saved_seconds_[slot];
+}
+
+bool LoadState::AllQuotas() {
+  for (int64_t e = 0; e < E_; ++e) {
+    if (plan_.copies[e].empty()) continue;
+    if (!plan_.HasQuota(e)) return false;
+    const Quota& q = plan_.quotas[e];
+    if (static_cast<int64_t>(q.start.size()) != P_ + 1) return false;
+    const int64_t* col = Column(e);
+    for (int64_t s = 0; s < P_; ++s)
+      if (q.SourceRows(s) != col[s]) return false;
+  }
+  return true;
+}
+
+void LoadState::SortCopied() {
+  // Fewer holders first (fewer choices), then heavier, then lower index.
+  copied_.clear();
+  for (int64_t e = 0; e < E_; ++e)
+    if (!plan_.copies[e].empty()) copied_.push_back(static_cast<int32_t>(e));
+  std::sort(copied_.begin(), copied_.end(), [&](int32_t a, int32_t b) {
+    if (plan_.copies[a].size() != plan_.copies[b].size()) return plan_.copies[a].size() < plan_.copies[b].size();
+    if (loads_[a] != loads_[b]) return loads_[a] > loads_[b];
+    return a < b;
+  });
+}
+
+void LoadState::Holders(int64_t expert) {
+  holders_.assign(1, plan_.owner[expert]);
+  holders_.insert(holders_.end(), plan_.copies[expert].begin(), plan_.copies[expert].end());
+}
+
+void LoadState::FillCopied(bool keep_own_rows, std::vector<int64_t>& fill) {
+  // Pass 1 fills each expert onto the others filled so far; pass 2 re-fills
+  // each with all the others fixed. Rows only: the pieces follow the targets.
+  int64_t total = 0;
+  for (int32_t e : copied_) total += 1 + static_cast<int64_t>(plan_.copies[e].size());
+  fill.resize(total);
+  for (int pass = 0; pass < 2; ++pass) {
+    int64_t at = 0;
+    for (int32_t e : copied_) {
+      Holders(e);
+      const int64_t n = static_cast<int64_t>(holders_.size());
+      holder_rows_.resize(n);
+      for (int64_t i = 0; i < n; ++i) {
+        if (pass > 0) rows_[holders_[i]] -= fill[at + i];
+        holder_rows_[i] = rows_[holders_[i]];
+      }
+      FillTargets(e, holders_.data(), n, holder_rows_.data(), keep_own_rows, fill.data() + at);
+      for (int64_t i = 0; i < n; ++i) rows_[holders_[i]] += fill[at + i];
+      at += n;
+    }
+  }
+  AddFilled(fill, -1);
+}
+
+void LoadState::AddFilled(const std::vector<int64_t>& fill, int64_t sign) {
+  int64_t at = 0;
+  for (int32_t e : copied_) {
+    rows_[plan_.owner[e]] += sign * fill[at++];
+    for (int32_t r : plan_.copies[e]) rows_[r] += sign * fill[at++];
+  }
+}
+
+void LoadState::RouteFilled(const std::vector<int64_t>& fill) {
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  int64_t at = 0;
+  for (int32_t e : copied_) {
+    Holders(e);
+    const int64_t n = static_cast<int64_t>(holders_.size());
+    PiecesFromTargets(e, holders_.data(), n, fill.data() + at, new_);
+    StoreQuota(e, new_);
+    Apply(new_, +1, state);
+    routed_[e] = 1;
+    at += n;
+  }
+}
+
+void LoadState::AssignQuotas(bool keep_own_rows) {
+  SortCopied();
+  for (int32_t e : copied_) Unroute(e);
+  FillCopied(keep_own_rows, fill_[0]);
+  // The fill is greedy, expert by expert: where copies cross it can leave a
+  // busier rank than the even split rule's shares do; then those shares are
+  // the targets (met own rows first, like any).
+  std::vector<int64_t>& split = fill_[1];
+  split.clear();
+  for (int32_t e : copied_) {
+    SplitPieces(e, plan_.copies[e], new_);
+    Holders(e);
+    const size_t at = split.size();
+    split.resize(at + holders_.size(), 0);
+    for (const Piece& p : new_)
+      for (size_t i = 0; i < holders_.size(); ++i)
+        if (holders_[i] == p.dst) split[at + i] += p.rows;
+  }
+  auto busiest = [&](const std::vector<int64_t>& fill) {
+    AddFilled(fill, +1);
+    const int64_t most = *std::max_element(rows_.begin(), rows_.end());
+    AddFilled(fill, -1);
+    return most;
+  };
+  if (busiest(split) < busiest(fill_[0])) fill_[0].swap(split);
+  RouteFilled(fill_[0]);
+}
+
+double LoadState::AssignBestQuotas() {
+  if (best_quotas_done_) return best_quotas_seconds_;  // no edit since
+  best_quotas_seconds_ = ChooseQuotas();
+  best_quotas_done_ = true;
+  return best_quotas_seconds_;
+}
+
+double LoadState::ChooseQuotas() {
+  bool any = false;
+  for (int64_t e = 0; e < E_ && !any; ++e) any = !plan_.copies[e].empty();
+  if (!any) return Evaluate();
+  // Candidates in order, the first of equal predictions kept: the quotas the
+  // state has (a policy's own balanced edits), then AssignQuotas keeping
+  // holders' own rows, then filling all rows.
+  bool have = AllQuotas();
+  double best = have ? Evaluate() : 0;
+  const bool as_is = have;
+  if (have) SaveQuotas(0);
+  AssignQuotas(true);
+  const double keep = Evaluate();
+  bool keep_best = false;
+  if (!have || keep < best) {
+    best = keep;
+    have = keep_best = true;
+  }
+  // All rows: filled on rows alone first; the same targets give the same
+  // pieces and the same prediction, so only different ones are routed.
+  AddFilled(fill_[0], -1);
+  FillCopied(false, fill_[1]);
+  AddFilled(fill_[0], +1);
+  if (fill_[1] != fill_[0]) {
+    if (keep_best) SaveQuotas(0);  // else slot 0 holds the state's own quotas already
+    for (int32_t e : copied_) Unroute(e);
+    RouteFilled(fill_[1]);
+    const double all = Evaluate();
+    if (all < best) return all;
+    RestoreQuotas(0);
+    return best;
+  }
+  if (as_is && !keep_best) RestoreQuotas(0);
+  return best;
+}
+
+StepCost LoadState::Totals(bool with_trial) {
   double a2a = 0, bcast = 0;
   int64_t max_rows = 0;
-  for (int64_t r = 0; r < P_; ++r) {
-    // Try's deltas on top of the state, or the state alone.
-    const double ds = with_trial ? d_send_[r] : 0, dr = with_trial ? d_recv_[r] : 0;
-    const double dbs = with_trial ? d_bsend_[r] : 0, dbr = with_trial ? d_brecv_[r] : 0;
-    const int64_t drows = with_trial ? d_rows_[r] : 0;
-    a2a = std::max({a2a, send_[r] + ds, recv_[r] + dr});
-    bcast = std::max({bcast, bcast_send_[r] + dbs, bcast_recv_[r] + dbr});
-    max_rows = std::max(max_rows, rows_[r] + drows);
+  const int64_t P = P_;
+  const int64_t *bs = bsend_.data(), *br = brecv_.data();
+  if (!with_trial) {
+    for (int64_t r = 0; r < P; ++r) {
+      a2a = std::max({a2a, TallySeconds(send_[r]), TallySeconds(recv_[r])});
+      bcast = std::max({bcast, static_cast<double>(bs[r]) * expert_s_[0] + static_cast<double>(bs[P + r]) * expert_s_[1],
+                        static_cast<double>(br[r]) * expert_s_[0] + static_cast<double>(br[P + r]) * expert_s_[1]});
+      max_rows = std::max(max_rows, rows_[r]);
+    }
+    return model_.Finish(a2a, max_rows, bcast);
+  }
+  const int64_t *dbs = d_bsend_.data(), *dbr = d_brecv_.data();
+  for (int64_t r = 0; r < P; ++r) {
+    Tally s = send_[r], v = recv_[r];
+    for (int c = 0; c < 2; ++c) {
+      s.rows[c] += d_send_[r].rows[c];
+      s.links[c] += d_send_[r].links[c];
+      v.rows[c] += d_recv_[r].rows[c];
+      v.links[c] += d_recv_[r].links[c];
+    }
+    a2a = std::max({a2a, TallySeconds(s), TallySeconds(v)});
+    bcast = std::max({bcast,
+                      static_cast<double>(bs[r] + dbs[r]) * expert_s_[0] +
+                          static_cast<double>(bs[P + r] + dbs[P + r]) * expert_s_[1],
+                      static_cast<double>(br[r] + dbr[r]) * expert_s_[0] +
+                          static_cast<double>(br[P + r] + dbr[P + r]) * expert_s_[1]});
+    max_rows = std::max(max_rows, rows_[r] + d_rows_[r]);
   }
   return model_.Finish(a2a, max_rows, bcast);
 }
 
-int64_t LoadState::BusiestRank() const {
-  return std::max_element(rows_.begin(), rows_.end()) - rows_.begin();
+StepCost LoadState::Cost() const { return const_cast<LoadState*>(this)->Totals(false); }
+
+double LoadState::SendSeconds(int64_t rank) const { return TallySeconds(send_[rank]); }
+double LoadState::RecvSeconds(int64_t rank) const { return TallySeconds(recv_[rank]); }
+
+int64_t LoadState::RowsOf(int64_t expert, int64_t rank) {
+  if (plan_.copies[expert].empty()) return plan_.owner[expert] == rank ? loads_[expert] : 0;
+  int64_t n = 0;
+  CollectRoutes(expert, alt_);
+  for (const Piece& p : alt_)
+    if (p.dst == rank) n += p.rows;
+  return n;
 }
+
+int64_t LoadState::BusiestRank() const { return std::max_element(rows_.begin(), rows_.end()) - rows_.begin(); }
 
 int64_t LoadState::IdlestNonHolder(int64_t expert) const {
   int64_t best = -1;
@@ -298,22 +777,9 @@ int64_t LoadState::IdlestNonHolder(int64_t expert) const {
 int64_t LoadState::TopNonHolderSender(int64_t expert) const {
   int64_t best = -1;
   for (int64_t r = 0; r < P_; ++r)
-    if (!plan_.Holds(r, expert) && counts_.at(r, expert) > 0 &&
-        (best < 0 || counts_.at(r, expert) > counts_.at(best, expert)))
+    if (!plan_.Holds(r, expert) && counts_->at(r, expert) > 0 &&
+        (best < 0 || counts_->at(r, expert) > counts_->at(best, expert)))
       best = r;
-  return best;
-}
-
-double PipelineSeconds(double exchange, double compute, int64_t stages, double stage_overhead) {
-  const double n = static_cast<double>(std::max<int64_t>(1, stages));
-  return std::max(exchange, compute) + std::min(exchange, compute) / n + n * stage_overhead;
-}
-
-int64_t BestStageCount(double exchange, double compute, double stage_overhead, int64_t max_stages) {
-  int64_t best = 1;
-  for (int64_t n = 2; n <= max_stages; ++n)
-    if (PipelineSeconds(exchange, compute, n, stage_overhead) < PipelineSeconds(exchange, compute, best, stage_overhead))
-      best = n;
   return best;
 }
 

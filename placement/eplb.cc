@@ -15,6 +15,8 @@
 //     lightest first, is dropped when the cost model predicts the step no
 //     slower without it.
 // Re-planned every DYNAMOE_PLACEMENT_INTERVAL steps; the plan holds between.
+// With an interval of 1 the average is the step's counts: no averaging, and
+// the scoring runs on the policy's state of this step (no second pass).
 #include <algorithm>
 #include <cmath>
 
@@ -25,7 +27,8 @@
 namespace dynamoe::placement {
 
 void EplbPolicy::Observe(const CountMatrix& counts) {
-  const double w = 2.0 / (static_cast<double>(std::max<int64_t>(options_.interval, 1)) + 1.0);
+  if (options_.interval <= 1) return;  // weight 1: the average is the counts
+  const double w = 2.0 / (static_cast<double>(options_.interval) + 1.0);
   if (average_.size() != counts.counts.size()) {
     average_.assign(counts.counts.begin(), counts.counts.end());
     return;
@@ -34,18 +37,13 @@ void EplbPolicy::Observe(const CountMatrix& counts) {
     average_[i] = (1 - w) * average_[i] + w * static_cast<double>(counts.counts[i]);
 }
 
-Plan EplbPolicy::Decide(const CountMatrix& counts) {
-  const int64_t P = counts.world_size, E = counts.num_experts;
-  const ClusterSpec& cluster = model_.cluster();
-  CountMatrix avg{P, E, std::vector<int64_t>(average_.size())};
-  for (size_t i = 0; i < average_.size(); ++i) avg.counts[i] = std::llround(average_[i]);
-  std::vector<double> load(E, 0.0);
-  for (int64_t s = 0; s < P; ++s)
-    for (int64_t e = 0; e < E; ++e) load[e] += average_[s * E + e];
-
+void EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
+                  int64_t copies_per_rank, std::string* why) {
+  const int64_t P = state.plan().world_size, E = state.plan().num_experts;
+  const ClusterSpec& cluster = state.model().cluster();
   Plan plan = Plan::None(P, E);
-  const int64_t replicas = P > 1 ? std::min(options_.max_copied, E * (P - 1)) : 0;
-  const int64_t slots = std::min((replicas + P - 1) / std::max<int64_t>(P, 1), CopiesAllowedPerRank());
+  const int64_t replicas = P > 1 ? std::min(options.max_copied, E * (P - 1)) : 0;
+  const int64_t slots = std::min((replicas + P - 1) / std::max<int64_t>(P, 1), copies_per_rank);
   // 2. Replicate.
   std::vector<int64_t> holders(E, 1);
   for (int64_t i = 0; i < replicas && slots > 0; ++i) {
@@ -96,7 +94,8 @@ Plan EplbPolicy::Decide(const CountMatrix& counts) {
   // 4. Keep the heaviest k replicas for the k the cost model likes best (fewest
   // on ties): removing them lightest first scores every k in one pass, and
   // catches the case where only dropping all of them lowers the slowest rank.
-  LoadState state(model_, avg, plan);
+  for (int64_t e = 0; e < E; ++e)
+    if (!plan.copies[e].empty()) state.SetCopies(e, plan.copies[e]);
   std::vector<double> seconds(placed.size() + 1);
   seconds[placed.size()] = state.Evaluate();
   for (size_t k = placed.size(); k-- > 0;) {
@@ -105,21 +104,40 @@ Plan EplbPolicy::Decide(const CountMatrix& counts) {
   }
   const size_t keep = std::min_element(seconds.begin(), seconds.end()) - seconds.begin();
   for (size_t k = 0; k < keep; ++k) state.AddCopy(placed[k].first, placed[k].second);
-  const double current = seconds[keep];
+  if (why) {
+    for (size_t k = 0; k < placed.size(); ++k)
+      *why += absl::StrFormat(" replica of expert %d (load %.1f) on rank %d %s;", placed[k].first,
+                              load[placed[k].first], placed[k].second,
+                              k < keep ? "kept" : "dropped (its weights cost more than it saves)");
+    *why += absl::StrFormat(" %.4g s without copies, %.4g s with them (split rule);", seconds[0], seconds[keep]);
+  }
+}
+
+void EplbPolicy::Decide(const CountMatrix& counts) {
+  const int64_t P = counts.world_size, E = counts.num_experts;
+  std::vector<double> load(E, 0.0);
+  LoadState* state = &state_;
+  if (options_.interval <= 1) {
+    for (int64_t e = 0; e < E; ++e) load[e] = static_cast<double>(state_.expert_loads()[e]);
+  } else {
+    average_counts_.world_size = P;
+    average_counts_.num_experts = E;
+    average_counts_.counts.resize(average_.size());
+    for (size_t i = 0; i < average_.size(); ++i) average_counts_.counts[i] = std::llround(average_[i]);
+    for (int64_t s = 0; s < P; ++s)
+      for (int64_t e = 0; e < E; ++e) load[e] += average_[s * E + e];
+    average_state_.Reset(average_counts_);
+    state = &average_state_;
+  }
   const bool explain = LogEnabled(LogLevel::kDebug);
   std::string why;
+  EplbReplicas(*state, load, options_, CopiesAllowedPerRank(), explain ? &why : nullptr);
+  if (state != &state_)
+    for (int64_t e = 0; e < E; ++e)
+      if (!state->plan().copies[e].empty()) state_.SetCopies(e, state->plan().copies[e]);
   if (explain)
-    for (size_t k = 0; k < placed.size(); ++k)
-      why += absl::StrFormat(" replica of expert %d (load %.1f) on rank %d %s;", placed[k].first,
-                             load[placed[k].first], placed[k].second,
-                             k < keep ? "kept" : "dropped (its weights cost more than it saves)");
-  plan = state.plan();
-  plan.predicted_step_seconds = LoadState(model_, counts, plan).Evaluate();
-  if (explain)
-    DYNAMOE_LOG(kDebug) << LogPrefix() << " on the moving average: "
-                        << seconds[0] << " s without copies, " << current
-                        << " s with " << plan.Summary() << ";" << why;
-  return plan;
+    DYNAMOE_LOG(kDebug) << LogPrefix() << " on the " << (state == &state_ ? "counts" : "moving average") << ": "
+                        << state->plan().Summary() << ";" << why;
 }
 
 }  // namespace dynamoe::placement

@@ -27,11 +27,12 @@
 
 namespace dynamoe::placement {
 
-Plan FasterMoEPolicy::Decide(const CountMatrix& counts) {
-  const ClusterSpec& cluster = model_.cluster();
-  LayerSpec layer = model_.layer();
-  if (layer.d_hidden == 0) layer.d_hidden = static_cast<int64_t>(std::llround(options_.alpha * layer.d_model));
-  const bool training = model_.options().training;
+void FasterMoEShadowing(LoadState& state, const PolicyOptions& options, int64_t copies_per_rank, std::string* why) {
+  const CostModel& model = state.model();
+  const ClusterSpec& cluster = model.cluster();
+  LayerSpec layer = model.layer();
+  if (layer.d_hidden == 0) layer.d_hidden = static_cast<int64_t>(std::llround(options.alpha * layer.d_model));
+  const bool training = model.options().training;
   const double bw = cluster.MultiNode() ? cluster.inter_node_bw : cluster.intra_node_bw;
   const double t_feat = layer.RowBytes() / bw;
   const double t_model = layer.ExpertBytes() / bw;
@@ -39,41 +40,42 @@ Plan FasterMoEPolicy::Decide(const CountMatrix& counts) {
   const double per_token = training ? 3 * t_comp + 4 * t_feat : t_comp + 2 * t_feat;
   const double cost = training ? 2 * t_model : t_model;
 
-  LoadState state(model_, counts, Plan::None(counts.world_size, counts.num_experts));
-  const double none_seconds = state.Evaluate();
   const std::vector<int64_t>& loads = state.expert_loads();
-  const std::vector<int64_t> order = ExpertsByLoad(loads);
-  const bool explain = LogEnabled(LogLevel::kDebug);
-  std::string why;
-  const int64_t max_shadowed = counts.world_size > 1 ? std::min(options_.max_copied, CopiesAllowedPerRank()) : 0;
+  // The loop reads at most the first max_shadowed + 2 experts by load.
+  const int64_t max_shadowed = state.plan().world_size > 1 ? std::min(options.max_copied, copies_per_rank) : 0;
+  const std::vector<int64_t> order = ExpertsByLoad(loads, max_shadowed + 2);
   int64_t shadowed = 0;
   for (size_t k = 1; k < order.size(); ++k) {
     const int64_t e = order[k - 1];
     const double gain = static_cast<double>(loads[e] - loads[order[k]]) * per_token;
     if (shadowed >= max_shadowed) {
-      if (explain)
-        why += absl::StrFormat(" expert %d (load %d) not shadowed: budget of %d shadowed experts reached;", e,
-                               loads[e], max_shadowed);
+      if (why)
+        *why += absl::StrFormat(" expert %d (load %d) not shadowed: budget of %d shadowed experts reached;", e,
+                                loads[e], max_shadowed);
       break;
     }
     if (!(gain > cost)) {
-      if (explain)
-        why += absl::StrFormat(" expert %d (load %d) not shadowed: gain %.3g s <= weights %.3g s;", e, loads[e], gain,
-                               cost);
+      if (why)
+        *why += absl::StrFormat(" expert %d (load %d) not shadowed: gain %.3g s <= weights %.3g s;", e, loads[e],
+                                gain, cost);
       break;
     }
     state.Shadow(e);
     ++shadowed;
-    if (explain)
-      why += absl::StrFormat(" expert %d (load %d, next %d) shadowed: gain %.3g s > weights %.3g s;", e, loads[e],
-                             loads[order[k]], gain, cost);
+    if (why)
+      *why += absl::StrFormat(" expert %d (load %d, next %d) shadowed: gain %.3g s > weights %.3g s;", e, loads[e],
+                              loads[order[k]], gain, cost);
   }
-  Plan plan = state.plan();
-  plan.predicted_step_seconds = state.Evaluate();
+}
+
+void FasterMoEPolicy::Decide(const CountMatrix&) {
+  const double none_seconds = state_.Evaluate();
+  const bool explain = LogEnabled(LogLevel::kDebug);
+  std::string why;
+  FasterMoEShadowing(state_, options_, CopiesAllowedPerRank(), explain ? &why : nullptr);
   if (explain)
-    DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, " << plan.predicted_step_seconds << " s with " << plan.Summary()
-                        << ";" << why;
-  return plan;
+    DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, " << state_.Evaluate()
+                        << " s with " << state_.plan().Summary() << " (before quotas);" << why;
 }
 
 }  // namespace dynamoe::placement

@@ -1,6 +1,7 @@
 // The four policies behind MakePolicy (policy.h); one .cc file each.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "placement/policy.h"
@@ -12,7 +13,7 @@ class NonePolicy : public Policy {
   NonePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("none", c, l, std::move(o)) {}
 
  protected:
-  Plan Decide(const CountMatrix& counts) override;
+  void Decide(const CountMatrix& counts) override;
 };
 
 class FasterMoEPolicy : public Policy {
@@ -20,7 +21,7 @@ class FasterMoEPolicy : public Policy {
   FasterMoEPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("fastermoe", c, l, std::move(o)) {}
 
  protected:
-  Plan Decide(const CountMatrix& counts) override;
+  void Decide(const CountMatrix& counts) override;
 };
 
 class AdaptivePolicy : public Policy {
@@ -28,28 +29,44 @@ class AdaptivePolicy : public Policy {
   AdaptivePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("adaptive", c, l, std::move(o)) {}
 
  protected:
-  Plan Decide(const CountMatrix& counts) override;
+  void Decide(const CountMatrix& counts) override;
 
  private:
-  // Greedy actions on `state` (which starts at plain expert parallelism).
+  // Adds copies to `state` (plain expert parallelism on entry) round by round.
   void Search(LoadState& state);
   bool has_previous_ = false;
-  Plan previous_;
+  std::vector<std::vector<int32_t>> previous_copies_, next_copies_, seed_copies_;
+  std::vector<double> load_;
+  // Search's scratch, kept across steps.
+  std::vector<int32_t> owned_start_, owned_, scratch_ranks_, copied_, idlest_, trial_;
+  std::vector<std::pair<int64_t, int64_t>> pairs_;
 };
 
 class EplbPolicy : public Policy {
  public:
-  EplbPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("eplb", c, l, std::move(o)) {}
+  EplbPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o)
+      : Policy("eplb", c, l, std::move(o)), average_state_(model_) {}
 
  protected:
   void Observe(const CountMatrix& counts) override;
-  Plan Decide(const CountMatrix& counts) override;
+  void Decide(const CountMatrix& counts) override;
 
  private:
-  std::vector<double> average_;  // moving average of the count matrix
+  std::vector<double> average_;  // moving average of the count matrix (interval > 1)
+  CountMatrix average_counts_;   // ... rounded, and the state on it
+  LoadState average_state_;
 };
 
-// Experts ordered by load, heaviest first; ties by lower index.
-std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads);
+// The policies' choices as functions of a state (plain expert parallelism on
+// entry; the chosen copies on return, split rule), for adaptive's seeds.
+// copies_per_rank: the memory budget's (Policy::CopiesAllowedPerRank).
+void FasterMoEShadowing(LoadState& state, const PolicyOptions& options, int64_t copies_per_rank, std::string* why);
+// load: per expert (eplb's moving average, or the state's loads).
+void EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
+                  int64_t copies_per_rank, std::string* why);
+
+// Experts ordered by load, heaviest first; ties by lower index. With `first`
+// >= 0, only the first `first` of that order.
+std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads, int64_t first = -1);
 
 }  // namespace dynamoe::placement

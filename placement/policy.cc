@@ -15,6 +15,7 @@ namespace dynamoe::placement {
 Policy::Policy(std::string name, ClusterSpec cluster, LayerSpec layer, PolicyOptions options)
     : model_(cluster, layer, options.cost),
       options_(std::move(options)),
+      state_(model_),
       name_(std::move(name)),
       world_size_(cluster.world_size) {}
 
@@ -36,12 +37,18 @@ absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
                     counts.num_experts, " experts, earlier steps had ", num_experts_);
   Observe(counts);
   const bool replan = !has_plan_ || step_ % std::max<int64_t>(options_.interval, 1) == 0;
+  state_.Reset(counts);  // the one pass over the matrix
   if (replan) {
-    plan_ = Decide(counts);
+    Decide(counts);
+    const Plan& chosen = state_.plan();
+    plan_.world_size = chosen.world_size;
+    plan_.num_experts = chosen.num_experts;
+    plan_.owner = chosen.owner;
+    plan_.copies = chosen.copies;  // element-wise: the plan's buffers are reused
     has_plan_ = true;
   }
   // Quotas follow every step's counts, whether or not the copies changed.
-  plan_.predicted_step_seconds = AssignBestQuotas(plan_, counts, model_);
+  plan_.predicted_step_seconds = AssignBestQuotas(plan_, state_);
   if (!replan) {
     DYNAMOE_LOG(kDebug) << LogPrefix() << " keeping the plan (" << plan_.Summary() << ") until the next re-plan; "
                         << "predicted " << plan_.predicted_step_seconds << " s";
@@ -50,10 +57,16 @@ absl::StatusOr<Plan> Policy::Step(const CountMatrix& counts) {
   return plan_;
 }
 
-std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads) {
+std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads, int64_t first) {
   std::vector<int64_t> order(loads.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return loads[a] > loads[b]; });
+  auto heavier = [&](int64_t a, int64_t b) { return loads[a] != loads[b] ? loads[a] > loads[b] : a < b; };
+  if (first < 0 || first >= static_cast<int64_t>(order.size())) {
+    std::sort(order.begin(), order.end(), heavier);
+  } else {
+    std::partial_sort(order.begin(), order.begin() + first, order.end(), heavier);
+    order.resize(first);
+  }
   return order;
 }
 

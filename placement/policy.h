@@ -41,6 +41,12 @@ class Policy {
   const std::string& name() const { return name_; }
   const CostModel& model() const { return model_; }
   const PolicyOptions& options() const { return options_; }
+  // Replaces the cost model's rates (DYNAMOE_CALIBRATE=online); the world
+  // size and node layout stay the cluster's.
+  void SetCluster(const ClusterSpec& cluster) {
+    model_ = CostModel(cluster, model_.layer(), model_.options());
+    state_.ReadRates();  // it keeps the model's rates
+  }
 
   // Feeds this step's counts and returns the plan in force: a new one every
   // `interval` steps (and on the first), else the last one with its
@@ -51,8 +57,10 @@ class Policy {
  protected:
   // Called every step before a possible re-plan (e.g. to update averages).
   virtual void Observe(const CountMatrix&) {}
-  // A new plan for these counts (the policy fills predicted_step_seconds).
-  virtual Plan Decide(const CountMatrix& counts) = 0;
+  // A new plan for these counts: called with state_ holding plain expert
+  // parallelism on them; leaves the chosen copies in state_ (any routing:
+  // Step then assigns the quotas and the prediction).
+  virtual void Decide(const CountMatrix& counts) = 0;
   // Bytes of copies a rank may hold under the memory budget (weights + gradients).
   int64_t CopiesAllowedPerRank() const;
   // The debug-log explanation prefix: "<layer> placement <policy> step N:".
@@ -61,6 +69,8 @@ class Policy {
   CostModel model_;
   PolicyOptions options_;
   int64_t step_ = 0;
+  // This step's state, reused across steps (its buffers are kept).
+  LoadState state_;
 
  private:
   std::string name_;

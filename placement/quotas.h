@@ -14,7 +14,10 @@
 //      order; so a source usually sends an expert's rows to one holder.
 //
 // A pure function of (owners, copies, counts, cluster): every rank computes
-// the same quotas, and they need not be recorded in traces.
+// the same quotas, and they need not be recorded in traces. The work is done
+// on a LoadState (cost_model.h; LoadState::AssignQuotas), which the policies
+// reuse every step: one pass over the count matrix, then O(world) per copied
+// expert.
 #pragma once
 
 #include <cstdint>
@@ -34,13 +37,24 @@ namespace dynamoe::placement {
 void AssignQuotas(Plan& plan, const CountMatrix& counts, const ClusterSpec& cluster, bool keep_own_rows = true);
 
 class CostModel;
-// The quotas a policy uses: both AssignQuotas variants, keeping the one the
-// model predicts faster (keep_own_rows on ties); returns that prediction.
+class LoadState;
+// The quotas a policy uses: of the plan's own quotas (when every copied
+// expert has one that covers these counts) and both AssignQuotas variants,
+// the one the model predicts fastest (in that order on ties); returns that
+// prediction.
 double AssignBestQuotas(Plan& plan, const CountMatrix& counts, const CostModel& model);
+// The same on a state built on these counts (any copies, any routing): the
+// state is brought to plan's copies, its quotas are chosen as above (the
+// state's own routing counts as the plan's quotas), and plan.quotas is set
+// from it. No pass over the count matrix.
+double AssignBestQuotas(Plan& plan, LoadState& state);
 
 // Integer water-filling: targets[i] >= 0 with sum == rows that minimise the
 // highest load[holder[i]] + targets[i] (and then the next highest, ...).
 // Ties: the earlier holder gets the extra row. Exposed for tests.
 std::vector<int64_t> WaterFill(const std::vector<int64_t>& load, const std::vector<int32_t>& holders, int64_t rows);
+// The same on n holders' loads (load[i] is holder i's), into targets[n];
+// order is scratch of n entries. No allocation.
+void WaterFillInto(const int64_t* load, int64_t n, int64_t rows, int64_t* targets, int32_t* order);
 
 }  // namespace dynamoe::placement
