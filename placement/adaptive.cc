@@ -67,7 +67,8 @@ void AdaptivePolicy::Search(LoadState& state) {
     for (int64_t e = 0; e < E; ++e) owned_[next[plan.owner[e]]++] = static_cast<int32_t>(e);
   }
   copied_.clear();
-  double current = state.Evaluate();
+  StepCost now = state.Cost();
+  double current = now.total;
 
   struct Candidate {
     int64_t expert = -1, rank = -1;
@@ -139,7 +140,9 @@ void AdaptivePolicy::Search(LoadState& state) {
     }
     for (int32_t e : copied_)
       if (plan.owner[e] != busiest && plan.Holds(busiest, e)) consider(e, state.RowsOf(e, busiest));
-    for (int i = 0; i < n_top; ++i) add_targets(top[i]);
+    // The second expert only when it can shed about as much (each Try is O(world)).
+    for (int i = 0; i < n_top; ++i)
+      if (i == 0 || top_rows[i] * 2 >= top_rows[0]) add_targets(top[i]);
     // The slowest link end: its heaviest expert.
     int64_t slow = 0;
     double slow_s = -1;
@@ -149,7 +152,8 @@ void AdaptivePolicy::Search(LoadState& state) {
       if (rcv > slow_s) slow = r, slow_s = rcv, receiving = true;
       if (snd > slow_s) slow = r, slow_s = snd, receiving = false;
     }
-    if (slow_s > 0) {
+    // Only when the exchange weighs (>= 5% of the step): else its gain is small.
+    if (slow_s > 0 && now.all_to_all >= 0.05 * now.total) {
       int64_t pick = -1, pick_rows = 0, pick_rank = -1;
       if (receiving) {
         // Rows of its experts that arrive from other ranks (owned plain
@@ -205,7 +209,8 @@ void AdaptivePolicy::Search(LoadState& state) {
                              best.seconds);
     if (plan.copies[best.expert].empty()) copied_.push_back(static_cast<int32_t>(best.expert));
     state.AddCopy(best.expert, best.rank, Routing::kBalanced);
-    current = state.Evaluate();
+    now = state.Cost();
+    current = now.total;
   }
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " search:" << why;
 }
@@ -220,48 +225,68 @@ void SetAllCopies(LoadState& state, const std::vector<std::vector<int32_t>>& cop
 
 }  // namespace
 
+double AdaptivePolicy::SeedLowerBound(LoadState& state) {
+  // No routing computes fewer rows on its busiest rank than the mean, nor
+  // than an owner's uncopied experts; the weights' terms are the copies'.
+  const Plan& plan = state.plan();
+  const std::vector<int64_t>& loads = state.expert_loads();
+  const int64_t P = plan.world_size;
+  int64_t total = 0, most = 0;
+  lower_rows_.assign(P, 0);
+  for (int64_t e = 0; e < plan.num_experts; ++e) {
+    total += loads[e];
+    if (plan.copies[e].empty()) lower_rows_[plan.owner[e]] += loads[e];
+  }
+  for (int64_t r = 0; r < P; ++r) most = std::max(most, lower_rows_[r]);
+  most = std::max(most, (total + P - 1) / P);
+  return model_.Finish(0.0, most, state.Cost().broadcast).total;
+}
+
 void AdaptivePolicy::Decide(const CountMatrix&) {
   LoadState& state = state_;  // plain expert parallelism on these counts
   const Plan& plan = state.plan();
   const int64_t E = plan.num_experts;
   const double none_seconds = state.Evaluate();
   const bool explain = LogEnabled(LogLevel::kDebug);
+  Search(state);
+  double new_seconds = state.AssignBestQuotas();
   // Seeds: the replica sets fastermoe and eplb choose on these counts, with
   // their quotas, so adaptive is never predicted slower than either (its own
-  // search may stop early: balance tolerance, budgets).
-  double seed_seconds = 0;
-  const char* seed = nullptr;
+  // search may stop early: balance tolerance, budgets). A seed is scored only
+  // when its lower bound (its weights' broadcast and reduce, and every rank
+  // at the mean rows or its uncopied experts' rows) is below the best so far.
+  state.SaveQuotas(1);
+  best_copies_ = plan.copies;
+  const char* chosen = "the search's";
+  bool moved = false;
   for (int k = 0; k < 2; ++k) {
+    for (int64_t e = 0; e < E; ++e)
+      if (!plan.copies[e].empty()) state.SetCopies(e, {});
+    moved = true;
     if (k == 0) {
       FasterMoEShadowing(state, options_, CopiesAllowedPerRank(), nullptr);
     } else {
       load_.assign(state.expert_loads().begin(), state.expert_loads().end());
       EplbReplicas(state, load_, options_, CopiesAllowedPerRank(), nullptr);
     }
+    if (plan.copies == best_copies_ || !(SeedLowerBound(state) < new_seconds)) continue;
     bool any = false;
     for (int64_t e = 0; e < E && !any; ++e) any = !plan.copies[e].empty();
     if (!any) continue;
     const double t = state.AssignBestQuotas();
-    if (seed == nullptr || t < seed_seconds) {
-      seed_seconds = t;
-      seed = k == 0 ? "fastermoe's" : "eplb's";
-      seed_copies_ = plan.copies;
+    if (t < new_seconds) {
+      new_seconds = t;
+      chosen = k == 0 ? "fastermoe's" : "eplb's";
+      best_copies_ = plan.copies;
       state.SaveQuotas(1);
+      moved = false;
     }
-    for (int64_t e = 0; e < E; ++e)
-      if (!plan.copies[e].empty()) state.SetCopies(e, {});
   }
-  Search(state);
-  const double search_seconds = state.AssignBestQuotas();
-  double new_seconds = search_seconds;
-  if (seed != nullptr && seed_seconds < search_seconds) {
-    SetAllCopies(state, seed_copies_);
+  if (moved) {
+    SetAllCopies(state, best_copies_);
     state.RestoreQuotas(1);
-    new_seconds = seed_seconds;
-    if (explain)
-      DYNAMOE_LOG(kDebug) << LogPrefix() << " " << seed << " replica set (" << seed_seconds
-                          << " s) beats the search's (" << search_seconds << " s)";
   }
+  if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " " << chosen << " replica set: " << new_seconds << " s";
   if (has_previous_ && previous_copies_ != plan.copies) {
     // The previous replica set with its quotas reassigned on these counts.
     state.SaveQuotas(1);

@@ -166,6 +166,7 @@ void LoadState::PlainPass() {
   d_bsend_.assign(2 * P, 0);
   d_brecv_.assign(2 * P, 0);
   left_.resize(P);
+  for (auto& v : pass_) v.assign(P, 0);
   off_rank_rows_ = 0;
   const int64_t per_node = model_.cluster().ranks_per_node > 0 ? model_.cluster().ranks_per_node : P;
   const int64_t per_rank = std::max<int64_t>(E / std::max<int64_t>(P, 1), 1);
@@ -203,27 +204,41 @@ void LoadState::PlainPass() {
     }
     rows[s] += link[s];  // kept on the rank: no link
     link[s] = 0;
-    // Tallies per link class: the source's node is a block of ranks.
+    // Tallies per link class: all links, then the intra-node ones (the
+    // source's node is a block of ranks); inter = all - intra. Arrays of
+    // plain integers so the loops stay simple.
     const int64_t lo = std::min(P, node_[s] * per_node), hi = std::min(P, lo + per_node);
-    int64_t sent_rows[2] = {0, 0}, sent_links[2] = {0, 0};
-    auto tally = [&](int64_t from, int64_t to, int c) {
-      for (int64_t d = from; d < to; ++d) {
-        const int64_t n = link[d], on = n != 0;
-        rows[d] += n;
-        recv_[d].rows[c] += n;
-        recv_[d].links[c] += on;
-        sent_rows[c] += n;
-        sent_links[c] += on;
-      }
-    };
-    tally(0, lo, 1);
-    tally(lo, hi, 0);
-    tally(hi, P, 1);
-    for (int c = 0; c < 2; ++c) {
-      send_[s].rows[c] = sent_rows[c];
-      send_[s].links[c] = sent_links[c];
-      off_rank_rows_ += sent_rows[c];
+    int64_t* __restrict all_rows = pass_[0].data();
+    int64_t* __restrict all_links = pass_[1].data();
+    int64_t* __restrict in_rows = pass_[2].data();
+    int64_t* __restrict in_links = pass_[3].data();
+    int64_t sent_rows = 0, sent_links = 0, sent_in_rows = 0, sent_in_links = 0;
+    for (int64_t d = 0; d < P; ++d) {
+      const int64_t n = link[d], on = n != 0;
+      rows[d] += n;
+      all_rows[d] += n;
+      all_links[d] += on;
+      sent_rows += n;
+      sent_links += on;
     }
+    for (int64_t d = lo; d < hi; ++d) {
+      const int64_t n = link[d], on = n != 0;
+      in_rows[d] += n;
+      in_links[d] += on;
+      sent_in_rows += n;
+      sent_in_links += on;
+    }
+    send_[s].rows[0] = sent_in_rows;
+    send_[s].links[0] = sent_in_links;
+    send_[s].rows[1] = sent_rows - sent_in_rows;
+    send_[s].links[1] = sent_links - sent_in_links;
+    off_rank_rows_ += sent_rows;
+  }
+  for (int64_t d = 0; d < P; ++d) {
+    recv_[d].rows[0] = pass_[2][d];
+    recv_[d].links[0] = pass_[3][d];
+    recv_[d].rows[1] = pass_[0][d] - pass_[2][d];
+    recv_[d].links[1] = pass_[1][d] - pass_[3][d];
   }
 }
 

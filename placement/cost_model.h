@@ -249,6 +249,7 @@ class LoadState {
   std::vector<int64_t> base_, targets_, left_, need_, own_, holder_rows_;
   std::vector<int32_t> piece_count_, copied_;
   std::vector<int64_t> fill_[2];
+  std::vector<int64_t> pass_[4];  // PlainPass: rows and links received, all and intra-node
   std::vector<int32_t> saved_experts_[2];
   std::vector<Quota> saved_quotas_[2];
   bool saved_done_[2] = {false, false};

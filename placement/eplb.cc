@@ -13,7 +13,9 @@
 //  4. Cost: in training every copy's weights move every step (the owner's
 //     optimizer changes them) and its gradient comes back, so each replica,
 //     lightest first, is dropped when the cost model predicts the step no
-//     slower without it.
+//     slower without it. Each edited expert's rows are scored water-filled
+//     over its holders (its quota, as the step will run), which is also
+//     O(world + holders) per edit where the even split is O(world x holders).
 // Re-planned every DYNAMOE_PLACEMENT_INTERVAL steps; the plan holds between.
 // With an interval of 1 the average is the step's counts: no averaging, and
 // the scoring runs on the policy's state of this step (no second pass).
@@ -95,21 +97,21 @@ void EplbReplicas(LoadState& state, const std::vector<double>& load, const Polic
   // on ties): removing them lightest first scores every k in one pass, and
   // catches the case where only dropping all of them lowers the slowest rank.
   for (int64_t e = 0; e < E; ++e)
-    if (!plan.copies[e].empty()) state.SetCopies(e, plan.copies[e]);
+    if (!plan.copies[e].empty()) state.SetCopies(e, plan.copies[e], Routing::kBalanced);
   std::vector<double> seconds(placed.size() + 1);
   seconds[placed.size()] = state.Evaluate();
   for (size_t k = placed.size(); k-- > 0;) {
-    state.RemoveCopy(placed[k].first, placed[k].second);
+    state.RemoveCopy(placed[k].first, placed[k].second, Routing::kBalanced);
     seconds[k] = state.Evaluate();
   }
   const size_t keep = std::min_element(seconds.begin(), seconds.end()) - seconds.begin();
-  for (size_t k = 0; k < keep; ++k) state.AddCopy(placed[k].first, placed[k].second);
+  for (size_t k = 0; k < keep; ++k) state.AddCopy(placed[k].first, placed[k].second, Routing::kBalanced);
   if (why) {
     for (size_t k = 0; k < placed.size(); ++k)
       *why += absl::StrFormat(" replica of expert %d (load %.1f) on rank %d %s;", placed[k].first,
                               load[placed[k].first], placed[k].second,
                               k < keep ? "kept" : "dropped (its weights cost more than it saves)");
-    *why += absl::StrFormat(" %.4g s without copies, %.4g s with them (split rule);", seconds[0], seconds[keep]);
+    *why += absl::StrFormat(" %.4g s without copies, %.4g s with them (each expert's rows water-filled);", seconds[0], seconds[keep]);
   }
 }
 

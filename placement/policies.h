@@ -35,8 +35,11 @@ class AdaptivePolicy : public Policy {
   // Adds copies to `state` (plain expert parallelism on entry) round by round.
   void Search(LoadState& state);
   bool has_previous_ = false;
-  std::vector<std::vector<int32_t>> previous_copies_, next_copies_, seed_copies_;
+  // A lower bound of a seed's prediction on `state` (any routing).
+  double SeedLowerBound(LoadState& state);
+  std::vector<std::vector<int32_t>> previous_copies_, next_copies_, best_copies_;
   std::vector<double> load_;
+  std::vector<int64_t> lower_rows_;
   // Search's scratch, kept across steps.
   std::vector<int32_t> owned_start_, owned_, scratch_ranks_, copied_, idlest_, trial_;
   std::vector<std::pair<int64_t, int64_t>> pairs_;
