@@ -3,23 +3,30 @@
 // broadcast and gradient reduce in the model. Starting from plain expert
 // parallelism, each round adds the one copy with the best predicted gain per
 // byte moved (the copy's weights out and gradient back, plus the token rows
-// it adds to the exchanges, if any), where a copy's gain is scored with the
+// it adds to the exchanges, if any), where a copy is scored with the
 // expert's rows water-filled over its holders given every other rank's rows
 // (LoadState::Try with Routing::kBalanced: the quota it would get).
 // Candidates each round, over every expert and every rank:
 //   - the experts with the most rows on the busiest rank (only those can
 //     lower the compute term: a copy moves rows only off its expert's holders);
-//   - the expert that loads the slowest link end most (the rank with the
-//     highest send or receive time): received rows of an expert it holds
-//     (copied onto the non-holder sending the most of it), or the expert it
-//     sends most rows of (copied onto it);
-//   - targets: the least-loaded rank without the expert, found over all ranks;
-//     with several nodes, node-first: the least-loaded one on the owner's node
-//     is a candidate too and wins ties (its weights cross no node boundary).
-// It stops when no candidate lowers the prediction, when the busiest rank's
-// rows are within DYNAMOE_BALANCE_TOLERANCE of the mean, or at a budget:
-// DYNAMOE_SHADOW_MAX experts copied, the memory budget per rank.
-// A round costs O(world) per candidate (about five) after the one pass over
+//   - when the exchange weighs (>= 5% of the step), the expert that loads the
+//     slowest link end most (the rank with the highest send or receive time):
+//     received rows of an expert it owns (copied onto the non-holder sending
+//     the most of it), or the expert it sends most rows of (copied onto it);
+//   - targets: the least-loaded rank without the expert, over all ranks; with
+//     several nodes, node-first: the least-loaded one on the owner's node is
+//     a candidate too and wins ties (its weights cross no node boundary).
+// When no copy lowers the prediction because several ranks sit near the top,
+// up to 3 more copies that shed the most rows from the busiest rank are made
+// (look-ahead), and those after the best prediction are taken back.
+// It stops when nothing helps, when the busiest rank's rows are within
+// DYNAMOE_BALANCE_TOLERANCE of the mean, or at a budget: DYNAMOE_SHADOW_MAX
+// experts copied, the memory budget per rank.
+// Seeds: the replica sets fastermoe and eplb choose on the same counts are
+// scored too (with their quotas) and the fastest of the three kept, so
+// adaptive is never predicted slower than either (property-tested); a seed
+// whose lower bound cannot beat the search is not scored.
+// A round costs O(world) per candidate (up to five) after the one pass over
 // the counts that Policy::Step makes anyway; nothing is allocated once the
 // state's buffers have grown.
 // Hysteresis: the previous replica set, its quotas reassigned on these
@@ -38,6 +45,7 @@ namespace {
 
 constexpr int kOnBusiest = 2;  // experts with the most rows on the busiest rank
 constexpr int kIdlest = 8;     // least-loaded ranks kept per round
+constexpr int kLookahead = 3;  // copies made past a round without gain
 
 }  // namespace
 
@@ -74,6 +82,15 @@ void AdaptivePolicy::Search(LoadState& state) {
     int64_t expert = -1, rank = -1;
     double seconds = 0, score = 0;
   };
+  // Several ranks can sit near the top: one copy then moves the busiest rank
+  // below the next without lowering the step, and only the next copy pays.
+  // So when no copy lowers the prediction, up to kLookahead copies that
+  // shed the most rows from the busiest rank (per byte) are still made, and
+  // the copies after the best prediction seen are taken back at the end.
+  applied_.clear();
+  double best_seen = current;
+  size_t best_count = 0;
+  int lookahead = kLookahead;
   for (int64_t round = 0;; ++round) {
     const int64_t busiest = state.BusiestRank();
     if (static_cast<double>(rows[busiest]) <= options_.balance_tolerance * mean) {
@@ -184,7 +201,9 @@ void AdaptivePolicy::Search(LoadState& state) {
       break;
     }
     // Score each pair once.
-    Candidate best;
+    Candidate best, shed;
+    double shed_score = 0;
+    state.Watch(busiest);
     for (size_t i = 0; i < pairs_.size(); ++i) {
       const auto [e, r] = pairs_[i];
       bool seen = false;
@@ -193,24 +212,46 @@ void AdaptivePolicy::Search(LoadState& state) {
       trial_ = plan.copies[e];
       trial_.insert(std::upper_bound(trial_.begin(), trial_.end(), static_cast<int32_t>(r)), static_cast<int32_t>(r));
       const double t = state.Try(e, trial_, Routing::kBalanced);
-      const double gain = current - t;
-      if (!(gain > current * 1e-9)) continue;
       const double bytes =
           weight_bytes + std::max<double>(0.0, static_cast<double>(state.TriedOffRankDelta()) * bytes_per_row);
+      const int64_t rows_shed = rows[busiest] - state.TriedWatchedRows();
+      if (rows_shed > 0 && (shed.expert < 0 || rows_shed / bytes > shed_score))
+        shed = Candidate{e, r, t, 0}, shed_score = rows_shed / bytes;
+      const double gain = current - t;
+      if (!(gain > current * 1e-9)) continue;
       const double score = gain / bytes;
       if (best.expert < 0 || score > best.score) best = Candidate{e, r, t, score};
     }
+    state.Watch(-1);
     if (best.expert < 0) {
-      if (explain) why += " stopped: no candidate copy lowers the prediction;";
-      break;
+      if (lookahead > 0 && shed.expert >= 0) {
+        --lookahead;
+        best = shed;
+      } else {
+        if (explain) why += " stopped: no candidate copy lowers the prediction;";
+        break;
+      }
     }
     if (explain)
       why += absl::StrFormat(" copy expert %d to rank %d: %.4g s -> %.4g s;", best.expert, best.rank, current,
                              best.seconds);
     if (plan.copies[best.expert].empty()) copied_.push_back(static_cast<int32_t>(best.expert));
     state.AddCopy(best.expert, best.rank, Routing::kBalanced);
+    applied_.emplace_back(best.expert, best.rank);
     now = state.Cost();
     current = now.total;
+    if (current < best_seen * (1 - 1e-9)) {
+      best_seen = current;
+      best_count = applied_.size();
+      lookahead = kLookahead;
+    }
+  }
+  // Take back the look-ahead copies that did not pay.
+  if (explain && applied_.size() > best_count)
+    why += absl::StrFormat(" %d look-ahead copies taken back;", applied_.size() - best_count);
+  while (applied_.size() > best_count) {
+    state.RemoveCopy(applied_.back().first, applied_.back().second, Routing::kBalanced);
+    applied_.pop_back();
   }
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " search:" << why;
 }

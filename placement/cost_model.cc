@@ -137,6 +137,7 @@ void LoadState::Reset(const CountMatrix& counts, const Plan& plan) {
 
 void LoadState::PlainPass() {
   best_quotas_done_ = false;
+  watch_ = -1;
   const int64_t P = P_, E = E_;
   plan_.copies.resize(E);
   plan_.quotas.resize(E);
@@ -518,6 +519,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
     Apply(new_, +1, trial);
     best = Totals(true).total;
     tried_off_rank_delta_ = off_rank_delta_;
+    if (watch_ >= 0) tried_watch_rows_ = rows_[watch_] + d_rows_[watch_];
   } else {
     holders_.assign(1, owner);
     holders_.insert(holders_.end(), copies.begin(), copies.end());
@@ -528,6 +530,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
     Apply(new_, +1, trial);
     best = Totals(true).total;
     tried_off_rank_delta_ = off_rank_delta_;
+    if (watch_ >= 0) tried_watch_rows_ = rows_[watch_] + d_rows_[watch_];
     if (!own_fits) {
       BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), true, alt_);
       Apply(new_, -1, trial);
@@ -537,6 +540,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
       if (t < best) {
         best = t;
         tried_off_rank_delta_ = off_rank_delta_;
+        if (watch_ >= 0) tried_watch_rows_ = rows_[watch_] + d_rows_[watch_];
       }
     }
   }

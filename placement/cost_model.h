@@ -129,6 +129,9 @@ class LoadState {
   double Try(int64_t expert, const std::vector<int32_t>& copies, Routing routing = Routing::kSplit);
   // After Try: rows that would leave their source rank in one exchange, minus today's.
   int64_t TriedOffRankDelta() const { return tried_off_rank_delta_; }
+  // After Try: the rows `rank` would compute (set the rank with Watch, -1: none).
+  void Watch(int64_t rank) { watch_ = rank; }
+  int64_t TriedWatchedRows() const { return tried_watch_rows_; }
 
   // AssignQuotas (quotas.h) on the state's copies: every copied expert gets
   // the water-filled quota and its rows follow it.
@@ -255,6 +258,7 @@ class LoadState {
   bool saved_done_[2] = {false, false};
   double saved_seconds_[2] = {0, 0};
   int64_t tried_off_rank_delta_ = 0;
+  int64_t watch_ = -1, tried_watch_rows_ = 0;
   // AssignBestQuotas' result, until the next edit.
   bool best_quotas_done_ = false;
   double best_quotas_seconds_ = 0;

@@ -42,7 +42,7 @@ class AdaptivePolicy : public Policy {
   std::vector<int64_t> lower_rows_;
   // Search's scratch, kept across steps.
   std::vector<int32_t> owned_start_, owned_, scratch_ranks_, copied_, idlest_, trial_;
-  std::vector<std::pair<int64_t, int64_t>> pairs_;
+  std::vector<std::pair<int64_t, int64_t>> pairs_, applied_;
 };
 
 class EplbPolicy : public Policy {
