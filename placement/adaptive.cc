@@ -267,8 +267,9 @@ void SetAllCopies(LoadState& state, const std::vector<std::vector<int32_t>>& cop
 }  // namespace
 
 double AdaptivePolicy::SeedLowerBound(LoadState& state) {
-  // No routing computes fewer rows on its busiest rank than the mean, nor
-  // than an owner's uncopied experts; the weights' terms are the copies'.
+  // No routing computes fewer rows on its busiest rank than the mean, than
+  // an owner's uncopied experts, or than an expert's rows per holder; the
+  // weights' terms are the copies'.
   const Plan& plan = state.plan();
   const std::vector<int64_t>& loads = state.expert_loads();
   const int64_t P = plan.world_size;
@@ -277,6 +278,8 @@ double AdaptivePolicy::SeedLowerBound(LoadState& state) {
   for (int64_t e = 0; e < plan.num_experts; ++e) {
     total += loads[e];
     if (plan.copies[e].empty()) lower_rows_[plan.owner[e]] += loads[e];
+    const int64_t holders = plan.NumHolders(e);  // they compute all its rows between them
+    most = std::max(most, (loads[e] + holders - 1) / holders);
   }
   for (int64_t r = 0; r < P; ++r) most = std::max(most, lower_rows_[r]);
   most = std::max(most, (total + P - 1) / P);
@@ -308,7 +311,7 @@ void AdaptivePolicy::Decide(const CountMatrix&) {
       FasterMoEShadowing(state, options_, CopiesAllowedPerRank(), nullptr);
     } else {
       load_.assign(state.expert_loads().begin(), state.expert_loads().end());
-      EplbReplicas(state, load_, options_, CopiesAllowedPerRank(), nullptr);
+      if (!EplbReplicas(state, load_, options_, CopiesAllowedPerRank(), nullptr, new_seconds)) continue;
     }
     if (plan.copies == best_copies_ || !(SeedLowerBound(state) < new_seconds)) continue;
     bool any = false;

@@ -21,6 +21,7 @@
 // the scoring runs on the policy's state of this step (no second pass).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 #include "common/log.h"
@@ -39,8 +40,8 @@ void EplbPolicy::Observe(const CountMatrix& counts) {
     average_[i] = (1 - w) * average_[i] + w * static_cast<double>(counts.counts[i]);
 }
 
-void EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
-                  int64_t copies_per_rank, std::string* why) {
+bool EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
+                  int64_t copies_per_rank, std::string* why, double skip_at) {
   const int64_t P = state.plan().world_size, E = state.plan().num_experts;
   const ClusterSpec& cluster = state.model().cluster();
   Plan plan = Plan::None(P, E);
@@ -93,6 +94,22 @@ void EplbReplicas(LoadState& state, const std::vector<double>& load, const Polic
     ++used[best];
     placed.emplace_back(item.expert, best);
   }
+  if (skip_at < std::numeric_limits<double>::infinity() && !placed.empty()) {
+    // Dropping replicas only raises an expert's rows per holder and its
+    // owner's rows, so no kept subset computes fewer rows on its busiest
+    // rank than this bound (and dropping all is plain expert parallelism).
+    const std::vector<int64_t>& loads = state.expert_loads();
+    int64_t total = 0, most = 0;
+    std::vector<int64_t> owned(P, 0);
+    for (int64_t e = 0; e < E; ++e) {
+      total += loads[e];
+      if (holders[e] == 1) owned[plan.owner[e]] += loads[e];
+      most = std::max(most, (loads[e] + holders[e] - 1) / holders[e]);
+    }
+    for (int64_t r = 0; r < P; ++r) most = std::max(most, owned[r]);
+    most = std::max(most, (total + P - 1) / P);
+    if (state.model().Finish(0.0, most, 0.0).total >= skip_at) return false;
+  }
   // 4. Keep the heaviest k replicas for the k the cost model likes best (fewest
   // on ties): removing them lightest first scores every k in one pass, and
   // catches the case where only dropping all of them lowers the slowest rank.
@@ -113,6 +130,7 @@ void EplbReplicas(LoadState& state, const std::vector<double>& load, const Polic
                               k < keep ? "kept" : "dropped (its weights cost more than it saves)");
     *why += absl::StrFormat(" %.4g s without copies, %.4g s with them (each expert's rows water-filled);", seconds[0], seconds[keep]);
   }
+  return true;
 }
 
 void EplbPolicy::Decide(const CountMatrix& counts) {

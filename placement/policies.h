@@ -1,6 +1,7 @@
 // The four policies behind MakePolicy (policy.h); one .cc file each.
 #pragma once
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -64,9 +65,12 @@ class EplbPolicy : public Policy {
 // entry; the chosen copies on return, split rule), for adaptive's seeds.
 // copies_per_rank: the memory budget's (Policy::CopiesAllowedPerRank).
 void FasterMoEShadowing(LoadState& state, const PolicyOptions& options, int64_t copies_per_rank, std::string* why);
-// load: per expert (eplb's moving average, or the state's loads).
-void EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
-                  int64_t copies_per_rank, std::string* why);
+// load: per expert (eplb's moving average, or the state's loads). With
+// skip_at finite, returns false (state left plain) when no subset of the
+// placed replicas can be predicted below skip_at on the state's counts.
+bool EplbReplicas(LoadState& state, const std::vector<double>& load, const PolicyOptions& options,
+                  int64_t copies_per_rank, std::string* why,
+                  double skip_at = std::numeric_limits<double>::infinity());
 
 // Experts ordered by load, heaviest first; ties by lower index. With `first`
 // >= 0, only the first `first` of that order.
