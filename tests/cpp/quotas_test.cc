@@ -208,6 +208,28 @@ TEST(AssignQuotas, WaterFillsOntoTheLessLoadedHolder) {
   EXPECT_FALSE(plan.HasQuota(2));
 }
 
+TEST(AssignQuotas, NeverAboveTheSplitRuleWhenCopiesCross) {
+  // 3 ranks, one expert each: expert 0 (owner 0) has a copy on rank 2, expert
+  // 1 (owner 1) a copy on rank 0; rank 1 sends 3 rows to expert 0, rank 2
+  // sends 3 to expert 1.
+  //   split rule: rank 1's 3 rows -> 1 to rank 0, 2 to rank 2 (the remainder
+  //     row at position (1 - 1) mod 2); rank 2's 3 rows -> 2 to rank 1, 1 to
+  //     rank 0: rows 2, 2, 2.
+  //   a greedy fill of expert 0 first, onto empty ranks, gives rank 0 2 rows
+  //     and rank 2 1; expert 1 then finds rank 0 at 2 and puts all 3 rows on
+  //     rank 1: rows 2, 3, 1, and re-filling each expert alone changes
+  //     nothing. The quotas must not be worse than the rule: busiest 2.
+  const CountMatrix counts = Counts(3, 3, {0, 0, 0, 3, 0, 0, 0, 3, 0});
+  Plan plan = Plan::None(3, 3);
+  plan.copies[0] = {2};
+  plan.copies[1] = {0};
+  EXPECT_EQ(RankRows(plan, counts), (std::vector<int64_t>{2, 2, 2}));
+  for (bool keep : {true, false}) {
+    AssignQuotas(plan, counts, Cluster(3), keep);
+    EXPECT_EQ(RankRows(plan, counts), (std::vector<int64_t>{2, 2, 2})) << "keep_own_rows " << keep;
+  }
+}
+
 TEST(AssignQuotas, KeepOwnRowsOrMoveThem) {
   // 2 ranks. Expert 0 (owner 0) has a copy on rank 1, which sends it 10 rows
   // and 10 more to its own expert 1. Rank 0 sends nothing.
