@@ -19,33 +19,33 @@ namespace {
 bool SamePlan(const Plan& a, const Plan& b) { return a.owner == b.owner && a.copies == b.copies; }
 
 // What the plan does with the step's rows: rows computed per rank and rows
-// leaving their rank per exchange, in one pass over the matrix (the policy
-// already predicted the time, so no second cost-model evaluation is needed).
+// leaving their rank per exchange (the policy already predicted the time, so
+// no second cost-model evaluation is needed).
 struct Traffic {
   std::vector<int64_t> rows;
   int64_t off_rank = 0;
 };
 
-void RouteTotals(const CountMatrix& counts, const Plan& plan, Traffic& t) {
+// loads: counts.ExpertLoads(). An expert without copies puts its load on its
+// owner, all but the owner's own rows off their rank: O(experts). A copied
+// one follows the plan's quota where it covers the source's rows, else the
+// split rule (RoutesOf): O(world) each.
+void RouteTotals(const CountMatrix& counts, const std::vector<int64_t>& loads, const Plan& plan, Traffic& t) {
   const int64_t P = counts.world_size, E = counts.num_experts;
   t.rows.assign(P, 0);
   t.off_rank = 0;
-  for (int64_t s = 0; s < P; ++s) {
-    const int64_t* row = counts.counts.data() + s * E;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = row[e];
-      if (n == 0) continue;
-      if (plan.copies[e].empty()) {  // plain expert parallelism
-        t.rows[plan.owner[e]] += n;
-        t.off_rank += plan.owner[e] != s ? n : 0;
-        continue;
-      }
-      // The plan's quota where it covers these rows, else the split rule.
-      RoutesOf(plan, s, e, n, [&](int64_t src, int64_t, int64_t d, int64_t r) {
+  for (int64_t e = 0; e < E; ++e) {
+    if (plan.copies[e].empty()) {
+      const int32_t d = plan.owner[e];
+      t.rows[d] += loads[e];
+      t.off_rank += loads[e] - counts.at(d, e);
+      continue;
+    }
+    for (int64_t s = 0; s < P; ++s)
+      RoutesOf(plan, s, e, counts.at(s, e), [&](int64_t src, int64_t, int64_t d, int64_t r) {
         t.rows[d] += r;
         t.off_rank += d != src ? r : 0;
       });
-    }
   }
 }
 
@@ -57,6 +57,21 @@ double BytesMoved(const Traffic& t, const Plan& plan, const CostModel& model) {
   return static_cast<double>(t.off_rank) * model.layer().RowBytes() * model.Exchanges() + weights;
 }
 
+// The plan's broadcast + reduce seconds, as CostModel::Predict has them.
+double WeightSeconds(const Plan& plan, const CostModel& model, std::vector<double>& send, std::vector<double>& recv) {
+  if (!plan.HasCopies()) return 0;
+  send.assign(plan.world_size, 0.0);
+  recv.assign(plan.world_size, 0.0);
+  for (int64_t e = 0; e < plan.num_experts; ++e)
+    for (int32_t r : plan.copies[e]) {
+      const double t = model.ExpertSeconds(plan.owner[e], r);
+      send[plan.owner[e]] += t;
+      recv[r] += t;
+    }
+  const double one_way = std::max(*std::max_element(send.begin(), send.end()), *std::max_element(recv.begin(), recv.end()));
+  return model.options().training ? 2 * one_way : one_way;
+}
+
 double P99(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -66,7 +81,9 @@ double P99(std::vector<double> v) {
 
 }  // namespace
 
-absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size) {
+namespace {
+
+absl::Status CheckRehome(const CountMatrix& counts, int64_t world_size) {
   DYNAMOE_CHECK_ARG(world_size >= 1 && world_size <= kMaxReplayWorld, "replay: world size must be in [1, ",
                     kMaxReplayWorld, "], got ", world_size);
   DYNAMOE_CHECK_ARG(counts.world_size >= 1, "replay: a count matrix without ranks");
@@ -75,12 +92,28 @@ absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size
   DYNAMOE_CHECK_ARG(counts.num_experts % world_size == 0, "replay: ", counts.num_experts,
                     " experts do not divide over ", world_size,
                     " ranks (expert parallelism needs num_experts to be a multiple of the world size)");
-  if (world_size == counts.world_size) return counts;
+  return absl::OkStatus();
+}
+
+// Rehome into `out`, reusing its memory; the counts themselves when the world
+// is the recorded one.
+absl::StatusOr<const CountMatrix*> RehomeInto(const CountMatrix& counts, int64_t world_size, CountMatrix& out) {
+  DYNAMOE_RETURN_IF_ERROR(CheckRehome(counts, world_size));
+  if (world_size == counts.world_size) return &counts;
   const int64_t E = counts.num_experts;
-  std::vector<int64_t> out(world_size * E);
+  out.world_size = world_size, out.num_experts = E;
+  out.counts.resize(world_size * E);
   for (int64_t r = 0; r < world_size; ++r)
-    std::copy_n(counts.counts.begin() + (r % counts.world_size) * E, E, out.begin() + r * E);
-  return CountMatrix::Make(world_size, E, std::move(out));
+    std::copy_n(counts.counts.begin() + (r % counts.world_size) * E, E, out.counts.begin() + r * E);
+  return &out;
+}
+
+}  // namespace
+
+absl::StatusOr<CountMatrix> Rehome(const CountMatrix& counts, int64_t world_size) {
+  CountMatrix out;
+  DYNAMOE_ASSIGN_OR_RETURN(const CountMatrix* m, RehomeInto(counts, world_size, out));
+  return m == &counts ? counts : out;
 }
 
 LayerSpec ModelledLayer(const TraceLayerSpec& l, const ReplayOptions& options) {
@@ -193,68 +226,89 @@ absl::Status RescaleTokensPerRank(Trace& trace, int64_t tokens, int64_t top_k) {
 
 namespace {
 
-// One policy on one layer: the unit of parallel work. Sums are per item and
-// combined in layer order, so results do not depend on the thread count.
+// One name on one layer. Sums are per (name, layer) and combined in layer
+// order, so results do not depend on the thread count or the grouping.
 struct LayerResult {
-  double after = 0, copies = 0, bytes = 0;
+  double after = 0, copies = 0, bytes = 0, weights = 0;
   int64_t plan_changes = 0;
   absl::Status status;
 };
 
+// A name being replayed on a layer: its policy instance (none for the bound)
+// and where its results go.
+struct Runner {
+  std::unique_ptr<Policy> policy;
+  PolicyReport* report = nullptr;
+  LayerResult* result = nullptr;
+  const std::function<void()>* tick = nullptr;
+  Plan last;
+  bool has_last = false;
+};
+
 // Replays the steps of one layer (indices into trace.steps, in trace order)
-// through a fresh instance of the policy, or the bound; writes pr's per-step
-// vectors (and the policy-independent `before`, when given: one item per
-// layer fills it) at those indices.
-LayerResult ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, int64_t layer,
-                        const ReplayOptions& options, const ClusterSpec& cluster, const std::string& name,
-                        const std::function<void()>& tick, PolicyReport& pr, std::vector<double>* before) {
-  LayerResult out;
+// through fresh instances of the named policies (or the bound) in lockstep:
+// each step is re-homed and summed once for all of them. Writes each
+// report's per-step vectors (and `before`, when given) at those indices.
+absl::Status ReplayLayer(const Trace& trace, const std::vector<size_t>& steps, int64_t layer,
+                         const ReplayOptions& options, const ClusterSpec& cluster, std::vector<Runner>& runners,
+                         std::vector<double>* before) {
   const TraceLayerSpec& l = trace.layers[layer];
   const LayerSpec spec = ModelledLayer(l, options);
   PolicyOptions po = options.policy;
   po.layer = l.name;
-  const bool bound = name == kBalancedBound;
-  std::unique_ptr<Policy> policy;
-  if (!bound) {
-    auto made = MakePolicy(name, cluster, spec, po);
-    if (!made.ok()) return out.status = made.status(), out;
-    policy = *std::move(made);
-  }
+  for (Runner& r : runners)
+    if (r.report->policy != kBalancedBound) {
+      auto made = MakePolicy(r.report->policy, cluster, spec, po);
+      if (!made.ok()) return made.status();
+      r.policy = *std::move(made);
+    }
   const CostModel model(cluster, spec, po.cost);
-  Plan last;
-  bool has_last = false;
+  const double P = static_cast<double>(cluster.world_size);
+  CountMatrix rehomed;
+  std::vector<int64_t> loads;
+  std::vector<double> send, recv;
   Traffic traffic;
   for (size_t i : steps) {
-    auto counts = Rehome(trace.steps[i].kept, cluster.world_size);
-    if (!counts.ok()) return out.status = counts.status(), out;
-    if (before) (*before)[i] = LoadImbalance(counts->ExpertLoads());
-    if (bound) {
-      const StepCost c = BalancedCost(*counts, model);
-      const double total = static_cast<double>(counts->Total()), P = static_cast<double>(cluster.world_size);
-      pr.step_seconds[i] = c.total;
-      pr.step_imbalance_after[i] = total > 0 ? static_cast<double>(c.max_rows) / (total / P) : 0.0;
-      out.after += pr.step_imbalance_after[i];
-      // Every rank keeps 1/P of its rows and sends the rest.
-      out.bytes += total * (P - 1) / P * spec.RowBytes() * model.Exchanges();
-      tick();
-      continue;
+    DYNAMOE_ASSIGN_OR_RETURN(const CountMatrix* counts, RehomeInto(trace.steps[i].kept, cluster.world_size, rehomed));
+    const int64_t E = counts->num_experts;
+    loads.assign(E, 0);
+    for (int64_t r = 0; r < counts->world_size; ++r) {
+      const int64_t* row = counts->counts.data() + r * E;
+      for (int64_t e = 0; e < E; ++e) loads[e] += row[e];
     }
-    auto plan = policy->Step(*counts);
-    if (!plan.ok()) return out.status = plan.status(), out;
-    // Every policy predicts its plan on the counts it was given.
-    pr.step_seconds[i] = plan->predicted_step_seconds;
-    RouteTotals(*counts, *plan, traffic);
-    pr.step_imbalance_after[i] = LoadImbalance(traffic.rows);
-    pr.step_copies[i] = static_cast<int32_t>(plan->TotalCopies());
-    out.after += pr.step_imbalance_after[i];
-    out.copies += pr.step_copies[i];
-    out.bytes += BytesMoved(traffic, *plan, policy->model());
-    if (has_last && !SamePlan(*plan, last)) ++out.plan_changes;
-    last = std::move(*plan);
-    has_last = true;
-    tick();
+    if (before) (*before)[i] = LoadImbalance(loads);
+    const double total = std::accumulate(loads.begin(), loads.end(), 0.0);
+    for (Runner& run : runners) {
+      PolicyReport& pr = *run.report;
+      LayerResult& out = *run.result;
+      if (!run.policy) {  // the bound
+        const StepCost c = BalancedCost(*counts, model);
+        pr.step_seconds[i] = c.total;
+        pr.step_imbalance_after[i] = total > 0 ? static_cast<double>(c.max_rows) / (total / P) : 0.0;
+        out.after += pr.step_imbalance_after[i];
+        // Every rank keeps 1/P of its rows and sends the rest.
+        out.bytes += total * (P - 1) / P * spec.RowBytes() * model.Exchanges();
+        (*run.tick)();
+        continue;
+      }
+      auto plan = run.policy->Step(*counts);
+      if (!plan.ok()) return plan.status();
+      // Every policy predicts its plan on the counts it was given.
+      pr.step_seconds[i] = plan->predicted_step_seconds;
+      RouteTotals(*counts, loads, *plan, traffic);
+      pr.step_imbalance_after[i] = LoadImbalance(traffic.rows);
+      pr.step_copies[i] = static_cast<int32_t>(plan->TotalCopies());
+      out.after += pr.step_imbalance_after[i];
+      out.copies += pr.step_copies[i];
+      out.bytes += BytesMoved(traffic, *plan, run.policy->model());
+      out.weights += WeightSeconds(*plan, run.policy->model(), send, recv);
+      if (run.has_last && !SamePlan(*plan, run.last)) ++out.plan_changes;
+      run.last = std::move(*plan);
+      run.has_last = true;
+      (*run.tick)();
+    }
   }
-  return out;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -314,8 +368,6 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     }
   };
   const std::function<void()> tick = tick_listed, quiet = [] {};
-  // Every (name, layer) pair is independent: a pool of one thread per core
-  // takes them in turn.
   std::vector<PolicyReport> reports(P);
   for (size_t p = 0; p < P; ++p) {
     reports[p].policy = run[p];
@@ -324,30 +376,47 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     reports[p].step_copies.assign(trace.steps.size(), 0);
   }
   report.step_imbalance_before.assign(trace.steps.size(), 0.0);
-  // The bound's items are cheap: last, so that they fill the tail.
-  const size_t bound = std::find(run.begin(), run.end(), kBalancedBound) - run.begin();
-  std::vector<size_t> order;
-  for (size_t p = 0; p < P; ++p)
-    if (p != bound) order.push_back(p);
-  order.push_back(bound);
-  std::vector<LayerResult> results(P * L);
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i; (i = next++) < results.size();) {
-      const size_t p = order[i / L], l = i % L;
-      try {  // an exception must not leave a thread (std::terminate)
-        results[p * L + l] =
-            ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, run[p],
-                        p < listed ? tick : quiet, reports[p], p == bound ? &report.step_imbalance_before : nullptr);
-      } catch (const std::bad_alloc&) {
-        results[p * L + l].status = absl::ResourceExhaustedError(
-            absl::StrCat("replay: out of memory replaying layer ", l, " under ", run[p]));
-      }
-    }
-  };
+  // Work items: with layers enough to keep every thread busy, one per layer
+  // running all names in lockstep (a step is re-homed and summed once);
+  // otherwise one per (name, layer), the bound's (cheap) last.
   const size_t wanted = options.threads > 0 ? static_cast<size_t>(options.threads)
                                             : std::max(1u, std::thread::hardware_concurrency());
-  const size_t threads = std::min<size_t>(results.size(), wanted);
+  const size_t bound = std::find(run.begin(), run.end(), kBalancedBound) - run.begin();
+  std::vector<std::vector<size_t>> groups;  // names of each item, by index into run
+  if (static_cast<size_t>(L) >= 2 * wanted) {
+    groups.emplace_back();
+    for (size_t p = 0; p < P; ++p) groups.back().push_back(p);
+  } else {
+    for (size_t p = 0; p < P; ++p)
+      if (p != bound) groups.push_back({p});
+    groups.push_back({bound});
+  }
+  std::vector<LayerResult> results(P * L);
+  const size_t items = groups.size() * L;
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i; (i = next++) < items;) {
+      const std::vector<size_t>& group = groups[i / L];
+      const size_t l = i % L;
+      std::vector<Runner> runners(group.size());
+      bool fills_before = false;
+      for (size_t k = 0; k < group.size(); ++k) {
+        runners[k].report = &reports[group[k]];
+        runners[k].result = &results[group[k] * L + l];
+        runners[k].tick = group[k] < listed ? &tick : &quiet;
+        fills_before |= group[k] == bound;
+      }
+      absl::Status st;
+      try {  // an exception must not leave a thread (std::terminate)
+        st = ReplayLayer(trace, by_layer[l], static_cast<int64_t>(l), options, cluster, runners,
+                         fills_before ? &report.step_imbalance_before : nullptr);
+      } catch (const std::bad_alloc&) {
+        st = absl::ResourceExhaustedError(absl::StrCat("replay: out of memory replaying layer ", l));
+      }
+      if (!st.ok()) results[group[0] * L + l].status = st;
+    }
+  };
+  const size_t threads = std::min<size_t>(items, wanted);
   std::vector<std::thread> pool;
   for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
   worker();
@@ -361,13 +430,13 @@ absl::StatusOr<ReplayReport> Replay(const Trace& trace, const ReplayOptions& opt
     for (int64_t l = 0; l < L; ++l) {
       const LayerResult& r = results[p * L + l];
       DYNAMOE_RETURN_IF_ERROR(r.status);
-      sum.after += r.after, sum.copies += r.copies, sum.bytes += r.bytes;
+      sum.after += r.after, sum.copies += r.copies, sum.bytes += r.bytes, sum.weights += r.weights;
       sum.plan_changes += r.plan_changes;
     }
     pr.mean_seconds = std::accumulate(pr.step_seconds.begin(), pr.step_seconds.end(), 0.0) / n;
     pr.p99_seconds = P99(pr.step_seconds);
     pr.imbalance_before = before / n, pr.imbalance_after = sum.after / n;
-    pr.copies_per_step = sum.copies / n, pr.bytes_per_step = sum.bytes / n;
+    pr.copies_per_step = sum.copies / n, pr.bytes_per_step = sum.bytes / n, pr.weight_seconds = sum.weights / n;
     pr.plan_changes = sum.plan_changes;
   }
   report.none_mean_seconds = reports[std::find(run.begin(), run.end(), "none") - run.begin()].mean_seconds;

@@ -74,6 +74,8 @@ struct PolicyReport {
   double imbalance_before = 0;   // mean over steps of max/mean expert load
   double imbalance_after = 0;    // mean over steps of max/mean rows computed per rank under the plan
   double copies_per_step = 0;    // mean of the plan's copies (beyond owners)
+  double weight_seconds = 0;     // mean of the plan's predicted weight traffic: copies' broadcast (+ gradient
+                                 // reduce in training), the cost model's terms
   double bytes_per_step = 0;     // token rows leaving their rank (every exchange of the step) plus copied weights
                                  // (broadcast, and the gradient reduce in training)
   int64_t plan_changes = 0;      // steps whose plan differs from the layer's previous one

@@ -68,15 +68,15 @@ std::string ReplayErrorHint(const std::string& path, const absl::Status& status)
 
 void WriteSummaryHeader(std::ostream& out) {
   out << "trace,policy,world_size,steps,mean_seconds,p99_seconds,speedup_vs_none,imbalance_before,"
-         "imbalance_after,bytes_per_step,copies_per_step,plan_changes,bound_fraction\n";
+         "imbalance_after,bytes_per_step,copies_per_step,plan_changes,bound_fraction,weight_seconds\n";
 }
 
 void WriteSummaryRows(std::ostream& out, const std::string& trace_name, const ReplayReport& r) {
   for (const PolicyReport& p : r.policies)
-    out << absl::StrFormat("%s,%s,%d,%d,%.9g,%.9g,%.6g,%.6g,%.6g,%.9g,%.6g,%d,%.6g\n", Field(trace_name), p.policy,
+    out << absl::StrFormat("%s,%s,%d,%d,%.9g,%.9g,%.6g,%.6g,%.6g,%.9g,%.6g,%d,%.6g,%.6g\n", Field(trace_name), p.policy,
                            r.world_size, r.steps, p.mean_seconds, p.p99_seconds, p.speedup_vs_none,
                            p.imbalance_before, p.imbalance_after, p.bytes_per_step, p.copies_per_step,
-                           p.plan_changes, p.bound_fraction);
+                           p.plan_changes, p.bound_fraction, p.weight_seconds);
 }
 
 void WriteStepsHeader(std::ostream& out) {

@@ -374,7 +374,8 @@ TEST(Replay, RescaleTokensPerRankKeepsEachRanksDistribution) {
   EXPECT_NE(big.message().find("over 2^40"), std::string::npos) << big;
 }
 
-// The rows per rank the replay reports follow the plan's quotas: recomputed
+// The rows per rank the replay reports follow the plan's quotas (and its
+// weight traffic is the cost model's broadcast + reduce): recomputed
 // here from each step's plan (the same policy fed the same counts) with
 // ForEachRoute. Adaptive's quotas are uneven on these counts (they differ
 // from the even split on some step), so a replay that split evenly would
@@ -398,9 +399,12 @@ TEST(Replay, RowsPerRankFollowThePlansQuotas) {
   for (size_t p = 0; p < 2; ++p) {
     auto policy = MakePolicy(o.policies[p], cluster, ModelledLayer(t->layers[0], o), o.policy);
     ASSERT_TRUE(policy.ok());
+    double weights = 0;  // the copies' broadcast + reduce, as the cost model predicts them
     for (size_t i = 0; i < t->steps.size(); ++i) {
       const CountMatrix counts = *Rehome(t->steps[i].kept, 8);
       const Plan plan = *(*policy)->Step(counts);
+      const StepCost cost = (*policy)->model().Predict(counts, plan);
+      weights += cost.broadcast + cost.reduce;
       std::vector<int64_t> rows(8, 0), even(8, 0);
       ForEachRoute(plan, counts, [&](int64_t, int64_t, int64_t d, int64_t n) { rows[d] += n; });
       Plan no_quotas = plan;
@@ -412,6 +416,9 @@ TEST(Replay, RowsPerRankFollowThePlansQuotas) {
                        static_cast<double>(*std::max_element(rows.begin(), rows.end())) / mean)
           << o.policies[p] << " step " << i;
     }
+    EXPECT_GT(weights, 0) << o.policies[p];  // it copied
+    // Relative: the same terms summed in another order.
+    EXPECT_NEAR(r->policies[p].weight_seconds, weights / t->steps.size(), 1e-12 * weights) << o.policies[p];
   }
   EXPECT_GT(uneven, 0);
 }
