@@ -705,9 +705,9 @@ void LoadState::AssignQuotas(bool keep_own_rows) {
     Holders(e);
     const size_t at = split.size();
     split.resize(at + holders_.size(), 0);
-    for (const Piece& p : new_)
-      for (size_t i = 0; i < holders_.size(); ++i)
-        if (holders_[i] == p.dst) split[at + i] += p.rows;
+    holder_index_.resize(P_);
+    for (size_t i = 0; i < holders_.size(); ++i) holder_index_[holders_[i]] = static_cast<int32_t>(i);
+    for (const Piece& p : new_) split[at + holder_index_[p.dst]] += p.rows;
   }
   auto busiest = [&](const std::vector<int64_t>& fill) {
     AddFilled(fill, +1);

@@ -248,7 +248,7 @@ class LoadState {
   std::vector<Piece> old_, new_, alt_;
   std::vector<int64_t> d_rows_, d_bsend_, d_brecv_;
   std::vector<Tally> d_send_, d_recv_;
-  std::vector<int32_t> holders_, order_, edit_;
+  std::vector<int32_t> holders_, order_, edit_, holder_index_;
   std::vector<int64_t> base_, targets_, left_, need_, own_, holder_rows_;
   std::vector<int32_t> piece_count_, copied_;
   std::vector<int64_t> fill_[2];
