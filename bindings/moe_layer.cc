@@ -119,6 +119,7 @@ void MoELayerImpl::FillStats(const scheduler::StepResult& r) {
   stats_.weight_bytes_received = r.weight_bytes_received;
   stats_.overlapped = r.overlapped;
   stats_.pipeline_stages = r.pipeline_stages;
+  stats_.cost_model = state_ ? state_->placement().CostModelStats() : std::vector<double>{};
   stats_.phase_seconds.clear();
   for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kPolicy,
                  monitor::Phase::kShadowBroadcast, monitor::Phase::kDispatch, monitor::Phase::kExperts,

@@ -47,6 +47,10 @@ struct MoEStats {
   // sequential or one process.
   bool overlapped = false;
   int64_t pipeline_stages = 0;
+  // The cost model's rates in use (PlacementState::CostModelStats: calibrating,
+  // flops, bandwidths, latencies, fixed s, error, steps fitted), as in Python's
+  // stats()["cost_model"]; empty for custom experts.
+  std::vector<double> cost_model;
 };
 
 // Makes expert `expert_idx` of a custom-expert layer ([rows, d_model] -> same).

@@ -329,6 +329,9 @@ TORCH_LIBRARY(dynamoe, m) {
       .def("plan_hash", [](const dynamoe::StatePtr& s) { return static_cast<int64_t>(s->placement().plan().Hash()); })
       .def("predicted_step_seconds",
            [](const dynamoe::StatePtr& s) { return s->placement().plan().predicted_step_seconds; })
+      // [calibrating, flops, intra/inter-node bw, intra/inter-node latency s, fixed s, error, steps]
+      // (PlacementState::CostModelStats); empty before the first step.
+      .def("cost_model", [](const dynamoe::StatePtr& s) { return s->placement().CostModelStats(); })
       .def("step", [](const dynamoe::StatePtr& s) { return s->step(); })
       // copy.deepcopy, torch.save (through dynamoe.MoE's __getstate__) and
       // TorchScript keep the policy and the step; the records of forwards

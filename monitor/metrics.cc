@@ -72,6 +72,8 @@ void MetricsRegistry::RecordStep(const StepReport& r) {
   for (int p = 0; p < kNumPhases; ++p)
     if (r.times.seconds[p] > 0) l.phases[p].Observe(r.times.seconds[p]);
   l.step.Observe(r.step_seconds);
+  l.cost_model_rates = r.cost_model_rates;
+  l.cost_model_error = r.cost_model_error;
   ++l.steps;
 }
 
@@ -123,6 +125,15 @@ std::vector<MetricFamily> MetricsRegistry::Collect() const {
                              "DYNAMOE_TRACE records this process could not write (disk full, file limit, "
                              "unwritable path).",
                              MetricType::Counter);
+  MetricFamily rates = family("dynamoe_cost_model_rate",
+                              "The placement cost model's fitted rates, by kind: flops (expert FLOP/s per rank), "
+                              "{intra,inter}_node_bytes_per_second, {intra,inter}_node_latency_seconds (per "
+                              "message), fixed_seconds (per-step constant); DYNAMOE_CALIBRATE=online only.",
+                              MetricType::Gauge);
+  MetricFamily rate_error = family("dynamoe_cost_model_error",
+                                   "DYNAMOE_CALIBRATE=online: median relative error of the predicted forward step "
+                                   "time over recent steps, each predicted before it joined the fit.",
+                                   MetricType::Gauge);
   auto histogram = [](const Histogram& h, ClientMetric m) {
     const auto& bounds = DurationBuckets();
     uint64_t cumulative = 0;
@@ -172,10 +183,14 @@ std::vector<MetricFamily> MetricsRegistry::Collect() const {
     for (int p = 0; p < kNumPhases; ++p)
       phases.metric.push_back(histogram(l.phases[p], Labeled({{"layer", name}, {"phase", kPhaseNames[p]}, {"rank", rank}})));
     steps.metric.push_back(histogram(l.step, Labeled(base)));
+    for (const auto& [kind, v] : l.cost_model_rates) add(rates, {{"kind", kind}, {"layer", name}, {"rank", rank}}, v);
+    if (l.cost_model_error >= 0) add(rate_error, base, l.cost_model_error);
   }
   add(lost, {{"rank", rank}}, static_cast<double>(ProcessTraceRecordsLost()));
   std::vector<MetricFamily> out = {routed, dropped, imbalance, load_max, load_min, hot, hot_load, dead,
                                    copied, changes,  bytes,     phases,   steps,    lost};
+  for (MetricFamily* f : {&rates, &rate_error})  // DYNAMOE_CALIBRATE=online's: absent without it
+    if (!f->metric.empty()) out.push_back(std::move(*f));
   if (options_.per_expert) out.insert(out.begin(), std::move(tokens));
   return out;
 }

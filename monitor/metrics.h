@@ -54,6 +54,8 @@ class MetricsRegistry : public prometheus::Collectable {
     uint64_t plan_hash = 0;
     std::array<Histogram, kNumPhases> phases;
     Histogram step;
+    std::vector<std::pair<std::string, double>> cost_model_rates;
+    double cost_model_error = -1;
   };
   const int64_t rank_;
   const MetricsOptions options_;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "monitor/phases.h"
@@ -23,6 +24,11 @@ struct StepReport {
   int64_t bytes_sent = 0, bytes_received = 0;  // token all-to-all, this rank
   PhaseTimes times;
   double step_seconds = 0;
+  // The cost model's rates in use (kind, value): the configured ones, or
+  // DYNAMOE_CALIBRATE=online's fit; and the fit's median relative error of
+  // the predicted forward (-1: not calibrating, or no prediction yet).
+  std::vector<std::pair<std::string, double>> cost_model_rates;
+  double cost_model_error = -1;
 };
 
 }  // namespace dynamoe::monitor

@@ -5,98 +5,74 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "placement/cost_model.h"
 #include "placement/plan.h"
+#include "placement/quotas.h"
 
 namespace dynamoe::placement {
 namespace {
 
 struct Sample {
-  double compute_rows = 0, exchange_rows = 0;  // the x of each fit
-  double experts = 0, exchange = 0, total = 0;  // recorded seconds
-  double other = 0;                             // recorded seconds of the phases without a fit
-  double wait = 0;                              // of those, the count all-gather (absorbs peers' lag)
-  int64_t layer = 0;
+  CountMatrix counts;
+  Plan plan;
+  int64_t rank = 0;  // whose times these are
+  RankTimes times;
 };
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// y = slope * x + intercept minimising the sum of |residual| / y over the
-// fit steps (iteratively reweighted least squares). Relative absolute error
-// is what is reported, and recorded phase times on a shared machine have
-// heavy upper tails (preemption, a straggling peer) that would drag a
-// least-squares line off the typical step.
-void Fit(const std::vector<Sample>& s, size_t n, double Sample::*x, double Sample::*y, PhaseFit* f) {
-  std::vector<double> w(n);
-  for (size_t i = 0; i < n; ++i) w[i] = 1.0 / std::max(s[i].*y, 1e-9);
-  f->slope = 0, f->intercept = 0;
-  for (int iter = 0; iter < 50; ++iter) {
-    double sw = 0, mx = 0, my = 0;
-    for (size_t i = 0; i < n; ++i) sw += w[i], mx += w[i] * (s[i].*x), my += w[i] * (s[i].*y);
-    if (sw <= 0) break;
-    mx /= sw, my /= sw;
-    double sxy = 0, sxx = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const double dx = s[i].*x - mx;
-      sxy += w[i] * dx * (s[i].*y - my), sxx += w[i] * dx * dx;
-    }
-    const double slope = sxx > 0 ? sxy / sxx : 0, intercept = my - slope * mx;
-    const bool settled = iter > 0 && std::fabs(slope - f->slope) <= 1e-9 * std::fabs(slope) &&
-                         std::fabs(intercept - f->intercept) <= 1e-12;
-    f->slope = slope, f->intercept = intercept;
-    if (settled) break;
-    // |r| / y = w_ls * r^2 with w_ls = 1 / (y |r|), floored so exact fits stay finite.
-    for (size_t i = 0; i < n; ++i) {
-      const double yi = std::max(s[i].*y, 1e-9);
-      const double r = std::fabs(s[i].*y - (slope * (s[i].*x) + intercept));
-      w[i] = 1.0 / (yi * std::max(r, 1e-6 * yi));
-    }
-  }
+bool SameShape(const TraceLayerSpec& a, const TraceLayerSpec& b) {
+  return a.d_model == b.d_model && a.d_hidden == b.d_hidden && a.gated == b.gated && a.bias == b.bias &&
+         a.bytes_per_element == b.bytes_per_element && a.num_experts == b.num_experts;
 }
 
 }  // namespace
 
-absl::StatusOr<Calibration> Calibrate(const Trace& trace, double heldout) {
+absl::StatusOr<Calibration> Calibrate(const Trace& trace, double heldout, ClusterSpec prior) {
   DYNAMOE_CHECK_ARG(heldout > 0 && heldout < 1, "calibrate: the held-out fraction must be in (0, 1), got ", heldout);
-  const auto index = [&](const char* name) -> int64_t {
-    for (size_t i = 0; i < trace.phase_names.size(); ++i)
-      if (trace.phase_names[i] == name) return static_cast<int64_t>(i);
-    return -1;
+  const auto has = [&](const char* name) {
+    return std::find(trace.phase_names.begin(), trace.phase_names.end(), name) != trace.phase_names.end();
   };
-  const int64_t experts = index("experts"), dispatch = index("dispatch"), combine = index("combine");
-  const int64_t gather = index("count_allgather");
-  DYNAMOE_CHECK_ARG(experts >= 0 && dispatch >= 0 && combine >= 0,
+  DYNAMOE_CHECK_ARG(has("experts") && has("dispatch") && has("combine"),
                     "calibrate: the trace names no experts/dispatch/combine phases; record it with DYNAMOE_TRACE");
+  // The first layer with timings, and the layers of its shape (the same rates apply).
+  int64_t first = -1;
+  for (const TraceStep& st : trace.steps)
+    if (st.phase_seconds.size() == trace.phase_names.size() && st.layer >= 0 &&
+        st.layer < static_cast<int64_t>(trace.layers.size())) {
+      first = st.layer;
+      break;
+    }
+  const TraceLayerSpec spec = first >= 0 ? trace.layers[first] : TraceLayerSpec{};
+  const LayerSpec layer{std::max<int64_t>(spec.d_model, 1), spec.d_hidden, spec.gated, spec.bias,
+                        std::max<int64_t>(spec.bytes_per_element, 1)};
   std::vector<Sample> samples;
   for (const TraceStep& st : trace.steps) {
-    if (st.phase_seconds.size() != trace.phase_names.size()) continue;
+    if (st.phase_seconds.size() != trace.phase_names.size() || st.layer < 0 ||
+        st.layer >= static_cast<int64_t>(trace.layers.size()) || !SameShape(trace.layers[st.layer], spec))
+      continue;
     const int64_t P = st.kept.world_size;
     // Plan::None homes experts only when they divide over the ranks.
     DYNAMOE_CHECK_ARG(st.plan || st.kept.num_experts % P == 0, "calibrate: step ", st.step, " has ",
                       st.kept.num_experts, " experts, not a multiple of its ", P, " ranks");
-    const Plan plan = st.plan ? *st.plan : Plan::None(P, st.kept.num_experts);
-    std::vector<int64_t> rows(P, 0), send(P, 0), recv(P, 0);
-    ForEachRoute(plan, st.kept, [&](int64_t s, int64_t, int64_t d, int64_t n) {
-      rows[d] += n;
-      if (s != d) send[s] += n, recv[d] += n;
-    });
-    // The recording rank's own work; the busiest rank's for merged traces.
-    const int64_t r = trace.rank >= 0 && trace.rank < P ? trace.rank : -1;
-    Sample x;
-    x.layer = st.layer;
-    x.compute_rows = static_cast<double>(r >= 0 ? rows[r] : *std::max_element(rows.begin(), rows.end()));
-    x.exchange_rows = static_cast<double>(r >= 0 ? std::max(send[r], recv[r])
-                                                 : std::max(*std::max_element(send.begin(), send.end()),
-                                                            *std::max_element(recv.begin(), recv.end())));
-    x.experts = st.phase_seconds[experts];
-    x.exchange = st.phase_seconds[dispatch] + st.phase_seconds[combine];
-    for (double v : st.phase_seconds) x.total += v;
-    x.other = x.total - x.experts - x.exchange;
-    x.wait = gather >= 0 ? st.phase_seconds[gather] : 0;
-    samples.push_back(x);
+    DYNAMOE_CHECK_ARG(!st.plan || (st.plan->world_size == P && st.plan->num_experts == st.kept.num_experts),
+                      "calibrate: step ", st.step, "'s plan does not match its count matrix");
+    Sample s{st.kept, st.plan ? *st.plan : Plan::None(P, st.kept.num_experts)};
+    // Recorded plans carry no quotas (a function of copies, counts and the
+    // cluster): reassign them as the policy did, so rows route as they ran.
+    // The cluster is the prior's (a trace does not record the configured one).
+    if (s.plan.HasCopies()) {
+      ClusterSpec c = prior;
+      c.world_size = P;
+      AssignBestQuotas(s.plan, s.counts, CostModel(c, layer));
+    }
+    // The recording rank's times; for merged traces, the busiest rank's.
+    s.rank = trace.rank;
+    if (s.rank < 0 || s.rank >= P) {
+      std::vector<int64_t> rows(P, 0);
+      ForEachRoute(s.plan, s.counts, [&](int64_t, int64_t, int64_t d, int64_t n) { rows[d] += n; });
+      s.rank = std::max_element(rows.begin(), rows.end()) - rows.begin();
+    }
+    s.times = TimesFromPhases(trace.phase_names, st.phase_seconds.data());
+    samples.push_back(std::move(s));
   }
   DYNAMOE_CHECK_ARG(samples.size() >= 5, "calibrate: ", samples.size(),
                     " steps have phase timings; at least 5 are needed (imported CSV/JSONL traces have none)");
@@ -104,41 +80,48 @@ absl::StatusOr<Calibration> Calibrate(const Trace& trace, double heldout) {
   const size_t warmup = std::min<size_t>(10, samples.size() / 10);
   samples.erase(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(warmup));
   Calibration c;
+  c.layer = spec.name;
   c.warmup_steps = static_cast<int64_t>(warmup);
   c.heldout_steps = std::max<int64_t>(1, static_cast<int64_t>(std::floor(heldout * samples.size())));
   c.fit_steps = static_cast<int64_t>(samples.size()) - c.heldout_steps;
   const size_t n = static_cast<size_t>(c.fit_steps);
-  PhaseFit fe{"experts"}, fx{"exchange"};
-  Fit(samples, n, &Sample::compute_rows, &Sample::experts, &fe);
-  Fit(samples, n, &Sample::exchange_rows, &Sample::exchange, &fx);
-  // Phases without a fit count at their median on the fit steps.
-  std::vector<double> others, works;
+  prior.world_size = samples[0].counts.world_size;
+
+  // The held-out check: one window over all fit steps, then frozen.
+  OnlineFitOptions whole;
+  whole.window_steps = static_cast<int64_t>(n);
+  whole.min_steps = 1;
+  OnlineFit fit(prior, layer, whole);
+  std::vector<double> waits;
   for (size_t i = 0; i < n; ++i) {
-    others.push_back(samples[i].other);
-    works.push_back(samples[i].other - samples[i].wait);
+    fit.Add(samples[i].counts, samples[i].plan, {{samples[i].rank, samples[i].times}});
+    waits.push_back(samples[i].times.wait);
   }
-  const double other = Median(others), other_work = Median(works);
+  const double wait = MedianOf(waits);
   std::vector<double> err_e, err_x;
   for (size_t i = n; i < samples.size(); ++i) {
     const Sample& s = samples[i];
-    const double pe = fe.slope * s.compute_rows + fe.intercept, px = fx.slope * s.exchange_rows + fx.intercept;
-    if (s.experts > 0) err_e.push_back(std::fabs(pe - s.experts) / s.experts);
-    if (s.exchange > 0) err_x.push_back(std::fabs(px - s.exchange) / s.exchange);
-    if (s.total > 0) c.step_errors.push_back(std::fabs(pe + px + other - s.total) / s.total);
-    const double work = s.total - s.wait;
-    if (work > 0) c.work_errors.push_back(std::fabs(pe + px + other_work - work) / work);
+    const RankTimes& t = s.times;
+    const double step = fit.PredictStep(s.counts, s.plan);
+    const double pe = fit.PredictExperts(s.counts, s.plan, s.rank), px = fit.PredictExchange(s.counts, s.plan, s.rank);
+    if (t.experts > 0) err_e.push_back(std::fabs(pe - t.experts) / t.experts);
+    if (t.exchange > 0) err_x.push_back(std::fabs(px - t.exchange) / t.exchange);
+    if (t.total > 0) c.step_errors.push_back(std::fabs(step - t.total) / t.total);
+    const double work = t.total - t.wait;
+    if (work > 0) c.work_errors.push_back(std::fabs(step - wait - work) / work);
   }
-  fe.heldout_median_error = Median(err_e), fx.heldout_median_error = Median(err_x);
-  c.fits = {fe, fx};
-  c.step_median_error = Median(c.step_errors);
-  c.work_median_error = Median(c.work_errors);
-  const TraceLayerSpec& l = trace.layers.empty() ? TraceLayerSpec{} : trace.layers[samples[0].layer];
-  if (l.d_model > 0 && l.d_hidden > 0) {
-    const double flops_per_row = 2.0 * (l.gated ? 3 : 2) * l.d_model * l.d_hidden;
-    if (fe.slope > 0) c.flops = flops_per_row / fe.slope;
-    // Two exchanges (dispatch, combine) per forward.
-    if (fx.slope > 0) c.bytes_per_second = 2.0 * static_cast<double>(l.d_model * l.bytes_per_element) / fx.slope;
-  }
+  c.fits = {{"experts", MedianOf(err_e)}, {"exchange", MedianOf(err_x)}};
+  c.step_median_error = MedianOf(c.step_errors);
+  c.work_median_error = MedianOf(c.work_errors);
+  c.rates = fit.rates();
+  c.cluster = fit.Cluster();
+  if (spec.d_model > 0 && spec.d_hidden > 0 && c.rates.seconds_per_row > 0) c.flops = c.cluster.flops;
+  if (spec.d_model > 0) c.bytes_per_second = c.rates.intra_node_bw;
+
+  // What the runtime would report: its running fit over the whole trace.
+  OnlineFit running(prior, layer);
+  for (const Sample& s : samples) running.Add(s.counts, s.plan, {{s.rank, s.times}});
+  c.online_median_error = running.MedianError();
   return c;
 }
 

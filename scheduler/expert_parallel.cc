@@ -71,14 +71,25 @@ absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::
 
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           const at::Device& device) {
-  const int64_t E = kept.numel(), P = comm.size();
+                                           const at::Device& device, const std::vector<double>& figures) {
+  const int64_t E = kept.numel(), P = comm.size(), F = static_cast<int64_t>(figures.size());
   at::Tensor payload = at::cat({kept.reshape({-1}), routed.reshape({-1})}).to(at::kLong);
+  if (F > 0) {  // doubles as int64 bits: the all-gather copies them exactly
+    at::Tensor bits = at::empty({F}, at::TensorOptions().dtype(at::kLong));
+    std::memcpy(bits.data_ptr<int64_t>(), figures.data(), F * sizeof(double));
+    payload = at::cat({payload, bits});
+  }
   at::Tensor gathered;
   DYNAMOE_ASSIGN_OR_RETURN(gathered, AllGatherHost(comm, payload, device,
                                                    {layer, monitor::PhaseName(monitor::Phase::kCountAllGather), false}));
-  gathered = gathered.view({P, 2 * E});
-  return CountMatrices{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous()};
+  gathered = gathered.view({P, 2 * E + F});
+  CountMatrices m{gathered.narrow(1, 0, E).contiguous(), gathered.narrow(1, E, E).contiguous(), {}};
+  if (F > 0) {
+    const at::Tensor bits = gathered.narrow(1, 2 * E, F).contiguous();
+    m.figures.resize(P * F);
+    std::memcpy(m.figures.data(), bits.data_ptr<int64_t>(), P * F * sizeof(double));
+  }
+  return m;
 }
 
 placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix) {

@@ -18,15 +18,19 @@ namespace dynamoe::scheduler {
 struct CountMatrices {
   at::Tensor kept;    // [ep_size, E] int64: rows each rank sends to each expert
   at::Tensor routed;  // [ep_size, E] int64: assignments before capacity
+  std::vector<double> figures;  // [ep_size * figures per rank]: every rank's `figures`, rank-major
 };
 
 // All-gathers this rank's kept and routed counts [E] into [ep_size, E]
 // matrices. Call after CheckSignatures passed for this step: the payload's
 // size is the layer's, so every rank must be in the same layer.
 // `device` is the layer's: an NCCL group moves the payload through it.
+// `figures` (DYNAMOE_CALIBRATE's phase times, the same count on every rank)
+// ride along bit for bit, so calibration costs no collective of its own.
 absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at::Tensor& kept,
                                            const at::Tensor& routed, const std::string& layer,
-                                           const at::Device& device = at::Device(at::kCPU));
+                                           const at::Device& device = at::Device(at::kCPU),
+                                           const std::vector<double>& figures = {});
 
 // All-gathers a small host tensor into [size * numel] on the host. NCCL moves
 // device memory only, so over NCCL it travels through `device`.

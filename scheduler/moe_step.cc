@@ -269,6 +269,17 @@ void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routin
   r.bytes_sent = result.bytes_sent, r.bytes_received = result.bytes_received;
   r.times = result.times;
   for (double s : result.times.seconds) r.step_seconds += s;
+  // DYNAMOE_CALIBRATE=online only: without it the rates are the configured ones (and the series count stays).
+  if (in.state && in.state->placement().calibrating()) {
+    const std::vector<double> c = in.state->placement().CostModelStats();
+    r.cost_model_rates = {{"flops", c[1]},
+                          {"intra_node_bytes_per_second", c[2]},
+                          {"inter_node_bytes_per_second", c[3]},
+                          {"intra_node_latency_seconds", c[4]},
+                          {"inter_node_latency_seconds", c[5]},
+                          {"fixed_seconds", c[6]}};
+    r.cost_model_error = c[7];
+  }
   runtime::RecordMetrics(r, MonitoringRank(in));
 }
 
@@ -353,6 +364,8 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.global_routed_counts = routing.routed_counts;
   result.routed_matrix = routing.routed_counts.unsqueeze(0);
   const runtime::CommCounters before = distributed ? in.comm->counters() : runtime::CommCounters{};
+  std::vector<double> figures;  // DYNAMOE_CALIBRATE: every rank's phase times of its previous forward
+  if (!original && !distributed && in.state) figures = in.state->placement().Figures();
   if (original) {
     CheckReplay(options, *original, routing.kept_counts, rank);
     result.counts = original->kept_matrix;
@@ -363,7 +376,9 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, schedule, x, result.step), options.name(),
                                  x.device()));
     CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
-                                                options.name(), x.device()));
+                                                options.name(), x.device(),
+                                                in.state ? in.state->placement().Figures() : std::vector<double>{}));
+    figures = std::move(m.figures);
     result.counts = m.kept;
     result.routed_matrix = m.routed;
     result.global_routed_counts = m.routed.sum(0);
@@ -373,6 +388,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     if (original) {
       result.plan = original->plan;
     } else {
+      if (in.state) in.state->placement().Calibrate(figures, distributed ? in.comm->size() : 1);
       result.plan = ChoosePlan(options, in, result.counts, x.element_size());
       if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
         ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), result.step, x.device()));
@@ -414,6 +430,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.dropped = routing.dropped;
   result.capacity = routing.capacity;
   if (original) return result;  // the original already counted, recorded and updated
+  if (in.state) in.state->placement().Measured(result.times);
   if (in.training && in.state)
     in.state->Commit(begun.id, result.step, in.expert_bias, options.bias_update_rate(), result.counts,
                      result.routed_matrix, result.plan);

@@ -1,5 +1,7 @@
 #include "scheduler/placement_state.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "runtime/config.h"
@@ -20,23 +22,74 @@ void PlacementState::Ensure(const MoEOptions& o, int64_t world_size, int64_t byt
   if (policy_ && key == key_) return;
   const runtime::Config& config = runtime::GlobalConfig();
   const placement::LayerSpec layer{o.d_model(), o.d_hidden(), o.gated(), o.bias(), bytes_per_element};
-  policy_ = ValueOrThrow(placement::MakePolicy(name_, runtime::ClusterFromConfig(config, world_size), layer,
-                                               runtime::PolicyOptionsFromConfig(config, o.name())));
+  const placement::ClusterSpec cluster = runtime::ClusterFromConfig(config, world_size);
+  policy_ = ValueOrThrow(
+      placement::MakePolicy(name_, cluster, layer, runtime::PolicyOptionsFromConfig(config, o.name())));
   key_ = key;
+  // A new shape starts a new fit: the old figures were of other rows.
+  fit_.reset();
+  pending_.reset();
+  if (config.Get("DYNAMOE_CALIBRATE") == "online") fit_ = std::make_unique<placement::OnlineFit>(cluster, layer);
+}
+
+std::vector<double> PlacementState::Figures() const {
+  if (runtime::GlobalConfig().Get("DYNAMOE_CALIBRATE") != "online") return {};
+  std::vector<double> f(kFigures, 0.0);
+  if (pending_ && fit_) {
+    f[0] = 1;
+    std::copy(pending_->times.seconds.begin(), pending_->times.seconds.end(), f.begin() + 1);
+  }
+  return f;
+}
+
+void PlacementState::Calibrate(const std::vector<double>& all, int64_t world_size) {
+  if (!fit_ || !pending_ || static_cast<int64_t>(all.size()) != world_size * kFigures ||
+      pending_->counts.world_size != world_size)
+    return;
+  static const std::vector<std::string> names(monitor::kPhaseNames.begin(), monitor::kPhaseNames.end());
+  std::vector<std::pair<int64_t, placement::RankTimes>> measured;
+  for (int64_t r = 0; r < world_size; ++r) {
+    const double* f = all.data() + r * kFigures;
+    if (f[0] != 1) return;  // a rank without the previous step's figures: fit nothing (all ranks alike)
+    measured.emplace_back(r, placement::TimesFromPhases(names, f + 1));
+  }
+  fit_->Add(pending_->counts, pending_->plan, measured);
+  pending_.reset();
+  if (fit_->ready()) policy_->SetCluster(fit_->Cluster());
+}
+
+void PlacementState::Measured(const monitor::PhaseTimes& times) {
+  if (!fit_ || counts_.world_size == 0) return;
+  pending_ = std::make_unique<Pending>(Pending{counts_, plan_, times});
+}
+
+std::vector<double> PlacementState::CostModelStats() const {
+  if (!policy_) return {};
+  const placement::ClusterSpec& c = policy_->model().cluster();
+  return {fit_ ? 1.0 : 0.0,
+          c.flops,
+          c.intra_node_bw,
+          c.inter_node_bw,
+          c.intra_node_latency_s,
+          c.inter_node_latency_s,
+          fit_ && fit_->ready() ? fit_->rates().fixed_s : 0.0,
+          fit_ ? fit_->MedianError() : -1.0,
+          fit_ ? static_cast<double>(fit_->steps()) : 0.0};
 }
 
 const placement::Plan& PlacementState::Next(const MoEOptions& o, const at::Tensor& kept, int64_t bytes) {
   Ensure(o, kept.size(0), bytes);
-  plan_ = ValueOrThrow(policy_->Step(ToCountMatrix(kept)));
+  counts_ = ToCountMatrix(kept);
+  plan_ = ValueOrThrow(policy_->Step(counts_));
   OverridePlanForTesting(o.name(), kept, plan_);  // tests' hand-made quotas; nothing otherwise
   return plan_;
 }
 
 const placement::Plan& PlacementState::UseNone(const MoEOptions& o, const at::Tensor& kept, int64_t bytes) {
   Ensure(o, kept.size(0), bytes);
-  const placement::CountMatrix counts = ToCountMatrix(kept);
-  plan_ = placement::Plan::None(counts.world_size, counts.num_experts);
-  plan_.predicted_step_seconds = policy_->model().Predict(counts, plan_).total;
+  counts_ = ToCountMatrix(kept);
+  plan_ = placement::Plan::None(counts_.world_size, counts_.num_experts);
+  plan_.predicted_step_seconds = policy_->model().Predict(counts_, plan_).total;
   return plan_;
 }
 

@@ -414,15 +414,23 @@ int Calibrate(const Args& a) {
   }
   std::cout << absl::StrFormat("%s: fitted on %d steps (after %d warm-up steps), checked on the %d after them\n",
                                a.positional[0], c->fit_steps, c->warmup_steps, c->heldout_steps);
-  std::cout << absl::StrFormat("%-9s %14s %14s %24s\n", "phase", "s per row", "intercept s", "held-out median error");
+  const auto& r = c->rates;
+  std::cout << absl::StrFormat("fitted rates: %.4g s per expert row", r.seconds_per_row);
+  if (c->flops > 0) std::cout << absl::StrFormat(" (%.4g FLOP/s)", c->flops);
+  std::cout << absl::StrFormat(", intra-node %.4g B/s%s, %.4g s per message%s", r.intra_node_bw,
+                               r.fitted[2] ? "" : " (prior)", r.intra_node_latency_s, r.fitted[0] ? "" : " (prior)");
+  if (c->cluster.MultiNode())
+    std::cout << absl::StrFormat(", inter-node %.4g B/s%s, %.4g s per message%s", r.inter_node_bw,
+                                 r.fitted[3] ? "" : " (prior)", r.inter_node_latency_s, r.fitted[1] ? "" : " (prior)");
+  std::cout << absl::StrFormat(", fixed %.4g s per step\n", r.fixed_s);
   for (const auto& f : c->fits)
-    std::cout << absl::StrFormat("%-9s %14.4g %14.4g %23.1f%%\n", f.phase, f.slope, f.intercept,
-                                 100 * f.heldout_median_error);
-  if (c->flops > 0) std::cout << absl::StrFormat("implied expert rate: %.4g FLOP/s\n", c->flops);
-  if (c->bytes_per_second > 0) std::cout << absl::StrFormat("implied exchange rate: %.4g B/s\n", c->bytes_per_second);
+    std::cout << absl::StrFormat("%-9s held-out median error %.1f%%\n", f.phase, 100 * f.heldout_median_error);
   std::cout << absl::StrFormat("forward step time, held-out steps: median error %.1f%%\n", 100 * c->step_median_error);
   std::cout << absl::StrFormat("  without the count all-gather (waiting for peers): median error %.1f%%\n",
                                100 * c->work_median_error);
+  if (c->online_median_error >= 0)
+    std::cout << absl::StrFormat("  running fit (as DYNAMOE_CALIBRATE=online reports it): median error %.1f%%\n",
+                                 100 * c->online_median_error);
   return 0;
 }
 

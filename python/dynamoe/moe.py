@@ -10,6 +10,19 @@ from torch import nn
 
 from ._ops import ops
 
+
+def _cost_model(v):
+    """LayerState.cost_model()'s list as stats()["cost_model"]."""
+    if not v:
+        return None
+    d = {"calibrating": bool(v[0]), "flops": v[1], "intra_node_bytes_per_second": v[2],
+         "inter_node_bytes_per_second": v[3], "intra_node_latency_seconds": v[4],
+         "inter_node_latency_seconds": v[5]}
+    if d["calibrating"]:
+        d.update(fixed_seconds=v[6], error=v[7] if v[7] >= 0 else None, fitted_steps=int(v[8]))
+    return d
+
+
 @functools.lru_cache(maxsize=None)
 def _phase_names():
     """Phase order of moe_forward's info tensor (fixed per build)."""
@@ -237,14 +250,15 @@ class MoE(nn.Module):
                     "plan_hash": st.plan_hash() & (2 ** 64 - 1),
                     "predicted_step_seconds": st.predicted_step_seconds(),
                     "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received),
-                    "overlapped": bool(overlapped), "pipeline_stages": int(stages)}
+                    "overlapped": bool(overlapped), "pipeline_stages": int(stages),
+                    "cost_model": _cost_model(st.cost_model())}
         else:
             y, aux, counts, routed, dropped, capacity, balance, z, phases, recomputed = self._custom_forward(x)
             losses = None
             sent, received, comm_s = 0, 0, 0.0
             plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
                     "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0,
-                    "overlapped": False, "pipeline_stages": 0}
+                    "overlapped": False, "pipeline_stages": 0, "cost_model": None}
         self.aux_loss = aux  # a recomputation's too: a checkpointed function may return it
         if not recomputed:  # stats describe the step's forward, not its checkpointing recomputation
             self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
@@ -305,7 +319,11 @@ class MoE(nn.Module):
         ([E] copies per expert beyond its owner), plan_hash (same on every rank),
         predicted_step_seconds (the cost model's), weight_bytes_sent/received; schedule:
         overlapped (the overlap pipeline ran) and pipeline_stages (stages that moved rows, at most
-        peer groups x token chunks)."""
+        peer groups x token chunks); cost_model: the placement cost model's rates in use (flops,
+        intra/inter_node_bytes_per_second, intra/inter_node_latency_seconds; fitted under
+        DYNAMOE_CALIBRATE=online, else the configured ones), calibrating, and with calibration
+        fixed_seconds, error (median relative error of the predicted forward over recent steps, each
+        predicted before it joined the fit; None before the first) and fitted_steps."""
         s = dict(self._stats)
         losses = s.pop("_losses", None)
         if losses is not None and math.isnan(s["balance_loss"]):  # on a GPU: read only when asked

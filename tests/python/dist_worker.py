@@ -193,6 +193,31 @@ def placement():
             check(ref.stats()["replicas"] == [0] * E and ref.stats()["shadowed"] == [], "none made copies")
 
 
+def calibrate():
+    """DYNAMOE_CALIBRATE=online (set by the test): each rank trains on its own token count, so its
+    phase times differ from the others'; reports per step the plan hash, this rank's phase times
+    and stats()["cost_model"] (the parent compares the ranks)."""
+    E, d, h = args.experts, 32, 64
+    torch.manual_seed(1234)
+    moe = dynamoe.MoE(d, h, E, top_k=2, group=dist.group.WORLD, placement="adaptive")
+    with torch.no_grad():
+        moe.expert_bias[1] = 2.0  # a hot expert, so that the policy has copies to weigh
+    opt = torch.optim.SGD(moe.parameters(), lr=1e-3)
+    n = [int(t) for t in args.tokens.split(",")][rank % len(args.tokens.split(","))]
+    g = torch.Generator().manual_seed(7 + rank)
+    steps = []
+    for step in range(args.stages or 30):
+        x = torch.randn(n + 7 * (step % 5), d, generator=g)
+        opt.zero_grad()
+        (moe(x).square().mean() + moe.aux_loss).backward()
+        dynamoe.reduce_gradients(moe)
+        opt.step()
+        st = moe.stats()
+        steps.append({"plan_hash": st["plan_hash"], "phase_seconds": st["phase_seconds"],
+                      "cost_model": st["cost_model"]})
+    report["steps"] = steps
+
+
 def schedule():
     """The overlap schedule from the environment (FastMoE's FMOE_FASTER_* names) against
     schedule="sequential", with and without copies, float64 and bfloat16, x needing a gradient."""
@@ -709,6 +734,8 @@ try:
         placement()
     elif args.scenario == "schedule":
         schedule()
+    elif args.scenario == "calibrate":
+        calibrate()
     elif args.scenario == "compat":
         compat()
     elif args.scenario == "checkpoint":
