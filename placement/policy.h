@@ -3,7 +3,8 @@
 //   none       plain expert parallelism.
 //   fastermoe  FasterMoE's shadowing criterion, with its defects fixed
 //              (fastermoe.cc lists each difference from the original).
-//   adaptive   greedy search on the cost model (adaptive.cc).
+//   adaptive   copies chosen by marginal gain on the cost model, with quotas in
+//              the loop, seeded with fastermoe's and eplb's sets (adaptive.cc).
 //   eplb       DeepSeek-EPLB-style redundant replicas (eplb.cc).
 //
 // A policy is stateful (moving averages, the previous plan), deterministic,
