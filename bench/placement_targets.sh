@@ -8,6 +8,7 @@
 # Markdown table (bench/README.md, "Placement targets") and the targets per trace.
 #
 #   bench/placement_targets.sh [OUT_DIR (build/targets)] [--steps N (200)]
+#   REPLAY_FLAGS="--max-copied 64" bench/placement_targets.sh   (extra flags for every replay)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/targets
@@ -22,11 +23,12 @@ tool=./build/default/tools/dynamoe-replay
 [[ -x $tool ]] || { echo "placement_targets: build $tool first (./scripts/build.sh)" >&2; exit 1; }
 /usr/bin/python3 bench/make_traces.py "$out" --steps "$steps" >&2
 layer=(--preset h100-nvlink-ib --d-model 4096 --d-hidden 14336 --gated --dtype bf16 --tokens-per-rank 8192 --top-k 8)
+read -r -a extra <<<"${REPLAY_FLAGS:-}"
 runs=("zipf1.0 64" "zipf1.0 256" "zipf1.2 64" "zipf1.2 256" "olmoe-like 64")
 for r in "${runs[@]}"; do
   read -r name world <<<"$r"
   start=$(date +%s.%N)
-  "$tool" run "$out/$name.dmtrace" --world "$world" "${layer[@]}" --out-dir "$out/$name-$world" >"$out/$name-$world.txt"
+  "$tool" run "$out/$name.dmtrace" --world "$world" "${layer[@]}" "${extra[@]}" --out-dir "$out/$name-$world" >"$out/$name-$world.txt"
   printf '%s at %s ranks replayed in %.1f s\n' "$name" "$world" "$(echo "$(date +%s.%N) - $start" | bc)" >&2
 done
 /usr/bin/python3 - "$out" "${runs[@]}" <<'EOF'
