@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tests/cpp/gloo_skip.h"
+#include "tests/cpp/worker_expect.h"
 #include "tools/local_launch.h"
 
 namespace {
@@ -69,11 +70,29 @@ TEST_P(QuotaEpTest, UnevenQuotasMatchNone) {
   // The forced plans ran: expert 1 on every rank and expert E-1 on one more,
   // 3 steps (rank 0's summary "<dtype>/<routing>/<policy>@<schedule>: N copies").
   const std::string copies = std::to_string(3 * GetParam().world) + " copies over 3 steps";
+  std::string schedules;  // the last schedules= argument wins, as in the worker
+  for (const std::string& a : GetParam().args)
+    if (a.rfind("schedules=", 0) == 0) schedules = a.substr(10);
   for (const char* pattern : {"most", "away", "three", "stale"})
-    for (const char* schedule : {"", "@overlap:1:2", "@overlap:2:3"})
-      EXPECT_NE(results[0].out.find(std::string("/hot/quota-") + pattern + schedule + ": " + copies),
-                  std::string::npos)
-            << pattern << schedule << "\n" << all;
+    for (const std::string& schedule : dynamoe::testing::Split(schedules)) {
+      const std::string label = std::string("/hot/quota-") + pattern + (schedule == "sequential" ? "" : "@" + schedule);
+      EXPECT_NE(results[0].out.find(label + ": " + copies), std::string::npos) << label << "\n" << all;
+    }
+}
+
+// DYNAMOE_CHECK_PLAN compares quotas too: ranks that force the same copies
+// but other quotas stop at the first step, naming the ranks.
+TEST(QuotaEpCheck, DifferentQuotasFailThePlanCheck) {
+  DYNAMOE_SKIP_WITHOUT_GLOO();
+  dynamoe::tools::LaunchOptions options;
+  options.env = {{"DYNAMOE_LOG_LEVEL", "warning"}, {"DYNAMOE_CHECK_PLAN", "1"}};
+  const auto results = dynamoe::tools::LaunchLocal(
+      DYNAMOE_PLACEMENT_WORKER, {"policies=quota-diverge", "routings=hot", "tokens=13,7,9", "experts=6"}, 3, options);
+  const std::string all = dynamoe::tools::DescribeResults(results);
+  for (const auto& r : results) {
+    EXPECT_EQ(r.exit_code, 3) << all;  // a dynamoe::Error
+    EXPECT_NE(r.err.find("ranks computed different placement plans"), std::string::npos) << all;
+  }
 }
 
 const std::vector<std::string> kQuotaArgs = {"policies=quota-most,quota-away,quota-three,quota-stale",
@@ -89,7 +108,8 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(Case{"W3_Fp64", 3, With(kQuotaArgs, {"tokens=13,0,17", "experts=6"})},
                     Case{"W4_Fp64", 4, With(kQuotaArgs, {"tokens=13,0,17,9"})},
                     Case{"W4_GatedFp32Bf16", 4,
-                         With(kQuotaArgs, {"tokens=6,11,0,20", "gated=1", "experts=12", "dtypes=float,bfloat16"})}),
+                         With(kQuotaArgs, {"tokens=6,11,0,20", "gated=1", "experts=12", "dtypes=float,bfloat16",
+                                           "schedules=sequential,overlap:2:3"})}),
     [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

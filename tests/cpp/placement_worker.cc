@@ -93,6 +93,8 @@ Quota MakeQuota(const Pieces& by_source) {
 //   stale  AssignQuotas (every row water-filled) on counts where rank 0 sent
 //          one more row to each expert: rank 0's rows follow the split rule
 //          (no quota covers them), the other ranks' follow the quotas.
+//   diverge  rank 0 forces `most`, the others `three`: the same copies, other
+//          quotas, which DYNAMOE_CHECK_PLAN must catch (the run fails).
 Plan ForcedPlan(const std::string& pattern, const CountMatrix& counts) {
   const int64_t P = counts.world_size, E = counts.num_experts, last = E - 1;
   Plan plan = Plan::None(P, E);
@@ -169,7 +171,8 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
     dynamoe::scheduler::SetPlanOverrideForTesting(
         [&, layer = moe->options.name()](const std::string& name, const CountMatrix& counts, Plan& plan) {
           if (name != layer) return;
-          plan = ForcedPlan(policy.substr(6), counts);
+          const std::string pattern = policy.substr(6);
+          plan = ForcedPlan(pattern != "diverge" ? pattern : g.ep->rank() == 0 ? "most" : "three", counts);
           forced_plan = plan;
           forced_imbalance = std::max(forced_imbalance, Imbalance(plan, counts));
         });

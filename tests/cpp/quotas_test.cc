@@ -1,7 +1,7 @@
 // Token quotas (placement/quotas.h): WaterFill against a brute force over
 // every integer split, AssignQuotas's invariants on random count matrices and
 // its balance on hand-computed cases, and the Plan's handling of quotas
-// (RoutesOf, Validate, Hash).
+// (RoutesOf, Validate, Hash, traces).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 
 #include "placement/plan.h"
 #include "placement/quotas.h"
+#include "placement/trace.h"
 
 namespace dynamoe::placement {
 namespace {
@@ -347,6 +348,40 @@ TEST(Quota, HashCoversQuotas) {
   moved = p;
   moved.predicted_step_seconds = 1;
   EXPECT_EQ(moved.Hash(), p.Hash());
+}
+
+TEST(Quota, TracesRecordCopiesAndTheQuotasFollowFromThem) {
+  // A policy's plan with quotas, recorded: the trace keeps owners and
+  // copies, not quotas; the plan read back routes every row to a holder (the
+  // split rule), and AssignQuotas on it and the recorded counts gives the
+  // same quotas again (they are a function of copies, counts and cluster).
+  std::mt19937 rng(19);
+  Random r = MakeRandom(rng, 4, 2);
+  r.plan.copies[1] = {2, 3};  // at least one copied expert
+  AssignQuotas(r.plan, r.counts, Cluster(4), false);
+  ASSERT_TRUE(r.plan.HasQuota(1));
+  TraceStep step;
+  step.kept = step.routed = r.counts;
+  step.plan = r.plan;
+  std::string bytes = EncodeTraceHeader(4, 0, {}, {TraceLayerSpec{"moe0", 8, 4, 8, false, false, 4}});
+  bytes += EncodeStepRecord(step);
+  const absl::StatusOr<Trace> t = ParseTrace(bytes);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ASSERT_EQ(t->steps.size(), 1u);
+  ASSERT_TRUE(t->steps[0].plan.has_value());
+  Plan read = *t->steps[0].plan;
+  EXPECT_EQ(read.owner, r.plan.owner);
+  EXPECT_EQ(read.copies, r.plan.copies);
+  EXPECT_FALSE(read.HasQuota(1));
+  std::vector<int64_t> rows = RankRows(read, t->steps[0].kept);
+  int64_t sum = 0;
+  for (int64_t n : rows) sum += n;
+  EXPECT_EQ(sum, r.counts.Total());
+  ForEachRoute(read, t->steps[0].kept, [&](int64_t, int64_t e, int64_t d, int64_t) {
+    EXPECT_TRUE(read.Holds(d, e)) << "expert " << e << " rank " << d;
+  });
+  AssignQuotas(read, t->steps[0].kept, Cluster(4), false);
+  EXPECT_EQ(read.Hash(), r.plan.Hash());
 }
 
 }  // namespace
