@@ -237,7 +237,16 @@ void OnlineFit::Refit() {
         y.push_back(t.experts);
       }
     std::vector<double> beta;
-    RobustFit(X, y, 2, {prior_spr, 0.0}, {1, 0}, beta);
+    const std::vector<char> used = RobustFit(X, y, 2, {prior_spr, 0.0}, {1, 0}, beta);
+    if (!used[0]) {
+      // Rows that barely vary next to the noise leave the slope unfitted: the
+      // median seconds per row through the origin beats the prior (often a
+      // GPU's rate on a CPU run).
+      std::vector<double> ratio;
+      for (size_t i = 0; i < y.size(); ++i)
+        if (X[2 * i] > 0) ratio.push_back(y[i] / X[2 * i]);
+      if (!ratio.empty() && MedianOf(ratio) > 0) beta = {MedianOf(ratio), 0.0};
+    }
     rates_.seconds_per_row = beta[0];
     rates_.expert_fixed_s = beta[1];
   }

@@ -239,3 +239,30 @@ TEST(OnlineFit, IdenticalInputsGiveBitwiseIdenticalFits) {
 
 }  // namespace
 }  // namespace dynamoe::placement
+
+namespace dynamoe::placement {
+namespace {
+
+// Noise that makes the experts' time fall as rows rise (a busy machine): the
+// slope would be negative. The fit then takes the median seconds per row
+// through the origin, not the prior (1.15e13 FLOP/s: a GPU's rate).
+TEST(OnlineFit, ANegativeSlopeFallsBackToSecondsPerRow) {
+  ClusterSpec prior;
+  prior.world_size = 1;
+  const LayerSpec layer{64, 256, false, false, 4};
+  OnlineFit fit(prior, layer);
+  for (int step = 0; step < 20; ++step) {
+    const int64_t rows = 1000 + 10 * (step % 5);
+    RankTimes t;
+    t.experts = 1e-3 * (1.0 - 0.002 * (step % 5));  // 1 us per row at 1000 rows, falling
+    t.total = t.experts + 1e-3;
+    fit.Add(*CountMatrix::Make(1, 1, {rows}), Plan::None(1, 1), {{0, t}});
+  }
+  // The median of time / rows over the window: about 1e-6 s per row (within 5%: rows
+  // and times vary by 4% and 1%).
+  EXPECT_NEAR(fit.rates().seconds_per_row, 1e-6, 5e-8);
+  EXPECT_EQ(fit.rates().expert_fixed_s, 0);
+}
+
+}  // namespace
+}  // namespace dynamoe::placement
