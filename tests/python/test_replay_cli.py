@@ -210,7 +210,7 @@ def test_calibrate_on_a_trace_the_demo_recorded(tmp_path, trace):
 
 
 DECISION = re.compile(r"\[dynamoe D\] demo placement fastermoe step (\d+): predicted (\S+) s without copies, "
-                      r"(\S+) s with shadowed \[([\d,]*)\] replicas \{\};(.*)$")
+                      r"(\S+) s with shadowed \[([\d,]*)\] replicas \{\} \(before quotas\);(.*)$")
 EXPERT = re.compile(r" expert (\d+) \(load (\d+)(?:, next (\d+))?\) (shadowed|not shadowed): (.*?);")
 
 
