@@ -132,6 +132,34 @@ TEST(Metrics, DeadExpertsAgeOutOfTheWindow) {
   EXPECT_EQ(Family(reg.Collect(), "dynamoe_dead_experts").metric.at(0).gauge.value, 1);
 }
 
+// DYNAMOE_CALIBRATE=online's gauges: absent without rates, the last step's
+// rates per kind and the error once reported.
+TEST(Metrics, CostModelGaugesFollowTheLastCalibratedStep) {
+  MetricsRegistry reg(1);
+  reg.RecordStep(Report({1, 2}, {3, 4}, 5));
+  for (const auto& f : reg.Collect())
+    EXPECT_TRUE(f.name != "dynamoe_cost_model_rate" && f.name != "dynamoe_cost_model_error") << f.name;
+  StepReport r = Report({1, 2}, {3, 4}, 5);
+  r.cost_model_rates = {{"flops", 2e10}, {"fixed_seconds", 0.003}};
+  r.cost_model_error = -1;  // no prediction yet
+  reg.RecordStep(r);
+  r.cost_model_rates = {{"flops", 3e10}, {"fixed_seconds", 0.004}};
+  r.cost_model_error = 0.12;
+  reg.RecordStep(r);
+  const auto fs = reg.Collect();
+  const auto& rates = Family(fs, "dynamoe_cost_model_rate");
+  ASSERT_EQ(rates.metric.size(), 2u);
+  EXPECT_EQ(Label(rates.metric[0], "kind"), "flops");
+  EXPECT_EQ(rates.metric[0].gauge.value, 3e10);
+  EXPECT_EQ(Label(rates.metric[1], "kind"), "fixed_seconds");
+  EXPECT_EQ(rates.metric[1].gauge.value, 0.004);
+  EXPECT_EQ(Label(rates.metric[1], "layer"), "moe0");
+  EXPECT_EQ(Label(rates.metric[1], "rank"), "1");
+  const auto& error = Family(fs, "dynamoe_cost_model_error");
+  ASSERT_EQ(error.metric.size(), 1u);
+  EXPECT_EQ(error.metric[0].gauge.value, 0.12);
+}
+
 TEST(Metrics, ExpositionPassesPromtool) {
   MetricsRegistry reg(0, {/*per_expert=*/true});
   reg.RecordStep(Report({5, 0, 3, 0}, {9, 0, 3, 0}, 7));
