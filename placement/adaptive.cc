@@ -286,6 +286,40 @@ double AdaptivePolicy::SeedLowerBound(LoadState& state) {
   return model_.Finish(0.0, most, state.Cost().broadcast).total;
 }
 
+double AdaptivePolicy::CopiesLowerBound(LoadState& state, const std::vector<std::vector<int32_t>>& copies) {
+  // SeedLowerBound's rows terms for `copies`, without editing the state; the
+  // weights' broadcast per rank as Cost() counts it (sent and received copies).
+  const Plan& plan = state.plan();
+  const std::vector<int64_t>& loads = state.expert_loads();
+  const int64_t P = plan.world_size;
+  int64_t total = 0, most = 0;
+  lower_rows_.assign(P, 0);
+  weight_send_.assign(P, 0.0);
+  weight_recv_.assign(P, 0.0);
+  for (int64_t e = 0; e < plan.num_experts; ++e) {
+    total += loads[e];
+    const std::vector<int32_t>& c = copies[e];
+    if (c.empty()) {
+      lower_rows_[plan.owner[e]] += loads[e];
+      continue;
+    }
+    const int64_t holders = static_cast<int64_t>(c.size()) + 1;
+    most = std::max(most, (loads[e] + holders - 1) / holders);
+    for (int32_t r : c) {
+      const double t = model_.ExpertSeconds(plan.owner[e], r);
+      weight_send_[plan.owner[e]] += t;
+      weight_recv_[r] += t;
+    }
+  }
+  double bcast = 0;
+  for (int64_t r = 0; r < P; ++r) {
+    most = std::max(most, lower_rows_[r]);
+    bcast = std::max({bcast, weight_send_[r], weight_recv_[r]});
+  }
+  most = std::max(most, (total + P - 1) / P);
+  return model_.Finish(0.0, most, bcast).total;
+}
+
 void AdaptivePolicy::Decide(const CountMatrix&) {
   LoadState& state = state_;  // plain expert parallelism on these counts
   const Plan& plan = state.plan();
@@ -331,7 +365,16 @@ void AdaptivePolicy::Decide(const CountMatrix&) {
     state.RestoreQuotas(1);
   }
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " " << chosen << " replica set: " << new_seconds << " s";
-  if (has_previous_ && previous_copies_ != plan.copies) {
+  // The previous set is re-scored only when it can be kept: its lower bound
+  // (no quota gives its busiest rank fewer rows than the bound; its weights'
+  // terms are exact) below no copies' prediction and within the hysteresis of
+  // the new set. The margin covers the bound's other summation order.
+  bool rescore = has_previous_ && previous_copies_ != plan.copies;
+  if (rescore && static_cast<int64_t>(previous_copies_.size()) == E) {
+    const double lower = CopiesLowerBound(state, previous_copies_) * (1 - 1e-9);
+    rescore = lower <= none_seconds && new_seconds > lower * (1 - options_.hysteresis);
+  }
+  if (rescore) {
     // The previous replica set with its quotas reassigned on these counts.
     state.SaveQuotas(1);
     next_copies_ = plan.copies;

@@ -38,8 +38,10 @@ class AdaptivePolicy : public Policy {
   bool has_previous_ = false;
   // A lower bound of a seed's prediction on `state` (any routing).
   double SeedLowerBound(LoadState& state);
+  // The same bound for the replica set `copies` ([E]), without editing `state`.
+  double CopiesLowerBound(LoadState& state, const std::vector<std::vector<int32_t>>& copies);
   std::vector<std::vector<int32_t>> previous_copies_, next_copies_, best_copies_;
-  std::vector<double> load_;
+  std::vector<double> load_, weight_send_, weight_recv_;
   std::vector<int64_t> lower_rows_;
   // Search's scratch, kept across steps.
   std::vector<int32_t> owned_start_, owned_, scratch_ranks_, copied_, idlest_, trial_;
