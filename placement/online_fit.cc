@@ -278,13 +278,25 @@ void OnlineFit::Refit() {
     for (int j = 0; j < kLink; ++j) rates_.fitted[j] = used[j] != 0;
     exchange_c_ = beta[kLink];
   }
-  // Every other per-step cost: the median residual of the totals.
-  std::vector<double> res;
+  // Every other per-step cost: the residual of the totals that minimises the
+  // sum of |error| / total (a median weighted by 1 / total), as the other fits
+  // do: the error reported is relative.
+  std::vector<std::pair<double, double>> res;  // (residual, weight)
+  double half = 0;
   for (const Step& st : window_) {
     const double core = a * static_cast<double>(st.shape.max_rows) + Link(LinkOf(st.shape));
-    for (const auto& [r, t] : st.measured) res.push_back(t.total - core);
+    for (const auto& [r, t] : st.measured) {
+      const double w = 1.0 / std::max(t.total, 1e-9);
+      res.emplace_back(t.total - core, w);
+      half += w / 2;
+    }
   }
-  rates_.fixed_s = MedianOf(res);
+  std::sort(res.begin(), res.end());
+  rates_.fixed_s = 0;
+  for (const auto& [v, w] : res) {
+    rates_.fixed_s = v;
+    if ((half -= w) <= 0) break;
+  }
 }
 
 ClusterSpec OnlineFit::Cluster() const {
