@@ -337,7 +337,21 @@ void AdaptivePolicy::Decide(const CountMatrix&) {
   best_copies_ = plan.copies;
   const char* chosen = "the search's";
   bool moved = false;
-  for (int k = 0; k < 2; ++k) {
+  // fastermoe shadows whole experts: a seed with any copy sends P - 1 of an
+  // expert's weights from its owner, and no rank computes fewer than the
+  // mean rows. Below that bound it is not even built.
+  const ClusterSpec& cluster = model_.cluster();
+  const double bytes = model_.layer().ExpertBytes();
+  const double min_expert_s = std::min(cluster.intra_node_latency_s + bytes / cluster.intra_node_bw,
+                                       cluster.inter_node_latency_s + bytes / cluster.inter_node_bw);
+  const int64_t P = plan.world_size;
+  int64_t total = 0;
+  for (int64_t e = 0; e < E; ++e) total += state.expert_loads()[e];
+  const bool shadow_can_win =
+      P > 1 && std::min(options_.max_copied, CopiesAllowedPerRank()) > 0 &&
+      model_.Finish(0.0, (total + P - 1) / P, static_cast<double>(P - 1) * min_expert_s).total * (1 - 1e-9) <
+          new_seconds;
+  for (int k = shadow_can_win ? 0 : 1; k < 2; ++k) {
     for (int64_t e = 0; e < E; ++e)
       if (!plan.copies[e].empty()) state.SetCopies(e, {});
     moved = true;
@@ -360,10 +374,7 @@ void AdaptivePolicy::Decide(const CountMatrix&) {
       moved = false;
     }
   }
-  if (moved) {
-    SetAllCopies(state, best_copies_);
-    state.RestoreQuotas(1);
-  }
+  if (moved) state.RestoreCopies(1, best_copies_);
   if (explain) DYNAMOE_LOG(kDebug) << LogPrefix() << " " << chosen << " replica set: " << new_seconds << " s";
   // The previous set is re-scored only when it can be kept: its lower bound
   // (no quota gives its busiest rank fewer rows than the bound; its weights'
@@ -385,8 +396,7 @@ void AdaptivePolicy::Decide(const CountMatrix&) {
                           << previous_seconds << " s): the new one (" << new_seconds << " s) is not "
                           << options_.hysteresis * 100 << "% faster";
     } else {
-      SetAllCopies(state, next_copies_);
-      state.RestoreQuotas(1);
+      state.RestoreCopies(1, next_copies_);
     }
   }
   DYNAMOE_LOG(kDebug) << LogPrefix() << " predicted " << none_seconds << " s without copies, "

@@ -615,6 +615,40 @@ void LoadState::RestoreQuotas(int slot) {
   best_quotas_seconds_ = saved_seconds_[slot];
 }
 
+void LoadState::RestoreCopies(int slot, const std::vector<std::vector<int32_t>>& copies) {
+  best_quotas_done_ = false;
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  const std::vector<int32_t>& experts = saved_experts_[slot];
+  size_t i = 0;
+  for (int64_t e = 0; e < E_; ++e) {
+    const Quota* q = i < experts.size() && experts[i] == e ? &saved_quotas_[slot][i++] : nullptr;
+    Quota& now = plan_.quotas[e];
+    if (plan_.copies[e] == copies[e] && (q ? now == *q : now.start.empty())) continue;
+    CollectRoutes(e, old_);
+    Apply(old_, -1, state);
+    for (int32_t r : plan_.copies[e]) {
+      ApplyBroadcast(e, r, -1, bsend_.data(), brecv_.data());
+      --copies_on_[r];
+    }
+    plan_.copies[e] = copies[e];
+    if (q) {
+      now = *q;
+    } else {
+      now.start.clear();
+      now.dest.clear();
+      now.rows.clear();
+    }
+    for (int32_t r : plan_.copies[e]) {
+      ApplyBroadcast(e, r, +1, bsend_.data(), brecv_.data());
+      ++copies_on_[r];
+    }
+    CollectRoutes(e, new_);
+    Apply(new_, +1, state);
+  }
+  best_quotas_done_ = saved_done_[slot];  // the same routing as then
+  best_quotas_seconds_ = saved_seconds_[slot];
+}
+
 bool LoadState::AllQuotas() {
   for (int64_t e = 0; e < E_; ++e) {
     if (plan_.copies[e].empty()) continue;

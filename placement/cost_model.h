@@ -145,6 +145,11 @@ class LoadState {
   // must have the same copies at RestoreQuotas as at SaveQuotas.
   void SaveQuotas(int slot);
   void RestoreQuotas(int slot);
+  // Gives every expert copies[e] and the quota kept in `slot` (none where
+  // it kept none), one re-route per expert that differs: SetCopies on each
+  // then RestoreQuotas, without routing by the split rule in between.
+  // `copies` must be the state's copies at SaveQuotas(slot).
+  void RestoreCopies(int slot, const std::vector<std::vector<int32_t>>& copies);
 
   int64_t RowsOn(int64_t rank) const { return rows_[rank]; }
   // [P] rows computed per rank.
