@@ -54,7 +54,7 @@ struct FittedRates {
   double expert_fixed_s = 0;   // the experts phase's per-step constant (b)
   double intra_node_latency_s = 0, inter_node_latency_s = 0;  // per message
   double intra_node_bw = 0, inter_node_bw = 0;                // bytes/s
-  double fixed_s = 0;  // per-step constant of the forward (all phases)
+  double fixed_s = 0;  // per-step constant of the forward (all phases); a residual, negative when the other terms over-predict
   // Which of latency intra/inter, bw intra/inter the window identified (the others are the prior's).
   std::array<bool, 4> fitted{};
 };

@@ -1,4 +1,5 @@
 """DYNAMOE_CALIBRATE=online across real processes, and stats()["cost_model"]."""
+import math
 import os
 import subprocess
 import sys
@@ -30,7 +31,9 @@ def test_ranks_agree_on_plans_and_fitted_rates_while_their_timings_differ(tmp_pa
     # CPU core does well under 1e12 FLOP/s).
     assert 0 < cm["flops"] < 1e12
     assert steps[0][0]["cost_model"]["flops"] > 1e12  # step 0 ran on the configured rates
-    assert cm["fixed_seconds"] > 0
+    # A residual (the weighted median of total - modelled terms): on a loaded machine the
+    # fitted slopes can over-predict, so it may be negative; it must be a number.
+    assert math.isfinite(cm["fixed_seconds"])
 
 
 def test_stats_report_the_configured_rates_without_calibration():
