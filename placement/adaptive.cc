@@ -220,13 +220,18 @@ void AdaptivePolicy::Search(LoadState& state) {
       const double gain = current - t;
       if (!(gain > current * 1e-9)) continue;
       const double score = gain / bytes;
-      if (best.expert < 0 || score > best.score) best = Candidate{e, r, t, score};
+      if (best.expert < 0 || score > best.score) {
+        best = Candidate{e, r, t, score};
+        state.KeepTried(e, trial_);  // its routing, so the copy is not filled twice
+      }
     }
     state.Watch(-1);
+    bool kept = true;
     if (best.expert < 0) {
       if (lookahead > 0 && shed.expert >= 0) {
         --lookahead;
         best = shed;
+        kept = false;
       } else {
         if (explain) why += " stopped: no candidate copy lowers the prediction;";
         break;
@@ -236,7 +241,11 @@ void AdaptivePolicy::Search(LoadState& state) {
       why += absl::StrFormat(" copy expert %d to rank %d: %.4g s -> %.4g s;", best.expert, best.rank, current,
                              best.seconds);
     if (plan.copies[best.expert].empty()) copied_.push_back(static_cast<int32_t>(best.expert));
-    state.AddCopy(best.expert, best.rank, Routing::kBalanced);
+    if (kept) {
+      state.AddKept();
+    } else {
+      state.AddCopy(best.expert, best.rank, Routing::kBalanced);
+    }
     applied_.emplace_back(best.expert, best.rank);
     now = state.Cost();
     current = now.total;

@@ -557,6 +557,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
     best = Totals(true).total;
     tried_off_rank_delta_ = off_rank_delta_;
     if (watch_ >= 0) tried_watch_rows_ = rows_[watch_] + d_rows_[watch_];
+    tried_alt_ = false;
     if (!own_fits) {
       BalancedPieces(expert, holders_.data(), n, holder_rows_.data(), true, alt_);
       Apply(new_, -1, trial);
@@ -565,6 +566,7 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
       applied = &alt_;
       if (t < best) {
         best = t;
+        tried_alt_ = true;
         tried_off_rank_delta_ = off_rank_delta_;
         if (watch_ >= 0) tried_watch_rows_ = rows_[watch_] + d_rows_[watch_];
       }
@@ -576,6 +578,34 @@ double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routin
   for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, +1, d_bsend_.data(), d_brecv_.data());
   for (int32_t r : copies) ApplyBroadcast(expert, r, -1, d_bsend_.data(), d_brecv_.data());
   return best;
+}
+
+void LoadState::KeepTried(int64_t expert, const std::vector<int32_t>& copies) {
+  kept_expert_ = expert;
+  kept_copies_ = copies;
+  kept_ = tried_alt_ ? alt_ : new_;
+}
+
+void LoadState::AddKept() {
+  // Reroute(kept_expert_, kept_copies_, kBalanced) with the pieces Try found:
+  // the same base loads and the same choice between the two fills.
+  const int64_t expert = kept_expert_;
+  best_quotas_done_ = false;
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  CollectRoutes(expert, old_);
+  Apply(old_, -1, state);
+  for (int32_t r : plan_.copies[expert]) {
+    ApplyBroadcast(expert, r, -1, bsend_.data(), brecv_.data());
+    --copies_on_[r];
+  }
+  plan_.copies[expert] = kept_copies_;
+  for (int32_t r : plan_.copies[expert]) {
+    ApplyBroadcast(expert, r, +1, bsend_.data(), brecv_.data());
+    ++copies_on_[r];
+  }
+  Apply(kept_, +1, state);
+  StoreQuota(expert, kept_);
+  kept_expert_ = -1;
 }
 
 void LoadState::Unroute(int64_t expert) {

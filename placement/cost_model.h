@@ -132,6 +132,11 @@ class LoadState {
   // After Try: the rows `rank` would compute (set the rank with Watch, -1: none).
   void Watch(int64_t rank) { watch_ = rank; }
   int64_t TriedWatchedRows() const { return tried_watch_rows_; }
+  // After Try(expert, copies, kBalanced) with copies: keeps the routing it
+  // scored; AddKept then makes that edit (as SetCopies with kBalanced would)
+  // without filling the quota again. No other edit may come in between.
+  void KeepTried(int64_t expert, const std::vector<int32_t>& copies);
+  void AddKept();
 
   // AssignQuotas (quotas.h) on the state's copies: every copied expert gets
   // the water-filled quota and its rows follow it.
@@ -264,6 +269,10 @@ class LoadState {
   double saved_seconds_[2] = {0, 0};
   int64_t tried_off_rank_delta_ = 0;
   int64_t watch_ = -1, tried_watch_rows_ = 0;
+  bool tried_alt_ = false;  // Try's best was the fill that keeps holders' own rows
+  int64_t kept_expert_ = -1;
+  std::vector<int32_t> kept_copies_;
+  std::vector<Piece> kept_;
   // AssignBestQuotas' result, until the next edit.
   bool best_quotas_done_ = false;
   double best_quotas_seconds_ = 0;
