@@ -72,8 +72,10 @@ def close_ulps(a, b, ulps, what):
 
 # Bounds in ulps of the reference's largest magnitude, where the arithmetic is not identical.
 # GEMM: the experts run on another batch of rows (another rank, pipeline chunk or expert-parallel
-# size), so BLAS may block the dot products differently; measured <= 1 ulp in fp64, 0 in bf16.
-GEMM = 1
+# size), so BLAS may block the dot products differently; measured <= 1 ulp in fp64 with the even
+# split, 1.25 with load-aware quotas (fastermoe, world 4: one source's rows cut into other
+# batches), 0 in bf16.
+GEMM = 2
 # SUM: gradients summed over tokens, chunks, copies or ranks in another order; measured <= 2.5
 # ulps in fp64 (placement copies) and 2 ulps in bf16 (overlap chunks: per-chunk bf16 products).
 SUM = {torch.float64: 4, torch.float32: 4, torch.bfloat16: 2}
