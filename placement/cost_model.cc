@@ -531,6 +531,7 @@ void LoadState::Shadow(int64_t expert) {
 }
 
 double LoadState::Try(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
+  tried_alt_ = false;  // KeepTried after a split-rule Try must not take a stale fill
   const Sink trial{d_rows_.data(), d_send_.data(), d_recv_.data()};
   const int32_t owner = plan_.owner[expert];
   for (int32_t r : plan_.copies[expert]) ApplyBroadcast(expert, r, -1, d_bsend_.data(), d_brecv_.data());

@@ -219,6 +219,9 @@ absl::Status RescaleTokensPerRank(Trace& trace, int64_t tokens, int64_t top_k) {
           static_cast<int64_t>((static_cast<__int128>(kept_sum) * rows * 2 + den) / (2 * static_cast<__int128>(den)));
       if (routed) ScaleRow(base, E, rows, den, rows, order, rem);
       if (kept_sum > 0) ScaleRow(kept, E, kept_target, kept_sum, kept_target, order, rem);
+      // Rounded apart, a kept cell can pass its routed cell by one row.
+      if (routed)
+        for (int64_t e = 0; e < E; ++e) kept[e] = std::min(kept[e], base[e]);
     }
   }
   return absl::OkStatus();
