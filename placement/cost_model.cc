@@ -121,17 +121,10 @@ void LoadState::Reset(const CountMatrix& counts, const Plan& plan) {
   // ... then the plan's copies and quotas as edits.
   for (int64_t e = 0; e < E_; ++e) {
     if (plan.copies[e].empty()) continue;
-    CollectRoutes(e, old_);
-    const Sink state{rows_.data(), send_.data(), recv_.data()};
-    Apply(old_, -1, state);
-    plan_.copies[e] = plan.copies[e];
+    ReplaceCopies(e, plan.copies[e]);
     if (plan.HasQuota(e)) plan_.quotas[e] = plan.quotas[e];
-    for (int32_t r : plan_.copies[e]) {
-      ApplyBroadcast(e, r, +1, bsend_.data(), brecv_.data());
-      ++copies_on_[r];
-    }
     CollectRoutes(e, new_);
-    Apply(new_, +1, state);
+    Apply(new_, +1, Sink{rows_.data(), send_.data(), recv_.data()});
   }
 }
 
@@ -456,24 +449,28 @@ void LoadState::StoreQuota(int64_t expert, const std::vector<Piece>& pieces) {
   q.rows.resize(w);
 }
 
-void LoadState::Reroute(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
-  best_quotas_done_ = false;
-  const Sink state{rows_.data(), send_.data(), recv_.data()};
+void LoadState::ReplaceCopies(int64_t expert, const std::vector<int32_t>& copies) {
   CollectRoutes(expert, old_);
-  Apply(old_, -1, state);
+  Apply(old_, -1, Sink{rows_.data(), send_.data(), recv_.data()});
   for (int32_t r : plan_.copies[expert]) {
     ApplyBroadcast(expert, r, -1, bsend_.data(), brecv_.data());
     --copies_on_[r];
   }
   plan_.copies[expert] = copies;
-  Quota& q = plan_.quotas[expert];
-  q.start.clear();
-  q.dest.clear();
-  q.rows.clear();
   for (int32_t r : plan_.copies[expert]) {
     ApplyBroadcast(expert, r, +1, bsend_.data(), brecv_.data());
     ++copies_on_[r];
   }
+}
+
+void LoadState::Reroute(int64_t expert, const std::vector<int32_t>& copies, Routing routing) {
+  best_quotas_done_ = false;
+  const Sink state{rows_.data(), send_.data(), recv_.data()};
+  ReplaceCopies(expert, copies);
+  Quota& q = plan_.quotas[expert];
+  q.start.clear();
+  q.dest.clear();
+  q.rows.clear();
   if (routing == Routing::kSplit || plan_.copies[expert].empty()) {
     SplitPieces(expert, plan_.copies[expert], new_);
     Apply(new_, +1, state);
@@ -593,17 +590,7 @@ void LoadState::AddKept() {
   const int64_t expert = kept_expert_;
   best_quotas_done_ = false;
   const Sink state{rows_.data(), send_.data(), recv_.data()};
-  CollectRoutes(expert, old_);
-  Apply(old_, -1, state);
-  for (int32_t r : plan_.copies[expert]) {
-    ApplyBroadcast(expert, r, -1, bsend_.data(), brecv_.data());
-    --copies_on_[r];
-  }
-  plan_.copies[expert] = kept_copies_;
-  for (int32_t r : plan_.copies[expert]) {
-    ApplyBroadcast(expert, r, +1, bsend_.data(), brecv_.data());
-    ++copies_on_[r];
-  }
+  ReplaceCopies(expert, kept_copies_);
   Apply(kept_, +1, state);
   StoreQuota(expert, kept_);
   kept_expert_ = -1;
@@ -655,23 +642,13 @@ void LoadState::RestoreCopies(int slot, const std::vector<std::vector<int32_t>>&
     const Quota* q = i < experts.size() && experts[i] == e ? &saved_quotas_[slot][i++] : nullptr;
     Quota& now = plan_.quotas[e];
     if (plan_.copies[e] == copies[e] && (q ? now == *q : now.start.empty())) continue;
-    CollectRoutes(e, old_);
-    Apply(old_, -1, state);
-    for (int32_t r : plan_.copies[e]) {
-      ApplyBroadcast(e, r, -1, bsend_.data(), brecv_.data());
-      --copies_on_[r];
-    }
-    plan_.copies[e] = copies[e];
+    ReplaceCopies(e, copies[e]);
     if (q) {
       now = *q;
     } else {
       now.start.clear();
       now.dest.clear();
       now.rows.clear();
-    }
-    for (int32_t r : plan_.copies[e]) {
-      ApplyBroadcast(e, r, +1, bsend_.data(), brecv_.data());
-      ++copies_on_[r];
     }
     CollectRoutes(e, new_);
     Apply(new_, +1, state);

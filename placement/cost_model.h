@@ -212,6 +212,9 @@ class LoadState {
   // Sets the plan's quota of `expert` from pieces (sorted by source, holders ascending, merged).
   void StoreQuota(int64_t expert, const std::vector<Piece>& pieces);
   void Reroute(int64_t expert, const std::vector<int32_t>& copies, Routing routing);
+  // Removes the expert's routes and copies' broadcasts from the state and sets
+  // `copies` (broadcasts counted); the caller routes its rows again.
+  void ReplaceCopies(int64_t expert, const std::vector<int32_t>& copies);
   // Takes `expert`'s rows off every rank (the plan keeps its copies; Cost()
   // means nothing until they are routed again).
   void Unroute(int64_t expert);
