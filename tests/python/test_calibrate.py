@@ -36,6 +36,21 @@ def test_ranks_agree_on_plans_and_fitted_rates_while_their_timings_differ(tmp_pa
     assert math.isfinite(cm["fixed_seconds"])
 
 
+def cost_model_of(code, **env):
+    """Runs `code` in a fresh process (the configuration is read once per process) with `env`
+    (None removes a variable) and returns the dict it printed."""
+    full = dict(os.environ, DYNAMOE_LOG_LEVEL="warning",
+                PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+    for k, v in env.items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
+    r = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout.strip())
+
+
 def test_stats_report_the_configured_rates_without_calibration():
     # A fresh process: the configuration is read once per process.
     code = (
@@ -43,12 +58,7 @@ def test_stats_report_the_configured_rates_without_calibration():
         "m = dynamoe.MoE(8, 16, 4)\n"
         "m(torch.randn(5, 8)).sum().backward()\n"
         "print(repr(m.stats()['cost_model']))\n")
-    env = dict(os.environ, DYNAMOE_GPU_FLOPS="3e9", DYNAMOE_INTRA_BW="7e8", DYNAMOE_LOG_LEVEL="warning",
-               PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-    env.pop("DYNAMOE_CALIBRATE", None)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    cm = eval(r.stdout.strip())
+    cm = cost_model_of(code, DYNAMOE_GPU_FLOPS="3e9", DYNAMOE_INTRA_BW="7e8", DYNAMOE_CALIBRATE=None)
     assert cm["calibrating"] is False
     assert cm["flops"] == 3e9 and cm["intra_node_bytes_per_second"] == 7e8
     assert "error" not in cm
@@ -62,11 +72,7 @@ def test_a_single_process_layer_calibrates_itself():
         "for i in range(20):\n"
         "    m(torch.randn(50 + 40 * (i % 4), 64)).sum().backward()\n"
         "print(repr(m.stats()['cost_model']))\n")
-    env = dict(os.environ, DYNAMOE_CALIBRATE="online", DYNAMOE_LOG_LEVEL="warning", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    cm = eval(r.stdout.strip())
+    cm = cost_model_of(code, DYNAMOE_CALIBRATE="online", OMP_NUM_THREADS="1")
     assert cm["calibrating"] is True and cm["fitted_steps"] == 19
     assert 0 < cm["flops"] < 1e12  # a CPU core's, not the configured 1.15e13
     assert cm["error"] is not None
