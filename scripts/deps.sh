@@ -30,8 +30,11 @@ fi
 # transformers 4.46 is the last line that runs on Debian's torch 1.13; its
 # other needs come from the Debian packages above. --no-deps keeps pip from
 # replacing those; the test adds build/pydeps to sys.path.
+# scikit-build-core (with the pathspec and packaging it needs; Debian's
+# packaging is too old) is the build backend of the pip install test.
 PYDEPS=(transformers==4.46.3 huggingface_hub==0.26.5 tokenizers==0.20.3 safetensors==0.4.5 tqdm==4.67.1
-  regex==2024.11.6 filelock==3.16.1 fsspec==2024.10.0)
+  regex==2024.11.6 filelock==3.16.1 fsspec==2024.10.0
+  scikit-build-core==1.1.2 pathspec==1.1.1 packaging==24.2)
 stamp=build/pydeps/.dynamoe-pydeps
 if [ "$(cat "$stamp" 2>/dev/null)" = "${PYDEPS[*]}" ]; then
   echo "deps: Python packages present (build/pydeps)"
