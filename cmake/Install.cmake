@@ -22,6 +22,13 @@ set_property(TARGET dynamoe_common PROPERTY INTERFACE_INCLUDE_DIRECTORIES
              "$<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>" "$<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>")
 # The headers use C++17; say so to consumers that do not set a standard.
 set_property(TARGET dynamoe APPEND PROPERTY INTERFACE_COMPILE_FEATURES cxx_std_17)
+# A pip torch's CUDA build loads NCCL, cuDNN, ... from the nvidia-* wheels
+# beside it (its RUNPATH); a consumer's linker must look there as well, not
+# at an older NCCL under /usr/local/cuda.
+file(GLOB _dynamoe_wheel_libs LIST_DIRECTORIES true "${TORCH_INSTALL_PREFIX}/../nvidia/*/lib")
+foreach(_dir IN LISTS _dynamoe_wheel_libs)
+  set_property(TARGET dynamoe APPEND PROPERTY INTERFACE_LINK_OPTIONS "$<INSTALL_INTERFACE:LINKER:-rpath-link,${_dir}>")
+endforeach()
 
 install(TARGETS ${_dynamoe_exported} EXPORT dynamoeTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
@@ -32,6 +39,7 @@ install(EXPORT dynamoeTargets NAMESPACE dynamoe:: DESTINATION ${DYNAMOE_INSTALL_
 
 # Values the package config needs to find the same dependencies again.
 set(DYNAMOE_CONFIG_TORCH_DIR "${Torch_DIR}")
+set(DYNAMOE_CONFIG_CAFFE2_DIR "${Caffe2_DIR}")
 set(DYNAMOE_CONFIG_PROMETHEUS OFF)
 if(TARGET prometheus-cpp::core)
   set(DYNAMOE_CONFIG_PROMETHEUS ON)
