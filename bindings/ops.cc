@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "runtime/config.h"
+#include "runtime/process_group_communicator.h"
 #include "runtime/rendezvous.h"
 #include "scheduler/layer_state.h"
 #include "scheduler/moe_step.h"
@@ -181,6 +182,29 @@ CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vect
     std::vector<int> members(global_ranks.begin(), global_ranks.end());
     return ValueOrThrow(runtime::CreateGroupCommunicator(store, name, static_cast<int>(rank), members, backend,
                                                          members.front()));
+  });
+}
+
+// The caller's torch.distributed group, reached through torch's group
+// registry by its group_name (torch >= 2.2), as a communicator; dynamoe's
+// keys (heartbeats, diagnosis) go to the store at host:port.
+CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port, std::vector<int64_t> global_ranks,
+                          std::string name) {
+  return Boundary([&] {
+    DYNAMOE_THROW_IF(port < 1 || port > 65535, "group_communicator: port must be in [1, 65535], got ", port);
+    DYNAMOE_THROW_IF(host.empty(), "group_communicator: host is empty; expected the store's address");
+    auto group = ValueOrThrow(runtime::ResolveProcessGroup(group_name));
+    const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
+    auto store = ValueOrThrow(runtime::ConnectStore(
+        host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
+        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))));
+    std::vector<int> members;
+    for (int64_t r : global_ranks) {
+      DYNAMOE_THROW_IF(r < 0 || r > std::numeric_limits<int>::max(),
+                       "group_communicator: global_ranks must be world ranks >= 0, got ", r);
+      members.push_back(static_cast<int>(r));
+    }
+    return ValueOrThrow(runtime::CommunicatorFromProcessGroup(group, store, name, members));
   });
 }
 
@@ -405,6 +429,7 @@ TORCH_LIBRARY(dynamoe, m) {
       "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name, "
       "str balance_loss_choices=\"all\") -> ()",
       &dynamoe::ValidateOptionsOp);
+  m.def("group_communicator", &dynamoe::GroupCommunicator);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("config_get(str name) -> str", &dynamoe::ConfigGet);

@@ -2,9 +2,9 @@
 expert-parallel the way FastMoE jobs are written. The one dynamoe line is the
 import; FastMoE's FMOE_FASTER_* variables pick the policy:
 
-    /usr/bin/python3 -m torch.distributed.run --nproc_per_node 2 examples/gpt_fastmoe.py
+    .venv/bin/python -m torch.distributed.run --nproc_per_node 2 examples/gpt_fastmoe.py
     FMOE_FASTER_SHADOW_ENABLE=1 FMOE_FASTER_SCHEDULE_ENABLE=1 \\
-        /usr/bin/python3 -m torch.distributed.run --nproc_per_node 2 examples/gpt_fastmoe.py
+        .venv/bin/python -m torch.distributed.run --nproc_per_node 2 examples/gpt_fastmoe.py
 
 Corpus: the GPL-3 text Debian's base-files package ships
 (/usr/share/common-licenses/GPL-3), characters as tokens; --corpus FILE for

@@ -1,8 +1,12 @@
 #include "runtime/c10d_communicator.h"
 
 #include <ATen/ATen.h>
-// pip wheels of torch 2.x ship c10d's Gloo header without Gloo's own headers:
-// there the Gloo group reports itself unavailable (NCCL serves the GPU).
+// C++ jobs (InitFromEnv) build their Gloo groups with torch's own
+// ProcessGroupGloo. Its header includes Gloo's, which pip wheels do not ship;
+// Debian's libgloo-dev provides them (the header meets Gloo's types by
+// pointer only, so another Gloo snapshot's headers serve; every C++
+// multi-process test runs on them). Without them the Gloo group reports itself
+// unavailable; Python jobs never need it (they bring their own group).
 #if __has_include(<gloo/algorithm.h>)
 #define DYNAMOE_HAVE_GLOO 1
 #define USE_C10D_GLOO 1
@@ -24,98 +28,127 @@ at::Tensor Wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ?
 
 }  // namespace
 
-C10dCommunicator::C10dCommunicator(c10::intrusive_ptr<C10dBackend> backend, c10::intrusive_ptr<c10d::Store> store,
-                                   GroupInfo info)
-    : TrackedCommunicator(store, std::move(info)), backend_(std::move(backend)) {}
+template <class Group>
+C10dCommunicatorOf<Group>::C10dCommunicatorOf(c10::intrusive_ptr<Group> group, c10::intrusive_ptr<c10d::Store> store,
+                                              GroupInfo info, bool owned)
+    : TrackedCommunicator(store, std::move(info)),
+      backend_(owned ? group : c10::intrusive_ptr<Group>()),
+      callers_(owned ? c10::intrusive_ptr<Group>() : group) {}
 
-C10dCommunicator::~C10dCommunicator() {
+template <class Group>
+C10dCommunicatorOf<Group>::~C10dCommunicatorOf() {
   // After a failure the backend's threads may be blocked on a dead peer until
   // its own timeout; destroying it would join them. Leak it so the process
   // can exit with the error now.
-  if (failed()) (void)backend_.release();
+  if (failed() && backend_) (void)backend_.release();
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::Launch(const char* op, const CollectiveTag& tag, const Start& start,
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                                      std::function<void()> after) {
   auto pending = Track(op, tag);
+  c10::intrusive_ptr<c10d::Work> work;
   if (pending) {
-    try {
-      c10::intrusive_ptr<c10d::Work> work = start();
-      work->getFuture()->addCallback([pending](c10::ivalue::Future& f) {
-        if (f.hasError())
-          pending->Finish(PendingCollective::State::kFailed, f.tryRetrieveErrorMessage());
-        else
-          pending->Finish(PendingCollective::State::kDone);
-      });
-    } catch (const std::exception& e) {
-      pending->Finish(PendingCollective::State::kFailed, e.what());
+    const c10::intrusive_ptr<Group> group = backend_ ? backend_ : callers_.lock();
+    if (!group) {
+      pending->Finish(PendingCollective::State::kFailed,
+                      "its torch.distributed group was destroyed (destroy_process_group) while a dynamoe layer "
+                      "still runs on it");
+    } else {
+      try {
+        work = start(*group);
+        work->getFuture()->addCallback([pending](c10::ivalue::Future& f) {
+          if (f.hasError())
+            pending->Finish(PendingCollective::State::kFailed, f.tryRetrieveErrorMessage());
+          else
+            pending->Finish(PendingCollective::State::kDone);
+        });
+      } catch (const std::exception& e) {
+        pending->Finish(PendingCollective::State::kFailed, e.what());
+      }
     }
   }
-  return Handle(op, tag, std::move(pending), std::move(after));
+  // An NCCL group's future completes once the work is queued on its stream:
+  // wait() orders the caller's current stream after it (Gloo's is done already).
+  std::function<void()> done = [work, after = std::move(after)] {
+    if (work) work->wait();
+    if (after) after();
+  };
+  return Handle(op, tag, std::move(pending), std::move(done));
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::Sum(
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::Sum(
     const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
-    const std::function<c10::intrusive_ptr<c10d::Work>(at::Tensor&)>& start) {
+    const std::function<c10::intrusive_ptr<c10d::Work>(Group&, at::Tensor&)>& start) {
   at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
   std::function<void()> after;
   if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
-  return Launch(op, tag, [&] { return start(buffer); }, std::move(after));
+  return Launch(op, tag, [&](Group& g) { return start(g, buffer); }, std::move(after));
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
                                                              const CollectiveTag& tag) {
-  return Launch("all_gather", tag, [&] {
+  return Launch("all_gather", tag, [&](Group& g) {
     const int64_t n = input.size(0);
     std::vector<at::Tensor> in = {Wire(input)};
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < size(); ++r) out[0].push_back(Wire(output.narrow(0, r * n, n)));
-    return backend_->allgather(out, in);
+    return g.allgather(out, in);
   });
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::AllToAllAsync(const at::Tensor& input, const at::Tensor& output,
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllToAllAsync(const at::Tensor& input, const at::Tensor& output,
                                                             const std::vector<int64_t>& send_rows,
                                                             const std::vector<int64_t>& recv_rows,
                                                             const CollectiveTag& tag) {
   CountAllToAll(input, send_rows, recv_rows);
-  return Launch("all_to_all", tag, [&] {
+  return Launch("all_to_all", tag, [&](Group& g) {
     at::Tensor in = Wire(input), out = Wire(output);
     std::vector<int64_t> send = send_rows, recv = recv_rows;
-    return backend_->alltoall_base(out, in, recv, send);
+    return g.alltoall_base(out, in, recv, send);
   });
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::BroadcastAsync(const at::Tensor& tensor, int root,
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::BroadcastAsync(const at::Tensor& tensor, int root,
                                                              const CollectiveTag& tag) {
-  return Launch("broadcast", tag, [&] {
+  return Launch("broadcast", tag, [&](Group& g) {
     std::vector<at::Tensor> t = {Wire(tensor)};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    return backend_->broadcast(t, opts);
+    return g.broadcast(t, opts);
   });
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::ReduceAsync(const at::Tensor& tensor, int root,
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::ReduceAsync(const at::Tensor& tensor, int root,
                                                           const CollectiveTag& tag) {
-  return Sum("reduce", tensor, tag, [&](at::Tensor& buffer) {
+  return Sum("reduce", tensor, tag, [&](Group& g, at::Tensor& buffer) {
     std::vector<at::Tensor> t = {buffer};
     c10d::ReduceOptions opts;
     opts.rootRank = root;
-    return backend_->reduce(t, opts);
+    return g.reduce(t, opts);
   });
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
-  return Sum("all_reduce", tensor, tag, [&](at::Tensor& buffer) {
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
+  return Sum("all_reduce", tensor, tag, [&](Group& g, at::Tensor& buffer) {
     std::vector<at::Tensor> t = {buffer};
-    return backend_->allreduce(t);
+    return g.allreduce(t);
   });
 }
 
-std::unique_ptr<CommHandle> C10dCommunicator::BarrierAsync(const CollectiveTag& tag) {
-  return Launch("barrier", tag, [&] { return backend_->barrier(); });
+template <class Group>
+std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::BarrierAsync(const CollectiveTag& tag) {
+  return Launch("barrier", tag, [&](Group& g) { return g.barrier(); });
 }
+
+template class C10dCommunicatorOf<C10dBackend>;
+template class C10dCommunicatorOf<c10d::ProcessGroup>;
 
 absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                      const GroupInfo& info, const std::string& bind_addr) {
@@ -136,7 +169,16 @@ absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c1
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, info.rank, info.size, opts);
     GroupInfo gloo_info = info;
     gloo_info.backend = "gloo";
-    return CommunicatorPtr(c10::make_intrusive<C10dCommunicator>(std::move(pg), store, gloo_info));
+    // Wrapped in a c10d::ProcessGroup as torch.distributed wraps its own, so a
+    // C++ job runs on the class that the caller's groups reach dynamoe as
+    // (process_group_communicator.h). Gloo serves CUDA tensors too.
+    auto group = c10::make_intrusive<c10d::ProcessGroup>(store, info.rank, info.size);
+    group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+    for (c10::DeviceType device : {c10::DeviceType::CPU, c10::DeviceType::CUDA})
+      group->setBackend(device, c10d::ProcessGroup::BackendType::GLOO, pg);
+    return CommunicatorPtr(
+        c10::make_intrusive<C10dCommunicatorOf<c10d::ProcessGroup>>(std::move(group), store, gloo_info));
+
   } catch (const std::exception& e) {
     const auto* c10_error = dynamic_cast<const c10::Error*>(&e);  // its what() carries a backtrace
     const std::string bad_addr =

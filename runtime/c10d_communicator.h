@@ -1,17 +1,12 @@
-// C10dCommunicator: runtime::Communicator over a torch c10d backend (Gloo on
-// CPU, NCCL on GPU). The backend runs the collective on its own threads or
+// C10dCommunicator: runtime::Communicator over a torch c10d group or backend
+// (Gloo on CPU, NCCL on GPU). The group runs the collective on its own threads or
 // streams; its completion future, or the control thread's deadline timer,
 // finishes the PendingCollective that Wait() blocks on.
 #pragma once
 
-#include <torch/csrc/distributed/c10d/Store.hpp>
-#include <torch/version.h>
-
-#if TORCH_VERSION_MAJOR >= 2
 #include <torch/csrc/distributed/c10d/Backend.hpp>
-#else
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-#endif
+#include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <functional>
 #include <memory>
@@ -21,19 +16,21 @@
 
 namespace dynamoe::runtime {
 
-// The c10d type that runs collectives: ProcessGroup in torch 1.x, Backend
-// (ProcessGroupGloo / ProcessGroupNCCL derive from it) in torch 2.x.
-#if TORCH_VERSION_MAJOR >= 2
+// One backend (ProcessGroupGloo, ProcessGroupNCCL derive from it).
 using C10dBackend = c10d::Backend;
-#else
-using C10dBackend = c10d::ProcessGroup;
-#endif
 
-class C10dCommunicator : public TrackedCommunicator {
+// Over `Group`: a c10d::ProcessGroup (the caller's, process_group_communicator.h,
+// or one MakeGlooCommunicator built), or a bare C10dBackend; both start
+// collectives with the same calls.
+template <class Group>
+class C10dCommunicatorOf : public TrackedCommunicator {
  public:
-  C10dCommunicator(c10::intrusive_ptr<C10dBackend> backend, c10::intrusive_ptr<c10d::Store> store,
-                   GroupInfo info);
-  ~C10dCommunicator() override;
+  // owned: dynamoe built `group` and keeps it. Else it is the caller's, held
+  // weakly: the caller's teardown (destroy_process_group, exit) destroys it,
+  // and a collective after that is a named error.
+  C10dCommunicatorOf(c10::intrusive_ptr<Group> group, c10::intrusive_ptr<c10d::Store> store, GroupInfo info,
+                     bool owned = true);
+  ~C10dCommunicatorOf() override;
 
   std::unique_ptr<CommHandle> AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
                                              const CollectiveTag& tag) override;
@@ -47,16 +44,19 @@ class C10dCommunicator : public TrackedCommunicator {
   std::unique_ptr<CommHandle> BarrierAsync(const CollectiveTag& tag) override;
 
  private:
-  using Start = std::function<c10::intrusive_ptr<c10d::Work>()>;
+  using Start = std::function<c10::intrusive_ptr<c10d::Work>(Group&)>;
   // Starts a collective under a deadline; `after` runs once it succeeded.
   std::unique_ptr<CommHandle> Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                      std::function<void()> after = nullptr);
   // A sum of `tensor`: 16-bit floats are summed in an fp32 copy and written back.
   std::unique_ptr<CommHandle> Sum(const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
-                                  const std::function<c10::intrusive_ptr<c10d::Work>(at::Tensor&)>& start);
+                                  const std::function<c10::intrusive_ptr<c10d::Work>(Group&, at::Tensor&)>& start);
 
-  c10::intrusive_ptr<C10dBackend> backend_;
+  c10::intrusive_ptr<Group> backend_;       // owned
+  c10::weak_intrusive_ptr<Group> callers_;  // the caller's
 };
+
+using C10dCommunicator = C10dCommunicatorOf<C10dBackend>;
 
 // A Gloo group over `store` (already prefixed for this group). bind_addr:
 // the address Gloo binds; empty resolves this host's name.

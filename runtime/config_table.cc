@@ -51,7 +51,8 @@ const std::vector<ConfigEntry>& ConfigTable() {
       {"DYNAMOE_TRACE_FLUSH_S", ValueType::kFloat, "1", {}, 0, 3600, "", AliasKind::kNone, "", false,
        "Seconds between trace writes; a killed process loses at most this much trace."},
       {"DYNAMOE_COMM_ADDR", ValueType::kString, "", {}, 0, 0, "", AliasKind::kNone, "", false,
-       "Address this rank's communicator binds and advertises; empty picks the one that reaches MASTER_ADDR."},
+       "Address a C++ job's own Gloo groups (InitFromEnv) bind and advertise, and the one a Python group's rank 0 "
+       "advertises for the store it hosts without MASTER_ADDR; empty picks the one that reaches MASTER_ADDR."},
       {"DYNAMOE_TIMEOUT_S", ValueType::kFloat, "300", {}, 0.001, 1e7, "", AliasKind::kNone, "", true,
        "Deadline of every collective, seconds."},
       {"DYNAMOE_LOG_LEVEL", ValueType::kEnum, "info", {"debug", "info", "warning", "error"}, 0, 0, "",

@@ -195,17 +195,13 @@ absl::StatusOr<CommunicatorPtr> ConnectWithDeadline(const c10::intrusive_ptr<c10
 
 }  // namespace
 
-absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
-                                                        const std::string& name, int rank,
-                                                        const std::vector<int>& global_ranks,
-                                                        const std::string& backend, int store_host,
-                                                        bool check_config) {
+absl::StatusOr<JoinedGroup> JoinGroup(const c10::intrusive_ptr<c10d::Store>& store, const std::string& name,
+                                      int rank, const std::vector<int>& global_ranks, const std::string& backend,
+                                      int store_host, bool check_config) {
   const int size = static_cast<int>(global_ranks.size());
   DYNAMOE_CHECK_ARG(rank >= 0 && rank < size, "group '", name, "': rank must be in [0, ", size, "), got ", rank);
-  DYNAMOE_CHECK_ARG(backend == "gloo" || backend == "nccl", "group '", name, "': backend must be \"gloo\" or ",
-                    "\"nccl\", got \"", backend, "\"");
-  const Config& config = GlobalConfig();
-  GroupInfo info;
+  JoinedGroup joined;
+  GroupInfo& info = joined.info;
   info.name = name;
   info.backend = backend;
   info.rank = rank;
@@ -223,16 +219,30 @@ absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr
     std::lock_guard<std::mutex> lock(mu);
     generation = created[name]++;
   }
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
+  joined.store = c10::make_intrusive<c10d::PrefixStore>(
       absl::StrCat("dynamoe/", GlobalLaunchEnv().Incarnation(), "/", name, "/", generation), store);
   if (check_config) {
-    DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*prefixed, rank, size, config, info.timeout));
+    DYNAMOE_RETURN_IF_ERROR(CheckConfigAgreement(*joined.store, rank, size, GlobalConfig(), info.timeout));
   } else {
-    const absl::Status joined = Gather(*prefixed, "join", rank, size, global_ranks, "", info.timeout,
-                                       [](int, const std::string&) { return absl::OkStatus(); });
-    if (!joined.ok()) return absl::Status(joined.code(), absl::StrCat("group '", name, "': ", joined.message()));
+    const absl::Status s = Gather(*joined.store, "join", rank, size, global_ranks, "", info.timeout,
+                                  [](int, const std::string&) { return absl::OkStatus(); });
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("group '", name, "': ", s.message()));
   }
-  const std::string bind = config.Get("DYNAMOE_COMM_ADDR");
+  return joined;
+}
+
+absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
+                                                        const std::string& name, int rank,
+                                                        const std::vector<int>& global_ranks,
+                                                        const std::string& backend, int store_host,
+                                                        bool check_config) {
+  DYNAMOE_CHECK_ARG(backend == "gloo" || backend == "nccl", "group '", name, "': backend must be \"gloo\" or ",
+                    "\"nccl\", got \"", backend, "\"");
+  DYNAMOE_ASSIGN_OR_RETURN(JoinedGroup joined,
+                           JoinGroup(store, name, rank, global_ranks, backend, store_host, check_config));
+  const std::string bind = GlobalConfig().Get("DYNAMOE_COMM_ADDR");
+  const c10::intrusive_ptr<c10d::Store> prefixed = joined.store;
+  const GroupInfo info = joined.info;
   return ConnectWithDeadline(prefixed, info, [prefixed, info, bind]() -> absl::StatusOr<CommunicatorPtr> {
 #ifdef DYNAMOE_HAVE_NCCL
     if (info.backend == "nccl") return MakeNcclCommunicator(prefixed, info);

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "runtime/communicator.h"
 #include "runtime/config.h"
+#include "runtime/peer_monitor.h"
 
 namespace dynamoe::runtime {
 
@@ -61,6 +62,20 @@ absl::Status Gather(c10d::Store& store, const std::string& key, int rank, int si
 // FailedPrecondition naming the first differing variable, on every rank.
 absl::Status CheckConfigAgreement(c10d::Store& store, int rank, int size, const Config& config,
                                   std::chrono::milliseconds timeout);
+
+// A group's members met in the store: its keys' prefix
+// "dynamoe/<incarnation>/<name>/<generation>/" (LaunchEnv::Incarnation: a
+// restarted job never reads its predecessor's keys; generation: the how-many-th
+// group of this name this process creates), after the configuration check
+// (or, with check_config false because a group spanning these ranks already
+// did, after every member arrived), under the DYNAMOE_TIMEOUT_S deadline.
+struct JoinedGroup {
+  c10::intrusive_ptr<c10d::Store> store;  // prefixed
+  GroupInfo info;
+};
+absl::StatusOr<JoinedGroup> JoinGroup(const c10::intrusive_ptr<c10d::Store>& store, const std::string& name,
+                                      int rank, const std::vector<int>& global_ranks, const std::string& backend,
+                                      int store_host = 0, bool check_config = true);
 
 // The communicator of one group: prefixes the store's keys with
 // "dynamoe/<incarnation>/<name>/<generation>/" (LaunchEnv::Incarnation: a

@@ -5,11 +5,13 @@
 # is already there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(build-essential cmake ninja-build libtorch-dev python3-torch libgloo-dev libabsl-dev
+# torch itself (2.x, LibTorch included) comes from the package index into
+# .venv (scripts/venv.sh). libgloo-dev: the Gloo headers that torch's
+# ProcessGroupGloo.hpp includes and pip wheels lack (C++ jobs' own groups).
+PACKAGES=(build-essential cmake ninja-build libgloo-dev libabsl-dev
   libboost-dev libboost-system-dev nlohmann-json3-dev libbenchmark-dev libgtest-dev libgmock-dev
-  prometheus-cpp-dev prometheus python3-pytest python3-matplotlib python3-pip python3-numpy python3-yaml
-  python3-requests python3-packaging
-  libopenblas0-pthread)  # takes over libblas.so.3 from the reference BLAS torch links against
+  prometheus-cpp-dev prometheus python3-pytest python3-matplotlib python3-pip python3-venv python3-numpy
+  python3-yaml python3-requests python3-packaging)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -27,7 +29,7 @@ else
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# transformers 4.46 is the last line that runs on Debian's torch 1.13; its
+# transformers 4.46 (the recording test's; it runs on torch 2.x too); its
 # other needs come from the Debian packages above. --no-deps keeps pip from
 # replacing those; the test adds build/pydeps to sys.path.
 # scikit-build-core (with the pathspec and packaging it needs; Debian's

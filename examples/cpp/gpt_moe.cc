@@ -2,7 +2,7 @@
 // MLPs are dynamoe::MoELayer (top-2, gelu, biases, as FMoETransformerMLP),
 // experts spread over the ranks, launched by torchrun:
 //
-//   /usr/bin/python3 -m torch.distributed.run --nproc_per_node=2 --redirects=2 --tee=2 \
+//   .venv/bin/python -m torch.distributed.run --nproc_per_node=2 --redirects=2 --tee=2 \
 //       --no_python build/default/examples/gpt_moe [--steps 200] [--loss-log FILE]
 //
 // Same corpus (/usr/share/common-licenses/GPL-3, characters as tokens).

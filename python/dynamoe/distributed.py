@@ -4,24 +4,23 @@ dynamoe.MoE(..., group=pg) spreads the experts over the ranks of ``pg``
 (rank r holds experts [r*E_local, (r+1)*E_local)); ``ep_size=k`` builds the
 groups itself, DeepSpeed-style (consecutive ranks form an EP group).
 
-How the C++ runtime reaches the group: it does not take the Python
-ProcessGroup object (passing it to C++ needs ``ProcessGroup.boxed()``, which
-torch 1.13 lacks, or pybind internals that differ between versions). Every
-member builds a dynamoe communicator (Gloo) from the group's world ranks and
-a store: the job's own store at MASTER_ADDR:MASTER_PORT (torchrun's agent
-store, or env:// initialisation), as a client, so dynamoe opens no listening
-socket of its own. Its keys are scoped to this incarnation of the job and to
-this group. Without MASTER_ADDR/MASTER_PORT (a tcp:// or file:// init), the
+How the C++ runtime reaches the group. It runs every collective on ``pg``
+itself, whatever its backend (NCCL, Gloo, Gloo moving CUDA tensors): the C++
+side finds it in torch's group registry by ``pg.group_name``. dynamoe still
+wraps each collective in its deadline and peer diagnosis; their keys go to a
+store: the job's own store at MASTER_ADDR:MASTER_PORT (torchrun's agent store,
+or env:// initialisation), as a client, so dynamoe opens no listening socket
+of its own. Its keys are scoped to this incarnation of the job and to this
+group. Without MASTER_ADDR/MASTER_PORT (a tcp:// or file:// init), the
 group's rank 0 hosts a TCPStore on the advertised address and broadcasts it.
-Only public, stable API is used, so it works on torch 1.13 and 2.x alike; the
-cost is one extra connection set per group, made once and shared by every
-layer on that group. Gradients are reduced with the user's own
-torch.distributed groups (``reduce_gradients``).
+Gradients are reduced with the user's own torch.distributed groups
+(``reduce_gradients``).
 
 Every torch.distributed call made here has dynamoe's deadline
 (DYNAMOE_TIMEOUT_S): a rank that does not take part is an error naming the
 group and the call, not a hang.
 """
+import atexit
 import datetime
 import os
 import pickle
@@ -109,7 +108,15 @@ def _store_address(group, rank):
     return address[0], address[1], store
 
 
-def communicator(group=None, backend="gloo"):
+@atexit.register
+def _release_communicators():
+    # A communicator holds its torch group: dropped while the interpreter is
+    # whole, not by finalization, where torch 2.x aborts in a group's teardown
+    # ("terminate called without an active exception", one exit in three).
+    _COMMUNICATORS.clear()
+
+
+def communicator(group=None):
     """The dynamoe communicator of a torch.distributed group (created once per group).
 
     Every member must call it at the same point (members create a group's
@@ -125,7 +132,8 @@ def communicator(group=None, backend="gloo"):
     rank = dist.get_rank(group)
     host, port, store = _store_address(group, rank)
     name = "g" + "-".join(str(r) for r in ranks) if len(ranks) <= 8 else f"g{ranks[0]}x{len(ranks)}"
-    comm = torch.classes.dynamoe.Communicator(host, int(port), rank, ranks, name, backend)
+    # The collectives run on the group itself, whatever its backend.
+    comm = ops().group_communicator(group.group_name, host, int(port), ranks, name)
     _COMMUNICATORS[group] = (comm, store)
     return comm
 

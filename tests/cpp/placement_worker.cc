@@ -35,9 +35,7 @@ using dynamoe::testing::ExpectUlps;
 
 // Bounds, in ulps of the reference's largest magnitude. A copied expert runs
 // the same products on another rank, in a batch of another size: outputs and
-// the router's gradient (from those outputs) are bitwise equal in fp32 and
-// bf16 (measured 0); fp64's CPU GEMM sums a row in an order that depends on
-// how many rows it multiplies: measured up to 2 ulps, bound 4. A copied
+// the router's gradient (from those outputs) within BatchSizeUlps. A copied
 // expert's gradient is the owner's part plus the copies' parts, each rounded
 // to the dtype and added after the exchange instead of in one GEMM: measured
 // 2 ulps in fp32, 2.5 in bf16 with 4 holders (bound 3), 3 in fp64 (bound 8).
@@ -45,8 +43,8 @@ struct Bounds {
   double same, reordered;
 };
 Bounds BoundsFor(torch::Dtype dtype) {
-  if (dtype == torch::kDouble) return {4, 8};
-  return {0, 3};
+  return {dynamoe::testing::BatchSizeUlps(dtype), std::max(dtype == torch::kDouble ? 8.0 : 3.0,
+                                                           dynamoe::testing::Fp32Floor(dtype))};
 }
 
 using dynamoe::testing::DtypeOf;

@@ -44,7 +44,8 @@ struct Bounds {
 };
 Bounds BoundsFor(torch::Dtype dtype) {
   if (dtype == torch::kDouble) return {4, 8};
-  return {0, 2};
+  const double floor = dynamoe::testing::Fp32Floor(dtype);  // torch 2.x's fp32 GEMM
+  return {floor, std::max(2.0, floor)};
 }
 
 struct Waits {
