@@ -159,32 +159,6 @@ Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, c
 using CommPtr = c10::intrusive_ptr<runtime::Communicator>;
 using StatePtr = c10::intrusive_ptr<scheduler::LayerState>;
 
-// Joins the group whose store is hosted at host:port (dynamoe/distributed.py
-// hosts it on the group's rank 0) and creates its communicator.
-CommPtr MakeCommunicator(std::string host, int64_t port, int64_t rank, std::vector<int64_t> global_ranks,
-                         std::string name, std::string backend) {
-  return Boundary([&] {
-    DYNAMOE_THROW_IF(global_ranks.empty(), "Communicator: members is empty; expected the world rank of each of "
-                     "the group's members");
-    DYNAMOE_THROW_IF(rank < 0 || rank >= static_cast<int64_t>(global_ranks.size()), "Communicator: rank must be in [0, ",
-                     global_ranks.size(), "), got ", rank);
-    DYNAMOE_THROW_IF(port < 1 || port > 65535, "Communicator: port must be in [1, 65535], got ", port);
-    DYNAMOE_THROW_IF(host.empty(), "Communicator: host is empty; expected the store's address");
-    std::set<int64_t> seen;
-    for (int64_t r : global_ranks)
-      DYNAMOE_THROW_IF(r < 0 || r > std::numeric_limits<int>::max() || !seen.insert(r).second,
-                       "Communicator: members must be distinct world ranks >= 0, got ", r, " in [",
-                       absl::StrJoin(global_ranks, ", "), "]");
-    const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
-    auto store = ValueOrThrow(runtime::ConnectStore(
-        host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
-        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))));
-    std::vector<int> members(global_ranks.begin(), global_ranks.end());
-    return ValueOrThrow(runtime::CreateGroupCommunicator(store, name, static_cast<int>(rank), members, backend,
-                                                         members.front()));
-  });
-}
-
 // The caller's torch.distributed group, reached through torch's group
 // registry by its group_name (torch >= 2.2), as a communicator; dynamoe's
 // keys (heartbeats, diagnosis) go to the store at host:port.
@@ -193,17 +167,19 @@ CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port
   return Boundary([&] {
     DYNAMOE_THROW_IF(port < 1 || port > 65535, "group_communicator: port must be in [1, 65535], got ", port);
     DYNAMOE_THROW_IF(host.empty(), "group_communicator: host is empty; expected the store's address");
+    std::set<int64_t> seen;
+    std::vector<int> members;
+    for (int64_t r : global_ranks) {
+      DYNAMOE_THROW_IF(r < 0 || r > std::numeric_limits<int>::max() || !seen.insert(r).second,
+                       "group_communicator: global_ranks must be distinct world ranks >= 0, got ", r, " in [",
+                       absl::StrJoin(global_ranks, ", "), "]");
+      members.push_back(static_cast<int>(r));
+    }
     auto group = ValueOrThrow(runtime::ResolveProcessGroup(group_name));
     const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
     auto store = ValueOrThrow(runtime::ConnectStore(
         host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
         std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))));
-    std::vector<int> members;
-    for (int64_t r : global_ranks) {
-      DYNAMOE_THROW_IF(r < 0 || r > std::numeric_limits<int>::max(),
-                       "group_communicator: global_ranks must be world ranks >= 0, got ", r);
-      members.push_back(static_cast<int>(r));
-    }
     return ValueOrThrow(runtime::CommunicatorFromProcessGroup(group, store, name, members));
   });
 }
@@ -320,8 +296,8 @@ std::string PhaseNames() {
 }  // namespace dynamoe
 
 TORCH_LIBRARY(dynamoe, m) {
+  // Made by group_communicator (over a torch.distributed group of the caller's).
   m.class_<dynamoe::runtime::Communicator>("Communicator")
-      .def(torch::init(&dynamoe::MakeCommunicator))
       .def("rank", [](const dynamoe::CommPtr& c) { return static_cast<int64_t>(c->rank()); })
       .def("size", [](const dynamoe::CommPtr& c) { return static_cast<int64_t>(c->size()); })
       .def("name", [](const dynamoe::CommPtr& c) { return c->name(); })

@@ -57,14 +57,13 @@ def launch(tmp_path, world, *args, env=None, timeout=240):
                         rank_env(**(env or {})), timeout)
 
 
-NO_GLOO = "this build has no Gloo"  # dynamoe built against a torch without Gloo's headers (pip CUDA wheels)
+# dynamoe built without Gloo's headers: its C++ workers' own groups cannot form (the Python layers,
+# on the caller's groups, never need them).
+NO_GLOO = "this build has no Gloo"
 
 
 def assert_all_ok(proc, reports):
     """Every rank wrote a report without an error or a failed check."""
-    for rep in reports:
-        if rep is not None and NO_GLOO in rep.get("error", ""):
-            pytest.skip(rep["error"])
     for r, rep in enumerate(reports):
         assert rep is not None, f"rank {r} wrote no report:\n{proc.stdout}\n{proc.stderr}"
         assert "error" not in rep, rep["error"]

@@ -135,15 +135,15 @@ def test_route_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("args,message", [
-    (("127.0.0.1", 29500, 0, [], "g", "gloo"), "members is empty"),
-    (("127.0.0.1", 29500, 2, [0, 1], "g", "gloo"), r"rank must be in \[0, 2\), got 2"),
-    (("127.0.0.1", 29500, 0, [0, 0], "g", "gloo"), "members must be distinct world ranks"),
-    (("127.0.0.1", 0, 0, [0], "g", "gloo"), r"port must be in \[1, 65535\], got 0"),
-    (("", 29500, 0, [0], "g", "gloo"), "host is empty"),
+    (("0", "127.0.0.1", 0, [0], "g"), r"port must be in \[1, 65535\], got 0"),
+    (("0", "", 29500, [0], "g"), "host is empty"),
+    (("0", "127.0.0.1", 29500, [0, 0], "g"), r"global_ranks must be distinct world ranks >= 0, got 0 in \[0, 0\]"),
+    (("no-such-group", "127.0.0.1", 29500, [0], "g"),
+     'no torch.distributed process group is registered as "no-such-group"'),
 ])
-def test_communicator_rejects_bad_members(args, message):
+def test_group_communicator_rejects_bad_arguments(args, message):
     with pytest.raises(RuntimeError, match=message):
-        torch.classes.dynamoe.Communicator(*args)
+        ops.group_communicator(*args)
 
 
 def test_layer_state_rejects_bad_values():
