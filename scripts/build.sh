@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Configures and builds a preset (default: the CPU preset) against the torch
-# of .venv (scripts/venv.sh; or $DYNAMOE_PYTHON): LibTorch from that wheel.
+# of .venv (scripts/venv.sh; or $TORCH_PYTHON): LibTorch from that wheel.
 # A build folder configured against another torch is configured afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${DYNAMOE_PRESET:-default}"
-py="${DYNAMOE_PYTHON:-$(./scripts/venv.sh)}"
+py="${TORCH_PYTHON:-$(./scripts/venv.sh)}"
 torch_dir=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))') ||
   { echo "build: $py cannot import torch (scripts/venv.sh installs it)" >&2; exit 1; }
 dir=build/$preset

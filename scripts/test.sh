@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 ./scripts/deps.sh || exit 1
 py=$(./scripts/venv.sh) || { echo "summary: 0 passed, 1 failed (torch 2.x into .venv)"; exit 1; }
-export DYNAMOE_PYTHON=$py
+export TORCH_PYTHON=$py
 "$py" -c 'import torch; print("test: torch", torch.__version__, "from", torch.__file__)'
 ./scripts/build.sh || { echo "summary: 0 passed, 1 failed (build)"; exit 1; }
 echo "test: deps, venv and build took $(( $(date +%s) - start )) s"

@@ -25,6 +25,7 @@ import datetime
 import os
 import pickle
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -110,10 +111,13 @@ def _store_address(group, rank):
 
 @atexit.register
 def _release_communicators():
-    # A communicator holds its torch group: dropped while the interpreter is
-    # whole, not by finalization, where torch 2.x aborts in a group's teardown
-    # ("terminate called without an active exception", one exit in three).
-    _COMMUNICATORS.clear()
+    # torch's Gloo thread releases a finished collective's work (and Python objects in the
+    # thread-local state it captured) just after the waiting rank resumes; if that release comes
+    # once the interpreter is finalizing, it aborts ("terminate called without an active
+    # exception"). A short grace before finalization lets the last one go first.
+    if _COMMUNICATORS:
+        _COMMUNICATORS.clear()
+        time.sleep(0.2)
 
 
 def communicator(group=None):
