@@ -160,7 +160,7 @@ using CommPtr = c10::intrusive_ptr<runtime::Communicator>;
 using StatePtr = c10::intrusive_ptr<scheduler::LayerState>;
 
 // The caller's torch.distributed group, reached through torch's group
-// registry by its group_name (torch >= 2.2), as a communicator; dynamoe's
+// registry by its group_name, as a communicator; dynamoe's
 // keys (heartbeats, diagnosis) go to the store at host:port.
 CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port, std::vector<int64_t> global_ranks,
                           std::string name) {

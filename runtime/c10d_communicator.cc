@@ -28,28 +28,25 @@ at::Tensor Wire(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ?
 
 }  // namespace
 
-template <class Group>
-C10dCommunicatorOf<Group>::C10dCommunicatorOf(c10::intrusive_ptr<Group> group, c10::intrusive_ptr<c10d::Store> store,
+C10dCommunicator::C10dCommunicator(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store,
                                               GroupInfo info, bool owned)
     : TrackedCommunicator(store, std::move(info)),
-      backend_(owned ? group : c10::intrusive_ptr<Group>()),
-      callers_(owned ? c10::intrusive_ptr<Group>() : group) {}
+      owned_(owned ? group : c10::intrusive_ptr<c10d::ProcessGroup>()),
+      callers_(owned ? c10::intrusive_ptr<c10d::ProcessGroup>() : group) {}
 
-template <class Group>
-C10dCommunicatorOf<Group>::~C10dCommunicatorOf() {
+C10dCommunicator::~C10dCommunicator() {
   // After a failure the backend's threads may be blocked on a dead peer until
   // its own timeout; destroying it would join them. Leak it so the process
   // can exit with the error now.
-  if (failed() && backend_) (void)backend_.release();
+  if (failed() && owned_) (void)owned_.release();
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::Launch(const char* op, const CollectiveTag& tag, const Start& start,
+std::unique_ptr<CommHandle> C10dCommunicator::Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                                      std::function<void()> after) {
   auto pending = Track(op, tag);
   c10::intrusive_ptr<c10d::Work> work;
   if (pending) {
-    const c10::intrusive_ptr<Group> group = backend_ ? backend_ : callers_.lock();
+    const c10::intrusive_ptr<c10d::ProcessGroup> group = owned_ ? owned_ : callers_.lock();
     if (!group) {
       pending->Finish(PendingCollective::State::kFailed,
                       "its torch.distributed group was destroyed (destroy_process_group) while a dynamoe layer "
@@ -77,20 +74,18 @@ std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::Launch(const char* op, co
   return Handle(op, tag, std::move(pending), std::move(done));
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::Sum(
+std::unique_ptr<CommHandle> C10dCommunicator::Sum(
     const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
-    const std::function<c10::intrusive_ptr<c10d::Work>(Group&, at::Tensor&)>& start) {
+    const std::function<c10::intrusive_ptr<c10d::Work>(c10d::ProcessGroup&, at::Tensor&)>& start) {
   at::Tensor buffer = Is16Bit(tensor) ? tensor.to(at::kFloat) : tensor;
   std::function<void()> after;
   if (Is16Bit(tensor)) after = [tensor, buffer]() mutable { tensor.copy_(buffer); };
-  return Launch(op, tag, [&](Group& g) { return start(g, buffer); }, std::move(after));
+  return Launch(op, tag, [&](c10d::ProcessGroup& g) { return start(g, buffer); }, std::move(after));
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
+std::unique_ptr<CommHandle> C10dCommunicator::AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
                                                              const CollectiveTag& tag) {
-  return Launch("all_gather", tag, [&](Group& g) {
+  return Launch("all_gather", tag, [&](c10d::ProcessGroup& g) {
     const int64_t n = input.size(0);
     std::vector<at::Tensor> in = {Wire(input)};
     std::vector<std::vector<at::Tensor>> out(1);
@@ -99,23 +94,21 @@ std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllGatherAsync(const at::
   });
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllToAllAsync(const at::Tensor& input, const at::Tensor& output,
+std::unique_ptr<CommHandle> C10dCommunicator::AllToAllAsync(const at::Tensor& input, const at::Tensor& output,
                                                             const std::vector<int64_t>& send_rows,
                                                             const std::vector<int64_t>& recv_rows,
                                                             const CollectiveTag& tag) {
   CountAllToAll(input, send_rows, recv_rows);
-  return Launch("all_to_all", tag, [&](Group& g) {
+  return Launch("all_to_all", tag, [&](c10d::ProcessGroup& g) {
     at::Tensor in = Wire(input), out = Wire(output);
     std::vector<int64_t> send = send_rows, recv = recv_rows;
     return g.alltoall_base(out, in, recv, send);
   });
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::BroadcastAsync(const at::Tensor& tensor, int root,
+std::unique_ptr<CommHandle> C10dCommunicator::BroadcastAsync(const at::Tensor& tensor, int root,
                                                              const CollectiveTag& tag) {
-  return Launch("broadcast", tag, [&](Group& g) {
+  return Launch("broadcast", tag, [&](c10d::ProcessGroup& g) {
     std::vector<at::Tensor> t = {Wire(tensor)};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
@@ -123,10 +116,9 @@ std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::BroadcastAsync(const at::
   });
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::ReduceAsync(const at::Tensor& tensor, int root,
+std::unique_ptr<CommHandle> C10dCommunicator::ReduceAsync(const at::Tensor& tensor, int root,
                                                           const CollectiveTag& tag) {
-  return Sum("reduce", tensor, tag, [&](Group& g, at::Tensor& buffer) {
+  return Sum("reduce", tensor, tag, [&](c10d::ProcessGroup& g, at::Tensor& buffer) {
     std::vector<at::Tensor> t = {buffer};
     c10d::ReduceOptions opts;
     opts.rootRank = root;
@@ -134,21 +126,16 @@ std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::ReduceAsync(const at::Ten
   });
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
-  return Sum("all_reduce", tensor, tag, [&](Group& g, at::Tensor& buffer) {
+std::unique_ptr<CommHandle> C10dCommunicator::AllReduceAsync(const at::Tensor& tensor, const CollectiveTag& tag) {
+  return Sum("all_reduce", tensor, tag, [&](c10d::ProcessGroup& g, at::Tensor& buffer) {
     std::vector<at::Tensor> t = {buffer};
     return g.allreduce(t);
   });
 }
 
-template <class Group>
-std::unique_ptr<CommHandle> C10dCommunicatorOf<Group>::BarrierAsync(const CollectiveTag& tag) {
-  return Launch("barrier", tag, [&](Group& g) { return g.barrier(); });
+std::unique_ptr<CommHandle> C10dCommunicator::BarrierAsync(const CollectiveTag& tag) {
+  return Launch("barrier", tag, [&](c10d::ProcessGroup& g) { return g.barrier(); });
 }
-
-template class C10dCommunicatorOf<C10dBackend>;
-template class C10dCommunicatorOf<c10d::ProcessGroup>;
 
 absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c10d::Store>& store,
                                                      const GroupInfo& info, const std::string& bind_addr) {
@@ -177,8 +164,7 @@ absl::StatusOr<CommunicatorPtr> MakeGlooCommunicator(const c10::intrusive_ptr<c1
     for (c10::DeviceType device : {c10::DeviceType::CPU, c10::DeviceType::CUDA})
       group->setBackend(device, c10d::ProcessGroup::BackendType::GLOO, pg);
     return CommunicatorPtr(
-        c10::make_intrusive<C10dCommunicatorOf<c10d::ProcessGroup>>(std::move(group), store, gloo_info));
-
+        c10::make_intrusive<C10dCommunicator>(std::move(group), store, gloo_info));
   } catch (const std::exception& e) {
     const auto* c10_error = dynamic_cast<const c10::Error*>(&e);  // its what() carries a backtrace
     const std::string bad_addr =

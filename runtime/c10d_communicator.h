@@ -1,10 +1,10 @@
-// C10dCommunicator: runtime::Communicator over a torch c10d group or backend
-// (Gloo on CPU, NCCL on GPU). The group runs the collective on its own threads or
-// streams; its completion future, or the control thread's deadline timer,
+// C10dCommunicator: runtime::Communicator over a torch c10d::ProcessGroup
+// (Gloo on CPU, NCCL on GPU): the caller's (process_group_communicator.h) or
+// one MakeGlooCommunicator built. The group runs the collective on its own
+// threads or streams; its completion future, or the control thread's deadline timer,
 // finishes the PendingCollective that Wait() blocks on.
 #pragma once
 
-#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
@@ -16,21 +16,14 @@
 
 namespace dynamoe::runtime {
 
-// One backend (ProcessGroupGloo, ProcessGroupNCCL derive from it).
-using C10dBackend = c10d::Backend;
-
-// Over `Group`: a c10d::ProcessGroup (the caller's, process_group_communicator.h,
-// or one MakeGlooCommunicator built), or a bare C10dBackend; both start
-// collectives with the same calls.
-template <class Group>
-class C10dCommunicatorOf : public TrackedCommunicator {
+class C10dCommunicator : public TrackedCommunicator {
  public:
   // owned: dynamoe built `group` and keeps it. Else it is the caller's, held
   // weakly: the caller's teardown (destroy_process_group, exit) destroys it,
   // and a collective after that is a named error.
-  C10dCommunicatorOf(c10::intrusive_ptr<Group> group, c10::intrusive_ptr<c10d::Store> store, GroupInfo info,
-                     bool owned = true);
-  ~C10dCommunicatorOf() override;
+  C10dCommunicator(c10::intrusive_ptr<c10d::ProcessGroup> group, c10::intrusive_ptr<c10d::Store> store, GroupInfo info,
+                   bool owned = true);
+  ~C10dCommunicator() override;
 
   std::unique_ptr<CommHandle> AllGatherAsync(const at::Tensor& input, const at::Tensor& output,
                                              const CollectiveTag& tag) override;
@@ -44,19 +37,17 @@ class C10dCommunicatorOf : public TrackedCommunicator {
   std::unique_ptr<CommHandle> BarrierAsync(const CollectiveTag& tag) override;
 
  private:
-  using Start = std::function<c10::intrusive_ptr<c10d::Work>(Group&)>;
+  using Start = std::function<c10::intrusive_ptr<c10d::Work>(c10d::ProcessGroup&)>;
   // Starts a collective under a deadline; `after` runs once it succeeded.
   std::unique_ptr<CommHandle> Launch(const char* op, const CollectiveTag& tag, const Start& start,
                                      std::function<void()> after = nullptr);
   // A sum of `tensor`: 16-bit floats are summed in an fp32 copy and written back.
   std::unique_ptr<CommHandle> Sum(const char* op, const at::Tensor& tensor, const CollectiveTag& tag,
-                                  const std::function<c10::intrusive_ptr<c10d::Work>(Group&, at::Tensor&)>& start);
+                                  const std::function<c10::intrusive_ptr<c10d::Work>(c10d::ProcessGroup&, at::Tensor&)>& start);
 
-  c10::intrusive_ptr<Group> backend_;       // owned
-  c10::weak_intrusive_ptr<Group> callers_;  // the caller's
+  c10::intrusive_ptr<c10d::ProcessGroup> owned_;          // owned
+  c10::weak_intrusive_ptr<c10d::ProcessGroup> callers_;  // the caller's
 };
-
-using C10dCommunicator = C10dCommunicatorOf<C10dBackend>;
 
 // A Gloo group over `store` (already prefixed for this group). bind_addr:
 // the address Gloo binds; empty resolves this host's name.

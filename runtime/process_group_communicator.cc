@@ -23,7 +23,7 @@ absl::StatusOr<CommunicatorPtr> CommunicatorFromProcessGroup(const c10::intrusiv
                     absl::StrJoin(global_ranks, ", "), "]); expected one per member, in group rank order");
   const std::string backend = group->getBackendName();
   DYNAMOE_ASSIGN_OR_RETURN(JoinedGroup joined, JoinGroup(store, name, rank, global_ranks, backend, 0, check_config));
-  return CommunicatorPtr(c10::make_intrusive<C10dCommunicatorOf<c10d::ProcessGroup>>(group, joined.store, joined.info,
+  return CommunicatorPtr(c10::make_intrusive<C10dCommunicator>(group, joined.store, joined.info,
                                                                                      /*owned=*/false));
 }
 
