@@ -11,7 +11,7 @@ namespace dynamoe::placement {
 
 class NonePolicy : public Policy {
  public:
-  NonePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("none", c, l, std::move(o)) {}
+  NonePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy(PlacementPolicy::kNone, c, l, std::move(o)) {}
 
  protected:
   void Decide(const CountMatrix& counts) override;
@@ -19,7 +19,8 @@ class NonePolicy : public Policy {
 
 class FasterMoEPolicy : public Policy {
  public:
-  FasterMoEPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("fastermoe", c, l, std::move(o)) {}
+  FasterMoEPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o)
+      : Policy(PlacementPolicy::kFasterMoE, c, l, std::move(o)) {}
 
  protected:
   void Decide(const CountMatrix& counts) override;
@@ -27,7 +28,8 @@ class FasterMoEPolicy : public Policy {
 
 class AdaptivePolicy : public Policy {
  public:
-  AdaptivePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o) : Policy("adaptive", c, l, std::move(o)) {}
+  AdaptivePolicy(ClusterSpec c, LayerSpec l, PolicyOptions o)
+      : Policy(PlacementPolicy::kAdaptive, c, l, std::move(o)) {}
 
  protected:
   void Decide(const CountMatrix& counts) override;
@@ -51,7 +53,7 @@ class AdaptivePolicy : public Policy {
 class EplbPolicy : public Policy {
  public:
   EplbPolicy(ClusterSpec c, LayerSpec l, PolicyOptions o)
-      : Policy("eplb", c, l, std::move(o)), average_state_(model_) {}
+      : Policy(PlacementPolicy::kEplb, c, l, std::move(o)), average_state_(model_) {}
 
  protected:
   void Observe(const CountMatrix& counts) override;

@@ -5,18 +5,36 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "common/enum_names.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "placement/policies.h"
 #include "placement/quotas.h"
 
 namespace dynamoe::placement {
+namespace {
 
-Policy::Policy(std::string name, ClusterSpec cluster, LayerSpec layer, PolicyOptions options)
+constexpr EnumNames<PlacementPolicy, 4> kPolicyNames({"none", "fastermoe", "adaptive", "eplb"});
+
+}  // namespace
+
+const std::vector<std::string>& PolicyNames() {
+  static const std::vector<std::string> names = kPolicyNames.List();
+  return names;
+}
+
+absl::string_view PolicyName(PlacementPolicy policy) { return kPolicyNames.Name(policy); }
+
+absl::StatusOr<PlacementPolicy> ParsePolicy(absl::string_view name) {
+  return kPolicyNames.Parse(name, "placement: unknown policy");
+}
+
+Policy::Policy(PlacementPolicy kind, ClusterSpec cluster, LayerSpec layer, PolicyOptions options)
     : model_(cluster, layer, options.cost),
       options_(std::move(options)),
       state_(model_),
-      name_(std::move(name)),
+      kind_(kind),
+      name_(PolicyName(kind)),
       world_size_(cluster.world_size) {}
 
 int64_t Policy::CopiesAllowedPerRank() const {
@@ -70,19 +88,26 @@ std::vector<int64_t> ExpertsByLoad(const std::vector<int64_t>& loads, int64_t fi
   return order;
 }
 
-absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,
+absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(PlacementPolicy policy, const ClusterSpec& cluster,
                                                    const LayerSpec& layer, const PolicyOptions& options) {
   DYNAMOE_CHECK_ARG(cluster.world_size >= 1, "placement: world_size must be >= 1, got ", cluster.world_size);
   DYNAMOE_CHECK_ARG(cluster.flops > 0 && cluster.intra_node_bw > 0 && cluster.inter_node_bw > 0,
                     "placement: flops and bandwidths must be > 0");
   DYNAMOE_CHECK_ARG(layer.d_model > 0 && layer.d_hidden >= 0 && layer.bytes_per_element > 0,
                     "placement: layer needs d_model > 0, d_hidden >= 0, bytes_per_element > 0");
-  if (name == "none") return std::unique_ptr<Policy>(new NonePolicy(cluster, layer, options));
-  if (name == "fastermoe") return std::unique_ptr<Policy>(new FasterMoEPolicy(cluster, layer, options));
-  if (name == "adaptive") return std::unique_ptr<Policy>(new AdaptivePolicy(cluster, layer, options));
-  if (name == "eplb") return std::unique_ptr<Policy>(new EplbPolicy(cluster, layer, options));
-  return absl::InvalidArgumentError(
-      absl::StrCat("placement: unknown policy \"", name, "\"; expected one of none, fastermoe, adaptive, eplb"));
+  switch (policy) {
+    case PlacementPolicy::kNone: return std::unique_ptr<Policy>(new NonePolicy(cluster, layer, options));
+    case PlacementPolicy::kFasterMoE: return std::unique_ptr<Policy>(new FasterMoEPolicy(cluster, layer, options));
+    case PlacementPolicy::kAdaptive: return std::unique_ptr<Policy>(new AdaptivePolicy(cluster, layer, options));
+    case PlacementPolicy::kEplb: return std::unique_ptr<Policy>(new EplbPolicy(cluster, layer, options));
+  }
+  return absl::InvalidArgumentError(absl::StrCat("placement: bad policy value ", static_cast<int>(policy)));
+}
+
+absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,
+                                                   const LayerSpec& layer, const PolicyOptions& options) {
+  DYNAMOE_ASSIGN_OR_RETURN(const PlacementPolicy policy, ParsePolicy(name));
+  return MakePolicy(policy, cluster, layer, options);
 }
 
 }  // namespace dynamoe::placement

@@ -14,14 +14,26 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "placement/cost_model.h"
 #include "placement/count_matrix.h"
 #include "placement/plan.h"
 #include "placement/spec.h"
 
 namespace dynamoe::placement {
+
+// The policies; a value is its index in PolicyNames() (layer signatures send it).
+enum class PlacementPolicy { kNone, kFasterMoE, kAdaptive, kEplb };
+// The one list of policy names: none, fastermoe, adaptive, eplb
+// (DYNAMOE_PLACEMENT's choices, MakePolicy's and the layers' names).
+const std::vector<std::string>& PolicyNames();
+absl::string_view PolicyName(PlacementPolicy policy);
+// Exact name; InvalidArgument `placement: unknown policy "x"; expected one of
+// none, fastermoe, adaptive, eplb` otherwise.
+absl::StatusOr<PlacementPolicy> ParsePolicy(absl::string_view name);
 
 struct PolicyOptions {
   int64_t interval = 1;            // steps between re-plans (DYNAMOE_PLACEMENT_INTERVAL)
@@ -36,9 +48,10 @@ struct PolicyOptions {
 
 class Policy {
  public:
-  Policy(std::string name, ClusterSpec cluster, LayerSpec layer, PolicyOptions options);
+  Policy(PlacementPolicy kind, ClusterSpec cluster, LayerSpec layer, PolicyOptions options);
   virtual ~Policy() = default;
 
+  PlacementPolicy kind() const { return kind_; }
   const std::string& name() const { return name_; }
   const CostModel& model() const { return model_; }
   const PolicyOptions& options() const { return options_; }
@@ -74,13 +87,17 @@ class Policy {
   LoadState state_;
 
  private:
+  PlacementPolicy kind_;
   std::string name_;
   bool has_plan_ = false;
   Plan plan_;
   int64_t world_size_, num_experts_ = -1;
 };
 
-// name: none, fastermoe, adaptive or eplb; InvalidArgument otherwise.
+// InvalidArgument on a bad cluster or layer spec.
+absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(PlacementPolicy policy, const ClusterSpec& cluster,
+                                                   const LayerSpec& layer, const PolicyOptions& options);
+// name: one of PolicyNames(); InvalidArgument otherwise (ParsePolicy's message).
 absl::StatusOr<std::unique_ptr<Policy>> MakePolicy(const std::string& name, const ClusterSpec& cluster,
                                                    const LayerSpec& layer, const PolicyOptions& options);
 

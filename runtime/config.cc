@@ -13,6 +13,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "runtime/settings.h"
 
 extern char** environ;
 
@@ -207,11 +208,7 @@ const Config& GlobalConfig() {
     std::vector<std::string> warnings;
     config = ParseConfig(EnvironmentSnapshot(), &warnings);
     if (!config.ok()) return;
-    const std::string& level = config->Get("DYNAMOE_LOG_LEVEL");
-    SetLogLevel(level == "debug" ? LogLevel::kDebug
-                : level == "warning" ? LogLevel::kWarning
-                : level == "error" ? LogLevel::kError
-                                   : LogLevel::kInfo);
+    SetLogLevel(SettingsFrom(*config).log_level);
     for (const auto& w : warnings) DYNAMOE_LOG(kWarning) << w;
     DYNAMOE_LOG(kInfo) << "configuration " << absl::StrFormat("%016x", config->Hash()) << ": "
                        << config->Describe();

@@ -1,7 +1,9 @@
-// The configuration table: the one place dynamoe reads the environment.
+// The configuration table: the one place dynamoe reads its environment.
 // Each entry has a name, type, default, allowed values, an optional FastMoE
 // alias and help text. The environment is read once, validated, logged and
 // hashed; the README's variable table is generated from the same entries.
+// The entries are listed in settings.def; code reads the values as typed
+// fields through settings.h (GlobalSettings()), not by name through Get*.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +47,8 @@ const std::map<std::string, std::string>& IgnoredFastMoENames();
 class Config {
  public:
   // Canonical string value of a known variable (e.g. "1" for a true bool).
+  // Prefer the typed Settings (settings.h): a mistyped name here fails only
+  // at run time.
   const std::string& Get(const std::string& name) const;
   int64_t GetInt(const std::string& name) const;
   double GetFloat(const std::string& name) const;

@@ -1,19 +1,23 @@
-// The placement library's inputs from the configuration table (the cluster
-// and policy options); the layer spec comes from the layer itself.
+// The placement library's inputs from the settings (the cluster and policy
+// options); the layer spec comes from the layer itself.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "placement/policy.h"
 #include "placement/spec.h"
 #include "runtime/config.h"
+#include "runtime/settings.h"
 
 namespace dynamoe::runtime {
 
 // world_size: the expert-parallel group's size. Ranks per node: the
 // configured value, else torchrun's LOCAL_WORLD_SIZE, else the whole group.
+placement::ClusterSpec ClusterFromSettings(const Settings& settings, int64_t world_size);
+// The same for a Config (SettingsFrom(config)), for callers that hold one.
 placement::ClusterSpec ClusterFromConfig(const Config& config, int64_t world_size);
 
-placement::PolicyOptions PolicyOptionsFromConfig(const Config& config, const std::string& layer);
+placement::PolicyOptions PolicyOptionsFromSettings(const Settings& settings, const std::string& layer);
 
 }  // namespace dynamoe::runtime

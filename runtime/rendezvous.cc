@@ -16,6 +16,7 @@
 #include "runtime/c10d_communicator.h"
 #include "runtime/call_within.h"
 #include "runtime/launch_env.h"
+#include "runtime/settings.h"
 #ifdef DYNAMOE_HAVE_NCCL
 #include "runtime/nccl_communicator.h"
 #endif
@@ -27,7 +28,7 @@ std::vector<uint8_t> Bytes(const std::string& s) { return std::vector<uint8_t>(s
 
 std::chrono::milliseconds ConfiguredTimeout() {
   return std::chrono::milliseconds(
-      static_cast<int64_t>(std::ceil(GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S") * 1000.0)));
+      static_cast<int64_t>(std::ceil(GlobalSettings().timeout_s * 1000.0)));
 }
 
 absl::Status CheckEpSize(int world_size, int ep_size) {
@@ -240,7 +241,7 @@ absl::StatusOr<CommunicatorPtr> CreateGroupCommunicator(const c10::intrusive_ptr
                     "\"nccl\", got \"", backend, "\"");
   DYNAMOE_ASSIGN_OR_RETURN(JoinedGroup joined,
                            JoinGroup(store, name, rank, global_ranks, backend, store_host, check_config));
-  const std::string bind = GlobalConfig().Get("DYNAMOE_COMM_ADDR");
+  const std::string bind = GlobalSettings().comm_addr;
   const c10::intrusive_ptr<c10d::Store> prefixed = joined.store;
   const GroupInfo info = joined.info;
   return ConnectWithDeadline(prefixed, info, [prefixed, info, bind]() -> absl::StatusOr<CommunicatorPtr> {

@@ -4,12 +4,10 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "common/status.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/kernels_cuda.h"
+#include "runtime/settings.h"
 #include "scheduler/tensor_util.h"
 
 namespace dynamoe::scheduler::cuda_path {
@@ -34,11 +32,10 @@ kc::DType GemmType(at::ScalarType t) {
 }
 
 // DYNAMOE_GROUPED_GEMM: loop (one cuBLAS call per expert, the default) or
-// grouped (one cublasGemmGroupedBatchedEx call); read per call so a benchmark
-// can compare both in one process.
+// grouped (one cublasGemmGroupedBatchedEx call), read once with the settings.
 kc::GemmAlgo Algo() {
-  const char* v = std::getenv("DYNAMOE_GROUPED_GEMM");
-  return v != nullptr && std::strcmp(v, "grouped") == 0 ? kc::GemmAlgo::kGrouped : kc::GemmAlgo::kLoop;
+  return runtime::GlobalSettings().grouped_gemm == runtime::GemmAlgorithm::kGrouped ? kc::GemmAlgo::kGrouped
+                                                                                     : kc::GemmAlgo::kLoop;
 }
 
 void RunGemm(kc::GemmOp op, const at::Tensor& a, const at::Tensor& b, at::Tensor& out, const int64_t* counts,

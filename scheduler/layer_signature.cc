@@ -8,12 +8,11 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "monitor/phases.h"
+#include "placement/policy.h"
 #include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
 namespace {
-
-constexpr const char* kPolicies[] = {"none", "fastermoe", "adaptive", "eplb"};
 
 struct FieldInfo {
   const char* name;
@@ -50,7 +49,8 @@ std::string Value(LayerSignature::Field f, int64_t v) {
     case LayerSignature::kDtype:
       return c10::toString(static_cast<at::ScalarType>(v));
     case LayerSignature::kPlacement:
-      return v >= 0 && v < 4 ? kPolicies[v] : absl::StrCat(v);
+      return v >= 0 && v < static_cast<int64_t>(placement::PolicyNames().size()) ? placement::PolicyNames()[v]
+                                                                                 : absl::StrCat(v);
     case LayerSignature::kSchedule:
       return v == 1 ? "overlap" : "sequential";
     case LayerSignature::kTraining:
@@ -71,9 +71,8 @@ std::string Value(LayerSignature::Field f, int64_t v) {
 }  // namespace
 
 int64_t PolicyIndex(const std::string& policy) {
-  for (int64_t i = 0; i < 4; ++i)
-    if (policy == kPolicies[i]) return i;
-  return -1;
+  auto parsed = placement::ParsePolicy(policy);
+  return parsed.ok() ? static_cast<int64_t>(*parsed) : -1;  // the PlacementPolicy value
 }
 
 absl::Status CheckSignatures(runtime::Communicator& comm, const LayerSignature& mine, const std::string& layer,

@@ -4,36 +4,34 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "runtime/config.h"
 #include "runtime/placement_config.h"
 #include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
 
 PlacementState::PlacementState(std::string policy)
-    : name_(policy.empty() ? runtime::GlobalConfig().Get("DYNAMOE_PLACEMENT") : std::move(policy)) {
-  DYNAMOE_THROW_IF(name_ != "none" && name_ != "fastermoe" && name_ != "adaptive" && name_ != "eplb",
-                   "placement: unknown policy \"", name_, "\"; expected one of none, fastermoe, adaptive, eplb");
-}
+    : kind_(policy.empty() ? runtime::GlobalSettings().placement : ValueOrThrow(placement::ParsePolicy(policy))),
+      name_(placement::PolicyName(kind_)) {}
 
 void PlacementState::Ensure(const MoEOptions& o, int64_t world_size, int64_t bytes_per_element) {
   const std::string key = absl::StrCat(world_size, "/", o.num_experts(), "/", o.d_model(), "/", o.d_hidden(), "/",
                                        o.gated(), "/", o.bias(), "/", bytes_per_element);
   if (policy_ && key == key_) return;
-  const runtime::Config& config = runtime::GlobalConfig();
+  const runtime::Settings& settings = runtime::GlobalSettings();
   const placement::LayerSpec layer{o.d_model(), o.d_hidden(), o.gated(), o.bias(), bytes_per_element};
-  const placement::ClusterSpec cluster = runtime::ClusterFromConfig(config, world_size);
+  const placement::ClusterSpec cluster = runtime::ClusterFromSettings(settings, world_size);
   policy_ = ValueOrThrow(
-      placement::MakePolicy(name_, cluster, layer, runtime::PolicyOptionsFromConfig(config, o.name())));
+      placement::MakePolicy(kind_, cluster, layer, runtime::PolicyOptionsFromSettings(settings, o.name())));
   key_ = key;
   // A new shape starts a new fit: the old figures were of other rows.
   fit_.reset();
   pending_.reset();
-  if (config.Get("DYNAMOE_CALIBRATE") == "online") fit_ = std::make_unique<placement::OnlineFit>(cluster, layer);
+  if (settings.calibrate == runtime::CalibrateMode::kOnline)
+    fit_ = std::make_unique<placement::OnlineFit>(cluster, layer);
 }
 
 std::vector<double> PlacementState::Figures() const {
-  if (runtime::GlobalConfig().Get("DYNAMOE_CALIBRATE") != "online") return {};
+  if (runtime::GlobalSettings().calibrate != runtime::CalibrateMode::kOnline) return {};
   std::vector<double> f(kFigures, 0.0);
   if (pending_ && fit_) {
     f[0] = 1;

@@ -25,7 +25,8 @@ namespace dynamoe::scheduler {
 
 class PlacementState : public torch::CustomClassHolder {
  public:
-  // policy: "" reads DYNAMOE_PLACEMENT; else none, fastermoe, adaptive, eplb.
+  // policy: "" reads DYNAMOE_PLACEMENT; else one of placement::PolicyNames()
+  // (throws dynamoe::Error naming them otherwise).
   explicit PlacementState(std::string policy = "");
 
   // Feeds this step's kept count matrix [P, E] and returns the plan in force.
@@ -35,6 +36,7 @@ class PlacementState : public torch::CustomClassHolder {
   const placement::Plan& UseNone(const MoEOptions& options, const at::Tensor& kept_matrix,
                                  int64_t bytes_per_element);
 
+  placement::PlacementPolicy policy_kind() const { return kind_; }
   const std::string& policy_name() const { return name_; }
   const placement::Plan& plan() const { return plan_; }
 
@@ -58,6 +60,7 @@ class PlacementState : public torch::CustomClassHolder {
 
  private:
   void Ensure(const MoEOptions& options, int64_t world_size, int64_t bytes_per_element);
+  placement::PlacementPolicy kind_;
   std::string name_;
   std::unique_ptr<placement::Policy> policy_;
   std::string key_;  // the layer spec the policy was made for

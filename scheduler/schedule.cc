@@ -5,27 +5,25 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "placement/cost_model.h"
-#include "runtime/config.h"
 #include "runtime/placement_config.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/pipeline_layout.h"
 
 namespace dynamoe::scheduler {
 
-ScheduleOptions ScheduleOptions::FromConfig() {
-  const runtime::Config& config = runtime::GlobalConfig();
+ScheduleOptions ScheduleOptions::FromSettings(const runtime::Settings& settings) {
   ScheduleOptions s;
-  s.kind = config.Get("DYNAMOE_SCHEDULE") == "overlap" ? Kind::kOverlap : Kind::kSequential;
-  s.group_size = config.GetInt("DYNAMOE_GROUP_SIZE");
-  s.overlap_degree = config.GetInt("DYNAMOE_OVERLAP_DEGREE");
+  s.kind = settings.schedule;
+  s.group_size = settings.group_size;
+  s.overlap_degree = settings.overlap_degree;
   return s;
 }
 
+ScheduleOptions ScheduleOptions::FromConfig() { return FromSettings(runtime::GlobalSettings()); }
+
 ScheduleOptions ScheduleOptions::Make(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
   ScheduleOptions s = FromConfig();
-  DYNAMOE_THROW_IF(!kind.empty() && kind != "sequential" && kind != "overlap", "schedule: unknown schedule \"",
-                   kind, "\"; expected sequential or overlap");
-  if (!kind.empty()) s.kind = kind == "overlap" ? Kind::kOverlap : Kind::kSequential;
+  if (!kind.empty()) s.kind = ValueOrThrow(runtime::ParseSchedule(kind));
   DYNAMOE_THROW_IF(group_size == 0, "schedule: group_size must be >= 1 (or unset), got 0");
   DYNAMOE_THROW_IF(overlap_degree > 64, "schedule: overlap_degree must be in [0, 64], got ", overlap_degree);
   if (group_size > 0) s.group_size = group_size;
@@ -44,8 +42,7 @@ int64_t ResolveOverlapDegree(const ScheduleOptions& schedule, const MoEOptions& 
   if (schedule.overlap_degree > 0) return schedule.overlap_degree;
   const int64_t P = kept.size(0);
   const placement::CountMatrix counts = ToCountMatrix(kept);
-  const runtime::Config& config = runtime::GlobalConfig();
-  const placement::ClusterSpec cluster = runtime::ClusterFromConfig(config, P);
+  const placement::ClusterSpec cluster = runtime::ClusterFromSettings(runtime::GlobalSettings(), P);
   const placement::CostModel model(cluster, {o.d_model(), o.d_hidden(), o.gated(), o.bias(), bytes_per_element},
                                    {/*training=*/false, /*overlap=*/true});
   const placement::StepCost cost = model.Predict(counts, plan);

@@ -9,20 +9,22 @@
 #include <string>
 
 #include "placement/plan.h"
+#include "runtime/settings.h"
 #include "scheduler/options.h"
 
 namespace dynamoe::scheduler {
 
 struct ScheduleOptions {
-  enum class Kind { kSequential, kOverlap };
+  using Kind = runtime::ScheduleKind;
   Kind kind = Kind::kSequential;
   int64_t group_size = 4;      // peers per pipeline stage, clamped to [1, world - 1]
   int64_t overlap_degree = 1;  // token chunks per peer group; 0 = from the cost model
 
-  // The environment (runtime::GlobalConfig()).
+  static ScheduleOptions FromSettings(const runtime::Settings& settings);
+  // The environment's (runtime::GlobalSettings()).
   static ScheduleOptions FromConfig();
-  // kind: "" keeps the environment's; else sequential or overlap. group_size
-  // and overlap_degree < 0 keep the environment's. Throws on bad values.
+  // kind: "" keeps the environment's; else one of runtime::ScheduleNames().
+  // group_size and overlap_degree < 0 keep the environment's. Throws on bad values.
   static ScheduleOptions Make(const std::string& kind, int64_t group_size, int64_t overlap_degree);
   bool overlap() const { return kind == Kind::kOverlap; }
   std::string Describe() const;  // "overlap(group_size=4, overlap_degree=2)"

@@ -22,6 +22,7 @@
 #include "bindings/moe_layer.h"
 #include "monitor/load_report.h"
 #include "placement/count_matrix.h"
+#include "runtime/launch_env.h"
 #include "runtime/rendezvous.h"
 #include "tools/local_launch.h"
 
@@ -97,7 +98,7 @@ int LaunchRanks(int argc, char** argv, const Args& args) {
 
 int main(int argc, char** argv) {
   const Args args = Parse(argc, argv);
-  if (args.ranks > 1 && !std::getenv("RANK")) return LaunchRanks(argc, argv, args);
+  if (args.ranks > 1 && !dynamoe::runtime::GlobalLaunchEnv().rank) return LaunchRanks(argc, argv, args);
   std::shared_ptr<dynamoe::runtime::ParallelGroups> groups;
   if (args.ranks > 1) groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv());
   const int rank = groups ? groups->world_rank : 0;

@@ -29,6 +29,7 @@
 #include "bindings/gradients.h"
 #include "bindings/moe_layer.h"
 #include "common/status.h"
+#include "runtime/launch_env.h"
 #include "runtime/rendezvous.h"
 
 namespace {
@@ -105,7 +106,7 @@ Args Parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const Args args = Parse(argc, argv);
-  const int world_size = std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1;
+  const int world_size = dynamoe::runtime::GlobalLaunchEnv().world_size.value_or(1);  // throws on a bad value
   std::shared_ptr<dynamoe::runtime::ParallelGroups> groups;
   if (world_size > 1) groups = dynamoe::ValueOrThrow(dynamoe::runtime::InitFromEnv());
   const int rank = groups ? groups->world_rank : 0;
