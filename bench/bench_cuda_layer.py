@@ -12,7 +12,6 @@ Prints per shape: median step time, expert-FLOP efficiency (useful FLOPs / time
 plus the two SwiGLU pre-activations), and the dynamoe kernel-time breakdown.
 """
 import argparse
-import os
 import pathlib
 import statistics
 import sys
@@ -271,11 +270,11 @@ def run_shape(name, s, iters, warmup, dev, dt):
 
     layer = dynamoe.MoE(d, h, E, top_k=k, gated=True, activation="silu", capacity_factor=0.0,
                         name="bench").to(dev).to(dt)
-    # DYNAMOE_GROUPED_GEMM is read per call by the CUDA path only; each step sets its own.
+    # Each step picks its expert GEMM algorithm (DYNAMOE_GROUPED_GEMM's values) for the process.
     algos = ("loop", "grouped") if cuda else ("loop",)
     for algo in algos:
         def dyn_step(algo=algo):
-            os.environ["DYNAMOE_GROUPED_GEMM"] = algo
+            torch.ops.dynamoe.set_gemm_algorithm(algo)
             layer(x).backward(gy)
         add(f"dynamoe ({algo} cuBLAS)" if cuda else "dynamoe", dyn_step, list(layer.parameters()))
 
@@ -313,7 +312,7 @@ def run_shape(name, s, iters, warmup, dev, dt):
     mem = {label: peak_bytes(step) if cuda else None for label, step in kept.items()}  # activations only
     dyn_labels = [label for label in steps if label.startswith("dynamoe")]
     best = min(dyn_labels, key=lambda label: results[label][0])
-    share = breakdown(steps[best]) if cuda else None  # the step sets its own DYNAMOE_GROUPED_GEMM
+    share = breakdown(steps[best]) if cuda else None  # the step sets its own GEMM algorithm
 
     ideal = (rows * d + 2 * rows * h) * torch.finfo(dt).bits // 8
     dense_ms = results["dense GEMMs (same FLOPs)"][0]

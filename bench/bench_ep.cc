@@ -70,9 +70,10 @@ int Rank(const Args& a) {
     x.mutable_grad() = torch::Tensor();
     if (s < 0) continue;
     const auto& st = layer->stats();
-    const double phases[] = {st.phase_seconds.count("gate") ? st.phase_seconds.at("gate") : 0,
-                             st.phase_seconds.at("count_allgather"), st.phase_seconds.at("dispatch"),
-                             st.phase_seconds.at("experts"), st.phase_seconds.at("combine")};
+    const std::map<std::string, double> phase = st.phase_seconds();
+    const double phases[] = {phase.count("gate") ? phase.at("gate") : 0,
+                             phase.at("count_allgather"), phase.at("dispatch"),
+                             phase.at("experts"), phase.at("combine")};
     sum[0] += t2 - t0;
     for (int i = 0; i < 5; ++i) sum[1 + i] += phases[i];
     sum[6] += t2 - t1;

@@ -34,6 +34,7 @@
 #include "placement/cost_model.h"
 #include "runtime/rendezvous.h"
 #include "scheduler/expert_parallel.h"
+#include "scheduler/token_exchange.h"
 #include "tools/local_launch.h"
 
 namespace {

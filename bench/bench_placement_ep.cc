@@ -96,12 +96,13 @@ int Calibrate(const Args& a, const dynamoe::runtime::ParallelGroups& g) {
     Step(layer, x, g);
     if (s < 0) continue;
     const auto& st = layer->stats();
+    const std::map<std::string, double> phase = st.phase_seconds();
     const int64_t rows = st.counts.select(1, 2 * g.world_rank).sum().item<int64_t>() +
                          st.counts.select(1, 2 * g.world_rank + 1).sum().item<int64_t>();
     flops += 2.0 * 2 * a.d_model * a.d_hidden * static_cast<double>(rows);
-    expert_s += st.phase_seconds.at("experts");
+    expert_s += phase.at("experts");
     bytes += static_cast<double>(st.bytes_sent + st.bytes_received) / 2;
-    move_s += st.phase_seconds.at("dispatch") + st.phase_seconds.at("combine");
+    move_s += phase.at("dispatch") + phase.at("combine");
   }
   const std::vector<int64_t> one(g.world_size, 1);
   const torch::Tensor row = torch::zeros({g.world_size, 1}), out = torch::empty({g.world_size, 1});
@@ -134,8 +135,8 @@ int Measure(const Args& a, const dynamoe::runtime::ParallelGroups& g) {
       const double t = Step(layers[p], x, g);
       if (rep < 0) continue;
       seconds[p].push_back(t);
-      predicted[p].push_back(layers[p]->stats().predicted_step_seconds);
-      for (int64_t c : layers[p]->stats().replicas) copies[p] += static_cast<double>(c) / a.reps;
+      predicted[p].push_back(layers[p]->stats().predicted_step_seconds());
+      for (int64_t c : layers[p]->stats().replicas()) copies[p] += static_cast<double>(c) / a.reps;
     }
   using dynamoe::bench::Median;
   if (g.world_rank == 0)  // every rank's step ends at the same barrier: rank 0's times are the step's

@@ -99,32 +99,14 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
   in.training = is_training();
   scheduler::StepResult r = scheduler::MoEForward(options, in);
   aux_loss = r.aux_loss;  // a recomputation's too: a checkpointed function may return it
-  if (!r.recomputed) FillStats(r);
+  if (!r.stats.recomputed) FillStats(r);
   return Residual(x, r.y);
 }
 
 void MoELayerImpl::FillStats(const scheduler::StepResult& r) {
+  static_cast<monitor::StepStats&>(stats_) = r.stats;
   stats_.counts = r.counts;
   stats_.routed_counts = r.routed_counts;
-  stats_.dropped = r.dropped;
-  stats_.capacity = r.capacity;
-  stats_.bytes_sent = r.bytes_sent;
-  stats_.bytes_received = r.bytes_received;
-  stats_.comm_seconds = r.comm_seconds;
-  stats_.shadowed = r.plan.Shadowed();
-  stats_.replicas = r.plan.ReplicaCounts();
-  stats_.plan_hash = r.plan.Hash();
-  stats_.predicted_step_seconds = r.plan.predicted_step_seconds;
-  stats_.weight_bytes_sent = r.weight_bytes_sent;
-  stats_.weight_bytes_received = r.weight_bytes_received;
-  stats_.overlapped = r.overlapped;
-  stats_.pipeline_stages = r.pipeline_stages;
-  stats_.cost_model = state_ ? state_->placement().CostModelStats() : std::vector<double>{};
-  stats_.phase_seconds.clear();
-  for (auto p : {monitor::Phase::kGate, monitor::Phase::kCountAllGather, monitor::Phase::kPolicy,
-                 monitor::Phase::kShadowBroadcast, monitor::Phase::kDispatch, monitor::Phase::kExperts,
-                 monitor::Phase::kCombine})
-    stats_.phase_seconds[monitor::PhaseName(p)] = r.times[p];
 }
 
 torch::Tensor MoELayerImpl::Residual(const torch::Tensor& x, const torch::Tensor& y) {

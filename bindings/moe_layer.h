@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "monitor/step_stats.h"
 #include "runtime/communicator.h"
 #include "scheduler/layer_state.h"
 #include "scheduler/moe_step.h"
@@ -25,32 +26,12 @@
 
 namespace dynamoe {
 
-struct MoEStats {
+// The last step's outcome (monitor::StepStats: dropped, capacity,
+// phase_seconds(), bytes, plan, shadowed(), replicas(), plan_hash(), schedule,
+// cost model, ...) with its count tensors.
+struct MoEStats : monitor::StepStats {
   torch::Tensor counts;         // [ep_size, num_experts] int64: rows each rank sent to each expert
   torch::Tensor routed_counts;  // [num_experts] int64: this rank's assignments before capacity
-  int64_t dropped = 0;          // this rank's assignments dropped by capacity
-  int64_t capacity = -1;        // per expert; -1 when dropless
-  // gate, count_allgather, policy, shadow_broadcast, dispatch, experts, combine (forward).
-  std::map<std::string, double> phase_seconds;
-  int64_t bytes_sent = 0;      // token bytes sent to other ranks (forward)
-  int64_t bytes_received = 0;  // token bytes received from other ranks (forward)
-  double comm_seconds = 0;     // time spent waiting on collectives (forward)
-  // Placement (DYNAMOE_PLACEMENT) in force this step.
-  std::vector<int64_t> shadowed;  // experts with a copy on every rank of the group
-  std::vector<int64_t> replicas;  // [num_experts]: copies of each expert beyond its owner
-  uint64_t plan_hash = 0;         // identical on every rank of the group
-  double predicted_step_seconds = 0;  // the cost model's prediction for this step's counts
-  int64_t weight_bytes_sent = 0;      // copied experts' weights sent (forward)
-  int64_t weight_bytes_received = 0;
-  // Schedule (DYNAMOE_SCHEDULE) that ran: overlapped, and the pipeline stages
-  // that moved rows (at most peer groups x token chunks); false / 0 for
-  // sequential or one process.
-  bool overlapped = false;
-  int64_t pipeline_stages = 0;
-  // The cost model's rates in use (PlacementState::CostModelStats: calibrating,
-  // flops, bandwidths, latencies, fixed s, error, steps fitted), as in Python's
-  // stats()["cost_model"]; empty for custom experts.
-  std::vector<double> cost_model;
 };
 
 // Makes expert `expert_idx` of a custom-expert layer ([rows, d_model] -> same).

@@ -14,11 +14,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "bindings/op_checks.h"
+#include "bindings/stats_dict.h"
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "runtime/config.h"
 #include "runtime/process_group_communicator.h"
 #include "runtime/rendezvous.h"
+#include "runtime/settings.h"
+#include "scheduler/expert_ffn.h"
 #include "scheduler/layer_state.h"
 #include "scheduler/moe_step.h"
 #include "scheduler/router.h"
@@ -176,7 +179,7 @@ CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port
       members.push_back(static_cast<int>(r));
     }
     auto group = ValueOrThrow(runtime::ResolveProcessGroup(group_name));
-    const double timeout_s = runtime::GlobalConfig().GetFloat("DYNAMOE_TIMEOUT_S");
+    const double timeout_s = runtime::GlobalSettings().timeout_s;
     auto store = ValueOrThrow(runtime::ConnectStore(
         host, static_cast<int>(port), false, static_cast<int>(global_ranks.size()),
         std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000))));
@@ -184,14 +187,15 @@ CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port
   });
 }
 
-// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], info, losses)
-// where info is float64 [dropped, capacity, balance_loss, z_loss, bytes_sent,
-// bytes_received, comm_seconds, seconds per phase..., weight_bytes_sent,
-// weight_bytes_received, overlapped, pipeline_stages, recomputed, step]. The
-// plan and the step counter live in `state` (the layer's LayerState), which
-// also applies the training step's side effects (step, expert-bias update).
-// schedule "" / group_size and overlap_degree < 0 keep the environment's.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
+using StatsDictT = c10::Dict<std::string, c10::IValue>;
+
+// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], stats, losses):
+// stats is the step's StepStats by name (stats_dict.h); losses [balance, z]
+// stay on the layer's device. The plan and the step counter live in `state`
+// (the layer's LayerState), which also applies the training step's side
+// effects (step, expert-bias update). schedule "" / group_size and
+// overlap_degree < 0 keep the environment's.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, StatsDictT, Tensor> MoEForwardOp(
     const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
     const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
     double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
@@ -220,23 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> MoEForwardOp(
     if (comm.has_value()) in.comm = *comm;
     in.schedule = scheduler::ScheduleOptions::Make(schedule, group_size, overlap_degree);
     scheduler::StepResult r = scheduler::MoEForward(o, in);
-    // On a GPU the losses stay on the device (reading them here would stall the
-    // stream before backward); Python reads `losses` when stats() asks.
-    const bool host = r.balance_loss.device().is_cpu();
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    std::vector<double> info = {static_cast<double>(r.dropped), static_cast<double>(r.capacity),
-                                host ? r.balance_loss.item<double>() : nan, host ? r.z_loss.item<double>() : nan,
-                                static_cast<double>(r.bytes_sent), static_cast<double>(r.bytes_received),
-                                r.comm_seconds};
-    info.insert(info.end(), r.times.seconds.begin(), r.times.seconds.end());
-    info.push_back(static_cast<double>(r.weight_bytes_sent));
-    info.push_back(static_cast<double>(r.weight_bytes_received));
-    info.push_back(r.overlapped ? 1.0 : 0.0);
-    info.push_back(static_cast<double>(r.pipeline_stages));
-    info.push_back(r.recomputed ? 1.0 : 0.0);
-    info.push_back(static_cast<double>(r.step));
-    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts,
-                           at::tensor(info, at::TensorOptions().dtype(at::kDouble)),
+    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts, StatsDict(r.stats),
                            at::stack({r.balance_loss.detach(), r.z_loss.detach().to(r.balance_loss.scalar_type())}));
   });
 }
@@ -329,9 +317,6 @@ TORCH_LIBRARY(dynamoe, m) {
       .def("plan_hash", [](const dynamoe::StatePtr& s) { return static_cast<int64_t>(s->placement().plan().Hash()); })
       .def("predicted_step_seconds",
            [](const dynamoe::StatePtr& s) { return s->placement().plan().predicted_step_seconds; })
-      // [calibrating, flops, intra/inter-node bw, intra/inter-node latency s, fixed s, error, steps]
-      // (PlacementState::CostModelStats); empty before the first step.
-      .def("cost_model", [](const dynamoe::StatePtr& s) { return s->placement().CostModelStats(); })
       .def("step", [](const dynamoe::StatePtr& s) { return s->step(); })
       // copy.deepcopy, torch.save (through dynamoe.MoE's __getstate__) and
       // TorchScript keep the policy and the step; the records of forwards
@@ -397,7 +382,7 @@ TORCH_LIBRARY(dynamoe, m) {
       "__torch__.torch.classes.dynamoe.Communicator? comm=None, str schedule=\"\", int group_size=-1, "
       "int overlap_degree=-1, Tensor? gate_bias=None, bool normalize_kept=False, "
       "str balance_loss_choices=\"all\") -> (Tensor y, Tensor aux_loss, Tensor counts, "
-      "Tensor routed_counts, Tensor global_routed_counts, Tensor info, Tensor losses)",
+      "Tensor routed_counts, Tensor global_routed_counts, Dict(str, Any) stats, Tensor losses)",
       &dynamoe::MoEForwardOp);
   m.def(
       "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "
@@ -410,6 +395,13 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("config_get(str name) -> str", &dynamoe::ConfigGet);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
+  // For benchmarks comparing both in one process: overrides DYNAMOE_GROUPED_GEMM (loop, grouped).
+  m.def("set_gemm_algorithm(str name) -> ()", [](std::string name) {
+    dynamoe::Boundary([&] {
+      dynamoe::scheduler::SetGemmAlgorithm(dynamoe::ValueOrThrow(dynamoe::runtime::ParseGemmAlgorithm(name)));
+      return 0;
+    });
+  });
   // True inside a backward pass (e.g. an activation-checkpointing recompute); torch 1.x has no Python API for it.
   m.def("in_backward() -> bool", [] { return dynamoe::scheduler::InBackwardPass(); });
   m.def("default_layer_name() -> str", [] { return dynamoe::scheduler::NextDefaultLayerName(); });

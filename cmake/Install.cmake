@@ -34,7 +34,7 @@ install(TARGETS ${_dynamoe_exported} EXPORT dynamoeTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
 install(DIRECTORY common placement monitor kernels runtime scheduler bindings
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
-        FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh")
+        FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh" PATTERN "*.def")
 install(EXPORT dynamoeTargets NAMESPACE dynamoe:: DESTINATION ${DYNAMOE_INSTALL_CMAKEDIR} COMPONENT dev)
 
 # Values the package config needs to find the same dependencies again.

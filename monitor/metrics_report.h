@@ -1,5 +1,5 @@
-// What the step reports to the metrics registry, per layer and step (kept
-// apart from metrics.h so the step builds without prometheus-cpp).
+// What the metrics registry records per layer and step, derived from the
+// step's StepStats (kept apart from metrics.h: no prometheus-cpp here).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "monitor/phases.h"
+#include "monitor/step_stats.h"
 
 namespace dynamoe::monitor {
 
@@ -30,5 +31,8 @@ struct StepReport {
   std::vector<std::pair<std::string, double>> cost_model_rates;
   double cost_model_error = -1;
 };
+
+// The report of one step.
+StepReport MetricsReportOf(const StepStats& stats);
 
 }  // namespace dynamoe::monitor

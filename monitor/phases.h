@@ -24,6 +24,9 @@ constexpr std::array<const char*, kNumPhases> kPhaseNames = {
 
 inline const char* PhaseName(Phase p) { return kPhaseNames[static_cast<int>(p)]; }
 
+// shadow_reduce runs in backward (the copies' gradients); the rest in forward.
+constexpr bool IsForwardPhase(Phase p) { return p != Phase::kShadowReduce; }
+
 // Seconds per phase of the last step. Plain array: the hot path only adds.
 struct PhaseTimes {
   std::array<double, kNumPhases> seconds{};

@@ -53,14 +53,18 @@ int64_t TraceRecorder::records_lost() {
   return lost_unopened_ + (writer_ ? writer_->records_lost() : 0);
 }
 
-TraceRecorder* ProcessTraceRecorder(const std::string& prefix, double flush_seconds) {
-  if (prefix.empty()) return nullptr;
-  static std::mutex mu;
-  static std::map<std::string, std::unique_ptr<TraceRecorder>> recorders;  // destroyed (closed) at exit
-  std::lock_guard<std::mutex> lock(mu);
-  auto& r = recorders[prefix];
-  if (!r) r = std::make_unique<TraceRecorder>(prefix, flush_seconds);
-  return r.get();
+placement::TraceStep TraceRecordOf(const StepStats& s) {
+  placement::TraceStep t;
+  t.step = s.step;
+  t.kept = s.kept;
+  t.routed = s.routed;
+  if (s.placed) t.plan = s.plan;
+  t.phase_seconds.assign(s.times.seconds.begin(), s.times.seconds.end());
+  return t;
+}
+
+void TraceObserver::OnStep(const StepStats& stats) {
+  if (stats.training) recorder_.Record(stats.layer, stats.rank, TraceRecordOf(stats));
 }
 
 }  // namespace dynamoe::monitor

@@ -1,4 +1,4 @@
-// DYNAMOE_TRACE: one recorder per process and prefix, writing
+// DYNAMOE_TRACE: a recorder per process, writing
 // prefix.rank<R>.dmtrace through a TraceWriter, R the process's global rank
 // (data-parallel processes without an expert-parallel group would otherwise
 // share one file). Opening is lazy (the first recorded step knows the rank
@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "monitor/step_observer.h"
 #include "monitor/trace_writer.h"
 #include "placement/trace.h"
 
@@ -40,8 +41,20 @@ class TraceRecorder {
   std::map<std::string, int64_t> layers_;
 };
 
-// The process's recorder for `prefix` (created on first use with
-// `flush_seconds`, closed at exit); nullptr for an empty prefix.
-TraceRecorder* ProcessTraceRecorder(const std::string& prefix, double flush_seconds);
+// The trace record of one step: its count matrices, its plan when a policy
+// chose one, and its phase times.
+placement::TraceStep TraceRecordOf(const StepStats& stats);
+
+// Records every training step it is told of (recomputations are never told);
+// the recorder closes when the observer goes.
+class TraceObserver : public StepObserver {
+ public:
+  TraceObserver(std::string prefix, double flush_seconds) : recorder_(std::move(prefix), flush_seconds) {}
+  void OnStep(const StepStats& stats) override;
+  TraceRecorder& recorder() { return recorder_; }
+
+ private:
+  TraceRecorder recorder_;
+};
 
 }  // namespace dynamoe::monitor

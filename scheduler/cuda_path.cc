@@ -7,7 +7,7 @@
 #include "common/status.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/kernels_cuda.h"
-#include "runtime/settings.h"
+#include "scheduler/expert_ffn.h"
 #include "scheduler/tensor_util.h"
 
 namespace dynamoe::scheduler::cuda_path {
@@ -32,10 +32,9 @@ kc::DType GemmType(at::ScalarType t) {
 }
 
 // DYNAMOE_GROUPED_GEMM: loop (one cuBLAS call per expert, the default) or
-// grouped (one cublasGemmGroupedBatchedEx call), read once with the settings.
+// grouped (one cublasGemmGroupedBatchedEx call); expert_ffn.h's GemmAlgorithmInUse.
 kc::GemmAlgo Algo() {
-  return runtime::GlobalSettings().grouped_gemm == runtime::GemmAlgorithm::kGrouped ? kc::GemmAlgo::kGrouped
-                                                                                     : kc::GemmAlgo::kLoop;
+  return GemmAlgorithmInUse() == runtime::GemmAlgorithm::kGrouped ? kc::GemmAlgo::kGrouped : kc::GemmAlgo::kLoop;
 }
 
 void RunGemm(kc::GemmOp op, const at::Tensor& a, const at::Tensor& b, at::Tensor& out, const int64_t* counts,

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "scheduler/router.h"
+#include "scheduler/routing.h"
 
 namespace dynamoe::scheduler::cuda_path {
 

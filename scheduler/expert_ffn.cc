@@ -1,5 +1,7 @@
 #include "scheduler/expert_ffn.h"
 
+#include <atomic>
+
 #include <ATen/ATen.h>
 
 #ifdef DYNAMOE_TORCH_CUDA
@@ -7,6 +9,20 @@
 #endif
 
 namespace dynamoe::scheduler {
+
+namespace {
+// -1: the setting's; else a GemmAlgorithm. Atomic: backward runs on autograd threads.
+std::atomic<int> gemm_override{-1};
+}  // namespace
+
+runtime::GemmAlgorithm GemmAlgorithmInUse() {
+  const int o = gemm_override.load(std::memory_order_relaxed);
+  return o < 0 ? runtime::GlobalSettings().grouped_gemm : static_cast<runtime::GemmAlgorithm>(o);
+}
+
+void SetGemmAlgorithm(runtime::GemmAlgorithm algorithm) {
+  gemm_override.store(static_cast<int>(algorithm), std::memory_order_relaxed);
+}
 namespace {
 
 at::Tensor Activate(const at::Tensor& h, const std::string& activation) {

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "runtime/settings.h"
 #include "scheduler/functions.h"
 
 namespace dynamoe::scheduler {
@@ -23,6 +24,12 @@ struct FFNGrads {
   // fill, GEMM beta 0); cleared by that call.
   bool fresh = false;
 };
+
+// The CUDA path's expert GEMMs (DYNAMOE_GROUPED_GEMM): the setting, unless
+// SetGemmAlgorithm chose another for the process (a benchmark comparing both
+// side by side in one run; op dynamoe::set_gemm_algorithm). CPU ignores it.
+runtime::GemmAlgorithm GemmAlgorithmInUse();
+void SetGemmAlgorithm(runtime::GemmAlgorithm algorithm);
 
 // A parameter is present when defined and non-empty (torch 1.13's custom
 // functions carry absent ones as empty tensors).

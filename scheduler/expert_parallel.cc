@@ -11,7 +11,6 @@
 #include "absl/strings/str_join.h"
 #include "common/hash.h"
 #include "common/status.h"
-#include "scheduler/pipeline_layout.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -90,76 +89,6 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
     std::memcpy(m.figures.data(), bits.data_ptr<int64_t>(), P * F * sizeof(double));
   }
   return m;
-}
-
-placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix) {
-  const at::Tensor c = kept_matrix.contiguous();
-  std::vector<int64_t> v(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-  return ValueOrThrow(placement::CountMatrix::Make(c.size(0), c.size(1), std::move(v)));
-}
-
-std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank) {
-  const int64_t El = plan.experts_per_rank();
-  std::vector<int64_t> slots;
-  for (int64_t l = 0; l < El; ++l) slots.push_back(rank * El + l);
-  for (int64_t e : plan.CopiesOn(rank)) slots.push_back(e);
-  return slots;
-}
-
-ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan) {
-  const int64_t P = kept_matrix.size(0), E = kept_matrix.size(1);
-  const placement::CountMatrix counts = ToCountMatrix(kept_matrix);
-  const auto options = kept_matrix.options().dtype(at::kLong);
-  ExchangePlan out;
-  out.send_rows.assign(P, 0);
-  out.recv_rows.assign(P, 0);
-  out.slot_experts = SlotExperts(plan, rank);
-  std::vector<int64_t> slot_of(E, -1);
-  for (size_t k = 0; k < out.slot_experts.size(); ++k) slot_of[out.slot_experts[k]] = static_cast<int64_t>(k);
-
-  // Send side: this rank's rows are expert-sorted; each expert's block is cut
-  // into pieces in holder order, and the pieces are sent destination-major.
-  struct Piece {
-    int64_t dest, start, rows;
-  };
-  std::vector<Piece> pieces;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < E; ++e)
-    placement::RoutesOf(plan, rank, e, counts.at(rank, e), [&](int64_t, int64_t, int64_t d, int64_t n) {
-      pieces.push_back({d, offset, n});
-      offset += n;
-      out.send_rows[d] += n;
-    });
-  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.dest < b.dest; });
-  std::vector<int64_t> send_perm;
-  send_perm.reserve(offset);
-  for (const Piece& p : pieces)
-    for (int64_t i = 0; i < p.rows; ++i) send_perm.push_back(p.start + i);
-  out.to_dest_major = PermutationTensor(std::move(send_perm));
-  out.from_dest_major = InversePermutation(out.to_dest_major);
-
-  // Receive side: arrivals are source-major, each source's pieces in expert
-  // order; the experts want them slot-major, sources in rank order.
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> by_slot(out.slot_experts.size());
-  int64_t arrived = 0;
-  placement::ForEachRoute(plan, counts, [&](int64_t s, int64_t e, int64_t d, int64_t n) {
-    if (d != rank) return;
-    by_slot[slot_of[e]].emplace_back(arrived, n);
-    arrived += n;
-    out.recv_rows[s] += n;
-  });
-  out.local_counts = at::zeros({static_cast<int64_t>(by_slot.size())}, options);
-  int64_t* local = out.local_counts.data_ptr<int64_t>();
-  std::vector<int64_t> recv_perm;
-  recv_perm.reserve(arrived);
-  for (size_t k = 0; k < by_slot.size(); ++k)
-    for (const auto& [start, n] : by_slot[k]) {
-      local[k] += n;
-      for (int64_t i = 0; i < n; ++i) recv_perm.push_back(start + i);
-    }
-  out.to_expert_major = PermutationTensor(std::move(recv_perm));
-  out.to_source_major = InversePermutation(out.to_expert_major);
-  return out;
 }
 
 namespace {

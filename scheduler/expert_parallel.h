@@ -12,6 +12,7 @@
 #include "monitor/phases.h"
 #include "placement/plan.h"
 #include "runtime/communicator.h"
+#include "scheduler/row_order.h"
 
 namespace dynamoe::scheduler {
 
@@ -37,27 +38,6 @@ absl::StatusOr<CountMatrices> GatherCounts(runtime::Communicator& comm, const at
 absl::StatusOr<at::Tensor> AllGatherHost(runtime::Communicator& comm, const at::Tensor& mine,
                                          const at::Device& device, const runtime::CollectiveTag& tag);
 
-// The kept count matrix [P, E] int64 as the placement library's type.
-placement::CountMatrix ToCountMatrix(const at::Tensor& kept_matrix);
-
-// The experts this rank computes, by slot: its own experts
-// [rank * E_local, (rank + 1) * E_local), then plan.CopiesOn(rank) ascending.
-std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank);
-
-// How this rank's rows move under a placement plan (placement::ForEachRoute
-// decides which holder computes which rows: the plan's quotas for copied
-// experts, which the policy sets from these very counts, so every rank cuts
-// the same pieces); local counts are per slot (SlotExperts).
-struct ExchangePlan {
-  std::vector<int64_t> send_rows, recv_rows;  // per rank, this rank included
-  at::Tensor to_dest_major;    // expert-sorted rows -> destination-major send order (undefined: identity)
-  at::Tensor from_dest_major;  // its inverse
-  at::Tensor to_expert_major;  // [received] source-major arrivals -> slot-major (undefined: identity)
-  at::Tensor to_source_major;  // its inverse
-  at::Tensor local_counts;     // [slots] int64 rows per slot
-  std::vector<int64_t> slot_experts;  // global expert of each slot
-};
-ExchangePlan MakeExchangePlan(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan);
 
 // Tests only: rewrites the plan a layer's policy chose (copies, quotas)
 // before the plan check, the weights' exchange and the routing, so that

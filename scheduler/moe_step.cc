@@ -9,15 +9,15 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "monitor/metrics_report.h"
-#include "monitor/trace_recorder.h"
 #include "runtime/config.h"
-#include "runtime/metrics_service.h"
 #include "runtime/placement_config.h"
+#include "runtime/settings.h"
 #include "runtime/shadow.h"
+#include "runtime/step_observers.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/layer_signature.h"
 #include "scheduler/overlap.h"
+#include "scheduler/token_exchange.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -175,35 +175,24 @@ at::Tensor SequentialStep(const MoEOptions& options, const StepInputs& in, const
                           const Routing& routing, const ExpertParams& experts, StepResult& result) {
   using monitor::Phase;
   const bool distributed = in.comm && in.comm->size() > 1;
-  const int rank = distributed ? in.comm->rank() : 0;
+  // Custom experts have no copies: slot k of this rank is expert first + k.
+  const int64_t first_expert = distributed ? in.comm->rank() * LocalExperts(options, in.comm) : 0;
+  TokenExchange exchange;
   at::Tensor rows;
-  ExchangePlan plan;
   {
-    monitor::ScopedPhase timer(result.times, Phase::kDispatch);
-    rows = Dispatch(x, routing.position, routing.num_rows);
-    if (distributed) {
-      plan = MakeExchangePlan(result.counts, rank, result.plan);
-      if (plan.to_dest_major.defined()) rows = rows.index_select(0, plan.to_dest_major);
-      rows = AllToAllRows(rows, in.comm, plan.send_rows, plan.recv_rows,
-                          {options.name(), monitor::PhaseName(Phase::kDispatch), false});
-      if (plan.to_expert_major.defined()) rows = rows.index_select(0, plan.to_expert_major);
-    }
+    monitor::ScopedPhase timer(result.stats.times, Phase::kDispatch);
+    exchange = distributed ? TokenExchange::Across(result.counts, result.stats.plan, in.comm, options.name())
+                           : TokenExchange::Local(routing.kept_counts);
+    rows = exchange.Dispatch(Dispatch(x, routing.position, routing.num_rows));
   }
   at::Tensor out_rows;
   {
-    monitor::ScopedPhase timer(result.times, Phase::kExperts);
-    out_rows = distributed ? RunExperts(options, in, experts, rows, plan.local_counts,
-                                        rank * LocalExperts(options, in.comm))
-                           : RunExperts(options, in, experts, rows, routing.kept_counts, 0);
+    monitor::ScopedPhase timer(result.stats.times, Phase::kExperts);
+    out_rows = RunExperts(options, in, experts, rows, exchange.slot_counts(), first_expert);
   }
   {
-    monitor::ScopedPhase timer(result.times, Phase::kCombine);
-    if (distributed) {
-      if (plan.to_source_major.defined()) out_rows = out_rows.index_select(0, plan.to_source_major);
-      out_rows = AllToAllRows(out_rows, in.comm, plan.recv_rows, plan.send_rows,
-                              {options.name(), monitor::PhaseName(Phase::kCombine), false});
-      if (plan.from_dest_major.defined()) out_rows = out_rows.index_select(0, plan.from_dest_major);
-    }
+    monitor::ScopedPhase timer(result.stats.times, Phase::kCombine);
+    out_rows = exchange.Combine(out_rows);
   }
   return Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
 }
@@ -216,17 +205,17 @@ at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const
   std::shared_ptr<const PipelineLayout> layout;
   at::Tensor rows;
   {
-    monitor::ScopedPhase timer(result.times, Phase::kDispatch);
-    const int64_t degree = ResolveOverlapDegree(schedule, options, result.counts, result.plan, x.element_size());
+    monitor::ScopedPhase timer(result.stats.times, Phase::kDispatch);
+    const int64_t degree = ResolveOverlapDegree(schedule, options, result.counts, result.stats.plan, x.element_size());
     layout = std::make_shared<const PipelineLayout>(
-        MakePipelineLayout(result.counts, in.comm->rank(), result.plan, schedule.group_size, degree));
+        MakePipelineLayout(result.counts, in.comm->rank(), result.stats.plan, schedule.group_size, degree));
     rows = Dispatch(x, routing.position, routing.num_rows);
     if (layout->to_send_order.defined()) rows = rows.index_select(0, layout->to_send_order);
   }
-  result.overlapped = true;
-  for (const PipelineUnit& u : layout->stages) result.pipeline_stages += u.idle ? 0 : 1;
-  at::Tensor out = OverlappedExperts(rows, experts, layout, in.comm, options.name(), &result.times);
-  monitor::ScopedPhase timer(result.times, Phase::kCombine);
+  result.stats.overlapped = true;
+  for (const PipelineUnit& u : layout->stages) result.stats.pipeline_stages += u.idle ? 0 : 1;
+  at::Tensor out = OverlappedExperts(rows, experts, layout, in.comm, options.name(), &result.stats.times);
+  monitor::ScopedPhase timer(result.stats.times, Phase::kCombine);
   if (layout->from_send_order.defined()) out = out.index_select(0, layout->from_send_order);
   return Combine(out, routing.weight, routing.position).view(in.x.sizes());
 }
@@ -239,58 +228,42 @@ int64_t MonitoringRank(const StepInputs& in) {
   return runtime::MonitoringRank(group_rank);
 }
 
-// DYNAMOE_TRACE: this step's count matrices, plan and phase times.
-void RecordTrace(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, const StepResult& result) {
-  const runtime::Config& config = runtime::GlobalConfig();
-  monitor::TraceRecorder* recorder =
-      monitor::ProcessTraceRecorder(config.Get("DYNAMOE_TRACE"), config.GetFloat("DYNAMOE_TRACE_FLUSH_S"));
-  if (recorder == nullptr) return;
-  placement::TraceLayerSpec layer{options.name(), options.num_experts(), options.d_model(), options.d_hidden(),
-                                  options.gated(), options.bias(), x.element_size()};
-  placement::TraceStep step;
-  step.step = result.step;
-  step.kept = ToCountMatrix(result.counts);
-  step.routed = ToCountMatrix(result.routed_matrix);
-  if (in.state) step.plan = result.plan;
-  step.phase_seconds.assign(result.times.seconds.begin(), result.times.seconds.end());
-  recorder->Record(layer, MonitoringRank(in), std::move(step));
+// PlacementState::CostModelStats's figures, typed.
+std::optional<monitor::CostModelStats> CostModelOf(const std::vector<double>& v) {
+  if (v.size() < 9) return std::nullopt;
+  monitor::CostModelStats c;
+  c.calibrating = v[0] != 0;
+  c.flops = v[1];
+  c.intra_node_bytes_per_second = v[2], c.inter_node_bytes_per_second = v[3];
+  c.intra_node_latency_seconds = v[4], c.inter_node_latency_seconds = v[5];
+  c.fixed_seconds = v[6];
+  if (v[7] >= 0) c.error = v[7];
+  c.fitted_steps = static_cast<int64_t>(v[8]);
+  return c;
 }
 
-
-// DYNAMOE_METRICS_PORT: this step's load, drops, plan and phase times.
-void ReportMetrics(const MoEOptions& options, const StepInputs& in, const Routing& routing, const StepResult& result) {
-  monitor::StepReport r;
-  r.layer = options.name();
-  r.routed = ToVectorOf(routing.routed_counts);
-  r.expert_loads = ToVectorOf(result.counts.sum(0));
-  r.dropped = routing.dropped;
-  for (const auto& c : result.plan.copies) r.copied_experts += c.empty() ? 0 : 1;
-  r.plan_hash = result.plan.Hash();
-  r.bytes_sent = result.bytes_sent, r.bytes_received = result.bytes_received;
-  r.times = result.times;
-  for (double s : result.times.seconds) r.step_seconds += s;
-  // DYNAMOE_CALIBRATE=online only: without it the rates are the configured ones (and the series count stays).
-  if (in.state && in.state->placement().calibrating()) {
-    const std::vector<double> c = in.state->placement().CostModelStats();
-    r.cost_model_rates = {{"flops", c[1]},
-                          {"intra_node_bytes_per_second", c[2]},
-                          {"inter_node_bytes_per_second", c[3]},
-                          {"intra_node_latency_seconds", c[4]},
-                          {"inter_node_latency_seconds", c[5]},
-                          {"fixed_seconds", c[6]}};
-    r.cost_model_error = c[7];
+// The host-side part of the outcome the loop above did not already fill.
+void FillStats(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, StepResult& result) {
+  monitor::StepStats& s = result.stats;
+  s.layer = {options.name(), options.num_experts(), options.d_model(), options.d_hidden(),
+             options.gated(),  options.bias(),        x.element_size()};
+  s.rank = MonitoringRank(in);
+  s.training = in.training;
+  s.kept = ToCountMatrix(result.counts);
+  s.routed = ToCountMatrix(result.routed_matrix);
+  s.routed_here = ToVectorOf(result.routed_counts);
+  // On a GPU the losses stay on the device: reading them here would stall the stream before backward.
+  if (result.balance_loss.device().is_cpu()) {
+    s.balance_loss = result.balance_loss.item<double>();
+    s.z_loss = result.z_loss.item<double>();
   }
-  runtime::RecordMetrics(r, MonitoringRank(in));
+  s.placed = in.state != nullptr;
+  if (in.state) s.cost_model = CostModelOf(in.state->placement().CostModelStats());
 }
-
-}  // namespace
-
-namespace {
 
 // What the ranks compare before this step's tokens move (layer_signature.h).
-LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const ScheduleOptions& schedule,
-                         const at::Tensor& x, int64_t step) {
-  const runtime::Config& config = runtime::GlobalConfig();
+LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const runtime::Settings& settings,
+                         const ScheduleOptions& schedule, const at::Tensor& x, int64_t step) {
   LayerSignature s;
   s[LayerSignature::kName] = static_cast<int64_t>(Fnv1a64(o.name()));
   s[LayerSignature::kLayer] =
@@ -308,7 +281,7 @@ LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const Schedu
   s[LayerSignature::kSchedule] = schedule.overlap() ? 1 : 0;
   s[LayerSignature::kGroupSize] = schedule.group_size;
   s[LayerSignature::kOverlapDegree] = schedule.overlap_degree;
-  s[LayerSignature::kRanksPerNode] = runtime::ClusterFromConfig(config, in.comm->size()).ranks_per_node;
+  s[LayerSignature::kRanksPerNode] = runtime::ClusterFromSettings(settings, in.comm->size()).ranks_per_node;
   s[LayerSignature::kTraining] = in.training;
   const bool grad = at::GradMode::is_enabled();
   s[LayerSignature::kInputRequiresGrad] = grad && in.x.requires_grad();
@@ -316,7 +289,7 @@ LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const Schedu
   for (const at::Tensor* t : {&in.experts.w1, &in.experts.w2, &in.experts.w3, &in.experts.b1, &in.experts.b2})
     params = params || (t->defined() && t->requires_grad());
   s[LayerSignature::kParamsRequireGrad] = grad && params;
-  s[LayerSignature::kConfigHash] = static_cast<int64_t>(config.Hash());
+  s[LayerSignature::kConfigHash] = static_cast<int64_t>(runtime::GlobalConfig().Hash());  // the environment's
   return s;
 }
 
@@ -343,21 +316,22 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
   const bool distributed = in.comm && in.comm->size() > 1;
   const int rank = distributed ? in.comm->rank() : 0;
-  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromConfig());
+  const runtime::Settings& settings = in.settings ? *in.settings : runtime::GlobalSettings();
+  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromSettings(settings));
 
   // A recomputation replays the step, bias, counts and plan of its original.
   LayerState::Begun begun;
   if (in.state) begun = ValueOrThrow(in.state->Begin(in.training, options.name()));
   const ForwardRecord* original = begun.original.get();
-  result.recomputed = original != nullptr;
-  result.step = original ? original->step : in.state ? in.state->step() : 0;
+  result.stats.recomputed = original != nullptr;
+  result.stats.step = original ? original->step : in.state ? in.state->step() : 0;
   const at::Tensor& expert_bias =
       original && original->expert_bias.defined() ? original->expert_bias : in.expert_bias;
 
-  const RouterOptions ro = MakeRouterOptions(options, in.training, result.step);
+  const RouterOptions ro = MakeRouterOptions(options, in.training, result.stats.step);
   Routing routing;
   {
-    monitor::ScopedPhase timer(result.times, Phase::kGate);
+    monitor::ScopedPhase timer(result.stats.times, Phase::kGate);
     routing = ValueOrThrow(Route(x, in.gate_weight, in.gate_bias, expert_bias, ro));
   }
   result.counts = routing.kept_counts.unsqueeze(0);
@@ -372,8 +346,8 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.routed_matrix = original->routed_matrix;
     result.global_routed_counts = original->routed_matrix.sum(0);
   } else if (distributed) {
-    monitor::ScopedPhase timer(result.times, Phase::kCountAllGather);
-    ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, schedule, x, result.step), options.name(),
+    monitor::ScopedPhase timer(result.stats.times, Phase::kCountAllGather);
+    ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, settings, schedule, x, result.stats.step), options.name(),
                                  x.device()));
     CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
                                                 options.name(), x.device(),
@@ -384,24 +358,25 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.global_routed_counts = m.routed.sum(0);
   }
   {
-    monitor::ScopedPhase timer(result.times, Phase::kPolicy);
+    monitor::ScopedPhase timer(result.stats.times, Phase::kPolicy);
     if (original) {
-      result.plan = original->plan;
+      result.stats.plan = original->plan;
     } else {
       if (in.state) in.state->placement().Calibrate(figures, distributed ? in.comm->size() : 1);
-      result.plan = ChoosePlan(options, in, result.counts, x.element_size());
-      if (distributed && runtime::GlobalConfig().GetBool("DYNAMOE_CHECK_PLAN"))
-        ThrowIfError(CheckPlanAgreement(*in.comm, result.plan.Hash(), options.name(), result.step, x.device()));
+      result.stats.plan = ChoosePlan(options, in, result.counts, x.element_size());
+      if (distributed && settings.check_plan)
+        ThrowIfError(
+            CheckPlanAgreement(*in.comm, result.stats.plan.Hash(), options.name(), result.stats.step, x.device()));
     }
   }
   ExpertParams experts = in.experts;
-  if (distributed && result.plan.HasCopies()) {
-    monitor::ScopedPhase timer(result.times, Phase::kShadowBroadcast);
+  if (distributed && result.stats.plan.HasCopies()) {
+    monitor::ScopedPhase timer(result.stats.times, Phase::kShadowBroadcast);
     const runtime::CommCounters c0 = in.comm->counters();
-    experts = WithCopies(in.experts, result.plan, in.comm, options.name());
+    experts = WithCopies(in.experts, result.stats.plan, in.comm, options.name());
     const runtime::CommCounters c1 = in.comm->counters();
-    result.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
-    result.weight_bytes_received = c1.bytes_received - c0.bytes_received;
+    result.stats.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
+    result.stats.weight_bytes_received = c1.bytes_received - c0.bytes_received;
   }
   if (distributed && schedule.overlap() && !in.custom_expert) {
     result.y = OverlappedStep(options, in, schedule, x, routing, experts, result);
@@ -418,25 +393,24 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   }
   if (distributed) {
     const runtime::CommCounters after = in.comm->counters();
-    result.bytes_sent = after.bytes_sent - before.bytes_sent - result.weight_bytes_sent;
-    result.bytes_received = after.bytes_received - before.bytes_received - result.weight_bytes_received;
-    result.comm_seconds = after.wait_seconds - before.wait_seconds;
+    result.stats.bytes_sent = after.bytes_sent - before.bytes_sent - result.stats.weight_bytes_sent;
+    result.stats.bytes_received = after.bytes_received - before.bytes_received - result.stats.weight_bytes_received;
+    result.stats.comm_seconds = after.wait_seconds - before.wait_seconds;
   }
   result.balance_loss = routing.balance_loss;
   result.z_loss = routing.z_loss;
   result.aux_loss = routing.balance_loss * options.balance_loss_weight();
   if (options.z_loss_weight() > 0) result.aux_loss = result.aux_loss + routing.z_loss * options.z_loss_weight();
   result.routed_counts = routing.routed_counts;
-  result.dropped = routing.dropped;
-  result.capacity = routing.capacity;
+  result.stats.dropped = routing.dropped;
+  result.stats.capacity = routing.capacity;
+  FillStats(options, in, x, result);
   if (original) return result;  // the original already counted, recorded and updated
-  if (in.state) in.state->placement().Measured(result.times);
+  if (in.state) in.state->placement().Measured(result.stats.times);
   if (in.training && in.state)
-    in.state->Commit(begun.id, result.step, in.expert_bias, options.bias_update_rate(), result.counts,
-                     result.routed_matrix, result.plan);
-  if (in.training) RecordTrace(options, in, x, result);
-  // Training forwards only, as the step counter and the trace (README "Metrics").
-  if (in.training && runtime::MetricsEnabled()) ReportMetrics(options, in, routing, result);
+    in.state->Commit(begun.id, result.stats.step, in.expert_bias, options.bias_update_rate(), result.counts,
+                     result.routed_matrix, result.stats.plan);
+  (in.observers ? *in.observers : runtime::ProcessStepObservers()).Notify(result.stats);
   return result;
 }
 

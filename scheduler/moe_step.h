@@ -8,7 +8,9 @@
 #include <functional>
 
 #include "monitor/phases.h"
+#include "monitor/step_observer.h"
 #include "runtime/communicator.h"
+#include "runtime/settings.h"
 #include "scheduler/functions.h"
 #include "placement/plan.h"
 #include "scheduler/layer_state.h"
@@ -36,11 +38,17 @@ struct StepInputs {
   // recomputation replays); null runs one stateless step: step 0, plain
   // expert parallelism, nothing recorded.
   c10::intrusive_ptr<LayerState> state;
-  // The token schedule; unset reads DYNAMOE_SCHEDULE and friends.
+  // The token schedule; unset takes the settings' (DYNAMOE_SCHEDULE and friends).
   std::optional<ScheduleOptions> schedule;
+  // The step's settings; null: the process's (runtime::GlobalSettings(), from the environment).
+  const runtime::Settings* settings = nullptr;
   bool training = false;
+  // Told of the step (not of a recomputation); null: the process's
+  // (runtime::ProcessStepObservers: the trace, the metrics, the program's own).
+  monitor::StepObservers* observers = nullptr;
 };
 
+// The step's tensors; everything else it reports is in `stats`.
 struct StepResult {
   at::Tensor y;              // same shape as x
   at::Tensor aux_loss;       // weighted sum of the auxiliary losses, in the graph
@@ -50,24 +58,7 @@ struct StepResult {
   at::Tensor routed_counts;  // [E] int64: this rank's assignments before capacity
   at::Tensor global_routed_counts;  // [E] int64: summed over the EP group
   at::Tensor routed_matrix;         // [ep_size, E] int64: each rank's assignments before capacity
-  int64_t bytes_sent = 0;           // token rows sent to other ranks (forward)
-  int64_t bytes_received = 0;
-  double comm_seconds = 0;          // time spent waiting on collectives (forward)
-  int64_t weight_bytes_sent = 0;    // copied experts' weights sent (forward)
-  int64_t weight_bytes_received = 0;
-  placement::Plan plan;             // the placement in force this step
-  // The schedule that ran: overlapped, and the pipeline stages that moved
-  // rows (at most peer groups x token chunks; stages where no rank has rows
-  // are skipped by all); false / 0 for sequential or one process.
-  bool overlapped = false;
-  int64_t pipeline_stages = 0;
-  // This forward recomputed an earlier one (activation checkpointing): it
-  // routed as that one did and had no side effects of its own.
-  bool recomputed = false;
-  int64_t step = 0;  // the training step it ran as
-  int64_t dropped = 0;
-  int64_t capacity = -1;
-  monitor::PhaseTimes times;
+  monitor::StepStats stats;
 };
 
 // Experts per rank: num_experts / ep_size (ep_size = comm's size, or 1).
@@ -79,7 +70,8 @@ absl::Status ValidateInputs(const MoEOptions& options, const StepInputs& in);
 
 // One forward step. In training (and not a recomputation) it also advances
 // the state's step and applies the expert-bias update (bias_update_rate),
-// in place on in.expert_bias.
+// in place on in.expert_bias. Unless it is a recomputation, the observers
+// are told of it.
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in);
 
 // The router's view of the layer options for one step.

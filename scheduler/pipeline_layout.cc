@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "common/status.h"
-#include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -58,22 +57,6 @@ int64_t ClampGroupSize(int64_t group_size, int64_t world_size) {
 int64_t PeerGroups(int64_t group_size, int64_t world_size) {
   const int64_t g = ClampGroupSize(group_size, world_size);
   return (world_size - 1 + g - 1) / g;
-}
-
-at::Tensor PermutationTensor(std::vector<int64_t> perm) {
-  bool identity = true;
-  for (size_t i = 0; i < perm.size() && identity; ++i) identity = perm[i] == static_cast<int64_t>(i);
-  if (identity) return at::Tensor();
-  return at::tensor(perm, at::TensorOptions().dtype(at::kLong));
-}
-
-at::Tensor InversePermutation(const at::Tensor& perm) {
-  if (!perm.defined()) return perm;
-  at::Tensor inv = at::empty_like(perm);
-  const int64_t* p = perm.data_ptr<int64_t>();
-  int64_t* q = inv.data_ptr<int64_t>();
-  for (int64_t i = 0; i < perm.numel(); ++i) q[p[i]] = i;
-  return inv;
 }
 
 PipelineLayout MakePipelineLayout(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan,

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "placement/plan.h"
+#include "scheduler/row_order.h"
 
 namespace dynamoe::scheduler {
 
@@ -50,8 +51,5 @@ int64_t PeerGroups(int64_t group_size, int64_t world_size);
 PipelineLayout MakePipelineLayout(const at::Tensor& kept_matrix, int rank, const placement::Plan& plan,
                                   int64_t group_size, int64_t degree);
 
-// perm, or an undefined tensor when perm is the identity; and the inverse.
-at::Tensor PermutationTensor(std::vector<int64_t> perm);
-at::Tensor InversePermutation(const at::Tensor& perm);
 
 }  // namespace dynamoe::scheduler

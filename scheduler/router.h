@@ -7,52 +7,14 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "scheduler/routing.h"
 
 namespace dynamoe::scheduler {
-
-struct RouterOptions {
-  int64_t top_k = 2;
-  double capacity_factor = 0.0;
-  int64_t min_capacity = 4;
-  bool normalize = true;
-  bool normalize_kept = false;          // renormalise over the kept choices after drops
-  bool balance_first_choice = false;    // balance loss counts first choices only
-  bool use_rts = false;
-  uint64_t rts_seed = 0;
-  int64_t step = 0;
-  std::string noisy_gate_policy = "none";  // none, Jitter, RSample (training only)
-  double jitter_eps = 0.01;
-  bool check_finite = true;
-  bool training = false;
-  std::string name = "moe";
-};
-
-struct Routing {
-  at::Tensor logits;         // [T, E] router dtype
-  at::Tensor scores;         // [T, E] softmax(logits)
-  at::Tensor expert_idx;     // [T, k] int64
-  at::Tensor weight;         // [T, k] router dtype, in the autograd graph
-  at::Tensor position;       // [T, k] int64 row in the sorted buffer, -1 if dropped
-  at::Tensor kept_counts;    // [E] int64
-  at::Tensor routed_counts;  // [E] int64, before capacity
-  at::Tensor balance_loss;   // scalar, E * sum_e mean_score_e * routed_fraction_e
-  at::Tensor z_loss;         // scalar, mean_t logsumexp(logits_t)^2
-  int64_t num_rows = 0;      // kept assignments
-  int64_t dropped = 0;
-  int64_t capacity = -1;     // -1: unlimited
-};
 
 // x: [T, d_model]; gate_weight: [E, d_model]; gate_bias: [E] or undefined
 // (added to the logits); expert_bias: [E] (selection only).
 absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
                               const at::Tensor& expert_bias, const RouterOptions& options);
 
-// What both devices' routers do after the choices and positions are known:
-// the kept-weight renormalisation and the balance and z losses. `routed` is
-// the [E] routed counts on the routing's device.
-void FinishRouting(Routing& r, const at::Tensor& routed, const RouterOptions& options);
-
-// Router math runs in float32, or float64 when the data is float64.
-at::ScalarType RouterDtype(at::ScalarType data_dtype);
 
 }  // namespace dynamoe::scheduler

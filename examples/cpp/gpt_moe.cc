@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
     if (groups) dynamoe::ThrowIfError(groups->world->AllReduce(mean, {"gpt_moe", "loss"}));
     losses.push_back(mean.item<double>() / world_size);
     shadowed.push_back(0);
-    for (Block& b : blocks) shadowed.back() += static_cast<int64_t>(b->mlp->stats().shadowed.size());
+    for (Block& b : blocks) shadowed.back() += static_cast<int64_t>(b->mlp->stats().shadowed().size());
     if (rank == 0 && (step % 20 == 0 || step == args.steps - 1))
       std::cout << absl::StrFormat("step %4d  loss %.4f  shadowed experts %d\n", step, losses.back(), shadowed.back())
                 << std::flush;

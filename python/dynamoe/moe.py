@@ -1,7 +1,6 @@
 """dynamoe.MoE: the Python face of dynamoe::MoELayer (same parameter names,
 keyword names and semantics; both run the same C++ step)."""
 import copy
-import functools
 import math
 import time
 
@@ -9,24 +8,6 @@ import torch
 from torch import nn
 
 from ._ops import ops
-
-
-def _cost_model(v):
-    """LayerState.cost_model()'s list as stats()["cost_model"]."""
-    if not v:
-        return None
-    d = {"calibrating": bool(v[0]), "flops": v[1], "intra_node_bytes_per_second": v[2],
-         "inter_node_bytes_per_second": v[3], "intra_node_latency_seconds": v[4],
-         "inter_node_latency_seconds": v[5]}
-    if d["calibrating"]:
-        d.update(fixed_seconds=v[6], error=v[7] if v[7] >= 0 else None, fitted_steps=int(v[8]))
-    return d
-
-
-@functools.lru_cache(maxsize=None)
-def _phase_names():
-    """Phase order of moe_forward's info tensor (fixed per build)."""
-    return tuple(ops().phase_names().split(","))
 
 
 _ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": nn.functional.silu}
@@ -230,42 +211,21 @@ class MoE(nn.Module):
                 f"{self._ep_rank_without_group} of {self._ep_size_without_group}); a pickle cannot carry a "
                 "process group: call layer.set_group(group) first, or deep-copy the live model instead")
         if self.experts is None:
-            y, aux, counts, routed, global_routed, info, losses = ops().moe_forward(
+            y, aux, counts, routed, _, stats, losses = ops().moe_forward(
                 x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
                 self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
                 self.use_rts, self.rts_seed, self.noisy_gate_policy, self.jitter_eps, self.balance_loss_weight,
                 self.z_loss_weight, self.bias_update_rate, self.check_finite, self.training, self.name,
                 self._state, self._comm, self.schedule, self.group_size, self.overlap_degree, self.gate.bias,
                 self.normalize_kept, self.balance_loss_choices)
-            info = info.tolist()
-            recomputed = bool(info[-2])
-            names = _phase_names()
-            phases = {n: info[7 + i] for i, n in enumerate(names)
-                      if n in ("gate", "count_allgather", "policy", "shadow_broadcast", "dispatch", "experts",
-                               "combine")}
-            dropped, capacity, balance, z, sent, received, comm_s = info[:7]
-            weight_sent, weight_received, overlapped, stages = info[7 + len(names):11 + len(names)]
-            st = self._state
-            plan = {"shadowed": list(st.shadowed()), "replicas": list(st.replicas()),
-                    "plan_hash": st.plan_hash() & (2 ** 64 - 1),
-                    "predicted_step_seconds": st.predicted_step_seconds(),
-                    "weight_bytes_sent": int(weight_sent), "weight_bytes_received": int(weight_received),
-                    "overlapped": bool(overlapped), "pipeline_stages": int(stages),
-                    "cost_model": _cost_model(st.cost_model())}
+            stats["plan_hash"] &= 2 ** 64 - 1  # a uint64 travels as int64's bits
         else:
-            y, aux, counts, routed, dropped, capacity, balance, z, phases, recomputed = self._custom_forward(x)
+            y, aux, counts, routed, stats = self._custom_forward(x)
             losses = None
-            sent, received, comm_s = 0, 0, 0.0
-            plan = {"shadowed": [], "replicas": [0] * self.num_experts, "plan_hash": 0,
-                    "predicted_step_seconds": 0.0, "weight_bytes_sent": 0, "weight_bytes_received": 0,
-                    "overlapped": False, "pipeline_stages": 0, "cost_model": None}
         self.aux_loss = aux  # a recomputation's too: a checkpointed function may return it
-        if not recomputed:  # stats describe the step's forward, not its checkpointing recomputation
-            self._stats = {"counts": counts, "routed_counts": routed, "dropped": int(dropped),
-                           "capacity": int(capacity), "balance_loss": float(balance), "z_loss": float(z),
-                           "_losses": losses,
-                           "phase_seconds": phases, "bytes_sent": int(sent), "bytes_received": int(received),
-                           "comm_seconds": comm_s, **plan}
+        if not stats.pop("recomputed"):  # stats describe the step's forward, not its checkpointing recomputation
+            del stats["step"]
+            self._stats = {"counts": counts, "routed_counts": routed, "_losses": losses, **stats}
         if self.use_residual:
             coef = torch.softmax(self.residual_coef(x), -1)
             mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
@@ -304,13 +264,19 @@ class MoE(nn.Module):
         aux = balance * self.balance_loss_weight
         if self.z_loss_weight > 0:
             aux = aux + z * self.z_loss_weight
-        dropped = x2.shape[0] * self.top_k - int(kept.sum())
-        capacity = ops().expert_capacity(x2.shape[0], self.top_k, self.num_experts, self._capacity_factor(),
-                                         self.min_capacity)
-        phases = {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3}
         if self.training and not recomputed:
             self._state.commit_forward(forward_id, step, self.expert_bias, self.bias_update_rate, routed)
-        return y, aux, kept.unsqueeze(0), routed, dropped, capacity, balance.item(), z.item(), phases, recomputed
+        # The keys moe_forward's stats carry (stats_dict.h); no placement, no exchange.
+        stats = {"step": step, "recomputed": recomputed, "dropped": x2.shape[0] * self.top_k - int(kept.sum()),
+                 "capacity": ops().expert_capacity(x2.shape[0], self.top_k, self.num_experts,
+                                                   self._capacity_factor(), self.min_capacity),
+                 "balance_loss": balance.item(), "z_loss": z.item(),
+                 "phase_seconds": {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3},
+                 "bytes_sent": 0, "bytes_received": 0, "comm_seconds": 0.0, "shadowed": [],
+                 "replicas": [0] * self.num_experts, "plan_hash": 0, "predicted_step_seconds": 0.0,
+                 "weight_bytes_sent": 0, "weight_bytes_received": 0, "overlapped": False, "pipeline_stages": 0,
+                 "cost_model": None}
+        return y, aux, kept.unsqueeze(0), routed, stats
 
     def stats(self):
         """Last step: counts [ep_size, E] int64 (rows each rank sent to each expert), routed_counts

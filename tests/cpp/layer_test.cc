@@ -16,6 +16,7 @@
 
 #include "bindings/moe_layer.h"
 #include "common/status.h"
+#include "runtime/step_observers.h"
 #include "tests/cpp/custom_expert_reference.h"
 #include "tests/cpp/ulps.h"
 
@@ -157,7 +158,7 @@ TEST(Layer, PhaseSecondsAddUpToTheForward) {
   const auto t0 = std::chrono::steady_clock::now();
   m->forward(x);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto& phases = m->stats().phase_seconds;
+  const auto phases = m->stats().phase_seconds();
   EXPECT_EQ(phases.size(), 7u);
   double sum = 0;
   for (const auto& [name, seconds] : phases) sum += seconds;
@@ -288,6 +289,13 @@ TEST(Layer, RecomputationRoutesAsTheForward) {
   auto options = MoEOptions(8, 12, 4).top_k(2).capacity_factor(0.75).min_capacity(1).use_rts(true)
                      .bias_update_rate(0.1).name("ckpt");
   MoELayer plain(options), ckpt(options);
+  // Observers hear of forwards, never of their recomputations.
+  struct Counter : monitor::StepObserver {
+    int forwards = 0, recomputations = 0;
+    void OnStep(const monitor::StepStats& s) override { ++(s.recomputed ? recomputations : forwards); }
+  };
+  auto counter = std::make_shared<Counter>();
+  runtime::AddStepObserver(counter);
   {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < plain->parameters().size(); ++i) ckpt->parameters()[i].copy_(plain->parameters()[i]);
@@ -311,6 +319,8 @@ TEST(Layer, RecomputationRoutesAsTheForward) {
     EXPECT_EQ(plain->step(), step + 1);
   }
   EXPECT_FALSE(torch::equal(plain->expert_bias, torch::zeros({4}))) << "the bias moved";
+  EXPECT_EQ(counter->forwards, 6) << "3 steps of 2 layers";
+  EXPECT_EQ(counter->recomputations, 0);
 }
 
 // Unnamed layers get distinct names (metrics and traces key on them).

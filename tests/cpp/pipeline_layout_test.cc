@@ -15,6 +15,7 @@
 #include "placement/quotas.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/pipeline_layout.h"
+#include "scheduler/token_exchange.h"
 
 namespace dynamoe::scheduler {
 namespace {

@@ -207,29 +207,30 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
         ExpectUlps(a, b, router ? bounds.same : bounds.reordered, at + ": gradient of " + p.key());
     }
     const dynamoe::MoEStats& s = moe->stats();
-    const auto hashes = GatherAll(g.ep, static_cast<int64_t>(s.plan_hash));
+    const std::vector<int64_t> replicas = s.replicas(), shadowed = s.shadowed();
+    const auto hashes = GatherAll(g.ep, static_cast<int64_t>(s.plan_hash()));
     for (int64_t hsh : hashes) Expect(hsh == hashes[0], at + ": plan hash differs between ranks");
-    const int64_t copies = std::accumulate(s.replicas.begin(), s.replicas.end(), int64_t{0});
-    Expect(static_cast<int64_t>(s.replicas.size()) == E, at + ": replicas has one entry per expert");
+    const int64_t copies = std::accumulate(replicas.begin(), replicas.end(), int64_t{0});
+    Expect(static_cast<int64_t>(replicas.size()) == E, at + ": replicas has one entry per expert");
     // (A forced plan keeps the 0 prediction it was made with.)
-    Expect(forced || s.predicted_step_seconds > 0, at + ": predicted_step_seconds > 0");
-    if (policy == "none") Expect(copies == 0 && s.shadowed.empty(), at + ": none made copies");
+    Expect(forced || s.predicted_step_seconds() > 0, at + ": predicted_step_seconds > 0");
+    if (policy == "none") Expect(copies == 0 && shadowed.empty(), at + ": none made copies");
     if (forced) {
-      Expect(s.plan_hash == forced_plan.Hash(), at + ": the layer ran another plan than the forced one");
-      Expect(s.replicas[1] == g.ep_size - 1 && s.replicas[E - 1] == 1, at + ": the forced copies");
+      Expect(s.plan_hash() == forced_plan.Hash(), at + ": the layer ran another plan than the forced one");
+      Expect(replicas[1] == g.ep_size - 1 && replicas[E - 1] == 1, at + ": the forced copies");
     }
-    if (routing == "dead") Expect(s.replicas[E - 1] == 0, at + ": the expert with no tokens was copied");
+    if (routing == "dead") Expect(replicas[E - 1] == 0, at + ": the expert with no tokens was copied");
     if (routing == "hot" && policy != "none")
-      Expect(s.replicas[1] > 0, at + ": the hot expert 1 has no copy");
+      Expect(replicas[1] > 0, at + ": the hot expert 1 has no copy");
     const auto received = GatherAll(g.ep, s.weight_bytes_received);
     const int64_t total_received = std::accumulate(received.begin(), received.end(), int64_t{0});
     Expect((copies > 0) == (total_received > 0), at + ": weights moved iff copies exist");
-    for (int64_t e : s.shadowed) Expect(s.replicas[e] == g.ep_size - 1, at + ": shadowed expert on every rank");
+    for (int64_t e : shadowed) Expect(replicas[e] == g.ep_size - 1, at + ": shadowed expert on every rank");
     copies_seen += copies;
   }
   if (forced) dynamoe::scheduler::SetPlanOverrideForTesting({});
   if (g.world_rank == 0)
-    std::cout << label << ": " << copies_seen << " copies over 3 steps, last plan " << moe->stats().shadowed.size()
+    std::cout << label << ": " << copies_seen << " copies over 3 steps, last plan " << moe->stats().shadowed().size()
               << " shadowed" << (forced ? ", busiest rank / mean rows up to " + std::to_string(forced_imbalance) : "")
               << std::endl;
 }

@@ -115,7 +115,7 @@ void Run(const std::map<std::string, std::string>& args, const dynamoe::runtime:
     Expect(s.overlapped && !ref->stats().overlapped, at + ": stats().overlapped");
     Expect(s.pipeline_stages >= 1 && s.pipeline_stages <= stages,
            at + ": " + std::to_string(s.pipeline_stages) + " stages, expected 1 to " + std::to_string(stages));
-    Expect(s.plan_hash == ref->stats().plan_hash, at + ": the schedule changed the plan");
+    Expect(s.plan_hash() == ref->stats().plan_hash(), at + ": the schedule changed the plan");
     const int64_t fewer = input_grad ? 2 : 1;
     if (s.pipeline_stages >= 2)
       Expect(w.idle == w_ref.idle - fewer, at + ": " + std::to_string(w.idle) + " idle waits (of " +

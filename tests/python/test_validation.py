@@ -146,6 +146,19 @@ def test_group_communicator_rejects_bad_arguments(args, message):
         ops.group_communicator(*args)
 
 
+def test_set_gemm_algorithm_takes_the_settings_names_only():
+    with pytest.raises(RuntimeError, match='unknown GEMM algorithm "fast"; expected one of loop, grouped'):
+        ops.set_gemm_algorithm("fast")
+    m = dynamoe.MoE(4, 8, 2)
+    x = torch.randn(5, 4)
+    before = m(x)
+    try:
+        ops.set_gemm_algorithm("grouped")
+        assert torch.equal(m(x), before), "the CPU path has one GEMM algorithm"
+    finally:
+        ops.set_gemm_algorithm("loop")
+
+
 def test_layer_state_rejects_bad_values():
     s = torch.classes.dynamoe.LayerState("")
     with pytest.raises(RuntimeError, match="step must be >= 0, got -1"):

@@ -1,0 +1,59 @@
+#include "runtime/step_observers.h"
+
+#include <mutex>
+
+#include "common/status.h"
+#include "monitor/trace_recorder.h"
+#include "runtime/launch_env.h"
+#include "runtime/settings.h"
+
+#ifdef DYNAMOE_HAVE_PROMETHEUS
+#include "monitor/metrics_observer.h"
+#endif
+
+namespace dynamoe::runtime {
+
+int64_t MonitoringRank(std::optional<int64_t> group_global_rank) {
+  return group_global_rank.value_or(GlobalLaunchEnv().RankOrZero());
+}
+
+namespace {
+
+std::shared_ptr<monitor::StepObserver> MetricsFrom(const Settings& settings) {
+  const int port = static_cast<int>(settings.metrics_port);
+  if (port == 0) return nullptr;
+#ifndef DYNAMOE_HAVE_PROMETHEUS
+  throw Error(absl::UnimplementedError(
+      "DYNAMOE_METRICS_PORT is set but this build has no prometheus-cpp (install prometheus-cpp-dev and rebuild)"));
+#else
+  monitor::MetricsOptions options;
+  options.per_expert = settings.metrics_per_expert;
+  const int local_rank = GlobalLaunchEnv().local_rank.value_or(0);
+  return std::make_shared<monitor::MetricsObserver>(settings.metrics_addr, port + local_rank, options);
+#endif
+}
+
+std::unique_ptr<monitor::StepObservers> Configured() {
+  const Settings& settings = GlobalSettings();
+  auto observers = std::make_unique<monitor::StepObservers>();
+  if (!settings.trace.empty())
+    observers->Add(std::make_shared<monitor::TraceObserver>(settings.trace, settings.trace_flush_s));
+  observers->Add(MetricsFrom(settings));
+  return observers;
+}
+
+}  // namespace
+
+monitor::StepObservers& ProcessStepObservers() {
+  static std::once_flag once;
+  static std::unique_ptr<monitor::StepObservers> observers;  // destroyed at exit, closing the trace
+  // A throw (bad setting, no prometheus-cpp) leaves the flag unset: the next step reports it again.
+  std::call_once(once, [] { observers = Configured(); });
+  return *observers;
+}
+
+void AddStepObserver(std::shared_ptr<monitor::StepObserver> observer) {
+  ProcessStepObservers().Add(std::move(observer));
+}
+
+}  // namespace dynamoe::runtime
