@@ -7,6 +7,7 @@
 #include "common/status.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/kernels_cuda.h"
+#include "scheduler/device_ops.h"
 #include "scheduler/expert_ffn.h"
 #include "scheduler/tensor_util.h"
 
@@ -267,3 +268,63 @@ ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h
 }
 
 }  // namespace dynamoe::scheduler::cuda_path
+
+namespace dynamoe::scheduler {
+namespace {
+
+// DeviceOps on CUDA: the functions above, on torch's current stream.
+class Cuda final : public DeviceOps {
+ public:
+  absl::StatusOr<Routing> Route(const at::Tensor& x, const at::Tensor& gate_weight, const at::Tensor& gate_bias,
+                                const at::Tensor& expert_bias, const RouterOptions& options) const override {
+    return cuda_path::Route(x, gate_weight, gate_bias, expert_bias, options);
+  }
+  at::Tensor Assignments(const at::Tensor& position, int64_t num_rows) const override {
+    return cuda_path::Assignments(position, num_rows);
+  }
+  at::Tensor GatherRows(const at::Tensor& x, const at::Tensor& assignment, int64_t top_k) const override {
+    return cuda_path::GatherRows(x, assignment, top_k);
+  }
+  at::Tensor CombineRows(const at::Tensor& rows, const at::Tensor& weight, const at::Tensor& position) const override {
+    return cuda_path::CombineRows(rows, weight, position);
+  }
+  CombineGrads CombineBackward(const at::Tensor& g, const at::Tensor& rows, const at::Tensor& weight,
+                               const at::Tensor& position, const at::Tensor& assignment) const override {
+    return {cuda_path::ScatterWeightedRows(g, assignment, weight, position.size(1)),
+            cuda_path::CombineWeightGrad(g, rows, position, weight.scalar_type())};
+  }
+  at::Tensor SlotProduct(const at::Tensor& a, const at::Tensor& w, const int64_t* counts) const override {
+    return cuda_path::GroupedForward(a, w, counts);
+  }
+  void SlotProductT(const at::Tensor& a, const at::Tensor& w, const int64_t* counts, at::Tensor& out,
+                    bool accumulate) const override {
+    at::Tensor r = cuda_path::GroupedDataGrad(a, w, counts);
+    if (accumulate) out.add_(r);
+    else out = r;
+  }
+  void AddSlotOuter(const at::Tensor& a, const at::Tensor& b, const int64_t* counts, at::Tensor& acc, bool fresh,
+                    const at::Tensor& param) const override {
+    // Fresh: acc is allocated here and written (acc[k] = ...), so it holds
+    // memory only from this point of the backward on.
+    if (!acc.defined()) acc = at::empty_like(param);
+    cuda_path::GroupedWeightGrad(a, b, counts, acc, fresh);
+  }
+  bool MakesFreshSums() const override { return true; }
+  at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) const override {
+    return cuda_path::ActivationForward(h, g, activation);
+  }
+  ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
+                                     const std::string& activation) const override {
+    cuda_path::ActivationGrads r = cuda_path::ActivationBackward(grad_a, h, g, activation);
+    return {std::move(r.grad_h), std::move(r.grad_g), std::move(r.a)};
+  }
+};
+
+}  // namespace
+
+const DeviceOps* CudaOps() {
+  static const Cuda ops;
+  return &ops;
+}
+
+}  // namespace dynamoe::scheduler

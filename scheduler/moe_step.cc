@@ -14,6 +14,7 @@
 #include "runtime/settings.h"
 #include "runtime/shadow.h"
 #include "runtime/step_observers.h"
+#include "scheduler/device_ops.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/layer_signature.h"
 #include "scheduler/overlap.h"
@@ -59,13 +60,10 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   DYNAMOE_CHECK_ARG(x.defined(), o.name(), ": x is undefined");
   DYNAMOE_CHECK_ARG(x.dim() >= 1 && x.size(-1) == o.d_model(), o.name(), ": x must have shape [..., d_model=",
                     o.d_model(), "], got ", Shape(x));
-#ifdef DYNAMOE_TORCH_CUDA
-  DYNAMOE_CHECK_ARG(x.device().is_cpu() || x.is_cuda(), o.name(), ": x is on ", x.device().str(),
-                    "; expected the CPU or a CUDA device");
-#else
-  DYNAMOE_CHECK_ARG(x.device().is_cpu(), o.name(), ": x is on ", x.device().str(),
-                    "; this build runs on CPU only (build against a torch with CUDA for the GPU path)");
-#endif
+  DYNAMOE_CHECK_ARG(FindDeviceOps(x.device()) != nullptr, o.name(), ": x is on ", x.device().str(),
+                    CudaOps() != nullptr ? "; expected the CPU or a CUDA device"
+                                         : "; this build runs on CPU only (build against a torch with CUDA for the "
+                                           "GPU path)");
   DYNAMOE_CHECK_ARG(!in.gate_weight.defined() || in.gate_weight.device() == x.device(), o.name(),
                     ": gate.weight is on ", in.gate_weight.device().str(), " but x is on ", x.device().str());
   const auto dt = x.scalar_type();

@@ -30,6 +30,14 @@ T* Ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
+// Calls fn(slot, offset, rows) for each slot with rows (slot-sorted rows,
+// counts[k] of slot k).
+template <typename Fn>
+void ForEachSlot(int64_t slots, const int64_t* counts, Fn&& fn) {
+  for (int64_t k = 0, off = 0; k < slots; off += counts[k], ++k)
+    if (counts[k] > 0) fn(k, off, counts[k]);
+}
+
 // Runs fn(begin, end) over [0, n) on ATen's intra-op threads.
 template <typename F>
 void ParallelRows(int64_t n, int64_t row_cost, F&& fn) {
