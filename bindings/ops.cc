@@ -395,10 +395,12 @@ TORCH_LIBRARY(dynamoe, m) {
   m.def("config_hash() -> str", &dynamoe::ConfigHash);
   m.def("config_get(str name) -> str", &dynamoe::ConfigGet);
   m.def("phase_names() -> str", &dynamoe::PhaseNames);
-  // For benchmarks comparing both in one process: overrides DYNAMOE_GROUPED_GEMM (loop, grouped).
+  // For benchmarks comparing both in one process: overrides DYNAMOE_GROUPED_GEMM (loop, grouped) until
+  // called with "" (the setting's again).
   m.def("set_gemm_algorithm(str name) -> ()", [](std::string name) {
     dynamoe::Boundary([&] {
-      dynamoe::scheduler::SetGemmAlgorithm(dynamoe::ValueOrThrow(dynamoe::runtime::ParseGemmAlgorithm(name)));
+      if (name.empty()) dynamoe::scheduler::SetGemmAlgorithm(std::nullopt);
+      else dynamoe::scheduler::SetGemmAlgorithm(dynamoe::ValueOrThrow(dynamoe::runtime::ParseGemmAlgorithm(name)));
       return 0;
     });
   });

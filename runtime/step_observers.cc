@@ -19,12 +19,24 @@ int64_t MonitoringRank(std::optional<int64_t> group_global_rank) {
 
 namespace {
 
+#ifndef DYNAMOE_HAVE_PROMETHEUS
+// DYNAMOE_METRICS_PORT in a build without prometheus-cpp: an error at the
+// first training step, the steps the metrics would count.
+class NoMetrics : public monitor::StepObserver {
+ public:
+  void OnStep(const monitor::StepStats& stats) override {
+    if (!stats.training) return;
+    throw Error(absl::UnimplementedError(
+        "DYNAMOE_METRICS_PORT is set but this build has no prometheus-cpp (install prometheus-cpp-dev and rebuild)"));
+  }
+};
+#endif
+
 std::shared_ptr<monitor::StepObserver> MetricsFrom(const Settings& settings) {
   const int port = static_cast<int>(settings.metrics_port);
   if (port == 0) return nullptr;
 #ifndef DYNAMOE_HAVE_PROMETHEUS
-  throw Error(absl::UnimplementedError(
-      "DYNAMOE_METRICS_PORT is set but this build has no prometheus-cpp (install prometheus-cpp-dev and rebuild)"));
+  return std::make_shared<NoMetrics>();
 #else
   monitor::MetricsOptions options;
   options.per_expert = settings.metrics_per_expert;
@@ -45,10 +57,11 @@ std::unique_ptr<monitor::StepObservers> Configured() {
 }  // namespace
 
 monitor::StepObservers& ProcessStepObservers() {
-  static std::once_flag once;
+  static std::mutex mu;
   static std::unique_ptr<monitor::StepObservers> observers;  // destroyed at exit, closing the trace
-  // A throw (bad setting, no prometheus-cpp) leaves the flag unset: the next step reports it again.
-  std::call_once(once, [] { observers = Configured(); });
+  std::lock_guard<std::mutex> lock(mu);
+  // A throw (a bad setting) leaves it unset: the next step reports it again.
+  if (!observers) observers = Configured();
   return *observers;
 }
 

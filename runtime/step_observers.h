@@ -19,8 +19,8 @@ namespace dynamoe::runtime {
 int64_t MonitoringRank(std::optional<int64_t> group_global_rank);
 
 // Created on first use; lives until exit, when the trace closes. Throws
-// dynamoe::Error on a bad setting, or when DYNAMOE_METRICS_PORT is set in a
-// build without prometheus-cpp.
+// dynamoe::Error on a bad setting. DYNAMOE_METRICS_PORT in a build without
+// prometheus-cpp is an error at the first training step.
 monitor::StepObservers& ProcessStepObservers();
 
 // Adds an observer of every layer's steps in this process (after the

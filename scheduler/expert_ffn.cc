@@ -19,8 +19,8 @@ runtime::GemmAlgorithm GemmAlgorithmInUse() {
   return o < 0 ? runtime::GlobalSettings().grouped_gemm : static_cast<runtime::GemmAlgorithm>(o);
 }
 
-void SetGemmAlgorithm(runtime::GemmAlgorithm algorithm) {
-  gemm_override.store(static_cast<int>(algorithm), std::memory_order_relaxed);
+void SetGemmAlgorithm(std::optional<runtime::GemmAlgorithm> algorithm) {
+  gemm_override.store(algorithm ? static_cast<int>(*algorithm) : -1, std::memory_order_relaxed);
 }
 
 namespace {

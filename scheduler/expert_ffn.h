@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 #include "runtime/settings.h"
 #include "scheduler/functions.h"
 
@@ -28,8 +30,10 @@ struct FFNGrads {
 // The CUDA path's expert GEMMs (DYNAMOE_GROUPED_GEMM): the setting, unless
 // SetGemmAlgorithm chose another for the process (a benchmark comparing both
 // side by side in one run; op dynamoe::set_gemm_algorithm). CPU ignores it.
+// The override holds until cleared (nullopt: the setting's again); change it
+// between steps, not between a forward and its backward.
 runtime::GemmAlgorithm GemmAlgorithmInUse();
-void SetGemmAlgorithm(runtime::GemmAlgorithm algorithm);
+void SetGemmAlgorithm(std::optional<runtime::GemmAlgorithm> algorithm);
 
 // A parameter is present when defined and non-empty (torch 1.13's custom
 // functions carry absent ones as empty tensors).

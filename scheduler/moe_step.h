@@ -40,7 +40,10 @@ struct StepInputs {
   c10::intrusive_ptr<LayerState> state;
   // The token schedule; unset takes the settings' (DYNAMOE_SCHEDULE and friends).
   std::optional<ScheduleOptions> schedule;
-  // The step's settings; null: the process's (runtime::GlobalSettings(), from the environment).
+  // The step's settings; null: the process's (runtime::GlobalSettings(), from
+  // the environment). They give the schedule's defaults, the plan check and
+  // the layer signature's ranks per node; the placement state (policy, cost
+  // model) and the GEMM algorithm still read the process's.
   const runtime::Settings* settings = nullptr;
   bool training = false;
   // Told of the step (not of a recomputation); null: the process's

@@ -389,6 +389,10 @@ int FaultRun(const std::map<std::string, std::string>& args, const dynamoe::runt
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::cout << "elapsed_s=" << elapsed << " step=" << step << std::endl;
       std::cerr << e.what() << std::endl;
+      // Rank 0 hosts the store here (torchrun's agent does in real jobs, and
+      // outlives the workers): it stays up a moment so that a peer still
+      // diagnosing reaches the store rather than finding it gone.
+      if (g.world_rank == 0) std::this_thread::sleep_for(std::chrono::seconds(2));
       return 3;
     }
   }

@@ -201,3 +201,19 @@ def test_ops_compose_to_the_layer():
     out = ops.expert_ffn(rows, kept, m.w1, m.w2, m.w3, None, None, "silu")
     # the same kernels in the same order: identical
     assert torch.equal(ops.combine(out, weight, pos), y)
+
+
+def test_built_in_and_custom_experts_report_the_same_stats():
+    """stats() has one shape: the C++ step's StepStats dict and the custom-expert path's keys agree."""
+    torch.manual_seed(0)
+    x = torch.randn(12, 8)
+    built_in = dynamoe.MoE(8, 16, 4, top_k=2)
+    custom = dynamoe.MoE(8, 16, 4, top_k=2, expert=torch.nn.Linear(8, 8))
+    built_in(x), custom(x)
+    a, b = built_in.stats(), custom.stats()
+    assert set(a) == set(b), f"only built-in: {set(a) - set(b)}, only custom: {set(b) - set(a)}"
+    for key in a:
+        assert type(a[key]) is type(b[key]) or {type(a[key]), type(b[key])} <= {int, float, type(None), dict}, key
+    assert set(a["phase_seconds"]) == {"gate", "count_allgather", "policy", "shadow_broadcast", "dispatch",
+                                       "experts", "combine"}
+    assert a["counts"].sum() == b["counts"].sum() == 24
