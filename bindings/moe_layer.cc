@@ -5,31 +5,23 @@
 #include <cmath>
 
 #include "common/status.h"
-#include "runtime/config.h"
 
 namespace dynamoe {
 
-MoELayerImpl::MoELayerImpl(MoEOptions options_, runtime::CommunicatorPtr ep_group)
-    : options(std::move(options_)), ep_group_(std::move(ep_group)) {
-  Build(nullptr);
+MoELayerImpl::MoELayerImpl(MoEOptions options_, runtime::CommunicatorPtr ep_group) : options(std::move(options_)) {
+  Build(nullptr, std::move(ep_group));
 }
 
 MoELayerImpl::MoELayerImpl(MoEOptions options_, const ExpertFactory& expert_factory,
                            runtime::CommunicatorPtr ep_group)
-    : options(std::move(options_)), ep_group_(std::move(ep_group)) {
+    : options(std::move(options_)) {
   DYNAMOE_THROW_IF(!expert_factory, options.name(), ": expert_factory is empty");
-  Build(&expert_factory);
+  Build(&expert_factory, std::move(ep_group));
 }
 
-void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
-  ThrowIfError(options.Validate());
-  if (options.name().empty()) options.name(scheduler::NextDefaultLayerName());
-  runtime::GlobalConfig();  // read, validate and log the environment once
-  state_ = c10::make_intrusive<scheduler::LayerState>();
-  if (ep_group_)
-    DYNAMOE_THROW_IF(options.num_experts() % ep_group_->size() != 0, options.name(), ": num_experts=",
-                     options.num_experts(), " must be divisible by the expert-parallel group size ",
-                     ep_group_->size());
+void MoELayerImpl::Build(const ExpertFactory* expert_factory, runtime::CommunicatorPtr ep_group) {
+  layer_ = c10::make_intrusive<scheduler::Layer>(options, std::move(ep_group), nullptr, expert_factory != nullptr);
+  options = layer_->options();  // named
   const int64_t E = options.num_experts(), El = num_local_experts(), d = options.d_model(), h = options.d_hidden();
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, E).bias(options.router_bias())));
   if (expert_factory) {
@@ -56,19 +48,17 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory) {
   reset_parameters();
 }
 
-void MoELayerImpl::set_placement(const std::string& policy) { state_->set_placement(policy); }
+void MoELayerImpl::set_placement(const std::string& policy) { layer_->set_placement(policy); }
 
 void MoELayerImpl::set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
-  schedule_ = scheduler::ScheduleOptions::Make(kind, group_size, overlap_degree);
+  layer_->set_schedule(kind, group_size, overlap_degree);
 }
 
-std::string MoELayerImpl::schedule() const {
-  return schedule_.value_or(scheduler::ScheduleOptions::FromConfig()).Describe();
-}
+std::string MoELayerImpl::schedule() const { return layer_->schedule().Describe(); }
 
-int64_t MoELayerImpl::num_local_experts() const { return scheduler::LocalExperts(options, ep_group_); }
+int64_t MoELayerImpl::num_local_experts() const { return layer_->num_local_experts(); }
 
-int64_t MoELayerImpl::first_expert() const { return ep_group_ ? ep_group_->rank() * num_local_experts() : 0; }
+int64_t MoELayerImpl::first_expert() const { return layer_->first_expert(); }
 
 void MoELayerImpl::reset_parameters() {
   // Each expert initialised like nn.Linear(d_model, d_hidden) / (d_hidden, d_model).
@@ -82,43 +72,32 @@ void MoELayerImpl::reset_parameters() {
   if (b2.defined()) b2.uniform_(-in2, in2);
 }
 
+scheduler::LayerTensors MoELayerImpl::Tensors() const {
+  scheduler::LayerTensors t;
+  t.gate_weight = gate->weight;
+  if (options.router_bias()) t.gate_bias = gate->bias;
+  t.expert_bias = expert_bias;
+  t.experts = {w1, w2, w3, b1, b2, options.activation()};
+  if (options.use_residual())
+    t.residual = {residual_fc1->weight, residual_fc1->bias, residual_fc2->weight,
+                  residual_fc2->bias,   residual_coef->weight, residual_coef->bias};
+  return t;
+}
+
 torch::Tensor MoELayerImpl::forward(const torch::Tensor& x) {
-  scheduler::StepInputs in;
-  in.x = x;
-  in.gate_weight = gate->weight;
-  if (options.router_bias()) in.gate_bias = gate->bias;
-  in.expert_bias = expert_bias;
-  in.experts = {w1, w2, w3, b1, b2, options.activation()};
+  scheduler::CustomExpertFn custom;
   if (!custom_experts_.empty())
-    in.custom_expert = [this](int64_t e, const at::Tensor& rows) {
+    custom = [this](int64_t e, const at::Tensor& rows) {
       return custom_experts_[e - first_expert()].forward<torch::Tensor>(rows);
     };
-  in.comm = ep_group_;
-  in.state = state_;
-  in.schedule = schedule_;
-  in.training = is_training();
-  scheduler::StepResult r = scheduler::MoEForward(options, in);
+  scheduler::StepResult r = layer_->Forward(x, Tensors(), is_training(), custom);
   aux_loss = r.aux_loss;  // a recomputation's too: a checkpointed function may return it
-  if (!r.stats.recomputed) FillStats(r);
-  return Residual(x, r.y);
-}
-
-void MoELayerImpl::FillStats(const scheduler::StepResult& r) {
-  static_cast<monitor::StepStats&>(stats_) = r.stats;
-  stats_.counts = r.counts;
-  stats_.routed_counts = r.routed_counts;
-}
-
-torch::Tensor MoELayerImpl::Residual(const torch::Tensor& x, const torch::Tensor& y) {
-  if (!options.use_residual()) return y;
-  // DeepSpeed residual MoE: a dense MLP mixed in by a learned 2-way softmax.
-  const torch::Tensor coef = torch::softmax(residual_coef->forward(x), -1);
-  torch::Tensor hidden = residual_fc1->forward(x);
-  hidden = options.activation() == "relu" ? torch::relu(hidden)
-           : options.activation() == "silu" ? torch::silu(hidden)
-                                            : torch::gelu(hidden);
-  const torch::Tensor mlp = residual_fc2->forward(hidden);
-  return y * coef.narrow(-1, 0, 1) + mlp * coef.narrow(-1, 1, 1);
+  if (!r.stats.recomputed) {
+    static_cast<monitor::StepStats&>(stats_) = r.stats;
+    stats_.counts = r.counts;
+    stats_.routed_counts = r.routed_counts;
+  }
+  return r.y;
 }
 
 }  // namespace dynamoe

@@ -19,7 +19,7 @@
 
 #include "monitor/step_stats.h"
 #include "runtime/communicator.h"
-#include "scheduler/layer_state.h"
+#include "scheduler/layer.h"
 #include "scheduler/moe_step.h"
 #include "scheduler/options.h"
 #include "scheduler/schedule.h"
@@ -52,9 +52,9 @@ class MoELayerImpl : public torch::nn::Module {
   const MoEStats& stats() const { return stats_; }
   int64_t num_local_experts() const;
   int64_t first_expert() const;  // global index of local expert 0
-  const runtime::CommunicatorPtr& ep_group() const { return ep_group_; }
+  const runtime::CommunicatorPtr& ep_group() const { return layer_->comm(); }
   // The placement policy in force (DYNAMOE_PLACEMENT unless set_placement chose one).
-  const std::string& placement() const { return state_->placement().policy_name(); }
+  const std::string& placement() const { return layer_->state()->placement().policy_name(); }
   // Overrides DYNAMOE_PLACEMENT for this layer: none, fastermoe, adaptive, eplb.
   void set_placement(const std::string& policy);
   // Overrides DYNAMOE_SCHEDULE / DYNAMOE_GROUP_SIZE / DYNAMOE_OVERLAP_DEGREE
@@ -64,9 +64,11 @@ class MoELayerImpl : public torch::nn::Module {
   // "sequential" or "overlap(group_size=4, overlap_degree=2)".
   std::string schedule() const;
   // Training forwards so far (recomputations by activation checkpointing not counted).
-  int64_t step() const { return state_->step(); }
+  int64_t step() const { return layer_->state()->step(); }
+  // The runtime the parameters are handed to each call (options, state, group, schedule).
+  const scheduler::Layer& runtime() const { return *layer_; }
 
-  MoEOptions options;
+  MoEOptions options;  // as given (named); the runtime keeps its own copy, so set them before construction
   torch::nn::Linear gate{nullptr};  // gate.weight [num_experts, d_model]
   torch::Tensor w1, w2, w3, b1, b2;  // [E, d_model, d_hidden], [E, d_hidden, d_model], ...
   torch::Tensor expert_bias;         // buffer [E]: aux-loss-free selection bias
@@ -75,12 +77,9 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor aux_loss;  // last forward's auxiliary loss, in the graph
 
  private:
-  void Build(const ExpertFactory* expert_factory);
-  void FillStats(const scheduler::StepResult& r);
-  torch::Tensor Residual(const torch::Tensor& x, const torch::Tensor& y);
-  runtime::CommunicatorPtr ep_group_;
-  c10::intrusive_ptr<scheduler::LayerState> state_;
-  std::optional<scheduler::ScheduleOptions> schedule_;  // unset: the environment, read each step
+  void Build(const ExpertFactory* expert_factory, runtime::CommunicatorPtr ep_group);
+  scheduler::LayerTensors Tensors() const;
+  c10::intrusive_ptr<scheduler::Layer> layer_;
   std::vector<torch::nn::AnyModule> custom_experts_;
   MoEStats stats_;
 };

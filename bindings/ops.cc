@@ -1,5 +1,5 @@
 // TORCH_LIBRARY(dynamoe): the pieces (route, dispatch, expert_ffn, combine),
-// the whole step (moe_forward) and configuration helpers. Every op is
+// the whole layer (the Layer class, layer_class.h) and configuration helpers. Every op is
 // composite: its autograd comes from the C++ autograd functions it calls, so
 // the same kernels serve C++ and Python. Errors surface as RuntimeError with
 // the full dynamoe message.
@@ -13,8 +13,9 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "bindings/boundary.h"
+#include "bindings/layer_class.h"
 #include "bindings/op_checks.h"
-#include "bindings/stats_dict.h"
 #include "common/status.h"
 #include "kernels/kernels.h"
 #include "runtime/config.h"
@@ -40,16 +41,7 @@ void CheckFloating(const char* op, const char* arg, const Tensor& t) {
                    op, ": ", arg, " must be float32, float64 or bfloat16 (float16 on CUDA), got ", c10::toString(dt));
 }
 
-// Runs f and turns any dynamoe::Error into a c10::Error whose message is the
-// full dynamoe message (Python then sees RuntimeError with that text).
-template <typename F>
-auto Boundary(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Error& e) {
-    TORCH_CHECK(false, e.what());
-  }
-}
+using ops::Boundary;
 
 MoEOptions MakeOptions(int64_t d_model, int64_t d_hidden, int64_t num_experts, int64_t top_k,
                        double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts,
@@ -187,65 +179,6 @@ CommPtr GroupCommunicator(std::string group_name, std::string host, int64_t port
   });
 }
 
-using StatsDictT = c10::Dict<std::string, c10::IValue>;
-
-// Returns (y, aux_loss, counts [ep_size, E], routed_counts [E], global_routed_counts [E], stats, losses):
-// stats is the step's StepStats by name (stats_dict.h); losses [balance, z]
-// stay on the layer's device. The plan and the step counter live in `state`
-// (the layer's LayerState), which also applies the training step's side
-// effects (step, expert-bias update). schedule "" / group_size and
-// overlap_degree < 0 keep the environment's.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, StatsDictT, Tensor> MoEForwardOp(
-    const Tensor& x, const Tensor& gate_weight, const OptTensor& expert_bias, const Tensor& w1, const Tensor& w2,
-    const OptTensor& w3, const OptTensor& b1, const OptTensor& b2, std::string activation, int64_t top_k,
-    double capacity_factor, int64_t min_capacity, bool normalize_topk, bool use_rts, int64_t rts_seed,
-    std::string noisy_gate_policy, double jitter_eps, double balance_loss_weight, double z_loss_weight,
-    double bias_update_rate, bool check_finite, bool training, std::string name, StatePtr state,
-    c10::optional<CommPtr> comm, std::string schedule, int64_t group_size, int64_t overlap_degree,
-    const OptTensor& gate_bias, bool normalize_kept, std::string balance_loss_choices) {
-  return Boundary([&] {
-    ops::CheckTensor("moe_forward", "gate_weight", gate_weight, 2);
-    ops::CheckTensor("moe_forward", "w1", w1, 3);
-    MoEOptions o = MakeOptions(gate_weight.size(-1), w1.size(2), gate_weight.size(0), top_k, capacity_factor,
-                               min_capacity, normalize_topk, use_rts, rts_seed, noisy_gate_policy, jitter_eps,
-                               check_finite, name);
-    o.activation(activation).gated(w3.has_value()).bias(b1.has_value() || b2.has_value());
-    o.balance_loss_weight(balance_loss_weight).z_loss_weight(z_loss_weight).bias_update_rate(bias_update_rate);
-    o.router_bias(gate_bias.has_value() && gate_bias->defined()).normalize_kept(normalize_kept);
-    o.balance_loss_choices(balance_loss_choices);
-    scheduler::StepInputs in;
-    in.x = x;
-    in.gate_weight = gate_weight;
-    in.gate_bias = Or(gate_bias);
-    in.expert_bias = Or(expert_bias);
-    in.experts = {w1, w2, Or(w3), Or(b1), Or(b2), activation};
-    in.training = training;
-    in.state = state;
-    if (comm.has_value()) in.comm = *comm;
-    in.schedule = scheduler::ScheduleOptions::Make(schedule, group_size, overlap_degree);
-    scheduler::StepResult r = scheduler::MoEForward(o, in);
-    return std::make_tuple(r.y, r.aux_loss, r.counts, r.routed_counts, r.global_routed_counts, StatsDict(r.stats),
-                           at::stack({r.balance_loss.detach(), r.z_loss.detach().to(r.balance_loss.scalar_type())}));
-  });
-}
-
-void ValidateOptionsOp(int64_t d_model, int64_t d_hidden, int64_t num_experts, int64_t top_k,
-                       double capacity_factor, c10::optional<double> eval_capacity_factor, int64_t min_capacity,
-                       std::string activation, std::string noisy_gate_policy, double jitter_eps,
-                       double balance_loss_weight, double z_loss_weight, double bias_update_rate, std::string name,
-                       std::string balance_loss_choices) {
-  Boundary([&] {
-    MoEOptions o(d_model, d_hidden, num_experts);
-    o.balance_loss_choices(balance_loss_choices);
-    o.top_k(top_k).capacity_factor(capacity_factor).min_capacity(min_capacity).activation(activation);
-    if (eval_capacity_factor.has_value()) o.eval_capacity_factor(*eval_capacity_factor);
-    o.noisy_gate_policy(noisy_gate_policy).jitter_eps(jitter_eps).balance_loss_weight(balance_loss_weight);
-    o.z_loss_weight(z_loss_weight).bias_update_rate(bias_update_rate).name(name);
-    ThrowIfError(o.Validate());
-    return 0;
-  });
-}
-
 std::string ConfigDescribe() {
   return Boundary([] { return runtime::GlobalConfig().Describe(); });
 }
@@ -304,9 +237,8 @@ TORCH_LIBRARY(dynamoe, m) {
       });
   // A layer's state across steps: its placement policy and last plan
   // (stats()["shadowed"], ...), its step counter, and the records that let a
-  // checkpointing recomputation route as the original did. The custom-expert
-  // path, which routes through the `route` op, uses begin_forward /
-  // commit_forward for the same side effects.
+  // checkpointing recomputation route as the original did. A Layer holds
+  // one; dynamoe.MoE keeps it apart so that pickles carry it.
   m.class_<dynamoe::scheduler::LayerState>("LayerState")
       .def(torch::init([](std::string policy) {
         return dynamoe::Boundary([&] { return c10::make_intrusive<dynamoe::scheduler::LayerState>(policy); });
@@ -338,28 +270,8 @@ TORCH_LIBRARY(dynamoe, m) {
           s->set_step(step);
           return 0;
         });
-      })
-      // -> (id, step, recomputed, expert bias to route with)
-      .def("begin_forward", [](const dynamoe::StatePtr& s, bool training, std::string name, at::Tensor bias) {
-        return dynamoe::Boundary([&] {
-          const auto b = dynamoe::ValueOrThrow(s->Begin(training, name));
-          const bool again = b.original != nullptr;
-          const at::Tensor use = again && b.original->expert_bias.defined() ? b.original->expert_bias : bias;
-          return std::make_tuple(static_cast<int64_t>(b.id), again ? b.original->step : s->step(), again, use);
-        });
-      })
-      .def("commit_forward", [](const dynamoe::StatePtr& s, int64_t id, int64_t step, at::Tensor bias,
-                                double bias_update_rate, at::Tensor routed_counts) {
-        dynamoe::Boundary([&] {
-          DYNAMOE_THROW_IF(!std::isfinite(bias_update_rate) || bias_update_rate < 0,
-                           "LayerState.commit_forward: bias_update_rate must be finite and >= 0, got ",
-                           bias_update_rate);
-          const at::Tensor routed = routed_counts.reshape({1, -1});
-          s->Commit(static_cast<uint64_t>(id), step, bias, bias_update_rate, routed, routed,
-                    dynamoe::placement::Plan::None(1, routed.size(1)));
-          return 0;
-        });
       });
+  dynamoe::ops::RegisterLayerClasses(m);
   m.def(
       "route(Tensor x, Tensor gate_weight, Tensor? expert_bias, int top_k, float capacity_factor, "
       "int min_capacity, bool normalize_topk, bool use_rts, int rts_seed, int step, str noisy_gate_policy, "
@@ -373,23 +285,6 @@ TORCH_LIBRARY(dynamoe, m) {
       "expert_ffn(Tensor rows, Tensor counts, Tensor w1, Tensor w2, Tensor? w3, Tensor? b1, Tensor? b2, "
       "str activation) -> Tensor",
       &dynamoe::ExpertFFNOp);
-  m.def(
-      "moe_forward(Tensor x, Tensor gate_weight, Tensor? expert_bias, Tensor w1, Tensor w2, Tensor? w3, "
-      "Tensor? b1, Tensor? b2, str activation, int top_k, float capacity_factor, int min_capacity, "
-      "bool normalize_topk, bool use_rts, int rts_seed, str noisy_gate_policy, float jitter_eps, "
-      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, bool check_finite, bool training, "
-      "str name, __torch__.torch.classes.dynamoe.LayerState state, "
-      "__torch__.torch.classes.dynamoe.Communicator? comm=None, str schedule=\"\", int group_size=-1, "
-      "int overlap_degree=-1, Tensor? gate_bias=None, bool normalize_kept=False, "
-      "str balance_loss_choices=\"all\") -> (Tensor y, Tensor aux_loss, Tensor counts, "
-      "Tensor routed_counts, Tensor global_routed_counts, Dict(str, Any) stats, Tensor losses)",
-      &dynamoe::MoEForwardOp);
-  m.def(
-      "validate_options(int d_model, int d_hidden, int num_experts, int top_k, float capacity_factor, "
-      "float? eval_capacity_factor, int min_capacity, str activation, str noisy_gate_policy, float jitter_eps, "
-      "float balance_loss_weight, float z_loss_weight, float bias_update_rate, str name, "
-      "str balance_loss_choices=\"all\") -> ()",
-      &dynamoe::ValidateOptionsOp);
   m.def("group_communicator", &dynamoe::GroupCommunicator);
   m.def("config_describe() -> str", &dynamoe::ConfigDescribe);
   m.def("config_hash() -> str", &dynamoe::ConfigHash);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <chrono>
 #include <mutex>
 
 #include "absl/strings/str_join.h"
@@ -40,6 +41,8 @@ absl::Status CheckParam(const MoEOptions& o, const at::Tensor& x, const at::Tens
                     "; convert the layer with .to(", c10::toString(x.scalar_type()), ")");
   return absl::OkStatus();
 }
+
+bool Custom(const StepInputs& in) { return in.custom_experts || static_cast<bool>(in.custom_expert); }
 
 std::vector<int64_t> ToVectorOf(const at::Tensor& t) {
   const at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
@@ -83,7 +86,7 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
   if (in.expert_bias.defined())
     DYNAMOE_CHECK_ARG(in.expert_bias.dim() == 1 && in.expert_bias.size(0) == E, o.name(),
                       ": expert_bias must have shape [", E, "], got ", Shape(in.expert_bias));
-  if (in.custom_expert) return absl::OkStatus();
+  if (Custom(in)) return absl::OkStatus();
   const ExpertParams& p = in.experts;
   const int64_t El = LocalExperts(o, in.comm);
   DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.w1, "w1", {El, d, h}));
@@ -119,20 +122,21 @@ RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_
 
 namespace {
 
-// The experts of this rank over slot-sorted rows; slot_experts are their
-// global indices (custom experts have no copies, so slot k is expert first + k).
-at::Tensor RunExperts(const MoEOptions& options, const StepInputs& in, const ExpertParams& experts,
-                      const at::Tensor& rows, const at::Tensor& counts_tensor, int64_t first_expert) {
-  if (!in.custom_expert) return ExpertFFN(rows, counts_tensor, experts);
+// Custom experts' outputs, one per slot with rows, -> one slot-major tensor.
+at::Tensor JoinOutputs(const MoEOptions& options, const at::Tensor& rows, const at::Tensor& slot_counts,
+                       int64_t first_expert, const std::vector<at::Tensor>& outputs) {
+  const int64_t* counts = slot_counts.data_ptr<int64_t>();
+  const int64_t busy = (slot_counts > 0).sum().item<int64_t>();
+  DYNAMOE_THROW_IF(static_cast<int64_t>(outputs.size()) != busy, options.name(), ": expected ", busy,
+                   " expert outputs (one per local expert with rows, in order), got ", outputs.size());
   std::vector<at::Tensor> outs;
-  const int64_t* counts = counts_tensor.data_ptr<int64_t>();
-  for (int64_t e = 0, off = 0; e < counts_tensor.numel(); off += counts[e], ++e) {
+  for (int64_t e = 0, next = 0; e < slot_counts.numel(); ++e) {
     if (counts[e] == 0) continue;
-    const at::Tensor rows_e = rows.narrow(0, off, counts[e]);
-    at::Tensor out_e = in.custom_expert(first_expert + e, rows_e);
-    DYNAMOE_THROW_IF(out_e.sizes() != rows_e.sizes(), options.name(), ": custom expert ", first_expert + e,
-                     " must return shape [", counts[e], ", ", options.d_model(), "], got ", Shape(out_e));
-    outs.push_back(out_e.to(rows.scalar_type()));
+    const at::Tensor& out = outputs[next++];
+    DYNAMOE_THROW_IF(!out.defined() || out.sizes() != at::IntArrayRef({counts[e], options.d_model()}),
+                     options.name(), ": custom expert ", first_expert + e, " must return shape [", counts[e], ", ",
+                     options.d_model(), "], got ", Shape(out));
+    outs.push_back(out.to(rows.scalar_type()));
   }
   return outs.empty() ? rows * 0 : at::cat(outs, 0);
 }
@@ -142,7 +146,7 @@ placement::Plan ChoosePlan(const MoEOptions& options, const StepInputs& in, cons
                            int64_t bytes_per_element) {
   if (!in.state) return placement::Plan::None(counts.size(0), counts.size(1));
   PlacementState& placement = in.state->placement();
-  if (in.custom_expert) {
+  if (Custom(in)) {
     static std::once_flag warned;
     if (placement.policy_name() != "none")
       std::call_once(warned, [&] {
@@ -166,33 +170,6 @@ ExpertParams WithCopies(const ExpertParams& own, const placement::Plan& plan, co
   const std::vector<at::Tensor> copies = runtime::ShareExperts(params, plan, comm, layer);
   for (size_t i = 0; i < fields.size(); ++i) *fields[i] = at::cat({params[i], copies[i]}, 0);
   return all;
-}
-
-// One all-to-all each way around the experts.
-at::Tensor SequentialStep(const MoEOptions& options, const StepInputs& in, const at::Tensor& x,
-                          const Routing& routing, const ExpertParams& experts, StepResult& result) {
-  using monitor::Phase;
-  const bool distributed = in.comm && in.comm->size() > 1;
-  // Custom experts have no copies: slot k of this rank is expert first + k.
-  const int64_t first_expert = distributed ? in.comm->rank() * LocalExperts(options, in.comm) : 0;
-  TokenExchange exchange;
-  at::Tensor rows;
-  {
-    monitor::ScopedPhase timer(result.stats.times, Phase::kDispatch);
-    exchange = distributed ? TokenExchange::Across(result.counts, result.stats.plan, in.comm, options.name())
-                           : TokenExchange::Local(routing.kept_counts);
-    rows = exchange.Dispatch(Dispatch(x, routing.position, routing.num_rows));
-  }
-  at::Tensor out_rows;
-  {
-    monitor::ScopedPhase timer(result.stats.times, Phase::kExperts);
-    out_rows = RunExperts(options, in, experts, rows, exchange.slot_counts(), first_expert);
-  }
-  {
-    monitor::ScopedPhase timer(result.stats.times, Phase::kCombine);
-    out_rows = exchange.Combine(out_rows);
-  }
-  return Combine(out_rows, routing.weight, routing.position).view(in.x.sizes());
 }
 
 // The overlapped pipeline (overlap.h) around the experts.
@@ -226,20 +203,6 @@ int64_t MonitoringRank(const StepInputs& in) {
   return runtime::MonitoringRank(group_rank);
 }
 
-// PlacementState::CostModelStats's figures, typed.
-std::optional<monitor::CostModelStats> CostModelOf(const std::vector<double>& v) {
-  if (v.size() < 9) return std::nullopt;
-  monitor::CostModelStats c;
-  c.calibrating = v[0] != 0;
-  c.flops = v[1];
-  c.intra_node_bytes_per_second = v[2], c.inter_node_bytes_per_second = v[3];
-  c.intra_node_latency_seconds = v[4], c.inter_node_latency_seconds = v[5];
-  c.fixed_seconds = v[6];
-  if (v[7] >= 0) c.error = v[7];
-  c.fitted_steps = static_cast<int64_t>(v[8]);
-  return c;
-}
-
 // The host-side part of the outcome the loop above did not already fill.
 void FillStats(const MoEOptions& options, const StepInputs& in, const at::Tensor& x, StepResult& result) {
   monitor::StepStats& s = result.stats;
@@ -256,7 +219,7 @@ void FillStats(const MoEOptions& options, const StepInputs& in, const at::Tensor
     s.z_loss = result.z_loss.item<double>();
   }
   s.placed = in.state != nullptr;
-  if (in.state) s.cost_model = CostModelOf(in.state->placement().CostModelStats());
+  if (in.state) s.cost_model = in.state->placement().CostModel();
 }
 
 // What the ranks compare before this step's tokens move (layer_signature.h).
@@ -274,7 +237,7 @@ LayerSignature Signature(const MoEOptions& o, const StepInputs& in, const runtim
   s[LayerSignature::kGated] = o.gated();
   s[LayerSignature::kBias] = o.bias();
   s[LayerSignature::kTopK] = o.top_k();
-  s[LayerSignature::kCustomExperts] = in.custom_expert ? 1 : 0;
+  s[LayerSignature::kCustomExperts] = Custom(in) ? 1 : 0;
   s[LayerSignature::kPlacement] = in.state ? PolicyIndex(in.state->placement().policy_name()) : 0;
   s[LayerSignature::kSchedule] = schedule.overlap() ? 1 : 0;
   s[LayerSignature::kGroupSize] = schedule.group_size;
@@ -306,28 +269,49 @@ void CheckReplay(const MoEOptions& options, const ForwardRecord& original, const
 
 }  // namespace
 
-StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
+// A step from its start to its combine: what the phases hand each other.
+struct PendingStep::Run {
+  MoEOptions options;
+  StepInputs in;
+  at::Tensor x;  // [T, d_model]
+  bool distributed = false;
+  int rank = 0;
+  ScheduleOptions schedule;
+  LayerState::Begun begun;
+  Routing routing;
+  ExpertParams experts;  // with the copies this rank holds
+  runtime::CommCounters before;
+  TokenExchange exchange;  // the sequential schedule's
+  at::Tensor rows;         // slot-major, for the experts
+  std::chrono::steady_clock::time_point experts_start;
+  StepResult result;
+};
+
+namespace {
+
+// Route, gather the counts, plan, fetch copies: everything before the tokens move.
+std::unique_ptr<PendingStep::Run> Start(const MoEOptions& options, const StepInputs& in) {
   ThrowIfError(options.Validate());
   ThrowIfError(ValidateInputs(options, in));
   using monitor::Phase;
-  StepResult result;
-  const at::Tensor x = in.x.reshape({-1, options.d_model()}).contiguous();
-  const bool distributed = in.comm && in.comm->size() > 1;
-  const int rank = distributed ? in.comm->rank() : 0;
+  auto run = std::make_unique<PendingStep::Run>(PendingStep::Run{options, in});
+  StepResult& result = run->result;
+  const at::Tensor x = run->x = in.x.reshape({-1, options.d_model()}).contiguous();
+  const bool distributed = run->distributed = in.comm && in.comm->size() > 1;
+  const int rank = run->rank = distributed ? in.comm->rank() : 0;
   const runtime::Settings& settings = in.settings ? *in.settings : runtime::GlobalSettings();
-  const ScheduleOptions schedule = in.schedule.value_or(ScheduleOptions::FromSettings(settings));
+  run->schedule = in.schedule.value_or(ScheduleOptions::FromSettings(settings));
 
   // A recomputation replays the step, bias, counts and plan of its original.
-  LayerState::Begun begun;
-  if (in.state) begun = ValueOrThrow(in.state->Begin(in.training, options.name()));
-  const ForwardRecord* original = begun.original.get();
+  if (in.state) run->begun = ValueOrThrow(in.state->Begin(in.training, options.name()));
+  const ForwardRecord* original = run->begun.original.get();
   result.stats.recomputed = original != nullptr;
   result.stats.step = original ? original->step : in.state ? in.state->step() : 0;
   const at::Tensor& expert_bias =
       original && original->expert_bias.defined() ? original->expert_bias : in.expert_bias;
 
   const RouterOptions ro = MakeRouterOptions(options, in.training, result.stats.step);
-  Routing routing;
+  Routing& routing = run->routing;
   {
     monitor::ScopedPhase timer(result.stats.times, Phase::kGate);
     routing = ValueOrThrow(Route(x, in.gate_weight, in.gate_bias, expert_bias, ro));
@@ -335,7 +319,7 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.counts = routing.kept_counts.unsqueeze(0);
   result.global_routed_counts = routing.routed_counts;
   result.routed_matrix = routing.routed_counts.unsqueeze(0);
-  const runtime::CommCounters before = distributed ? in.comm->counters() : runtime::CommCounters{};
+  run->before = distributed ? in.comm->counters() : runtime::CommCounters{};
   std::vector<double> figures;  // DYNAMOE_CALIBRATE: every rank's phase times of its previous forward
   if (!original && !distributed && in.state) figures = in.state->placement().Figures();
   if (original) {
@@ -345,8 +329,8 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     result.global_routed_counts = original->routed_matrix.sum(0);
   } else if (distributed) {
     monitor::ScopedPhase timer(result.stats.times, Phase::kCountAllGather);
-    ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, settings, schedule, x, result.stats.step), options.name(),
-                                 x.device()));
+    ThrowIfError(CheckSignatures(*in.comm, Signature(options, in, settings, run->schedule, x, result.stats.step),
+                                 options.name(), x.device()));
     CountMatrices m = ValueOrThrow(GatherCounts(*in.comm, routing.kept_counts, routing.routed_counts,
                                                 options.name(), x.device(),
                                                 in.state ? in.state->placement().Figures() : std::vector<double>{}));
@@ -367,34 +351,52 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
             CheckPlanAgreement(*in.comm, result.stats.plan.Hash(), options.name(), result.stats.step, x.device()));
     }
   }
-  ExpertParams experts = in.experts;
+  run->experts = in.experts;
   if (distributed && result.stats.plan.HasCopies()) {
     monitor::ScopedPhase timer(result.stats.times, Phase::kShadowBroadcast);
     const runtime::CommCounters c0 = in.comm->counters();
-    experts = WithCopies(in.experts, result.stats.plan, in.comm, options.name());
+    run->experts = WithCopies(in.experts, result.stats.plan, in.comm, options.name());
     const runtime::CommCounters c1 = in.comm->counters();
     result.stats.weight_bytes_sent = c1.bytes_sent - c0.bytes_sent;
     result.stats.weight_bytes_received = c1.bytes_received - c0.bytes_received;
   }
-  if (distributed && schedule.overlap() && !in.custom_expert) {
-    result.y = OverlappedStep(options, in, schedule, x, routing, experts, result);
-  } else {
-    if (distributed && schedule.overlap()) {
-      static std::once_flag warned;
-      std::call_once(warned, [&] {
-        DYNAMOE_LOG(kWarning) << options.name()
-                              << ": DYNAMOE_SCHEDULE=overlap needs the built-in FFN experts; custom experts run "
-                                 "the sequential schedule";
-      });
-    }
-    result.y = SequentialStep(options, in, x, routing, experts, result);
-  }
-  if (distributed) {
+  return run;
+}
+
+// The sequential schedule's dispatch: one all-to-all to the experts.
+void DispatchRows(PendingStep::Run& run) {
+  monitor::ScopedPhase timer(run.result.stats.times, monitor::Phase::kDispatch);
+  run.exchange = run.distributed
+                     ? TokenExchange::Across(run.result.counts, run.result.stats.plan, run.in.comm, run.options.name())
+                     : TokenExchange::Local(run.routing.kept_counts);
+  run.rows = run.exchange.Dispatch(Dispatch(run.x, run.routing.position, run.routing.num_rows));
+}
+
+// ... and its combine: one all-to-all back, then the weighted sum per token.
+at::Tensor CombineRows(PendingStep::Run& run, const at::Tensor& out_rows) {
+  monitor::ScopedPhase timer(run.result.stats.times, monitor::Phase::kCombine);
+  return Combine(run.exchange.Combine(out_rows), run.routing.weight, run.routing.position).view(run.in.x.sizes());
+}
+
+// Custom experts: slot k of this rank is expert first + k.
+int64_t FirstExpert(const PendingStep::Run& run) {
+  return run.distributed ? run.in.comm->rank() * LocalExperts(run.options, run.in.comm) : 0;
+}
+
+// After the combine: traffic, losses, stats, the training step's side effects, the observers.
+StepResult Finish(PendingStep::Run& run, at::Tensor y) {
+  const MoEOptions& options = run.options;
+  const StepInputs& in = run.in;
+  StepResult& result = run.result;
+  result.y = std::move(y);
+  if (run.distributed) {
     const runtime::CommCounters after = in.comm->counters();
-    result.stats.bytes_sent = after.bytes_sent - before.bytes_sent - result.stats.weight_bytes_sent;
-    result.stats.bytes_received = after.bytes_received - before.bytes_received - result.stats.weight_bytes_received;
-    result.stats.comm_seconds = after.wait_seconds - before.wait_seconds;
+    result.stats.bytes_sent = after.bytes_sent - run.before.bytes_sent - result.stats.weight_bytes_sent;
+    result.stats.bytes_received =
+        after.bytes_received - run.before.bytes_received - result.stats.weight_bytes_received;
+    result.stats.comm_seconds = after.wait_seconds - run.before.wait_seconds;
   }
+  const Routing& routing = run.routing;
   result.balance_loss = routing.balance_loss;
   result.z_loss = routing.z_loss;
   result.aux_loss = routing.balance_loss * options.balance_loss_weight();
@@ -402,14 +404,89 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
   result.routed_counts = routing.routed_counts;
   result.stats.dropped = routing.dropped;
   result.stats.capacity = routing.capacity;
-  FillStats(options, in, x, result);
-  if (original) return result;  // the original already counted, recorded and updated
+  FillStats(options, in, run.x, result);
+  if (result.stats.recomputed) return std::move(result);  // the original already counted, recorded and updated
   if (in.state) in.state->placement().Measured(result.stats.times);
   if (in.training && in.state)
-    in.state->Commit(begun.id, result.stats.step, in.expert_bias, options.bias_update_rate(), result.counts,
+    in.state->Commit(run.begun.id, result.stats.step, in.expert_bias, options.bias_update_rate(), result.counts,
                      result.routed_matrix, result.stats.plan);
   (in.observers ? *in.observers : runtime::ProcessStepObservers()).Notify(result.stats);
-  return result;
+  return std::move(result);
+}
+
+}  // namespace
+
+PendingStep::PendingStep(std::unique_ptr<Run> run) : run_(std::move(run)) {}
+PendingStep::~PendingStep() = default;
+
+const at::Tensor& PendingStep::input() const {
+  DYNAMOE_THROW_IF(!run_, "PendingStep: already finished");
+  return run_->in.x;
+}
+
+const at::Tensor& PendingStep::rows() const {
+  DYNAMOE_THROW_IF(!run_, "PendingStep: already finished");
+  return run_->rows;
+}
+
+std::vector<int64_t> PendingStep::slot_counts() const {
+  DYNAMOE_THROW_IF(!run_, "PendingStep: already finished");
+  return ToVectorOf(run_->exchange.slot_counts());
+}
+
+int64_t PendingStep::first_expert() const {
+  DYNAMOE_THROW_IF(!run_, "PendingStep: already finished");
+  return FirstExpert(*run_);
+}
+
+StepResult PendingStep::Finish(const std::vector<at::Tensor>& outputs) {
+  DYNAMOE_THROW_IF(!run_, "PendingStep: already finished; each dispatched step finishes once");
+  std::unique_ptr<Run> run = std::move(run_);
+  run->result.stats.times[monitor::Phase::kExperts] +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run->experts_start).count();
+  const at::Tensor out_rows =
+      JoinOutputs(run->options, run->rows, run->exchange.slot_counts(), FirstExpert(*run), outputs);
+  return dynamoe::scheduler::Finish(*run, CombineRows(*run, out_rows));
+}
+
+c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepInputs& in) {
+  DYNAMOE_THROW_IF(!Custom(in), options.name(), ": BeginStep is for custom experts (StepInputs::custom_experts)");
+  std::unique_ptr<PendingStep::Run> run = Start(options, in);
+  if (run->distributed && run->schedule.overlap()) {
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      DYNAMOE_LOG(kWarning) << options.name()
+                            << ": DYNAMOE_SCHEDULE=overlap needs the built-in FFN experts; custom experts run the "
+                               "sequential schedule";
+    });
+  }
+  DispatchRows(*run);
+  run->experts_start = std::chrono::steady_clock::now();
+  return c10::make_intrusive<PendingStep>(std::move(run));
+}
+
+StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
+  if (Custom(in)) {
+    DYNAMOE_THROW_IF(!in.custom_expert, options.name(), ": custom experts without custom_expert: use BeginStep");
+    // The same step as a caller's own experts (BeginStep), the callback in between.
+    c10::intrusive_ptr<PendingStep> pending = BeginStep(options, in);
+    const std::vector<int64_t> counts = pending->slot_counts();
+    std::vector<at::Tensor> outputs;
+    const int64_t first = pending->first_expert();
+    for (int64_t k = 0, off = 0; k < static_cast<int64_t>(counts.size()); off += counts[k], ++k)
+      if (counts[k] > 0) outputs.push_back(in.custom_expert(first + k, pending->rows().narrow(0, off, counts[k])));
+    return pending->Finish(outputs);
+  }
+  std::unique_ptr<PendingStep::Run> run = Start(options, in);
+  if (run->distributed && run->schedule.overlap())
+    return Finish(*run, OverlappedStep(options, in, run->schedule, run->x, run->routing, run->experts, run->result));
+  DispatchRows(*run);
+  at::Tensor out_rows;
+  {
+    monitor::ScopedPhase timer(run->result.stats.times, monitor::Phase::kExperts);
+    out_rows = ExpertFFN(run->rows, run->exchange.slot_counts(), run->experts);
+  }
+  return Finish(*run, CombineRows(*run, out_rows));
 }
 
 }  // namespace dynamoe::scheduler

@@ -5,7 +5,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <torch/custom_class.h>
+
 #include <functional>
+#include <memory>
+#include <vector>
 
 #include "monitor/phases.h"
 #include "monitor/step_observer.h"
@@ -32,6 +36,9 @@ struct StepInputs {
   // custom_expert is empty. custom_expert gets global expert indices.
   ExpertParams experts;
   CustomExpertFn custom_expert;
+  // The caller runs this rank's experts itself (BeginStep, e.g. Python
+  // modules): no copies, the sequential schedule. Implied by custom_expert.
+  bool custom_experts = false;
   // The expert-parallel group; null (or size 1) runs every expert locally.
   runtime::CommunicatorPtr comm;
   // The layer's state across steps (step counter, placement, what a
@@ -76,6 +83,32 @@ absl::Status ValidateInputs(const MoEOptions& options, const StepInputs& in);
 // in place on in.expert_bias. Unless it is a recomputation, the observers
 // are told of it.
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in);
+
+// A step stopped between dispatch and combine, for custom experts that the
+// caller runs itself (Python modules): it holds the rows this rank's experts
+// compute, slot-major, and finishes as MoEForward would. One use: Finish
+// consumes it.
+class PendingStep : public torch::CustomClassHolder {
+ public:
+  struct Run;
+  explicit PendingStep(std::unique_ptr<Run> run);
+  ~PendingStep() override;
+
+  const at::Tensor& input() const;        // the step's x, as given
+  const at::Tensor& rows() const;         // [rows, d_model], slot-major
+  std::vector<int64_t> slot_counts() const;  // rows per slot (this rank's experts, in order)
+  int64_t first_expert() const;           // global index of slot 0 (custom experts have no copies)
+  // outputs: one [n, d_model] tensor per slot with n > 0 rows, in slot order.
+  // InvalidArgument (thrown) names the expert whose output has the wrong shape.
+  StepResult Finish(const std::vector<at::Tensor>& outputs);
+
+ private:
+  std::unique_ptr<Run> run_;
+};
+
+// Route, plan and dispatch, up to the experts (in.custom_experts or
+// in.custom_expert must be set).
+c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepInputs& in);
 
 // The router's view of the layer options for one step.
 RouterOptions MakeRouterOptions(const MoEOptions& options, bool training, int64_t step);

@@ -61,18 +61,20 @@ void PlacementState::Measured(const monitor::PhaseTimes& times) {
   pending_ = std::make_unique<Pending>(Pending{counts_, plan_, times});
 }
 
-std::vector<double> PlacementState::CostModelStats() const {
-  if (!policy_) return {};
-  const placement::ClusterSpec& c = policy_->model().cluster();
-  return {fit_ ? 1.0 : 0.0,
-          c.flops,
-          c.intra_node_bw,
-          c.inter_node_bw,
-          c.intra_node_latency_s,
-          c.inter_node_latency_s,
-          fit_ && fit_->ready() ? fit_->rates().fixed_s : 0.0,
-          fit_ ? fit_->MedianError() : -1.0,
-          fit_ ? static_cast<double>(fit_->steps()) : 0.0};
+std::optional<monitor::CostModelStats> PlacementState::CostModel() const {
+  if (!policy_) return std::nullopt;
+  const placement::ClusterSpec& cluster = policy_->model().cluster();
+  monitor::CostModelStats c;
+  c.calibrating = fit_ != nullptr;
+  c.flops = cluster.flops;
+  c.intra_node_bytes_per_second = cluster.intra_node_bw;
+  c.inter_node_bytes_per_second = cluster.inter_node_bw;
+  c.intra_node_latency_seconds = cluster.intra_node_latency_s;
+  c.inter_node_latency_seconds = cluster.inter_node_latency_s;
+  if (fit_ && fit_->ready()) c.fixed_seconds = fit_->rates().fixed_s;
+  if (fit_ && fit_->MedianError() >= 0) c.error = fit_->MedianError();
+  if (fit_) c.fitted_steps = fit_->steps();
+  return c;
 }
 
 const placement::Plan& PlacementState::Next(const MoEOptions& o, const at::Tensor& kept, int64_t bytes) {

@@ -14,9 +14,11 @@
 #include <torch/custom_class.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "monitor/phases.h"
+#include "monitor/step_stats.h"
 #include "placement/online_fit.h"
 #include "placement/policy.h"
 #include "scheduler/options.h"
@@ -52,11 +54,10 @@ class PlacementState : public torch::CustomClassHolder {
   // This forward's phase times (not a recomputation's), for the next Figures().
   void Measured(const monitor::PhaseTimes& times);
   bool calibrating() const { return fit_ != nullptr; }
-  // For stats() and the metrics: [calibrating, flops, intra-node bw, inter-node
-  // bw, intra-node latency s, inter-node latency s, fixed s, median error (-1:
-  // none yet), steps fitted]: the rates the policy uses (the configured ones
-  // until the fit is ready, or without calibration).
-  std::vector<double> CostModelStats() const;
+  // For stats() and the metrics: the rates the policy uses (the configured
+  // ones until the fit is ready, or without calibration); nullopt before the
+  // first step.
+  std::optional<monitor::CostModelStats> CostModel() const;
 
  private:
   void Ensure(const MoEOptions& options, int64_t world_size, int64_t bytes_per_element);

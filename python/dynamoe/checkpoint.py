@@ -20,11 +20,13 @@ from collections import OrderedDict
 import torch
 import torch.distributed as dist
 
+from .distributed import _wait
+from .moe import MoE
+
 _EXPERT_TENSORS = ("w1", "w2", "w3", "b1", "b2")
 
 
 def _moe_layers(model):
-    from .moe import MoE
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE) and m.experts is None]
 
 
@@ -37,7 +39,6 @@ def portable_state_dict(model, gather=True):
     keyed by global expert index. gather=True: all experts on every rank (a
     collective over each layer's expert-parallel group: every rank must call
     it); gather=False: this rank's experts only."""
-    from .distributed import _wait
     sd = model.state_dict()
     for name, m in _moe_layers(model):
         pre = _prefix(name)

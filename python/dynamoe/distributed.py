@@ -188,6 +188,16 @@ def _expert_dp_group(ep_group):
     return mine
 
 
+class ExpertParallel:
+    """A module whose expert parameters live on an expert-parallel group: ``group`` (None:
+    every expert local) and ``expert_parameters()``. dynamoe.MoE is one; reduce_gradients
+    finds them by this base, so this module needs nothing from moe.py."""
+    group = None
+
+    def expert_parameters(self):
+        raise NotImplementedError
+
+
 def is_expert_parameter(p):
     """True for parameters that reduce_gradients sums over the expert-data-parallel group."""
     return getattr(p, "_dynamoe_expert", False)
@@ -199,12 +209,11 @@ def reduce_gradients(model):
     over their expert-data-parallel group, all other parameters over the world, and
     everything is divided by the world size. Call on every rank after backward.
     """
-    from .moe import MoE
     world = dist.get_world_size()
     expert_ids = set()
     by_group = {}
     for m in model.modules():
-        if isinstance(m, MoE) and m.group is not None:
+        if isinstance(m, ExpertParallel) and m.group is not None:
             edp = _expert_dp_group(m.group)
             for p in m.expert_parameters():
                 expert_ids.add(id(p))

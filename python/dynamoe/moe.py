@@ -1,19 +1,19 @@
 """dynamoe.MoE: the Python face of dynamoe::MoELayer (same parameter names,
-keyword names and semantics; both run the same C++ step)."""
+keyword names and semantics). Both hold their parameters around one C++
+runtime object built once (torch.classes.dynamoe.Layer, scheduler/layer.h):
+it validates the options, keeps the step counter, placement and schedule,
+applies the expert-bias update and the residual mix, and runs the step."""
 import copy
 import math
-import time
 
 import torch
 from torch import nn
 
+from . import distributed
 from ._ops import ops
 
 
-_ACTIVATIONS = {"gelu": nn.functional.gelu, "relu": nn.functional.relu, "silu": nn.functional.silu}
-
-
-class MoE(nn.Module):
+class MoE(nn.Module, distributed.ExpertParallel):
     """A Mixture-of-Experts layer that replaces an MLP: ``[..., d_model] -> [..., d_model]``.
 
     Parameters: ``gate.weight`` [num_experts, d_model] (and ``gate.bias`` [num_experts] with
@@ -24,7 +24,9 @@ class MoE(nn.Module):
     dropped; 0 dropless; < 0 dropless up to |cf|. normalize_kept: after drops, a token's kept
     weights are rescaled to sum 1 (DeepSpeed top-2). balance_loss_choices: "all" routed choices
     or "first" choices only (DeepSpeed top-2, FastMoE GShard). ``expert``: an nn.Module copied per
-    expert, or a callable ``f(expert_idx) -> nn.Module`` (a slower, per-expert path).
+    expert, or a callable ``f(expert_idx) -> nn.Module``, called for this rank's experts only (global
+    indices): a slower, per-expert path, run inside the same C++ step (no copies, the
+    sequential schedule).
 
     Expert parallelism: ``group=pg`` (a torch.distributed group) or ``ep_size=k``
     (consecutive ranks). Rank r of the group then holds experts
@@ -47,7 +49,7 @@ class MoE(nn.Module):
                  placement=None, schedule=None, group_size=None, overlap_degree=None, router_bias=False,
                  normalize_kept=False, balance_loss_choices="all"):
         super().__init__()
-        from . import distributed
+        ops().config_describe()  # loads the library; reads, validates and logs the environment once
         if name is None:  # unique per process, and the same on every rank that builds the same model
             name = ops().default_layer_name()
         self.group, self._comm = None, None
@@ -60,40 +62,40 @@ class MoE(nn.Module):
             if num_experts % size != 0:
                 raise ValueError(f"{name}: num_experts={num_experts} must be divisible by the expert-parallel "
                                  f"group size {size}")
-            if expert is not None:
-                raise ValueError(f"{name}: custom experts with expert parallelism are available from C++ "
-                                 "(dynamoe::MoELayer with an ExpertFactory) only; use the built-in FFN experts")
             self.group = group
             self._comm = distributed.communicator(group)
-        noisy_gate_policy = "none" if noisy_gate_policy is None else noisy_gate_policy
-        ops().validate_options(d_model, d_hidden, num_experts, top_k, float(capacity_factor),
-                               None if eval_capacity_factor is None else float(eval_capacity_factor),
-                               min_capacity, activation, noisy_gate_policy, float(jitter_eps),
-                               float(balance_loss_weight), float(z_loss_weight), float(bias_update_rate), name,
-                               balance_loss_choices)
-        ops().config_describe()  # read, validate and log the environment once
-        self.d_model, self.d_hidden, self.num_experts, self.top_k = d_model, d_hidden, num_experts, top_k
-        self.capacity_factor = float(capacity_factor)
-        self.eval_capacity_factor = eval_capacity_factor
-        self.min_capacity = min_capacity
-        self.normalize_topk = (top_k > 1) if normalize_topk is None else bool(normalize_topk)
-        self.activation, self.gated, self.bias = activation, gated, bias
-        self.use_rts, self.rts_seed = use_rts, rts_seed
-        self.noisy_gate_policy, self.jitter_eps = noisy_gate_policy, float(jitter_eps)
-        self.balance_loss_weight, self.z_loss_weight = float(balance_loss_weight), float(z_loss_weight)
-        self.bias_update_rate = float(bias_update_rate)
-        self.use_residual, self.check_finite, self.name = use_residual, check_finite, name
-        self.normalize_kept, self.balance_loss_choices = bool(normalize_kept), balance_loss_choices
-
-        self.num_local_experts = num_experts // self._comm.size() if self._comm is not None else num_experts
-        self.first_expert = self._comm.rank() * self.num_local_experts if self._comm is not None else 0
+        # MoEOptions by name: the runtime validates them once, here.
+        self._options = dict(
+            d_model=d_model, d_hidden=d_hidden, num_experts=num_experts, top_k=top_k,
+            capacity_factor=float(capacity_factor),
+            eval_capacity_factor=None if eval_capacity_factor is None else float(eval_capacity_factor),
+            min_capacity=min_capacity, normalize_topk=(top_k > 1) if normalize_topk is None else bool(normalize_topk),
+            normalize_kept=bool(normalize_kept), router_bias=bool(router_bias),
+            balance_loss_choices=balance_loss_choices, activation=activation, gated=bool(gated), bias=bool(bias),
+            use_rts=bool(use_rts), rts_seed=rts_seed,
+            noisy_gate_policy="none" if noisy_gate_policy is None else noisy_gate_policy,
+            jitter_eps=float(jitter_eps), balance_loss_weight=float(balance_loss_weight),
+            z_loss_weight=float(z_loss_weight), bias_update_rate=float(bias_update_rate),
+            use_residual=bool(use_residual), check_finite=bool(check_finite), name=name)
+        # Step counter, placement and the records that let an activation-checkpointing
+        # recomputation route exactly as the forward it repeats (custom experts: no copies).
+        # Kept beside the runtime so that pickles and deep copies carry it.
+        self._state = torch.classes.dynamoe.LayerState((placement or "") if expert is None else "none")
+        self._schedule = None
+        if (schedule, group_size, overlap_degree) != (None, None, None):
+            self._schedule = (schedule or "", -1 if group_size is None else int(group_size),
+                              -1 if overlap_degree is None else int(overlap_degree))
+        self._custom, self._layer = expert is not None, None
+        self._runtime()
+        self.num_local_experts = self._layer.num_local_experts()
+        self.first_expert = self._layer.first_expert()
         el = self.num_local_experts
         self.gate = nn.Linear(d_model, num_experts, bias=bool(router_bias))
         self.w1 = self.w2 = self.w3 = self.b1 = self.b2 = None
         self.experts = None
         if expert is not None:
             make = (lambda e: copy.deepcopy(expert)) if isinstance(expert, nn.Module) else expert
-            self.experts = nn.ModuleList([make(e) for e in range(num_experts)])
+            self.experts = nn.ModuleList([make(e) for e in range(self.first_expert, self.first_expert + el)])
         else:
             self.w1 = nn.Parameter(torch.empty(el, d_model, d_hidden))
             self.w2 = nn.Parameter(torch.empty(el, d_hidden, d_model))
@@ -108,22 +110,19 @@ class MoE(nn.Module):
             self.residual_fc1 = nn.Linear(d_model, d_hidden)
             self.residual_fc2 = nn.Linear(d_hidden, d_model)
             self.residual_coef = nn.Linear(d_model, 2)
-        if schedule not in (None, "sequential", "overlap"):
-            raise ValueError(f'{name}: schedule must be "sequential" or "overlap", got {schedule!r}')
-        if group_size is not None and int(group_size) < 1:
-            raise ValueError(f"{name}: group_size must be >= 1, got {group_size}")
-        if overlap_degree is not None and not 0 <= int(overlap_degree) <= 64:
-            raise ValueError(f"{name}: overlap_degree must be in [0, 64] (0: from the cost model), "
-                             f"got {overlap_degree}")
-        self.schedule = schedule or ""
-        self.group_size = -1 if group_size is None else int(group_size)
-        self.overlap_degree = -1 if overlap_degree is None else int(overlap_degree)
-        # Step counter, placement and the records that let an activation-checkpointing
-        # recomputation route exactly as the forward it repeats (custom experts: no copies).
-        self._state = torch.classes.dynamoe.LayerState((placement or "") if expert is None else "none")
         self.aux_loss = None
         self._stats = {}
         self.reset_parameters()
+
+    def _runtime(self):
+        """The C++ layer (torch.classes.dynamoe.Layer): built once, and again after a
+        deep copy or an unpickling, which cannot carry it."""
+        if self._layer is None:
+            layer = torch.classes.dynamoe.Layer(self._options, self._state, self._comm, self._custom)
+            if self._schedule is not None:
+                layer.set_schedule(*self._schedule)
+            self._layer = layer
+        return self._layer
 
     # Pickling (torch.save(model), copy.deepcopy, swa_utils.AveragedModel). A deep
     # copy shares the expert-parallel group and communicator (process-wide
@@ -153,7 +152,7 @@ class MoE(nn.Module):
         """__dict__ without the last step's graph: aux_loss and the stats'
         tensors are outputs of a forward, not state (and not deep-copyable)."""
         state = dict(self.__dict__)
-        state["aux_loss"] = None
+        state["aux_loss"], state["_layer"] = None, None  # the runtime is rebuilt from the options and the state
         state["_stats"] = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in self._stats.items()}
         return state
 
@@ -168,7 +167,6 @@ class MoE(nn.Module):
     def set_group(self, group):
         """Gives a layer loaded from a pickle its expert-parallel group back (the
         same size and this rank's position as when it was saved)."""
-        from . import distributed
         size = self.__dict__.get("_ep_size_without_group")
         if size is None:
             raise RuntimeError(f"{self.name}: set_group is for a pickled expert-parallel layer; this one "
@@ -177,7 +175,7 @@ class MoE(nn.Module):
         if comm.size() != size or comm.rank() != self.__dict__["_ep_rank_without_group"]:
             raise ValueError(f"{self.name}: saved as rank {self._ep_rank_without_group} of an expert-parallel "
                              f"group of {size}, but this group has {comm.size()} ranks and this is rank {comm.rank()}")
-        self.group, self._comm = group, comm
+        self.group, self._comm, self._layer = group, comm, None
         del self._ep_size_without_group, self._ep_rank_without_group
 
     @property
@@ -199,84 +197,35 @@ class MoE(nn.Module):
             return list(self.experts.parameters())
         return [p for p in (self.w1, self.w2, self.w3, self.b1, self.b2) if p is not None]
 
-    def _capacity_factor(self):
-        if self.training or self.eval_capacity_factor is None:
-            return self.capacity_factor
-        return float(self.eval_capacity_factor)
-
     def forward(self, x):
         if "_ep_size_without_group" in self.__dict__:
             raise RuntimeError(
                 f"{self.name}: this layer was unpickled without its expert-parallel group (rank "
                 f"{self._ep_rank_without_group} of {self._ep_size_without_group}); a pickle cannot carry a "
                 "process group: call layer.set_group(group) first, or deep-copy the live model instead")
+        layer = self._runtime()
+        residual = []
+        if self.use_residual:
+            residual = [self.residual_fc1.weight, self.residual_fc1.bias, self.residual_fc2.weight,
+                        self.residual_fc2.bias, self.residual_coef.weight, self.residual_coef.bias]
         if self.experts is None:
-            y, aux, counts, routed, _, stats, losses = ops().moe_forward(
-                x, self.gate.weight, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
-                self.activation, self.top_k, self._capacity_factor(), self.min_capacity, self.normalize_topk,
-                self.use_rts, self.rts_seed, self.noisy_gate_policy, self.jitter_eps, self.balance_loss_weight,
-                self.z_loss_weight, self.bias_update_rate, self.check_finite, self.training, self.name,
-                self._state, self._comm, self.schedule, self.group_size, self.overlap_degree, self.gate.bias,
-                self.normalize_kept, self.balance_loss_choices)
-            stats["plan_hash"] &= 2 ** 64 - 1  # a uint64 travels as int64's bits
-        else:
-            y, aux, counts, routed, stats = self._custom_forward(x)
-            losses = None
+            y, aux, counts, routed, _, stats, losses = layer.forward(
+                x, self.gate.weight, self.gate.bias, self.expert_bias, self.w1, self.w2, self.w3, self.b1, self.b2,
+                self.training, residual)
+        else:  # the same C++ step, stopped around the experts: this rank's modules run on their rows
+            pending = layer.dispatch(x, self.gate.weight, self.gate.bias, self.expert_bias, self.training)
+            rows, first, outputs, off = pending.rows(), pending.first_expert(), [], 0
+            for k, n in enumerate(pending.slot_counts()):
+                if n:
+                    outputs.append(self.experts[first + k - self.first_expert](rows[off:off + n]))
+                off += n
+            y, aux, counts, routed, _, stats, losses = layer.finish(pending, outputs, residual)
+        stats["plan_hash"] &= 2 ** 64 - 1  # a uint64 travels as int64's bits
         self.aux_loss = aux  # a recomputation's too: a checkpointed function may return it
         if not stats.pop("recomputed"):  # stats describe the step's forward, not its checkpointing recomputation
             del stats["step"]
             self._stats = {"counts": counts, "routed_counts": routed, "_losses": losses, **stats}
-        if self.use_residual:
-            coef = torch.softmax(self.residual_coef(x), -1)
-            mlp = self.residual_fc2(_ACTIVATIONS[self.activation](self.residual_fc1(x)))
-            y = y * coef[..., 0:1] + mlp * coef[..., 1:2]
         return y
-
-    def _custom_forward(self, x):
-        """Slower path for user expert modules: route, dispatch, one call per expert, combine."""
-        if x.dim() < 1 or x.shape[-1] != self.d_model:
-            raise ValueError(f"{self.name}: x must have shape [..., d_model={self.d_model}], got {list(x.shape)}")
-        t0 = time.perf_counter()
-        x2 = x.reshape(-1, self.d_model)
-        # The same step, bias and side effects as the built-in path (LayerState).
-        forward_id, step, recomputed, bias = self._state.begin_forward(self.training, self.name, self.expert_bias)
-        idx, weight, pos, kept, routed, balance, z = ops().route(
-            x2, self.gate.weight, bias, self.top_k, self._capacity_factor(), self.min_capacity,
-            self.normalize_topk, self.use_rts, self.rts_seed, step, self.noisy_gate_policy,
-            self.jitter_eps, self.check_finite, self.training, self.name, self.gate.bias, self.normalize_kept,
-            self.balance_loss_choices)
-        t1 = time.perf_counter()
-        rows = ops().dispatch(x2, pos)
-        t2 = time.perf_counter()
-        outs, off = [], 0
-        for e, n in enumerate(kept.tolist()):
-            if n:
-                out = self.experts[e](rows[off:off + n])
-                if out.shape != (n, self.d_model):
-                    raise ValueError(f"{self.name}: custom expert {e} must return shape [{n}, {self.d_model}], "
-                                     f"got {list(out.shape)}")
-                outs.append(out.to(rows.dtype))
-            off += n
-        out_rows = torch.cat(outs) if outs else rows * 0
-        t3 = time.perf_counter()
-        y = ops().combine(out_rows, weight, pos).view(x.shape)
-        t4 = time.perf_counter()
-        aux = balance * self.balance_loss_weight
-        if self.z_loss_weight > 0:
-            aux = aux + z * self.z_loss_weight
-        if self.training and not recomputed:
-            self._state.commit_forward(forward_id, step, self.expert_bias, self.bias_update_rate, routed)
-        # The keys moe_forward's stats carry (stats_dict.h); no placement, no exchange.
-        stats = {"step": step, "recomputed": recomputed, "dropped": x2.shape[0] * self.top_k - int(kept.sum()),
-                 "capacity": ops().expert_capacity(x2.shape[0], self.top_k, self.num_experts,
-                                                   self._capacity_factor(), self.min_capacity),
-                 "balance_loss": balance.item(), "z_loss": z.item(),
-                 "phase_seconds": {"gate": t1 - t0, "dispatch": t2 - t1, "experts": t3 - t2, "combine": t4 - t3},
-                 "bytes_sent": 0, "bytes_received": 0, "comm_seconds": 0.0, "shadowed": [],
-                 "replicas": [0] * self.num_experts, "plan_hash": 0, "predicted_step_seconds": 0.0,
-                 "weight_bytes_sent": 0, "weight_bytes_received": 0, "overlapped": False, "pipeline_stages": 0,
-                 "cost_model": None}
-        return y, aux, kept.unsqueeze(0), routed, stats
 
     def stats(self):
         """Last step: counts [ep_size, E] int64 (rows each rank sent to each expert), routed_counts
@@ -301,4 +250,39 @@ class MoE(nn.Module):
                 f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, activation={self.activation}, "
                 f"gated={self.gated}" + (f", ep_size={self._comm.size()}" if self._comm is not None else "")
                 + (f", placement={self._state.policy()}" if self.experts is None else "")
-                + (f", schedule={self.schedule}" if self.schedule else ""))
+                + (f", schedule={self._runtime().schedule()}" if self._schedule is not None else ""))
+
+    def _set_option(self, key, value):
+        """An option set after construction (e.g. compat.tutel's capacity per call): a
+        new runtime over the same state, validated now; on error nothing changes."""
+        old = self._options, self._layer
+        self._options, self._layer = dict(self._options, **{key: value}), None
+        try:
+            self._runtime()
+        except Exception:
+            self._options, self._layer = old
+            raise
+
+
+# The options as attributes (moe.top_k, ...). Those that shape parameters or
+# name the layer are fixed; the others may be set between steps.
+_FIXED = ("d_model", "d_hidden", "num_experts", "activation", "gated", "bias", "router_bias", "use_residual", "name")
+_SETTABLE = {"top_k": int, "capacity_factor": float, "eval_capacity_factor": float, "min_capacity": int,
+             "normalize_topk": bool, "normalize_kept": bool, "balance_loss_choices": str, "use_rts": bool,
+             "rts_seed": int, "noisy_gate_policy": str, "jitter_eps": float, "balance_loss_weight": float,
+             "z_loss_weight": float, "bias_update_rate": float, "check_finite": bool}
+
+
+def _option(key):
+    def get(self):
+        return self._options[key]
+
+    def set(self, value):
+        if key not in _SETTABLE:
+            raise AttributeError(f"{self.name}: {key} is fixed at construction")
+        self._set_option(key, None if value is None else _SETTABLE[key](value))
+    return property(get, set, doc=f"The layer's {key} (MoEOptions::{key})")
+
+
+for _key in (*_FIXED, *_SETTABLE):
+    setattr(MoE, _key, _option(_key))

@@ -147,6 +147,55 @@ def equal():
         close_ulps(p.grad, want / world, sum_ulps(y), f"reduced gradient of {n}")
 
 
+def custom():
+    """Custom expert modules with expert parallelism from Python: each rank builds and holds its
+    experts only (the factory gets global indices), and output, input and gate gradients and each
+    local expert's gradients (summed over every rank's tokens) equal one process's layer holding
+    every expert."""
+    E, d = args.experts, 6
+
+    def make(e):  # weights that depend on the global index alone
+        g = torch.Generator().manual_seed(1000 + e)
+        lin = torch.nn.Linear(d, d).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(d, d, generator=g, dtype=torch.float64) / d ** 0.5)
+            lin.bias.copy_(torch.randn(d, generator=g, dtype=torch.float64))
+        return torch.nn.Sequential(lin, torch.nn.Tanh())
+
+    kw = dict(top_k=args.top_k, capacity_factor=args.capacity, min_capacity=1, expert=make)
+    torch.manual_seed(1234)
+    ref = dynamoe.MoE(d, 8, E, **kw).double()
+    moe = dynamoe.MoE(d, 8, E, group=dist.group.WORLD, **kw).double()
+    moe.gate.weight.data.copy_(ref.gate.weight.data)
+    first, el = moe.first_expert, moe.num_local_experts
+    check((first, el, len(moe.experts)) == (rank * E // world, E // world, E // world),
+          f"rank {rank} holds experts from {first}: {len(moe.experts)} modules, {el} expected")
+
+    def loss(m, r):
+        x, gy = tokens_of(r, d)
+        x.requires_grad_(True)
+        y = m(x)
+        return x, y, (y * gy).sum() + m.aux_loss.double()
+
+    x, y, l = loss(moe, rank)
+    l.backward()
+    xr, y_ref, l_ref = loss(ref, rank)
+    l_ref.backward()
+    close_ulps(y, y_ref, GEMM, "output")
+    close_ulps(x.grad, xr.grad, sum_ulps(y), "input gradient")
+    close_ulps(moe.gate.weight.grad, ref.gate.weight.grad, sum_ulps(y), "gate gradient")
+    check(moe.stats()["counts"].shape == (world, E), f"count matrix {list(moe.stats()['counts'].shape)}")
+    ref.zero_grad()
+    for r in range(world):
+        loss(ref, r)[2].backward()
+    for k in range(el):
+        for (n, p), want in zip(moe.experts[k].named_parameters(), ref.experts[first + k].parameters()):
+            if want.grad is None:
+                check(p.grad is None or not p.grad.any(), f"expert {first + k} {n}: a gradient without rows")
+            else:
+                close_ulps(p.grad, want.grad, sum_ulps(y), f"expert {first + k} gradient of {n}")
+
+
 def die():
     moe = dynamoe.MoE(4, 8, 12, top_k=2, group=dist.group.WORLD, name="moe")
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(rank))
@@ -761,6 +810,8 @@ try:
         mismatch()
     elif args.scenario == "die":
         die()
+    elif args.scenario == "custom":
+        custom()
     elif args.scenario == "claims":  # several checks in one launch, each reporting on its own
         for case in args.cases.split(","):
             CLAIMS[case]()

@@ -1,6 +1,6 @@
 """README: "Custom (module) experts run without copies" and "fall back to the sequential schedule
-with a warning". Expert-parallel custom experts exist in C++ only (dynamoe::MoELayer with an
-ExpertFactory; dynamoe.MoE refuses them with a group), so torchrun starts the C++ worker's custom
+with a warning", from C++ (dynamoe::MoELayer with an ExpertFactory; Python's dynamoe.MoE runs the
+same step: test_distributed.py's custom scenario). torchrun starts the C++ worker's custom
 scenario (tests/cpp/ep_worker.cc): each rank checks its output, input, gate and expert gradients
 against a plain per-token loop over every expert and exits 0 only if all match."""
 import os

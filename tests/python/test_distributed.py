@@ -90,6 +90,13 @@ def test_cuda_tensors_over_a_gloo_group_match_one_process(tmp_path, world):
     assert_all_ok(proc, reports)
 
 
+@pytest.mark.parametrize("world,args", [(2, ["--top_k=2", "--tokens=9,14"]),
+                                        (3, ["--top_k=1", "--capacity=1.0", "--tokens=9,0,17"])])
+def test_custom_expert_modules_with_expert_parallelism(tmp_path, world, args):
+    proc, reports = launch(tmp_path, world, "--scenario=custom", "--experts=6", *args)
+    assert_all_ok(proc, reports)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_placement_policies_match_none(tmp_path, world):
     env = {"DYNAMOE_GPU_FLOPS": "1e6", "DYNAMOE_CHECK_PLAN": "1"}  # slow modelled GPU: copies pay off

@@ -115,12 +115,14 @@ def test_gradcheck_double():
             b1 = b1 + 0.5 * torch.sign(b1)
 
         dynamoe.load_library()
-        state = torch.classes.dynamoe.LayerState("")
+        # The runtime object dynamoe.MoE holds, driven directly: options once, tensors per call.
+        layer = torch.classes.dynamoe.Layer(
+            {"d_model": 4, "d_hidden": 5, "num_experts": 3, "top_k": 2, "capacity_factor": cf, "min_capacity": 1,
+             "activation": act, "gated": gated, "bias": True, "z_loss_weight": 0.1, "name": "moe"},
+            torch.classes.dynamoe.LayerState(""), None, False)
 
         def f(x, gw, w1, w2, w3, b1, b2):
-            out = torch.ops.dynamoe.moe_forward(
-                x, gw, None, w1, w2, w3 if gated else None, b1, b2, act, 2, cf, 1, True, False, 0,
-                "none", 0.01, 1.0, 0.1, 0.0, True, True, "moe", state)
+            out = layer.forward(x, gw, None, None, w1, w2, w3 if gated else None, b1, b2, True, [])
             return out[0], out[1]
         inputs = [t.clone().requires_grad_(True) for t in (x, gw, w1, w2, w3, b1, b2)]
         assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)

@@ -165,10 +165,36 @@ def test_layer_state_rejects_bad_values():
         s.set_step(-1)
     with pytest.raises(RuntimeError, match='unknown policy "fast"'):
         torch.classes.dynamoe.LayerState("fast")
-    with pytest.raises(RuntimeError, match="for argument 'state'"):
-        m = dynamoe.MoE(4, 8, 2)
-        ops.moe_forward(torch.randn(3, 4), m.gate.weight, None, m.w1, m.w2, None, None, None, "gelu", 2, 0.0, 1,
-                        True, False, 0, "none", 0.01, 1.0, 0.0, 0.0, True, False, "m", None)
+
+
+def test_layer_options_are_checked_by_name_and_type():
+    state = torch.classes.dynamoe.LayerState("")
+    with pytest.raises(RuntimeError, match="unknown option.s. top_kk; expected MoEOptions names: .*top_k"):
+        torch.classes.dynamoe.Layer({"d_model": 4, "d_hidden": 8, "num_experts": 2, "top_kk": 1}, state, None, False)
+    with pytest.raises(RuntimeError, match="option gated must be a bool, got Int"):
+        torch.classes.dynamoe.Layer({"d_model": 4, "d_hidden": 8, "num_experts": 2, "gated": 1}, state, None, False)
+    with pytest.raises(RuntimeError, match="named: top_k must be in .1, num_experts=2., got 3"):
+        torch.classes.dynamoe.Layer({"d_model": 4, "d_hidden": 8, "num_experts": 2, "top_k": 3, "name": "named"},
+                                    state, None, False)
+    layer = torch.classes.dynamoe.Layer({"d_model": 4, "d_hidden": 8, "num_experts": 2}, state, None, False)
+    assert layer.name().startswith("moe") and layer.num_local_experts() == 2
+    with pytest.raises(RuntimeError, match="dispatch is for custom experts"):
+        layer.dispatch(torch.randn(3, 4), torch.randn(2, 4), None, None, False)
+
+
+def test_options_set_after_construction_are_validated_and_take_effect():
+    m = dynamoe.MoE(4, 8, 2, top_k=1, capacity_factor=0.0, name="late")
+    x = torch.randn(6, 4)
+    m(x)
+    assert m.stats()["counts"].sum() == 6
+    with pytest.raises(RuntimeError, match="late: top_k must be in \\[1, num_experts=2\\], got 3"):
+        m.top_k = 3
+    assert m.top_k == 1  # unchanged by the failed set
+    m.top_k = 2
+    m(x)
+    assert m.stats()["counts"].sum() == 12
+    with pytest.raises(AttributeError, match="late: d_model is fixed at construction"):
+        m.d_model = 8
 
 
 def test_a_tensor_on_another_device_names_it_and_what_this_build_runs_on():

@@ -7,8 +7,8 @@
 
 ``expert`` is deep-copied into every expert, as DeepSpeed does. An expert of
 the form nn.Sequential(Linear(d, h), GELU/ReLU/SiLU, Linear(h, d)) runs on
-dynamoe's fused FFN path (and with ep_size > 1); any other module runs on the
-per-expert path, single process or ep_size == 1.
+dynamoe's fused FFN path; any other module runs on the per-expert path (each
+rank holds copies of its num_experts / ep_size experts only).
 """
 import torch
 from torch import nn
@@ -58,10 +58,6 @@ class MoE(nn.Module):
             self.moe = _DynamoeMoE(hidden_size, d_hidden, num_experts, activation=activation, bias=bias, **kw)
             load_ffn(self.moe, expert)
         else:
-            if group is not None:
-                unsupported(where, f"expert={type(expert).__name__} with ep_size > 1",
-                            "custom expert modules run with ep_size == 1 from Python; an "
-                            "nn.Sequential(Linear, GELU/ReLU/SiLU, Linear) expert runs expert-parallel")
             self.moe = _DynamoeMoE(hidden_size, 1, num_experts, expert=expert, **kw)
         if use_residual:  # DeepSpeed's residual MLP starts as a copy of the expert
             if spec is None:
