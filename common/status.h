@@ -3,6 +3,7 @@
 // Two tiers (DESIGN.md): inside the core, functions return absl::Status or
 // absl::StatusOr<T>; at the API boundary (C++ module, torch ops, CLIs) a
 // non-OK status becomes a dynamoe::Error carrying the full message.
+// The CUDA checks live here too, as macros only: no CUDA header is included.
 #pragma once
 
 #include <stdexcept>
@@ -73,3 +74,15 @@ T ValueOrThrow(absl::StatusOr<T> value) {
   do {                                                                                 \
     if (cond) throw ::dynamoe::Error(::absl::InvalidArgumentError(::absl::StrCat(__VA_ARGS__))); \
   } while (0)
+
+// CUDA runtime calls and kernel launches (every launch is checked). The
+// expanding file includes <cuda_runtime.h>; this header stays CUDA-free.
+#define DYNAMOE_CUDA_RETURN_IF_ERROR(expr)                                             \
+  do {                                                                                 \
+    cudaError_t dynamoe_err_ = (expr);                                                 \
+    if (dynamoe_err_ != cudaSuccess)                                                   \
+      return ::absl::InternalError(::absl::StrCat(#expr, " failed: ",                  \
+                                                  cudaGetErrorString(dynamoe_err_)));  \
+  } while (0)
+
+#define DYNAMOE_CUDA_CHECK_LAUNCH() DYNAMOE_CUDA_RETURN_IF_ERROR(cudaGetLastError())

@@ -4,8 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common/status.h"
 #include "kernels/activation.h"
-#include "kernels/cuda/check.cuh"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/cuda/native.cuh"
 

@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "kernels/cuda/check.cuh"
 
 namespace dynamoe::kernels::cuda {
 namespace {

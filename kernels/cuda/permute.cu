@@ -2,7 +2,7 @@
 // in 16-byte vectors when the row width and pointers allow it; each output
 // element is written once and sums run in choice order (no atomics).
 #include "common/status.h"
-#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/cuda/native.cuh"
 

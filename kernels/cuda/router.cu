@@ -9,7 +9,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "common/status.h"
-#include "kernels/cuda/check.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/kernels.h"
 

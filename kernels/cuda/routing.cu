@@ -1,5 +1,6 @@
 // Expert histogram on the GPU (integer atomics only: the result is exact).
-#include "kernels/cuda/check.cuh"
+#include "common/status.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/kernels_cuda.h"
 
 namespace dynamoe::kernels::cuda {
