@@ -14,8 +14,8 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
-#include "placement/replay.h"
-#include "placement/replay_inputs.h"
+#include "replay/replay.h"
+#include "replay/replay_inputs.h"
 
 int main(int argc, char** argv) {
   using namespace dynamoe::placement;

@@ -15,6 +15,8 @@ set(_dynamoe_exported dynamoe dynamoe_scheduler dynamoe_comm dynamoe_runtime dyn
 if(TARGET dynamoe_kernels_cuda)
   list(APPEND _dynamoe_exported dynamoe_kernels_cuda)
 endif()
+# Not linked by dynamoe: the replay engine for C++ callers (dynamoe::dynamoe_replay).
+list(APPEND _dynamoe_exported dynamoe_replay)
 
 # Headers are included by their path from the repository root
 # ("bindings/moe_layer.h"): the source root in the build, include/ when installed.
@@ -32,7 +34,7 @@ endforeach()
 
 install(TARGETS ${_dynamoe_exported} EXPORT dynamoeTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
-install(DIRECTORY common placement monitor kernels runtime scheduler bindings
+install(DIRECTORY common placement replay monitor kernels runtime scheduler bindings
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
         FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh" PATTERN "*.def")
 install(EXPORT dynamoeTargets NAMESPACE dynamoe:: DESTINATION ${DYNAMOE_INSTALL_CMAKEDIR} COMPONENT dev)

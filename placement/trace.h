@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <iosfwd>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -108,15 +107,5 @@ using TraceStepSink = std::function<absl::Status(const Trace& so_far, TraceStep 
 absl::StatusOr<Trace> ReadTrace(std::FILE* file, std::string_view prefix, const TraceStepSink& sink);
 // ReadTrace on a path; errors name it, and each warning of stats is logged.
 absl::StatusOr<Trace> ReadTraceFile(const std::string& path);
-
-// CSV "step,layer,rank,expert,count" (a header line, then one line per
-// entry; layers by name). Import builds kept == routed matrices; export
-// writes every entry of the kept matrices, zeros included.
-absl::StatusOr<Trace> ImportCountsCsv(std::string_view text);
-std::string ExportCountsCsv(const Trace& trace);
-void ExportCountsCsv(const Trace& trace, std::ostream& out);  // row by row, for big traces
-// JSONL of per-token routing, one token per line:
-// {"step": 3, "layer": "moe0", "experts": [5, 1], "rank": 0}  ("rank" optional, 0).
-absl::StatusOr<Trace> ImportRoutingJsonl(std::string_view text);
 
 }  // namespace dynamoe::placement

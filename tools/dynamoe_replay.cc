@@ -16,8 +16,8 @@
 //                                  (model this layer instead of the recorded one: each flag replaces that
 //                                   field of every layer)
 //                  [--tokens-per-rank N --top-k K]   (rescale every step to N tokens per rank of
-//                                   top-K routing: RescaleTokensPerRank in placement/replay.h)
-//                  The table ends with `balanced`, the force-balanced bound (placement/replay.h),
+//                                   top-K routing: RescaleTokensPerRank in replay/replay.h)
+//                  The table ends with `balanced`, the force-balanced bound (replay/replay.h),
 //                  and gives each policy's share of the bound's gain over none.
 //                  [--out-dir DIR]   (summary.csv, steps.csv, expert_load.csv: the input of
 //                                     `python3 -m dynamoe.replay plot DIR`)
@@ -53,10 +53,11 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "placement/calibrate.h"
-#include "placement/megatron_import.h"
-#include "placement/replay.h"
-#include "placement/replay_inputs.h"
+#include "replay/calibrate.h"
+#include "replay/megatron_import.h"
+#include "replay/replay.h"
+#include "replay/replay_inputs.h"
+#include "replay/trace_import.h"
 #include "tools/replay_files.h"
 
 namespace {

@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
-#include "placement/rank_files.h"
-#include "placement/replay.h"
+#include "replay/rank_files.h"
+#include "replay/replay.h"
 
 namespace dynamoe::tools {
 

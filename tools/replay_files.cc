@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "placement/megatron_import.h"
-#include "placement/replay_inputs.h"
+#include "replay/megatron_import.h"
+#include "replay/replay_inputs.h"
 #include "tools/rank_merge.h"
 
 namespace dynamoe::tools {

@@ -11,8 +11,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "placement/replay.h"
 #include "placement/trace.h"
+#include "replay/replay.h"
 
 namespace dynamoe::tools {
 

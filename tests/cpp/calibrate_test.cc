@@ -1,6 +1,6 @@
-// dynamoe-replay calibrate (placement/calibrate.h) on traces whose phase
+// dynamoe-replay calibrate (replay/calibrate.h) on traces whose phase
 // times follow rates chosen here.
-#include "placement/calibrate.h"
+#include "replay/calibrate.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// Megatron-Core router trace directories (placement/megatron_import.h): a
+// Megatron-Core router trace directories (replay/megatron_import.h): a
 // fixture written from the published record layout against the same routing
 // as dynamoe JSONL and against counts tallied here; bad and torn input.
 #include <gtest/gtest.h>
@@ -13,8 +13,9 @@
 #include <tuple>
 #include <vector>
 
-#include "placement/megatron_import.h"
-#include "placement/replay.h"
+#include "replay/megatron_import.h"
+#include "replay/replay.h"
+#include "replay/trace_import.h"
 
 namespace dynamoe::placement {
 namespace {

@@ -5,10 +5,10 @@
 #include <cmath>
 #include <limits>
 
-#include "placement/calibrate.h"
 #include "placement/policy.h"
-#include "placement/replay.h"
-#include "placement/replay_inputs.h"
+#include "replay/calibrate.h"
+#include "replay/replay.h"
+#include "replay/replay_inputs.h"
 
 namespace dynamoe::placement {
 namespace {

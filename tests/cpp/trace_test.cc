@@ -17,8 +17,9 @@
 
 #include "monitor/trace_writer.h"
 #include "placement/crc32.h"
-#include "tests/cpp/trace_frames.h"
 #include "placement/trace.h"
+#include "replay/trace_import.h"
+#include "tests/cpp/trace_frames.h"
 
 namespace dynamoe::placement {
 namespace {

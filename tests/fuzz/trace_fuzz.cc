@@ -37,13 +37,14 @@
 #include <string>
 #include <vector>
 
-#include "placement/calibrate.h"
 #include "placement/crc32.h"
-#include "tests/cpp/trace_frames.h"
-#include "placement/megatron_import.h"
-#include "placement/replay.h"
-#include "placement/replay_inputs.h"
 #include "placement/trace.h"
+#include "replay/calibrate.h"
+#include "replay/megatron_import.h"
+#include "replay/replay.h"
+#include "replay/replay_inputs.h"
+#include "replay/trace_import.h"
+#include "tests/cpp/trace_frames.h"
 #include "tools/rank_merge.h"
 
 namespace {

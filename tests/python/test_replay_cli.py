@@ -488,7 +488,7 @@ def rescaled(row, rows):
 def test_a_modelled_layer_and_batch_are_replayed_as_documented(tmp_path):
     """Counts fed as CSV, replayed as another layer (--d-model/--d-hidden/--gated/--dtype) and batch
     (--tokens-per-rank/--top-k). The rescaled loads, none's predicted times and the bound's are computed
-    here from the fed counts with the terms placement/cost_model.h and placement/replay.h document."""
+    here from the fed counts with the terms placement/cost_model.h and replay/replay.h document."""
     import math
     import random
     rng = random.Random(3)

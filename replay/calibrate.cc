@@ -1,4 +1,4 @@
-#include "placement/calibrate.h"
+#include "replay/calibrate.h"
 
 #include <algorithm>
 #include <cmath>

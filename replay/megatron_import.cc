@@ -1,4 +1,4 @@
-#include "placement/megatron_import.h"
+#include "replay/megatron_import.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
-#include "placement/rank_files.h"
+#include "replay/rank_files.h"
 
 namespace dynamoe::placement {
 namespace {

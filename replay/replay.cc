@@ -1,4 +1,4 @@
-#include "placement/replay.h"
+#include "replay/replay.h"
 
 #include <algorithm>
 #include <atomic>

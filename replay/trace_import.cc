@@ -1,5 +1,7 @@
 // Routing statistics from elsewhere into the trace's in-memory form: CSV of
 // counts and JSONL of per-token routing; and the CSV export.
+#include "replay/trace_import.h"
+
 #include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -12,7 +14,6 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/status.h"
-#include "placement/trace.h"
 
 namespace dynamoe::placement {
 namespace {

@@ -1,4 +1,4 @@
-#include "placement/replay_inputs.h"
+#include "replay/replay_inputs.h"
 
 #include <sys/stat.h>
 
@@ -20,7 +20,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/status.h"
-#include "placement/replay.h"
+#include "replay/replay.h"
+#include "replay/trace_import.h"
 
 namespace dynamoe::placement {
 namespace {
