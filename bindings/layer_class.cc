@@ -148,7 +148,7 @@ void RegisterLayerClasses(torch::Library& m) {
               std::vector<Tensor> residual) {
              return Boundary([&] {
                scheduler::LayerTensors t = TensorsOf(gate_weight, gate_bias, expert_bias,
-                                                     {Or(w1), Or(w2), Or(w3), Or(b1), Or(b2), l->options().activation()});
+                                                     {Or(w1), Or(w2), Or(w3), Or(b1), Or(b2), l->activation()});
                t.residual = ResidualOf(*l, residual);
                return TupleOf(l->Forward(x, t, training));
              });

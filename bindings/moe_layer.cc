@@ -77,7 +77,7 @@ scheduler::LayerTensors MoELayerImpl::Tensors() const {
   t.gate_weight = gate->weight;
   if (options.router_bias()) t.gate_bias = gate->bias;
   t.expert_bias = expert_bias;
-  t.experts = {w1, w2, w3, b1, b2, options.activation()};
+  t.experts = {w1, w2, w3, b1, b2, layer_->activation()};
   if (options.use_residual())
     t.residual = {residual_fc1->weight, residual_fc1->bias, residual_fc2->weight,
                   residual_fc2->bias,   residual_coef->weight, residual_coef->bias};

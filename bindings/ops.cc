@@ -143,11 +143,12 @@ Tensor ExpertFFNOp(const Tensor& rows, const Tensor& counts, const Tensor& w1, c
                                                                : std::vector<int64_t>{E, d});
       ops::CheckLike(op, arg, **t, "rows", rows);
     }
-    DYNAMOE_THROW_IF(activation != "gelu" && activation != "relu" && activation != "silu",
-                     "expert_ffn: activation must be one of gelu, relu, silu, got \"", activation, "\"");
+    const auto act = kernels::kActivationNames.Parse(activation, "activation");
+    DYNAMOE_THROW_IF(!act.ok(), "expert_ffn: activation must be one of ", kernels::kActivationNames.Joined(),
+                     ", got \"", activation, "\"");
     ops::CheckCounts(op, counts, E, rows.size(0));
     return scheduler::ExpertFFN(rows, counts.to(at::kCPU, at::kLong).contiguous(),
-                                {w1, w2, Or(w3), Or(b1), Or(b2), activation});
+                                {w1, w2, Or(w3), Or(b1), Or(b2), *act});
   });
 }
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/enum_names.h"
 #include "kernels/dtype.h"
 
 namespace dynamoe::kernels {
@@ -119,6 +120,8 @@ void CombineWeightGrad(const T* grad_out, const T* rows, const int64_t* position
                        int64_t token_end);
 
 enum class Activation { kGelu, kRelu, kSilu };  // gelu is the erf form (torch's default)
+// The one list of their names (MoEOptions::activation's values).
+inline constexpr EnumNames<Activation, 3> kActivationNames(std::array<absl::string_view, 3>{"gelu", "relu", "silu"});
 
 // a = act(h) * g (g == nullptr: a = act(h)) over [begin, end) of n elements.
 template <typename T>

@@ -8,17 +8,24 @@
 #include "scheduler/tensor_util.h"
 
 namespace dynamoe::scheduler {
-namespace {
 
-at::Tensor Activate(const at::Tensor& h, const std::string& activation) {
-  if (activation == "relu") return at::relu(h);
-  if (activation == "silu") return at::silu(h);
+at::Tensor Activate(const at::Tensor& h, kernels::Activation activation) {
+  switch (activation) {
+    case kernels::Activation::kRelu: return at::relu(h);
+    case kernels::Activation::kSilu: return at::silu(h);
+    case kernels::Activation::kGelu: break;
+  }
   return at::gelu(h);
 }
 
-at::Tensor ActivateBackward(const at::Tensor& grad, const at::Tensor& h, const std::string& activation) {
-  if (activation == "relu") return at::threshold_backward(grad, h, 0);
-  if (activation == "silu") return at::silu_backward(grad, h);
+namespace {
+
+at::Tensor ActivateBackward(const at::Tensor& grad, const at::Tensor& h, kernels::Activation activation) {
+  switch (activation) {
+    case kernels::Activation::kRelu: return at::threshold_backward(grad, h, 0);
+    case kernels::Activation::kSilu: return at::silu_backward(grad, h);
+    case kernels::Activation::kGelu: break;
+  }
   return at::gelu_backward(grad, h);
 }
 
@@ -122,14 +129,14 @@ class Cpu final : public DeviceOps {
 
   bool MakesFreshSums() const override { return false; }
 
-  at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) const override {
+  at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, kernels::Activation activation) const override {
     at::Tensor a = Activate(h, activation);
     if (g.defined()) a.mul_(g);
     return a;
   }
 
   ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
-                                     const std::string& activation) const override {
+                                     kernels::Activation activation) const override {
     const at::Tensor act = Activate(h, activation);
     if (!g.defined()) return {ActivateBackward(grad_a, h, activation), at::Tensor(), act};
     return {ActivateBackward(grad_a * g, h, activation), grad_a * act, act * g};

@@ -232,27 +232,19 @@ void GroupedWeightGrad(const at::Tensor& a, const at::Tensor& b, const int64_t* 
           overwrite ? 0.0f : 1.0f);
 }
 
-namespace {
-kernels::Activation ActivationKind(const std::string& name) {
-  if (name == "relu") return kernels::Activation::kRelu;
-  if (name == "silu") return kernels::Activation::kSilu;
-  return kernels::Activation::kGelu;
-}
-}  // namespace
-
-at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) {
+at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, kernels::Activation activation) {
   at::Tensor a = at::empty_like(h);
   const bool gated = g.defined() && g.numel() > 0;
   DispatchDataType(h.scalar_type(), "activation", [&](auto t_tag, auto) {
     using T = decltype(t_tag);
-    ThrowIfError(kc::ActivationForward<T>(Ptr<T>(h), gated ? Ptr<T>(g) : nullptr, ActivationKind(activation),
+    ThrowIfError(kc::ActivationForward<T>(Ptr<T>(h), gated ? Ptr<T>(g) : nullptr, activation,
                                           h.numel(), Ptr<T>(a), Stream()));
   });
   return a;
 }
 
 ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
-                                   const std::string& activation) {
+                                   kernels::Activation activation) {
   const bool gated = g.defined() && g.numel() > 0;
   ActivationGrads r;
   r.grad_h = grad_a.contiguous();
@@ -261,7 +253,7 @@ ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h
   DispatchDataType(h.scalar_type(), "activation backward", [&](auto t_tag, auto) {
     using T = decltype(t_tag);
     ThrowIfError(kc::ActivationBackward<T>(Ptr<T>(r.grad_h), Ptr<T>(h), gated ? Ptr<T>(g) : nullptr,
-                                           ActivationKind(activation), h.numel(), Ptr<T>(r.grad_h),
+                                           activation, h.numel(), Ptr<T>(r.grad_h),
                                            gated ? Ptr<T>(r.grad_g) : nullptr, Ptr<T>(r.a), Stream()));
   });
   return r;
@@ -310,11 +302,11 @@ class Cuda final : public DeviceOps {
     cuda_path::GroupedWeightGrad(a, b, counts, acc, fresh);
   }
   bool MakesFreshSums() const override { return true; }
-  at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation) const override {
+  at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, kernels::Activation activation) const override {
     return cuda_path::ActivationForward(h, g, activation);
   }
   ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
-                                     const std::string& activation) const override {
+                                     kernels::Activation activation) const override {
     cuda_path::ActivationGrads r = cuda_path::ActivationBackward(grad_a, h, g, activation);
     return {std::move(r.grad_h), std::move(r.grad_g), std::move(r.a)};
   }

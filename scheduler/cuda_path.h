@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "kernels/kernels.h"
 #include "scheduler/routing.h"
 
 namespace dynamoe::scheduler::cuda_path {
@@ -43,13 +44,13 @@ void GroupedWeightGrad(const at::Tensor& a, const at::Tensor& b, const int64_t* 
                        bool overwrite);
 
 // a = act(h) [* g] in one pass (g may be undefined).
-at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, const std::string& activation);
+at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g, kernels::Activation activation);
 // One pass back through a = act(h) [* g]: grad_h (written over grad_a's
 // memory), grad_g (undefined without g) and a itself for the w2 gradient.
 struct ActivationGrads {
   at::Tensor grad_h, grad_g, a;
 };
 ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
-                                   const std::string& activation);
+                                   kernels::Activation activation);
 
 }  // namespace dynamoe::scheduler::cuda_path

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "kernels/kernels.h"
 #include "scheduler/routing.h"
 
 namespace dynamoe::scheduler {
@@ -54,14 +55,14 @@ class DeviceOps {
   virtual bool MakesFreshSums() const = 0;
   // a = act(h) [* g] (g may be undefined).
   virtual at::Tensor ActivationForward(const at::Tensor& h, const at::Tensor& g,
-                                       const std::string& activation) const = 0;
+                                       kernels::Activation activation) const = 0;
   // Back through a = act(h) [* g]: grad_h, grad_g (undefined without g) and a
   // itself for the w2 gradient. May reuse grad_a's memory: do not read it after.
   struct ActivationGrads {
     at::Tensor grad_h, grad_g, a;
   };
   virtual ActivationGrads ActivationBackward(const at::Tensor& grad_a, const at::Tensor& h, const at::Tensor& g,
-                                             const std::string& activation) const = 0;
+                                             kernels::Activation activation) const = 0;
 };
 
 // The kernels for `device`; nullptr when this build has none.

@@ -50,17 +50,17 @@ class ExpertFFNFunction : public torch::autograd::Function<ExpertFFNFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rows, const at::Tensor& kept_counts,
                             const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& w3,
-                            const at::Tensor& b1, const at::Tensor& b2, const std::string& activation) {
+                            const at::Tensor& b1, const at::Tensor& b2, kernels::Activation activation) {
     FFNActivations saved;
     const at::Tensor y = FFNForward(rows, Ptr<int64_t>(kept_counts), {w1, w2, w3, b1, b2, activation}, &saved);
     ctx->save_for_backward({rows, kept_counts, w1, w2, w3, b1, b2, saved.h, saved.g});
-    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["activation"] = static_cast<int64_t>(activation);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto s = ctx->get_saved_variables();
-    const ExpertParams params{s[2], s[3], s[4], s[5], s[6], ctx->saved_data["activation"].toStringRef()};
+    const ExpertParams params{s[2], s[3], s[4], s[5], s[6], static_cast<kernels::Activation>(ctx->saved_data["activation"].toInt())};
     FFNGrads grads = ZeroGrads(params, /*wide=*/false, /*fresh=*/true);
     const at::Tensor grad_rows = FFNBackward(grad[0], s[0], Ptr<int64_t>(s[1]), params, {s[7], s[8]}, grads);
     return {grad_rows, at::Tensor(), grads.w1, grads.w2, grads.w3, grads.b1, grads.b2, at::Tensor()};

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "kernels/kernels.h"
+
 namespace dynamoe::scheduler {
 
 // rows[p] = x[token of the assignment at row p]; rows sorted by expert.
@@ -16,7 +18,7 @@ at::Tensor Combine(const at::Tensor& rows, const at::Tensor& weight, const at::T
 
 struct ExpertParams {
   at::Tensor w1, w2, w3, b1, b2;  // w3, b1, b2 may be undefined
-  std::string activation = "gelu";
+  kernels::Activation activation = kernels::Activation::kGelu;
 };
 
 // Per-expert FFN over expert-sorted rows (kept_counts rows per expert):

@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "runtime/config.h"
+#include "scheduler/cpu_ops.h"
 
 namespace dynamoe::scheduler {
 namespace {
@@ -20,10 +21,6 @@ absl::Status CheckLinear(const MoEOptions& o, const char* name, const at::Tensor
   return absl::OkStatus();
 }
 
-at::Tensor Activate(const std::string& activation, const at::Tensor& h) {
-  return activation == "relu" ? at::relu(h) : activation == "silu" ? at::silu(h) : at::gelu(h);
-}
-
 }  // namespace
 
 Layer::Layer(MoEOptions options, runtime::CommunicatorPtr comm, c10::intrusive_ptr<LayerState> state,
@@ -31,6 +28,7 @@ Layer::Layer(MoEOptions options, runtime::CommunicatorPtr comm, c10::intrusive_p
     : options_(std::move(options)), comm_(std::move(comm)), state_(std::move(state)),
       custom_experts_(custom_experts) {
   ThrowIfError(options_.Validate());
+  activation_ = ValueOrThrow(kernels::kActivationNames.Parse(options_.activation(), "activation"));
   if (options_.name().empty()) options_.name(NextDefaultLayerName());
   runtime::GlobalConfig();  // read, validate and log the environment once
   if (comm_)
@@ -58,6 +56,7 @@ StepInputs Layer::Inputs(const at::Tensor& x, const LayerTensors& t, bool traini
   in.gate_bias = t.gate_bias;
   in.expert_bias = t.expert_bias;
   in.experts = t.experts;
+  in.experts.activation = activation_;
   in.custom_experts = custom_experts_;
   in.comm = comm_;
   in.state = state_;
@@ -97,7 +96,7 @@ at::Tensor Layer::Residual(const at::Tensor& x, const at::Tensor& y, const Resid
   ThrowIfError(CheckLinear(options_, "residual_coef", r.coef_weight, r.coef_bias, 2, d));
   const at::Tensor coef = at::softmax(at::linear(x, r.coef_weight, r.coef_bias), -1);
   const at::Tensor mlp =
-      at::linear(Activate(options_.activation(), at::linear(x, r.fc1_weight, r.fc1_bias)), r.fc2_weight, r.fc2_bias);
+      at::linear(Activate(at::linear(x, r.fc1_weight, r.fc1_bias), activation_), r.fc2_weight, r.fc2_bias);
   return y * coef.narrow(-1, 0, 1) + mlp * coef.narrow(-1, 1, 1);
 }
 

@@ -34,7 +34,7 @@ struct LayerTensors {
   at::Tensor gate_weight;  // [E, d_model]
   at::Tensor gate_bias;    // [E] with router_bias, else undefined
   at::Tensor expert_bias;  // [E] buffer; a training step updates it in place (bias_update_rate)
-  ExpertParams experts;    // this rank's built-in experts; unused with custom experts
+  ExpertParams experts;    // this rank's built-in experts (the activation is the layer's); unused with custom experts
   ResidualParams residual;  // use_residual only
 };
 
@@ -51,6 +51,7 @@ class Layer : public torch::CustomClassHolder {
   const runtime::CommunicatorPtr& comm() const { return comm_; }
   const c10::intrusive_ptr<LayerState>& state() const { return state_; }
   bool custom_experts() const { return custom_experts_; }
+  kernels::Activation activation() const { return activation_; }  // options().activation(), parsed once
   int64_t num_local_experts() const;
   int64_t first_expert() const;  // global index of local expert 0
 
@@ -80,6 +81,7 @@ class Layer : public torch::CustomClassHolder {
   runtime::CommunicatorPtr comm_;
   c10::intrusive_ptr<LayerState> state_;
   bool custom_experts_ = false;
+  kernels::Activation activation_ = kernels::Activation::kGelu;
   std::optional<ScheduleOptions> schedule_;  // unset: the settings', read each step
 };
 

@@ -13,7 +13,7 @@
 #include "runtime/config.h"
 #include "runtime/placement_config.h"
 #include "runtime/settings.h"
-#include "runtime/shadow.h"
+#include "runtime/expert_copies.h"
 #include "runtime/step_observers.h"
 #include "scheduler/device_ops.h"
 #include "scheduler/expert_parallel.h"
@@ -96,8 +96,9 @@ absl::Status ValidateInputs(const MoEOptions& o, const StepInputs& in) {
     DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b1, "b1", {El, h}));
     DYNAMOE_RETURN_IF_ERROR(CheckParam(o, x, p.b2, "b2", {El, d}));
   }
-  DYNAMOE_CHECK_ARG(p.activation == o.activation(), o.name(), ": activation \"", p.activation,
-                    "\" differs from the options' \"", o.activation(), "\"");
+  DYNAMOE_CHECK_ARG(kernels::kActivationNames.Name(p.activation) == o.activation(), o.name(), ": activation \"",
+                    kernels::kActivationNames.Name(p.activation), "\" differs from the options' \"", o.activation(),
+                    "\"");
   return absl::OkStatus();
 }
 
@@ -167,7 +168,7 @@ ExpertParams WithCopies(const ExpertParams& own, const placement::Plan& plan, co
     if (t->defined()) fields.push_back(t);
   std::vector<at::Tensor> params;
   for (at::Tensor* t : fields) params.push_back(*t);
-  const std::vector<at::Tensor> copies = runtime::ShareExperts(params, plan, comm, layer);
+  const std::vector<at::Tensor> copies = runtime::FetchCopies(params, plan, comm, layer);
   for (size_t i = 0; i < fields.size(); ++i) *fields[i] = at::cat({params[i], copies[i]}, 0);
   return all;
 }

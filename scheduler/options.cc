@@ -19,8 +19,8 @@ absl::Status MoEOptions::Validate() const {
   DYNAMOE_CHECK_ARG(!eval_capacity_factor_ || std::isfinite(*eval_capacity_factor_), n,
                     ": eval_capacity_factor must be finite, got ", eval_capacity_factor_.value_or(0));
   DYNAMOE_CHECK_ARG(min_capacity_ >= 0, n, ": min_capacity must be >= 0, got ", min_capacity_);
-  DYNAMOE_CHECK_ARG(activation_ == "gelu" || activation_ == "relu" || activation_ == "silu", n,
-                    ": activation must be one of gelu, relu, silu, got \"", activation_, "\"");
+  DYNAMOE_CHECK_ARG(kernels::kActivationNames.Parse(activation_, "activation").ok(), n, ": activation must be one of ",
+                    kernels::kActivationNames.Joined(), ", got \"", activation_, "\"");
   DYNAMOE_CHECK_ARG(balance_loss_choices_ == "all" || balance_loss_choices_ == "first", n,
                     ": balance_loss_choices must be \"all\" or \"first\", got \"", balance_loss_choices_, "\"");
   DYNAMOE_CHECK_ARG(noisy_gate_policy_ == "none" || noisy_gate_policy_ == "Jitter" ||

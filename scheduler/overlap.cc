@@ -100,7 +100,8 @@ void RunPipeline(const PipelineLayout& layout, runtime::Communicator& comm, cons
 struct PipelineContext : torch::CustomClassHolder {
   std::shared_ptr<const PipelineLayout> layout;
   runtime::CommunicatorPtr comm;
-  std::string layer, activation;
+  std::string layer;
+  kernels::Activation activation = kernels::Activation::kGelu;
   monitor::PhaseTimes* times = nullptr;  // forward only
 };
 

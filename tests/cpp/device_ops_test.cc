@@ -31,19 +31,20 @@ TEST(DeviceOps, TheCpuHasKernelsAndOtherDevicesAreNamedInTheError) {
 // ActivationBackward is the derivative of ActivationForward, gated or not.
 TEST(DeviceOps, CpuActivationBackwardIsTheForwardsDerivative) {
   torch::manual_seed(0);
-  for (const char* act : {"gelu", "relu", "silu"})
+  for (const kernels::Activation act : {kernels::Activation::kGelu, kernels::Activation::kRelu,
+                                        kernels::Activation::kSilu})
     for (bool gated : {false, true}) {
       const at::Tensor h = torch::randn({5, 6}, torch::kDouble).requires_grad_(true);
       const at::Tensor g = gated ? torch::randn({5, 6}, torch::kDouble).requires_grad_(true) : at::Tensor();
       const at::Tensor grad_a = torch::randn({5, 6}, torch::kDouble);
       // The reference, out of place (the ops' forward works in place: it runs without autograd).
-      const std::string name = act;
+      const std::string name(kernels::kActivationNames.Name(act));
       at::Tensor a = name == "relu" ? at::relu(h) : name == "silu" ? at::silu(h) : at::gelu(h);
       if (gated) a = a * g;
       a.backward(grad_a);
       EXPECT_TRUE(torch::equal(CpuOps().ActivationForward(h.detach(), gated ? g.detach() : g, act), a.detach()));
       const DeviceOps::ActivationGrads r = CpuOps().ActivationBackward(grad_a, h.detach(), gated ? g.detach() : g, act);
-      const std::string at = std::string(act) + (gated ? " gated" : "");
+      const std::string at = name + (gated ? " gated" : "");
       EXPECT_TRUE(torch::allclose(r.grad_h, h.grad())) << at;
       EXPECT_TRUE(torch::equal(r.a, a.detach())) << at;
       EXPECT_EQ(r.grad_g.defined(), gated) << at;

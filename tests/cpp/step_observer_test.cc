@@ -34,7 +34,7 @@ scheduler::StepInputs InputsOf(MoELayer& m, const Tensor& x, bool training) {
   in.x = x;
   in.gate_weight = m->gate->weight;
   in.expert_bias = m->expert_bias;
-  in.experts = {m->w1, m->w2, {}, {}, {}, m->options.activation()};
+  in.experts = {m->w1, m->w2, {}, {}, {}, m->runtime().activation()};
   in.training = training;
   return in;
 }

@@ -1,4 +1,4 @@
-#include "runtime/shadow.h"
+#include "runtime/expert_copies.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -93,9 +93,9 @@ class ShareFunction : public torch::autograd::Function<ShareFunction> {
 
 }  // namespace
 
-std::vector<at::Tensor> ShareExperts(const std::vector<at::Tensor>& params, const placement::Plan& plan,
+std::vector<at::Tensor> FetchCopies(const std::vector<at::Tensor>& params, const placement::Plan& plan,
                                      const CommunicatorPtr& comm, const std::string& layer) {
-  DYNAMOE_THROW_IF(params.empty(), layer, ": ShareExperts needs at least one parameter");
+  DYNAMOE_THROW_IF(params.empty(), layer, ": FetchCopies needs at least one parameter");
   const int64_t me = comm->rank(), P = comm->size(), per_rank = plan.experts_per_rank();
   auto s = c10::make_intrusive<Sharing>();
   s->comm = comm;

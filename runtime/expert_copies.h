@@ -19,7 +19,7 @@ namespace dynamoe::runtime {
 // params: this rank's expert parameters, each [experts_per_rank, ...] (w1, w2,
 // ...). Returns, per parameter, [copies on this rank, ...] for the experts of
 // plan.CopiesOn(rank) in that order; differentiable.
-std::vector<at::Tensor> ShareExperts(const std::vector<at::Tensor>& params, const placement::Plan& plan,
+std::vector<at::Tensor> FetchCopies(const std::vector<at::Tensor>& params, const placement::Plan& plan,
                                      const CommunicatorPtr& comm, const std::string& layer);
 
 }  // namespace dynamoe::runtime
