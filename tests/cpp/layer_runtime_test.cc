@@ -93,8 +93,8 @@ TEST(LayerRuntime, MisuseIsNamed) {
   auto built_in = c10::make_intrusive<Layer>(MoEOptions(d, 8, E).name("builtin"));
   EXPECT_THROW(built_in->Dispatch(x, Tensors(gate), false), Error);
   EXPECT_THROW(Layer(MoEOptions(d, 8, E).top_k(4)), Error);  // validated at construction
-  auto residual = c10::make_intrusive<Layer>(MoEOptions(d, 8, E).use_residual(true).name("res"), nullptr, nullptr,
-                                             true);
+  auto residual =
+      c10::make_intrusive<Layer>(MoEOptions(d, 8, E).top_k(1).use_residual(true).name("res"), nullptr, nullptr, true);
   auto p = residual->Dispatch(x, Tensors(gate), false);
   try {
     residual->Finish(*p, {torch::zeros({5, d})}, {});
