@@ -222,12 +222,7 @@ void Activation(int64_t rows, int64_t hidden) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 3 && !std::strcmp(argv[1], "--rounds")) {
-    g_rounds = std::max(1, std::atoi(argv[2]));
-  } else if (argc != 1) {
-    std::fprintf(stderr, "usage: bench_cuda_kernels [--rounds N]\n");
-    return 2;
-  }
+  if (!dynamoe::bench::ParseRounds(argc, argv, "bench_cuda_kernels", g_rounds)) return 2;
   if (!kc::DeviceAvailable() || !at::cuda::is_available()) {
     std::printf("bench_cuda_kernels: skipped: no GPU\n");
     return 0;

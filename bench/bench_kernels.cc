@@ -219,12 +219,7 @@ void Activation(int64_t rows, int64_t hidden) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 3 && !std::strcmp(argv[1], "--rounds")) {
-    g_rounds = std::max(1, std::atoi(argv[2]));
-  } else if (argc != 1) {
-    std::fprintf(stderr, "usage: bench_kernels [--rounds N]\n");
-    return 2;
-  }
+  if (!dynamoe::bench::ParseRounds(argc, argv, "bench_kernels", g_rounds)) return 2;
   at::manual_seed(0);
   std::printf("bench_kernels: CPU twins vs ATen, fp32, %d intra-op threads, median of %d interleaved rounds; "
               "ref/kernel > 1: the kernel is faster\n",

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -32,6 +33,17 @@ struct Work {
 // Runs kernel and reference (each returns the seconds of one call) in
 // interleaved rounds and prints their medians, the kernel's GB/s and rows/s,
 // and reference / kernel (above 1: the kernel is faster).
+// The programs' one flag, [--rounds N]; false (after a usage line) on anything else.
+inline bool ParseRounds(int argc, char** argv, const char* program, int& rounds) {
+  if (argc == 3 && std::string(argv[1]) == "--rounds") {
+    rounds = std::max(1, std::atoi(argv[2]));
+    return true;
+  }
+  if (argc == 1) return true;
+  std::fprintf(stderr, "usage: %s [--rounds N]\n", program);
+  return false;
+}
+
 inline void CompareLine(const std::string& name, const std::string& shape, Work work,
                         const std::function<double()>& kernel, const std::string& ref_name,
                         const std::function<double()>& ref, int rounds) {

@@ -134,9 +134,11 @@ void RegisterLayerClasses(torch::Library& m) {
       .def("num_local_experts", [](const LayerPtr& l) { return l->num_local_experts(); })
       .def("first_expert", [](const LayerPtr& l) { return l->first_expert(); })
       .def("set_schedule",
-           [](const LayerPtr& l, std::string kind, int64_t group_size, int64_t overlap_degree) {
+           [](const LayerPtr& l, std::string kind, c10::optional<int64_t> group_size,
+              c10::optional<int64_t> overlap_degree) {
              Boundary([&] {
-               l->set_schedule(kind, group_size, overlap_degree);
+               l->set_schedule(kind, group_size ? std::optional<int64_t>(*group_size) : std::nullopt,
+                               overlap_degree ? std::optional<int64_t>(*overlap_degree) : std::nullopt);
                return 0;
              });
            })

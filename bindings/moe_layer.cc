@@ -51,7 +51,9 @@ void MoELayerImpl::Build(const ExpertFactory* expert_factory, runtime::Communica
 void MoELayerImpl::set_placement(const std::string& policy) { layer_->set_placement(policy); }
 
 void MoELayerImpl::set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
-  layer_->set_schedule(kind, group_size, overlap_degree);
+  // The module's API: negatives keep the environment's.
+  layer_->set_schedule(kind, group_size < 0 ? std::nullopt : std::optional<int64_t>(group_size),
+                       overlap_degree < 0 ? std::nullopt : std::optional<int64_t>(overlap_degree));
 }
 
 std::string MoELayerImpl::schedule() const { return layer_->schedule().Describe(); }
@@ -75,6 +77,7 @@ void MoELayerImpl::reset_parameters() {
 scheduler::LayerTensors MoELayerImpl::Tensors() const {
   scheduler::LayerTensors t;
   t.gate_weight = gate->weight;
+  const MoEOptions& options = layer_->options();  // the runtime's (the member may have been edited since)
   if (options.router_bias()) t.gate_bias = gate->bias;
   t.expert_bias = expert_bias;
   t.experts = {w1, w2, w3, b1, b2, layer_->activation()};

@@ -41,8 +41,17 @@ int64_t Layer::num_local_experts() const { return LocalExperts(options_, comm_);
 
 int64_t Layer::first_expert() const { return comm_ ? comm_->rank() * num_local_experts() : 0; }
 
-void Layer::set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
-  schedule_ = ScheduleOptions::Make(kind, group_size, overlap_degree);
+void Layer::set_schedule(const std::string& kind, std::optional<int64_t> group_size,
+                         std::optional<int64_t> overlap_degree) {
+  const std::string& n = options_.name();
+  DYNAMOE_THROW_IF(group_size && *group_size < 1, n, ": group_size must be >= 1, got ", *group_size);
+  DYNAMOE_THROW_IF(overlap_degree && (*overlap_degree < 0 || *overlap_degree > 64), n,
+                   ": overlap_degree must be in [0, 64] (0: from the cost model), got ", *overlap_degree);
+  if (!kind.empty()) {
+    const auto parsed = runtime::ParseSchedule(kind);
+    DYNAMOE_THROW_IF(!parsed.ok(), n, ": ", parsed.status().message());
+  }
+  schedule_ = ScheduleOptions::Make(kind, group_size.value_or(-1), overlap_degree.value_or(-1));
 }
 
 ScheduleOptions Layer::schedule() const { return schedule_.value_or(ScheduleOptions::FromConfig()); }
@@ -67,6 +76,7 @@ StepInputs Layer::Inputs(const at::Tensor& x, const LayerTensors& t, bool traini
 
 StepResult Layer::Forward(const at::Tensor& x, const LayerTensors& t, bool training,
                           const CustomExpertFn& custom_expert) const {
+  CheckResidual(t.residual);  // before the step counts itself
   StepInputs in = Inputs(x, t, training);
   in.custom_expert = custom_expert;
   StepResult r = MoEForward(options_, in);
@@ -82,18 +92,23 @@ c10::intrusive_ptr<PendingStep> Layer::Dispatch(const at::Tensor& x, const Layer
 
 StepResult Layer::Finish(PendingStep& pending, const std::vector<at::Tensor>& outputs,
                          const ResidualParams& residual) const {
+  CheckResidual(residual);
   const at::Tensor x = pending.input();
   StepResult r = pending.Finish(outputs);
   r.y = Residual(x, r.y, residual);
   return r;
 }
 
-at::Tensor Layer::Residual(const at::Tensor& x, const at::Tensor& y, const ResidualParams& r) const {
-  if (!options_.use_residual()) return y;
+void Layer::CheckResidual(const ResidualParams& r) const {
+  if (!options_.use_residual()) return;
   const int64_t d = options_.d_model(), h = options_.d_hidden();
   ThrowIfError(CheckLinear(options_, "residual_fc1", r.fc1_weight, r.fc1_bias, h, d));
   ThrowIfError(CheckLinear(options_, "residual_fc2", r.fc2_weight, r.fc2_bias, d, h));
   ThrowIfError(CheckLinear(options_, "residual_coef", r.coef_weight, r.coef_bias, 2, d));
+}
+
+at::Tensor Layer::Residual(const at::Tensor& x, const at::Tensor& y, const ResidualParams& r) const {
+  if (!options_.use_residual()) return y;
   const at::Tensor coef = at::softmax(at::linear(x, r.coef_weight, r.coef_bias), -1);
   const at::Tensor mlp =
       at::linear(Activate(at::linear(x, r.fc1_weight, r.fc1_bias), activation_), r.fc2_weight, r.fc2_bias);

@@ -55,9 +55,11 @@ class Layer : public torch::CustomClassHolder {
   int64_t num_local_experts() const;
   int64_t first_expert() const;  // global index of local expert 0
 
-  // Overrides DYNAMOE_SCHEDULE / DYNAMOE_GROUP_SIZE / DYNAMOE_OVERLAP_DEGREE
-  // (ScheduleOptions::Make: "" and negatives keep the environment's).
-  void set_schedule(const std::string& kind, int64_t group_size, int64_t overlap_degree);
+  // Overrides DYNAMOE_SCHEDULE / DYNAMOE_GROUP_SIZE / DYNAMOE_OVERLAP_DEGREE;
+  // "" and nullopt keep the environment's. Throws naming the layer on a bad
+  // kind, group_size < 1 or overlap_degree outside [0, 64].
+  void set_schedule(const std::string& kind, std::optional<int64_t> group_size,
+                    std::optional<int64_t> overlap_degree);
   ScheduleOptions schedule() const;  // in force: the layer's own, else the settings'
   bool has_own_schedule() const { return schedule_.has_value(); }
   // Overrides DYNAMOE_PLACEMENT: none, fastermoe, adaptive, eplb (a fresh policy).
@@ -75,6 +77,7 @@ class Layer : public torch::CustomClassHolder {
 
  private:
   StepInputs Inputs(const at::Tensor& x, const LayerTensors& t, bool training) const;
+  void CheckResidual(const ResidualParams& r) const;  // use_residual: the six tensors, shaped
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& y, const ResidualParams& r) const;
 
   MoEOptions options_;

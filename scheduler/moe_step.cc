@@ -442,11 +442,13 @@ int64_t PendingStep::first_expert() const {
 
 StepResult PendingStep::Finish(const std::vector<at::Tensor>& outputs) {
   DYNAMOE_THROW_IF(!run_, "PendingStep: already finished; each dispatched step finishes once");
+  // Outputs of the wrong number or shape leave the step pending (on one rank
+  // of a group, its peers then wait for the combine until DYNAMOE_TIMEOUT_S).
+  const at::Tensor out_rows =
+      JoinOutputs(run_->options, run_->rows, run_->exchange.slot_counts(), FirstExpert(*run_), outputs);
   std::unique_ptr<Run> run = std::move(run_);
   run->result.stats.times[monitor::Phase::kExperts] +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run->experts_start).count();
-  const at::Tensor out_rows =
-      JoinOutputs(run->options, run->rows, run->exchange.slot_counts(), FirstExpert(*run), outputs);
   return dynamoe::scheduler::Finish(*run, CombineRows(*run, out_rows));
 }
 

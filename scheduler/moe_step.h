@@ -99,7 +99,9 @@ class PendingStep : public torch::CustomClassHolder {
   std::vector<int64_t> slot_counts() const;  // rows per slot (this rank's experts, in order)
   int64_t first_expert() const;           // global index of slot 0 (custom experts have no copies)
   // outputs: one [n, d_model] tensor per slot with n > 0 rows, in slot order.
-  // InvalidArgument (thrown) names the expert whose output has the wrong shape.
+  // InvalidArgument (thrown) names the expert whose output has the wrong
+  // shape; the step then stays pending. in.settings and in.observers must
+  // outlive it.
   StepResult Finish(const std::vector<at::Tensor>& outputs);
 
  private:

@@ -27,6 +27,10 @@ _EXPERT_TENSORS = ("w1", "w2", "w3", "b1", "b2")
 
 
 def _moe_layers(model):
+    for name, m in model.named_modules():
+        if isinstance(m, MoE) and m.experts is not None and m.group is not None:
+            raise ValueError(f"{name or m.name}: custom expert modules with expert parallelism have no portable "
+                             "form (their keys, experts.<k>, are this rank's); save each rank's model.state_dict()")
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE) and m.experts is None]
 
 

@@ -50,7 +50,7 @@ class MoE(nn.Module, distributed.ExpertParallel):
                  normalize_kept=False, balance_loss_choices="all"):
         super().__init__()
         ops().config_describe()  # loads the library; reads, validates and logs the environment once
-        if name is None:  # unique per process, and the same on every rank that builds the same model
+        if not name:  # unique per process, and the same on every rank that builds the same model
             name = ops().default_layer_name()
         self.group, self._comm = None, None
         if ep_size is not None:
@@ -83,8 +83,8 @@ class MoE(nn.Module, distributed.ExpertParallel):
         self._state = torch.classes.dynamoe.LayerState((placement or "") if expert is None else "none")
         self._schedule = None
         if (schedule, group_size, overlap_degree) != (None, None, None):
-            self._schedule = (schedule or "", -1 if group_size is None else int(group_size),
-                              -1 if overlap_degree is None else int(overlap_degree))
+            self._schedule = (schedule or "", None if group_size is None else int(group_size),
+                              None if overlap_degree is None else int(overlap_degree))
         self._custom, self._layer = expert is not None, None
         self._runtime()
         self.num_local_experts = self._layer.num_local_experts()
@@ -145,6 +145,14 @@ class MoE(nn.Module, distributed.ExpertParallel):
             p._dynamoe_expert = True
 
     def __setstate__(self, state):
+        if "_options" not in state:  # pickled before the runtime object: options were plain attributes
+            state = dict(state)
+            state["_options"] = {k: state.pop(k) for k in (*_FIXED, *_SETTABLE) if k in state}
+            kind, gs, od = state.pop("schedule", ""), state.pop("group_size", -1), state.pop("overlap_degree", -1)
+            state["_schedule"] = None if (kind, gs, od) == ("", -1, -1) else (kind, None if gs < 0 else gs,
+                                                                           None if od < 0 else od)
+            state["_custom"] = state.get("_modules", {}).get("experts") is not None
+            state["_layer"] = None
         super().__setstate__(state)
         self._mark_expert_parameters()
 
@@ -177,6 +185,11 @@ class MoE(nn.Module, distributed.ExpertParallel):
                              f"group of {size}, but this group has {comm.size()} ranks and this is rank {comm.rank()}")
         self.group, self._comm, self._layer = group, comm, None
         del self._ep_size_without_group, self._ep_rank_without_group
+
+    @property
+    def schedule(self):
+        """The schedule in force: "sequential" or "overlap(group_size=4, overlap_degree=2)"."""
+        return self._runtime().schedule()
 
     @property
     def step(self):
@@ -255,6 +268,8 @@ class MoE(nn.Module, distributed.ExpertParallel):
     def _set_option(self, key, value):
         """An option set after construction (e.g. compat.tutel's capacity per call): a
         new runtime over the same state, validated now; on error nothing changes."""
+        if self._options[key] == value and type(self._options[key]) is type(value):
+            return  # compat.tutel sets the capacity every call: no new runtime for the same value
         old = self._options, self._layer
         self._options, self._layer = dict(self._options, **{key: value}), None
         try:
@@ -280,6 +295,8 @@ def _option(key):
     def set(self, value):
         if key not in _SETTABLE:
             raise AttributeError(f"{self.name}: {key} is fixed at construction")
+        if key == "normalize_topk" and value is None:  # as at construction: top_k > 1
+            value = self._options["top_k"] > 1
         self._set_option(key, None if value is None else _SETTABLE[key](value))
     return property(get, set, doc=f"The layer's {key} (MoEOptions::{key})")
 

@@ -84,6 +84,8 @@ TEST(LayerRuntime, MisuseIsNamed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("misuse: expected 1 expert outputs"), std::string::npos) << e.what();
   }
+  // The failed finish left the step pending: the right outputs finish it, once.
+  EXPECT_EQ(layer->Finish(*pending, {torch::zeros({5, d})}, {}).y.sizes(), x.sizes());
   try {
     layer->Finish(*pending, {torch::zeros({5, d})}, {});
     ADD_FAILURE() << "a finished step finished again";
@@ -95,7 +97,7 @@ TEST(LayerRuntime, MisuseIsNamed) {
   EXPECT_THROW(Layer(MoEOptions(d, 8, E).top_k(4)), Error);  // validated at construction
   auto residual =
       c10::make_intrusive<Layer>(MoEOptions(d, 8, E).top_k(1).use_residual(true).name("res"), nullptr, nullptr, true);
-  auto p = residual->Dispatch(x, Tensors(gate), false);
+  auto p = residual->Dispatch(x, Tensors(gate), /*training=*/true);
   try {
     residual->Finish(*p, {torch::zeros({5, d})}, {});
     ADD_FAILURE() << "a residual layer ran without its residual weights";
@@ -103,6 +105,7 @@ TEST(LayerRuntime, MisuseIsNamed) {
     EXPECT_NE(std::string(e.what()).find("res: residual_fc1.weight must have shape [8, 4]"), std::string::npos)
         << e.what();
   }
+  EXPECT_EQ(residual->state()->step(), 0) << "a step that failed its checks counted itself";
 }
 
 }  // namespace

@@ -85,3 +85,23 @@ def test_portable_checkpoint_strictness_in_one_process():
         assert "experts.0.b1" in str(e)
     result = dynamoe.load_portable_state_dict(biased, sd, strict=False)  # b1/b2 missing: reported, not raised
     assert "1.b1" in result.missing_keys
+
+
+def test_a_pickle_from_before_the_runtime_object_loads():
+    """Layers pickled when their options were plain attributes (schedule, group_size and
+    overlap_degree included) load, run and keep their options."""
+    model = _model()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    model.eval()
+    want = model[1](x)
+    old = model[1].__getstate__()
+    options = old.pop("_options")
+    old.update(options)  # the old layout: one attribute per option
+    old.update(schedule="sequential", group_size=-1, overlap_degree=2)
+    for key in ("_schedule", "_custom", "_layer"):
+        old.pop(key)
+    layer = dynamoe.MoE.__new__(dynamoe.MoE)
+    layer.__setstate__(old)
+    assert layer.capacity_factor == 1.0 and layer.name == "pickled" and layer.bias_update_rate == 0.01
+    assert layer._schedule == ("sequential", None, 2)
+    torch.testing.assert_close(layer(x), want, rtol=0, atol=0)

@@ -205,3 +205,15 @@ def test_a_tensor_on_another_device_names_it_and_what_this_build_runs_on():
             else "(this build runs on CPU only|expected the CPU or a CUDA device)")
     with pytest.raises(RuntimeError, match="dev: x is on meta; " + want):
         m(torch.empty(3, 4, device="meta"))
+
+
+def test_layer_schedule_arguments_are_checked_naming_the_layer():
+    for kwargs, message in (({"group_size": -5}, "sched: group_size must be >= 1, got -5"),
+                            ({"overlap_degree": 65}, r"sched: overlap_degree must be in \[0, 64\]"),
+                            ({"overlap_degree": -1}, r"sched: overlap_degree must be in \[0, 64\]"),
+                            ({"schedule": "fast"}, 'sched: .*unknown schedule "fast"; expected one of sequential, '
+                                                   'overlap')):
+        with pytest.raises(RuntimeError, match=message):
+            dynamoe.MoE(4, 8, 2, name="sched", **kwargs)
+    assert dynamoe.MoE(4, 8, 2, schedule="overlap", group_size=2, overlap_degree=0).schedule == \
+        "overlap(group_size=2, overlap_degree=auto)"

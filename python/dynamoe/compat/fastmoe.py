@@ -112,7 +112,7 @@ class SwitchGate(_Gate):
 class FMoE(nn.Module):
     """FastMoE's FMoE: ``num_expert`` experts per rank over ``world_size`` ranks
     (``moe_group``, default the world). ``expert`` builds one expert from
-    ``d_model`` (single process only); FMoETransformerMLP has built-in FFN experts."""
+    ``d_model`` (each rank builds its ``num_expert``); FMoETransformerMLP has built-in FFN experts."""
 
     def __init__(self, num_expert=32, d_model=1024, world_size=1, mp_group=None, slice_group=None, moe_group=None,
                  top_k=2, gate=NaiveGate, expert=None, gate_hook=None, mask=None, mask_dict=None, *,
@@ -150,10 +150,6 @@ class FMoE(nn.Module):
         elif expert is None:
             unsupported(where, "expert=None", "FMoE needs an expert class; FMoETransformerMLP has built-in ones")
         else:
-            if world_size > 1:
-                unsupported(where, "a custom expert with world_size > 1",
-                            "custom experts run single-process from Python (use FMoETransformerMLP, or "
-                            "dynamoe::MoELayer with an ExpertFactory in C++)")
             self.moe = MoE(d_model, 1, total, expert=lambda e: expert(d_model), **kw)
         object.__setattr__(gate_obj, "_layer", self)
         self.gate = gate_obj
