@@ -5,8 +5,9 @@
 #      against the machine's torch (scripts/gpu_build.sh, sm_90),
 #   2. runs the CUDA kernels against their CPU twins (C++),
 #   3. runs the CUDA layer against the CPU layer (Python),
-#   4. runs 2- and 4-process torchrun jobs on the one GPU over a Gloo group with
-#      CUDA tensors, outputs and gradients equal to one process,
+#   4. runs 2- to 4-process torchrun jobs on the one GPU over a Gloo group with
+#      CUDA tensors (plain expert parallelism against one process; copies of a
+#      hot expert and the overlap pipeline against the sequential exchange),
 #   5. runs the kernel and layer benches (they print their own ratios),
 # and ends with "N passed, N failed". Logs go to $OUT when set.
 # Usage: scripts/gpu_check.sh [python]
@@ -39,7 +40,7 @@ export DYNAMOE_OPS_LIBRARY=$PWD/build/gpu/bindings/libdynamoe_ops.so PYTHONPATH=
 step "CUDA kernels against their CPU twins" build/gpu/tests/dynamoe_cuda_kernel_tests
 step "CUDA layer against the CPU layer" "$py" -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda_layer.py \
   "tests/python/test_trace_record.py::test_indices_of_cuda_routers_are_counted"
-step "torchrun 2 and 4 ranks, CUDA tensors over Gloo" "$py" -m pytest -q -rs -p no:cacheprovider \
+step "torchrun 2-4 ranks on the one GPU over Gloo: plain EP, copies, overlap" "$py" -m pytest -q -rs -p no:cacheprovider \
   tests/python/test_distributed.py -k cuda_tensors_over_a_gloo_group
 step "bench_cuda_kernels" sh -c "build/gpu/bench/bench_cuda_kernels 2>&1 | tee $out/bench_cuda_kernels.txt"
 step "bench_cuda_layer" sh -c "$py bench/bench_cuda_layer.py 2>&1 | tee $out/bench_cuda_layer.txt"

@@ -30,7 +30,7 @@ p.add_argument("--tokens", default="5,0,17,9")
 p.add_argument("--compat", default="")
 p.add_argument("--cases", default="")
 p.add_argument("--stages", type=int, default=0)
-p.add_argument("--device", default="cpu")  # equal: "cuda" runs every rank's layer on the one GPU (Gloo group)
+p.add_argument("--device", default="cpu")  # equal, placement, schedule: "cuda" runs every rank's layer on the one GPU (Gloo group)
 args = p.parse_args()
 
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -214,10 +214,11 @@ def die():
 def placement():
     """Each policy (placement=) against placement="none" with a hot expert 1."""
     E, d, h = args.experts, 6, 10
+    dev = torch.device(args.device)
     for policy in ("fastermoe", "adaptive", "eplb"):
         torch.manual_seed(1234)
-        ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement="none").double()
-        moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).double()
+        ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement="none").double().to(dev)
+        moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).double().to(dev)
         with torch.no_grad():
             ref.expert_bias[1] = 1e4  # every token's first choice
             for (n, p), q in zip(moe.named_parameters(), ref.parameters()):
@@ -225,7 +226,7 @@ def placement():
             moe.expert_bias.copy_(ref.expert_bias)
         check(f"placement={policy}" in repr(moe), f"repr names the policy: {moe!r}")
         for step in range(2):
-            x, gy = tokens_of(rank + 10 * step, d)
+            x, gy = (t.to(dev) for t in tokens_of(rank + 10 * step, d))
             outs = []
             for m in (ref, moe):
                 m.zero_grad()
@@ -276,12 +277,13 @@ def schedule():
     """The overlap schedule from the environment (FastMoE's FMOE_FASTER_* names) against
     schedule="sequential", with and without copies, float64 and bfloat16, x needing a gradient."""
     E, d, h = args.experts, 6, 10
+    dev = torch.device(args.device)
     for policy in ("none", "adaptive"):
         for dtype in (torch.float64, torch.bfloat16):
             torch.manual_seed(1234)
             ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy,
-                              schedule="sequential").to(dtype)
-            moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).to(dtype)
+                              schedule="sequential").to(dev, dtype)
+            moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).to(dev, dtype)
             with torch.no_grad():
                 ref.expert_bias[1] = 1e4
                 for p, q in zip(moe.parameters(), ref.parameters()):
@@ -293,9 +295,9 @@ def schedule():
                 outs, xs = [], []
                 for m in (ref, moe):
                     m.zero_grad()
-                    xi = x.to(dtype).requires_grad_(True)
+                    xi = x.to(dev, dtype).requires_grad_(True)
                     y = m(xi)
-                    ((y * gy.to(dtype)).sum() + m.aux_loss).backward()
+                    ((y * gy.to(dev, dtype)).sum() + m.aux_loss).backward()
                     outs.append(y)
                     xs.append(xi)
                 close_ulps(outs[1], outs[0], GEMM, f"{what} step {step}: output")

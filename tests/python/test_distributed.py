@@ -90,6 +90,21 @@ def test_cuda_tensors_over_a_gloo_group_match_one_process(tmp_path, world):
     assert_all_ok(proc, reports)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (scripts/gpu_check.sh runs these)")
+@pytest.mark.parametrize("scenario,experts,tokens,env", [
+    # Copies of the hot expert (every policy against none): weights broadcast, gradients returned.
+    ("placement", 8, "13,7,0,9", {"DYNAMOE_GPU_FLOPS": "1e6", "DYNAMOE_CHECK_PLAN": "1"}),
+    # The overlap pipeline against the sequential exchange, with and without copies.
+    ("schedule", 6, "13,7,0", {"FMOE_FASTER_SCHEDULE_ENABLE": "1", "FMOE_FASTER_GROUP_SIZE": "1",
+                               "DYNAMOE_OVERLAP_DEGREE": "2", "DYNAMOE_GPU_FLOPS": "1e6"}),
+])
+def test_copies_and_overlap_with_cuda_tensors_over_a_gloo_group(tmp_path, scenario, experts, tokens, env):
+    world = len(tokens.split(","))
+    proc, reports = launch(tmp_path, world, f"--scenario={scenario}", f"--experts={experts}",
+                           f"--tokens={tokens}", "--device=cuda", env=env)
+    assert_all_ok(proc, reports)
+
+
 @pytest.mark.parametrize("world,args", [(2, ["--top_k=2", "--tokens=9,14"]),
                                         (3, ["--top_k=1", "--capacity=1.0", "--tokens=9,0,17"])])
 def test_custom_expert_modules_with_expert_parallelism(tmp_path, world, args):
