@@ -28,15 +28,15 @@ absl::StatusOr<CommunicatorPtr> CommunicatorFromProcessGroup(const c10::intrusiv
 }
 
 absl::StatusOr<c10::intrusive_ptr<c10d::ProcessGroup>> ResolveProcessGroup(const std::string& group_name) {
-  if (!c10d::is_process_group_registered(group_name))
-    return absl::NotFoundError(absl::StrCat("no torch.distributed process group is registered as \"", group_name,
-                                            "\" in this process (expected ProcessGroup.group_name of a group that "
-                                            "init_process_group or new_group created)"));
-  try {  // torch's registry may still list a destroyed group: it throws then
+  // torch < 2.15 has no is_process_group_registered: resolve throws for a name
+  // it does not hold, and may still list a destroyed group (it throws then too).
+  try {
     return c10d::resolve_process_group(group_name);
   } catch (const c10::Error& e) {
-    return absl::NotFoundError(absl::StrCat("the torch.distributed process group \"", group_name,
-                                            "\" cannot be reached: ", e.what_without_backtrace()));
+    return absl::NotFoundError(absl::StrCat("no torch.distributed process group is registered as \"", group_name,
+                                            "\" that this process can reach (expected ProcessGroup.group_name of a "
+                                            "live group that init_process_group or new_group created): ",
+                                            e.what_without_backtrace()));
   }
 }
 

@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,no
 ls .debs/*.deb >/dev/null 2>&1 || { echo "gpu_check: no .debs/*.deb (run scripts/gpu_debs.sh and carry .debs)"; exit 1; }
 
 build() {
-  PYTHON=$py scripts/gpu_build.sh build/gpu -j"$(nproc)" dynamoe_ops dynamoe_cuda_kernel_tests bench_cuda_kernels \
+  PYTHON=$py scripts/gpu_build.sh build/gpu -k 0 -j"$(nproc)" dynamoe_ops dynamoe_cuda_kernel_tests bench_cuda_kernels \
     >"$out/build.log" 2>&1 || { tail -60 "$out/build.log"; return 1; }
   grep -E "dynamoe: (torch|CUDA|metrics)" build/gpu.configure.log
 }
