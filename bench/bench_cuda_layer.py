@@ -348,7 +348,7 @@ def main():
         return
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, ops {dynamoe.load_library()}")
     for name in a.shapes.split(","):
-        run_shape(name, SHAPES[name], a.iters, a.warmup, "cuda", DT)
+        run_shape(name, SHAPES[name], a.iters, a.warmup, "cuda", torch.bfloat16)
 
 
 if __name__ == "__main__":

@@ -29,20 +29,21 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,no
 ls .debs/*.deb >/dev/null 2>&1 || { echo "gpu_check: no .debs/*.deb (run scripts/gpu_debs.sh and carry .debs)"; exit 1; }
 
 build() {
-  PYTHON=$py scripts/gpu_build.sh build/gpu -k 0 -j"$(nproc)" dynamoe_ops dynamoe_cuda_kernel_tests bench_cuda_kernels \
+  PYTHON=$py scripts/gpu_build.sh build/gpu -k 0 -j"$(nproc)" dynamoe_ops dynamoe_cuda_kernel_tests bench_cuda_kernels dynamoe-replay \
     >"$out/build.log" 2>&1 || { tail -60 "$out/build.log"; return 1; }
   grep -E "dynamoe: (torch|CUDA|metrics)" build/gpu.configure.log
 }
 step "build (sm_90, $(nproc) jobs)" build
 export LD_LIBRARY_PATH=/tmp/dynamoe-debs/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-export DYNAMOE_OPS_LIBRARY=$PWD/build/gpu/bindings/libdynamoe_ops.so PYTHONPATH=$PWD/python
+export DYNAMOE_OPS_LIBRARY=$PWD/build/gpu/bindings/libdynamoe_ops.so PYTHONPATH=$PWD/python \
+  DYNAMOE_REPLAY_TOOL=$PWD/build/gpu/tools/dynamoe-replay
 
 step "CUDA kernels against their CPU twins" build/gpu/tests/dynamoe_cuda_kernel_tests
 step "CUDA layer against the CPU layer" "$py" -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda_layer.py \
   "tests/python/test_trace_record.py::test_indices_of_cuda_routers_are_counted"
 step "torchrun 2-4 ranks on the one GPU over Gloo: plain EP, copies, overlap" "$py" -m pytest -q -rs -p no:cacheprovider \
   tests/python/test_distributed.py -k cuda_tensors_over_a_gloo_group
-step "bench_cuda_kernels" sh -c "build/gpu/bench/bench_cuda_kernels 2>&1 | tee $out/bench_cuda_kernels.txt"
-step "bench_cuda_layer" sh -c "$py bench/bench_cuda_layer.py 2>&1 | tee $out/bench_cuda_layer.txt"
+step "bench_cuda_kernels" bash -c "set -o pipefail; build/gpu/bench/bench_cuda_kernels 2>&1 | tee $out/bench_cuda_kernels.txt"
+step "bench_cuda_layer" bash -c "set -o pipefail; $py bench/bench_cuda_layer.py 2>&1 | tee $out/bench_cuda_layer.txt"
 echo "gpu_check: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -87,6 +87,11 @@ def sum_ulps(t):
     return SUM[t.dtype]
 
 
+# The scenarios that take --device compute in float64 on the CPU; the CUDA path's fused router
+# takes float32 and 16-bit data (float64 there is refused, naming the dtypes it takes).
+FLOAT = torch.float64 if args.device == "cpu" else torch.float32
+
+
 def tokens_of(r, d):
     counts = [int(t) for t in args.tokens.split(",")]
     g = torch.Generator().manual_seed(100 + r)
@@ -99,12 +104,12 @@ def equal():
     kw = dict(top_k=args.top_k, capacity_factor=args.capacity, min_capacity=1, gated=bool(args.gated), bias=True)
     dev = torch.device(args.device)
     torch.manual_seed(1234)
-    ref = dynamoe.MoE(d, h, E, **kw).double().to(dev)
+    ref = dynamoe.MoE(d, h, E, **kw).to(dev, FLOAT)
     if args.ep_size:
-        moe = dynamoe.MoE(d, h, E, ep_size=args.ep_size, **kw).double().to(dev)
+        moe = dynamoe.MoE(d, h, E, ep_size=args.ep_size, **kw).to(dev, FLOAT)
         ep_group = moe.group
     else:
-        moe = dynamoe.MoE(d, h, E, group=dist.group.WORLD, **kw).double().to(dev)
+        moe = dynamoe.MoE(d, h, E, group=dist.group.WORLD, **kw).to(dev, FLOAT)
         ep_group = dist.group.WORLD
     with torch.no_grad():
         ref.expert_bias[E - 1] = -1e4  # an expert that never gets a token
@@ -112,7 +117,7 @@ def equal():
     first, el = compat_cases.copy_weights(moe, ref)
 
     def loss(m, r):
-        x, gy = (t.to(dev) for t in tokens_of(r, d))
+        x, gy = (t.to(dev, FLOAT) for t in tokens_of(r, d))
         y = m(x)
         return y, (y * gy).sum() + m.aux_loss.double()
 
@@ -217,8 +222,8 @@ def placement():
     dev = torch.device(args.device)
     for policy in ("fastermoe", "adaptive", "eplb"):
         torch.manual_seed(1234)
-        ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement="none").double().to(dev)
-        moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).double().to(dev)
+        ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement="none").to(dev, FLOAT)
+        moe = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy).to(dev, FLOAT)
         with torch.no_grad():
             ref.expert_bias[1] = 1e4  # every token's first choice
             for (n, p), q in zip(moe.named_parameters(), ref.parameters()):
@@ -226,7 +231,7 @@ def placement():
             moe.expert_bias.copy_(ref.expert_bias)
         check(f"placement={policy}" in repr(moe), f"repr names the policy: {moe!r}")
         for step in range(2):
-            x, gy = (t.to(dev) for t in tokens_of(rank + 10 * step, d))
+            x, gy = (t.to(dev, FLOAT) for t in tokens_of(rank + 10 * step, d))
             outs = []
             for m in (ref, moe):
                 m.zero_grad()
@@ -279,7 +284,7 @@ def schedule():
     E, d, h = args.experts, 6, 10
     dev = torch.device(args.device)
     for policy in ("none", "adaptive"):
-        for dtype in (torch.float64, torch.bfloat16):
+        for dtype in (FLOAT, torch.bfloat16):
             torch.manual_seed(1234)
             ref = dynamoe.MoE(d, h, E, top_k=2, bias=True, group=dist.group.WORLD, placement=policy,
                               schedule="sequential").to(dev, dtype)

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TOOL = ROOT / "build" / "default" / "tools" / "dynamoe-replay"
+# DYNAMOE_REPLAY_TOOL: another build's (scripts/gpu_check.sh builds into build/gpu).
+TOOL = pathlib.Path(os.environ.get("DYNAMOE_REPLAY_TOOL", ROOT / "build" / "default" / "tools" / "dynamoe-replay"))
 PYDEPS = ROOT / "build" / "pydeps"  # scripts/deps.sh installs transformers there
 if PYDEPS.is_dir() and str(PYDEPS) not in sys.path:
     sys.path.append(str(PYDEPS))
