@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "scheduler/expert_ffn.h"
+#include "scheduler/row_order.h"
 #include "scheduler/tensor_util.h"
 
 namespace dynamoe::scheduler {
@@ -20,10 +21,6 @@ using torch::autograd::variable_list;
 
 // Unit index: 0 is the local unit, 1 + t is stage t.
 using UnitFn = std::function<at::Tensor(int64_t unit, const at::Tensor& slot_major_rows)>;
-
-at::Tensor Permute(const at::Tensor& rows, const at::Tensor& perm) {
-  return perm.defined() ? rows.index_select(0, perm) : rows;
-}
 
 // Adds the scope's wall time to a phase when times are kept.
 struct MaybePhase {
@@ -60,7 +57,7 @@ void RunPipeline(const PipelineLayout& layout, runtime::Communicator& comm, cons
   };
   auto run = [&](int64_t unit, const PipelineUnit& u, const at::Tensor& rows) {
     MaybePhase timer(times, Phase::kExperts);
-    return Permute(fn(unit, Permute(rows, u.to_slot_major)), u.to_source_major).contiguous();
+    return PermuteRows(fn(unit, PermuteRows(rows, u.to_slot_major)), u.to_source_major).contiguous();
   };
   {
     MaybePhase timer(times, Phase::kDispatch);

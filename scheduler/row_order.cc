@@ -38,4 +38,9 @@ at::Tensor InversePermutation(const at::Tensor& perm) {
   return inv;
 }
 
+at::Tensor PermuteRows(const at::Tensor& rows, const at::Tensor& perm) {
+  if (!perm.defined()) return rows;
+  return rows.index_select(0, perm.device() == rows.device() ? perm : perm.to(rows.device()));
+}
+
 }  // namespace dynamoe::scheduler

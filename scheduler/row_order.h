@@ -24,4 +24,8 @@ std::vector<int64_t> SlotExperts(const placement::Plan& plan, int64_t rank);
 at::Tensor PermutationTensor(std::vector<int64_t> perm);
 at::Tensor InversePermutation(const at::Tensor& perm);
 
+// rows[perm] along dim 0 (rows when perm is undefined). Permutations are built
+// on the host; for rows on a GPU the index follows them to their device.
+at::Tensor PermuteRows(const at::Tensor& rows, const at::Tensor& perm);
+
 }  // namespace dynamoe::scheduler

@@ -7,6 +7,7 @@
 
 #include "monitor/phases.h"
 #include "scheduler/expert_parallel.h"
+#include "scheduler/row_order.h"
 
 namespace dynamoe::scheduler {
 
@@ -83,18 +84,18 @@ TokenExchange TokenExchange::Across(const at::Tensor& kept_matrix, const placeme
 
 at::Tensor TokenExchange::Dispatch(const at::Tensor& rows) const {
   if (!comm_) return rows;
-  at::Tensor r = plan_.to_dest_major.defined() ? rows.index_select(0, plan_.to_dest_major) : rows;
+  at::Tensor r = PermuteRows(rows, plan_.to_dest_major);
   r = AllToAllRows(r, comm_, plan_.send_rows, plan_.recv_rows,
                    {layer_, monitor::PhaseName(monitor::Phase::kDispatch), false});
-  return plan_.to_expert_major.defined() ? r.index_select(0, plan_.to_expert_major) : r;
+  return PermuteRows(r, plan_.to_expert_major);
 }
 
 at::Tensor TokenExchange::Combine(const at::Tensor& out_rows) const {
   if (!comm_) return out_rows;
-  at::Tensor r = plan_.to_source_major.defined() ? out_rows.index_select(0, plan_.to_source_major) : out_rows;
+  at::Tensor r = PermuteRows(out_rows, plan_.to_source_major);
   r = AllToAllRows(r, comm_, plan_.recv_rows, plan_.send_rows,
                    {layer_, monitor::PhaseName(monitor::Phase::kCombine), false});
-  return plan_.from_dest_major.defined() ? r.index_select(0, plan_.from_dest_major) : r;
+  return PermuteRows(r, plan_.from_dest_major);
 }
 
 }  // namespace dynamoe::scheduler
