@@ -36,7 +36,7 @@ build() {
 step "build (sm_90, $(nproc) jobs)" build
 export LD_LIBRARY_PATH=/tmp/dynamoe-debs/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 export DYNAMOE_OPS_LIBRARY=$PWD/build/gpu/bindings/libdynamoe_ops.so PYTHONPATH=$PWD/python \
-  DYNAMOE_REPLAY_TOOL=$PWD/build/gpu/tools/dynamoe-replay
+  TEST_REPLAY_TOOL=$PWD/build/gpu/tools/dynamoe-replay
 
 step "CUDA kernels against their CPU twins" build/gpu/tests/dynamoe_cuda_kernel_tests
 step "CUDA layer against the CPU layer" "$py" -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda_layer.py \

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# DYNAMOE_REPLAY_TOOL: another build's (scripts/gpu_check.sh builds into build/gpu).
-TOOL = pathlib.Path(os.environ.get("DYNAMOE_REPLAY_TOOL", ROOT / "build" / "default" / "tools" / "dynamoe-replay"))
+# TEST_REPLAY_TOOL: another build's (scripts/gpu_check.sh builds into build/gpu; not DYNAMOE_*, which the
+# layer checks for typos).
+TOOL = pathlib.Path(os.environ.get("TEST_REPLAY_TOOL", ROOT / "build" / "default" / "tools" / "dynamoe-replay"))
 PYDEPS = ROOT / "build" / "pydeps"  # scripts/deps.sh installs transformers there
 if PYDEPS.is_dir() and str(PYDEPS) not in sys.path:
     sys.path.append(str(PYDEPS))
