@@ -209,7 +209,7 @@ def test_allreduce_params_averages_over_several_holders(tmp_path):
 def test_bias_update_tutel_overlap_auto_degree_and_plan_check(tmp_path):
     """README claims in one 2-rank launch: the distributed bias_update_rate update, Tutel's
     a2a_ffn_overlap_degree=2, overlap_degree=0 from the cost model, DYNAMOE_CHECK_PLAN=1 naming
-    the ranks whose plans differ (dist_worker.py: bias_claim, tutel_claim, auto_claim, plan_claim)."""
+    the ranks whose plans differ (dist_claims.py: bias_claim, tutel_claim, auto_claim, plan_claim)."""
     env = {"DYNAMOE_CHECK_PLAN": "1", "DYNAMOE_PLACEMENT_HYSTERESIS": "1",  # adaptive keeps its first plan
            "DYNAMOE_GPU_FLOPS": "1e6",  # slow modelled GPU: copies pay off
            # no per-stage latency: min(x, c) / stages only falls, so the cap (16 stages) wins

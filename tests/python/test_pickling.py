@@ -1,5 +1,5 @@
 """torch.save(model), copy.deepcopy and swa_utils.AveragedModel of models with
-dynamoe layers, in one process (the expert-parallel case: dist_worker.py's
+dynamoe layers, in one process (the expert-parallel case: dist_checkpoint.py's
 `portable` scenario), after a training step has left a graph behind."""
 import copy
 import io
