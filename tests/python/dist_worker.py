@@ -56,8 +56,9 @@ if args.scenario == "restart":
 else:
     dist.init_process_group("gloo")
 try:
-    if args.scenario in SCENARIOS:
-        SCENARIOS[args.scenario]()
+    if args.scenario not in SCENARIOS:  # a typo must fail, not report an empty success
+        raise RuntimeError(f"unknown --scenario {args.scenario!r}; expected one of {sorted(SCENARIOS)}")
+    SCENARIOS[args.scenario]()
 except RuntimeError as e:
     report["error"] = str(e)
 with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
