@@ -10,6 +10,7 @@
 // rank owns at least one expert) and prints n/a.
 //
 //   ./build/default/bench/bench_placement [--min-seconds 0.3] [--policies none,fastermoe,adaptive,eplb]
+//       [--experts 64,256,1024] [--ranks 16,64,256]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +45,14 @@ std::vector<CountMatrix> Workload(int64_t P, int64_t E, int n) {
   return out;
 }
 
+// Every warm-up plan's Hash() and prediction folded in, over all cells: an
+// optimisation that keeps the decisions keeps this value.
+uint64_t plans_hash = 1469598103934665603ull;
+
+void Fold(uint64_t v) {
+  for (int i = 0; i < 8; ++i) plans_hash = (plans_hash ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+}
+
 struct Timing {
   double median_us = 0, p90_us = 0;
   double copies = 0;  // mean copies per plan
@@ -59,7 +68,13 @@ Timing TimeDecisions(const std::string& name, int64_t P, int64_t E, double min_s
   using Clock = std::chrono::steady_clock;
   std::vector<double> us;
   int64_t copies = 0;
-  for (const CountMatrix& m : work) policy->Step(m).value();  // warm-up: buffers grow once
+  for (const CountMatrix& m : work) {  // warm-up: buffers grow once
+    const Plan plan = policy->Step(m).value();
+    uint64_t seconds;
+    std::memcpy(&seconds, &plan.predicted_step_seconds, sizeof seconds);
+    Fold(plan.Hash());
+    Fold(seconds);
+  }
   const auto start = Clock::now();
   while (us.size() < 64 || std::chrono::duration<double>(Clock::now() - start).count() < min_seconds) {
     for (const CountMatrix& m : work) {
@@ -82,27 +97,40 @@ Timing TimeDecisions(const std::string& name, int64_t P, int64_t E, double min_s
 int main(int argc, char** argv) {
   double min_seconds = 0.3;
   std::vector<std::string> names = {"none", "fastermoe", "adaptive", "eplb"};
+  std::vector<int64_t> experts = {64, 256, 1024}, ranks = {16, 64, 256};
+  auto split = [](const std::string& list) {
+    std::vector<std::string> out;
+    for (size_t at = 0; at <= list.size();) {
+      const size_t comma = std::min(list.find(',', at), list.size());
+      out.push_back(list.substr(at, comma - at));
+      at = comma + 1;
+    }
+    return out;
+  };
+  auto sizes = [&](const std::string& list) {
+    std::vector<int64_t> out;
+    for (const std::string& v : split(list)) out.push_back(std::stoll(v));
+    return out;
+  };
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--min-seconds") == 0) min_seconds = std::stod(argv[i + 1]);
-    if (std::strcmp(argv[i], "--policies") == 0) {
-      names.clear();
-      std::string list = argv[i + 1];
-      for (size_t at = 0; at <= list.size();) {
-        const size_t comma = std::min(list.find(',', at), list.size());
-        names.push_back(list.substr(at, comma - at));
-        at = comma + 1;
-      }
-    }
+    if (std::strcmp(argv[i], "--policies") == 0) names = split(argv[i + 1]);
+    if (std::strcmp(argv[i], "--experts") == 0) experts = sizes(argv[i + 1]);
+    if (std::strcmp(argv[i], "--ranks") == 0) ranks = sizes(argv[i + 1]);
   }
   std::printf("bench_placement: median microseconds per decision (Policy::Step: re-plan every step, quotas "
               "included), Zipf 1.2 counts, d_model 4096, d_hidden 14336, gated, bf16, 8 ranks per node; "
               "(mean copies per plan)\n\n");
-  std::printf("| policy | experts | 16 ranks | 64 ranks | 256 ranks |\n|---|---|---|---|---|\n");
+  std::printf("| policy | experts |");
+  for (int64_t P : ranks) std::printf(" %lld ranks |", static_cast<long long>(P));
+  std::printf("\n|---|---|");
+  for (size_t i = 0; i < ranks.size(); ++i) std::printf("---|");
+  std::printf("\n");
   double adaptive_256_64 = -1, adaptive_1024_256 = -1, eplb_256_64 = -1, eplb_1024_256 = -1;
   for (const std::string& name : names)
-    for (int64_t E : {64, 256, 1024}) {
+    for (int64_t E : experts) {
       std::printf("| %s | %lld |", name.c_str(), static_cast<long long>(E));
-      for (int64_t P : {16, 64, 256}) {
+      for (int64_t P : ranks) {
         if (E < P) {
           std::printf(" n/a |");
           continue;
@@ -117,6 +145,8 @@ int main(int argc, char** argv) {
       }
       std::printf("\n");
     }
+  std::printf("\nwarm-up plans' hash (copies, quotas, predictions): %016llx\n",
+              static_cast<unsigned long long>(plans_hash));
   if (adaptive_256_64 >= 0)
     std::printf("\nadaptive: %.1f us at 256 x 64 (target < 20), %.1f us at 1024 x 256 (target < 200)\n",
                 adaptive_256_64, adaptive_1024_256);

@@ -217,8 +217,10 @@ void AdaptivePolicy::Search(LoadState& state) {
       const double bytes =
           weight_bytes + std::max<double>(0.0, static_cast<double>(state.TriedOffRankDelta()) * bytes_per_row);
       const int64_t rows_shed = rows[busiest] - state.TriedWatchedRows();
-      if (rows_shed > 0 && (shed.expert < 0 || rows_shed / bytes > shed_score))
+      if (rows_shed > 0 && (shed.expert < 0 || rows_shed / bytes > shed_score)) {
         shed = Candidate{e, r, t, 0}, shed_score = rows_shed / bytes;
+        state.KeepTried(e, trial_, 1);  // the look-ahead copy, made as scored
+      }
       const double gain = current - t;
       if (!(gain > current * 1e-9)) continue;
       const double score = gain / bytes;
@@ -243,11 +245,7 @@ void AdaptivePolicy::Search(LoadState& state) {
       why += absl::StrFormat(" copy expert %d to rank %d: %.4g s -> %.4g s;", best.expert, best.rank, current,
                              best.seconds);
     if (plan.copies[best.expert].empty()) copied_.push_back(static_cast<int32_t>(best.expert));
-    if (kept) {
-      state.AddKept();
-    } else {
-      state.AddCopy(best.expert, best.rank, Routing::kBalanced);
-    }
+    state.AddKept(kept ? 0 : 1);
     applied_.emplace_back(best.expert, best.rank);
     now = state.Cost();
     current = now.total;

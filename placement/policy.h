@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "placement/cost_model.h"
 #include "placement/count_matrix.h"
+#include "placement/load_state.h"
 #include "placement/plan.h"
 #include "placement/spec.h"
 

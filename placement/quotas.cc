@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "placement/cost_model.h"
+#include "placement/load_state.h"
 
 namespace dynamoe::placement {
 

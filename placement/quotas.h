@@ -15,7 +15,7 @@
 //
 // A pure function of (owners, copies, counts, cluster): every rank computes
 // the same quotas, and they need not be recorded in traces. The work is done
-// on a LoadState (cost_model.h; LoadState::AssignQuotas), which the policies
+// on a LoadState (load_state.h; LoadState::AssignQuotas), which the policies
 // reuse every step: one pass over the count matrix, then O(world) per copied
 // expert.
 #pragma once

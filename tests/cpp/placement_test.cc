@@ -9,6 +9,7 @@
 #include <set>
 
 #include "placement/cost_model.h"
+#include "placement/load_state.h"
 #include "placement/plan.h"
 #include "placement/policy.h"
 #include "placement/quotas.h"
@@ -245,6 +246,54 @@ TEST(LoadState, MatchesPredictUnderRandomEdits) {
     Plan keep = on_state;
     AssignQuotas(keep, m, c, true);
     EXPECT_EQ(again.quotas, keep.quotas) << "AssignQuotas does not depend on the quotas it replaces";
+  }
+}
+
+// Try undoes itself by zeroing its deltas and restoring the link table, and
+// a kept trial (either slot) is made without routing the rows again: both must
+// leave exactly the state the plain edit gives, and a state rebuilt from the
+// plan must agree.
+TEST(LoadState, TriesLeaveNoTraceAndKeptTrialsEqualTheEdit) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 24; ++trial) {
+    const int64_t P = 3 + trial % 6, E = P * (1 + trial % 3);
+    const CountMatrix m = RandomCounts(rng, P, E, trial % 2);
+    const ClusterSpec c = RealisticCluster(P, trial % 3 == 0 ? 2 : 0);
+    const CostModel model(c, LayerSpec{64, 256, false, false, 2}, CostOptions{true, trial % 2 == 1});
+    LoadState fast(model, m, Plan::None(P, E)), plain(model, m, Plan::None(P, E));
+    std::uniform_int_distribution<int64_t> pick_e(0, E - 1), pick_r(0, P - 1);
+    for (int edit = 0; edit < 12; ++edit) {
+      // A few scored candidates, one of them kept in each slot.
+      int64_t kept_e = -1, kept_r = -1;
+      const int slot = edit % 2;
+      for (int t = 0; t < 4; ++t) {
+        const int64_t e = pick_e(rng), r = pick_r(rng);
+        if (fast.plan().Holds(r, e)) continue;
+        std::vector<int32_t> copies = fast.plan().copies[e];
+        copies.insert(std::upper_bound(copies.begin(), copies.end(), static_cast<int32_t>(r)), static_cast<int32_t>(r));
+        const double split = fast.Try(e, copies, Routing::kSplit);
+        const double balanced = fast.Try(e, copies, Routing::kBalanced);
+        ASSERT_EQ(split, fast.Try(e, copies, Routing::kSplit)) << "a Try changed the state";
+        if (t % 2 == 0 || kept_e < 0) {
+          fast.Try(e, copies, Routing::kBalanced);
+          fast.KeepTried(e, copies, slot);
+          kept_e = e, kept_r = r;
+        }
+        ASSERT_EQ(balanced, fast.Try(e, copies, Routing::kBalanced));
+        ASSERT_EQ(fast.Evaluate(), plain.Evaluate()) << "trial " << trial << " edit " << edit;
+      }
+      if (kept_e < 0) continue;
+      fast.AddKept(slot);
+      plain.AddCopy(kept_e, kept_r, Routing::kBalanced);
+      ASSERT_EQ(fast.plan(), plain.plan()) << "trial " << trial << " edit " << edit;
+      ASSERT_EQ(fast.rows(), plain.rows());
+      ASSERT_EQ(fast.Evaluate(), plain.Evaluate());
+      for (int64_t r = 0; r < P; ++r) {
+        ASSERT_EQ(fast.SendSeconds(r), plain.SendSeconds(r));
+        ASSERT_EQ(fast.RecvSeconds(r), plain.RecvSeconds(r));
+      }
+      ASSERT_EQ(LoadState(model, m, fast.plan()).Evaluate(), fast.Evaluate());
+    }
   }
 }
 
