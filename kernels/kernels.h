@@ -67,7 +67,8 @@ absl::Status InvertPositions(const int64_t* position, int64_t num_assignments,
 enum class ScoreFunction { kSoftmax, kSigmoid };
 
 // The fused router: scores, top-k, weights, capacity positions and the
-// balance-loss statistics of [num_tokens, num_experts] float logits.
+// balance-loss statistics of [num_tokens, num_experts] logits. The CUDA kernel
+// takes float; the CPU twin float or double, and is the CPU layer's router.
 struct RouterSpec {
   int64_t num_tokens = 0;
   int64_t num_experts = 0;
@@ -76,21 +77,47 @@ struct RouterSpec {
   bool normalize = true;                  // weights renormalised over the k choices
   int64_t capacity = kUnlimitedCapacity;  // per expert
 };
-struct RouterOutputs {
-  float* scores = nullptr;          // [T, E] softmax or sigmoid of the logits
+// Every pointer is required by the CUDA kernel except nonfinite_rows; the CPU
+// twin also skips weight and score_sum when null (the CPU layer computes its
+// weights in the autograd graph).
+template <typename T>
+struct RouterOutputsOf {
+  T* scores = nullptr;              // [T, E] softmax or sigmoid of the logits
   int64_t* expert_idx = nullptr;    // [T, k] by key = score + bias, larger first, lower index on ties
-  float* weight = nullptr;          // [T, k] the chosen scores (renormalised when normalize)
+  T* weight = nullptr;              // [T, k] the chosen scores (renormalised when normalize)
   int64_t* position = nullptr;      // [T, k] row in the expert-sorted buffer, -1 if dropped
   int64_t* kept_counts = nullptr;   // [E]
   int64_t* routed_counts = nullptr; // [E] before capacity
-  float* score_sum = nullptr;       // [E] sum over tokens of scores (balance loss)
+  T* score_sum = nullptr;           // [E] sum over tokens of scores (balance loss)
   int64_t* dropped = nullptr;       // [1]
   int64_t* nonfinite_rows = nullptr; // [1] rows with a NaN or Inf logit; optional
 };
+using RouterOutputs = RouterOutputsOf<float>;  // the CUDA kernel's
+// What the CPU layer's router gives the twin beyond the CUDA kernel's inputs.
+template <typename T>
+struct RouterCpuInputs {
+  // [T, E] scores the caller computed (ATen's softmax, in the autograd graph;
+  // the twin's scalar softmax differs from it in the last bits): used instead
+  // of scoring the logits, which are then only checked for non-finite rows
+  // (null when nonfinite_rows is). out.scores is not written.
+  const T* scores = nullptr;
+  // [T, E] replaces the scores in the selection key (RSample's noisy
+  // softmax); the bias is still added.
+  const T* key_scores = nullptr;
+  // ComputeRouting's random drop order (RoutingOptions).
+  bool use_rts = false;
+  uint64_t rts_seed = 0;
+  int64_t step = 0;
+};
 // Checks the spec (sizes, top_k range); shared by the CPU and CUDA versions.
 absl::Status CheckRouterSpec(const RouterSpec& spec);
-// CPU twin of cuda::FusedRouter. bias: [E] added to the selection key only, or
-// nullptr. Drop order and buffer order are those of ComputeRouting (no RTS).
+// CPU twin of cuda::FusedRouter, T = float or double. bias: [E] added to the
+// selection key only, or nullptr. Drop order and buffer order are those of
+// ComputeRouting.
+template <typename T>
+absl::Status FusedRouter(const T* logits, const T* bias, const RouterSpec& spec, const RouterOutputsOf<T>& out,
+                         const RouterCpuInputs<T>& in);
+// The CUDA kernel's contract exactly (float, no CPU inputs): its oracle.
 absl::Status FusedRouter(const float* logits, const float* bias, const RouterSpec& spec,
                          const RouterOutputs& out);
 

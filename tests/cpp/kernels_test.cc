@@ -123,6 +123,121 @@ TEST(Routing, BadInput) {
   EXPECT_FALSE(InvertPositions(dup.data(), 2, 2, assignment.data()).ok());
 }
 
+// The fused router twin, as the CPU layer calls it (float and double).
+template <typename F>
+struct FusedRouted {
+  std::vector<F> scores, weight, score_sum;
+  std::vector<int64_t> idx, position, kept, routed;
+  int64_t dropped = -1, nonfinite = -1;
+  absl::Status status;
+};
+
+template <typename F>
+FusedRouted<F> RunFused(const std::vector<F>& logits, const F* bias, const RouterSpec& spec,
+                        const RouterCpuInputs<F>& in = {}, bool optional_outputs = true) {
+  const int64_t T = spec.num_tokens, E = spec.num_experts;
+  FusedRouted<F> r{std::vector<F>(T * E), std::vector<F>(T * spec.top_k), std::vector<F>(E),
+                   std::vector<int64_t>(T * spec.top_k), std::vector<int64_t>(T * spec.top_k),
+                   std::vector<int64_t>(E), std::vector<int64_t>(E)};
+  RouterOutputsOf<F> out{r.scores.data(), r.idx.data(), optional_outputs ? r.weight.data() : nullptr,
+                         r.position.data(), r.kept.data(), r.routed.data(),
+                         optional_outputs ? r.score_sum.data() : nullptr, &r.dropped, &r.nonfinite};
+  r.status = FusedRouter<F>(logits.data(), bias, spec, out, in);
+  return r;
+}
+
+template <typename F>
+class FusedRouterCpu : public ::testing::Test {};
+using RouterTypes = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(FusedRouterCpu, RouterTypes);
+
+// Softmax, selection by score + bias, renormalised weights, capacity drops:
+// the pieces (TopK, ComputeRouting) by hand.
+TYPED_TEST(FusedRouterCpu, MatchesItsPieces) {
+  using F = TypeParam;
+  const int64_t T = 5, E = 4;
+  const int k = 2;
+  std::mt19937 gen(3);
+  std::normal_distribution<double> normal;
+  std::vector<F> logits(T * E);
+  for (F& v : logits) v = F(normal(gen));
+  logits[2] = NAN;  // one non-finite row
+  const std::vector<F> bias = {0, F(0.5), 0, F(-0.25)};
+  RouterSpec spec{T, E, k, ScoreFunction::kSoftmax, true, 2};
+  const FusedRouted<F> r = RunFused<F>(logits, bias.data(), spec);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.nonfinite, 1);
+  std::vector<F> key(T * E);
+  for (int64_t i = 0; i < T * E; ++i) key[i] = r.scores[i] + bias[i % E];
+  std::vector<int64_t> idx(T * k);
+  ASSERT_TRUE(TopK<F>(key.data(), T, E, k, idx.data(), 0, T).ok());
+  EXPECT_EQ(r.idx, idx);
+  for (int64_t t = 1; t < T; ++t) {  // row 0 holds the NaN
+    F sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += r.scores[t * E + e];
+    EXPECT_NEAR(sum, 1, 1e-6);
+    const F a = r.scores[t * E + idx[t * k]], b = r.scores[t * E + idx[t * k + 1]];
+    EXPECT_EQ(r.weight[t * k], a / (a + b));
+  }
+  RoutingOptions o;
+  o.capacity = 2;
+  const Routed want = Route(idx, T, k, E, o);
+  EXPECT_EQ(r.position, want.position);
+  EXPECT_EQ(r.kept, want.kept);
+  EXPECT_EQ(r.routed, want.routed);
+  EXPECT_EQ(r.dropped, want.dropped);
+  EXPECT_GT(r.dropped, 0);
+}
+
+// The CPU layer's inputs: its own scores (not recomputed, not written), a
+// noisy selection key, RTS, and no weight or score-sum outputs.
+TYPED_TEST(FusedRouterCpu, GivenScoresKeyAndRts) {
+  using F = TypeParam;
+  const int64_t T = 12, E = 3;
+  std::vector<F> logits(T * E, 0), scores(T * E), key(T * E);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      scores[t * E + e] = e == 0 ? F(0.6) : F(0.2);  // selection by the scores: expert 0
+      key[t * E + e] = e == 2 ? F(0.9) : F(0.05);    // by the key: expert 2
+    }
+  RouterSpec spec{T, E, 1, ScoreFunction::kSoftmax, true, 4};
+  RouterCpuInputs<F> in;
+  in.scores = scores.data();
+  FusedRouted<F> r = RunFused<F>(logits, nullptr, spec, in, false);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.idx, std::vector<int64_t>(T, 0));
+  EXPECT_EQ(r.scores, std::vector<F>(T * E, 0));  // given scores: nothing written
+  EXPECT_EQ(r.weight, std::vector<F>(T, 0));
+  EXPECT_EQ(r.score_sum, std::vector<F>(E, 0));
+  EXPECT_EQ(r.nonfinite, 0);
+  in.key_scores = key.data();
+  in.use_rts = true;
+  in.rts_seed = 7;
+  in.step = 3;
+  r = RunFused<F>(logits, nullptr, spec, in, false);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.idx, std::vector<int64_t>(T, 2));
+  RoutingOptions o;
+  o.capacity = 4, o.use_rts = true, o.rts_seed = 7, o.step = 3;
+  const Routed want = Route(r.idx, T, 1, E, o);
+  EXPECT_EQ(r.position, want.position);
+  EXPECT_NE(r.position, Route(r.idx, T, 1, E, RoutingOptions{4}).position);  // not positional
+  EXPECT_EQ(r.dropped, T - 4);
+}
+
+TEST(FusedRouterCpu, BadInputsAreNamed) {
+  RouterSpec spec{2, 3, 4, ScoreFunction::kSoftmax, true, kUnlimitedCapacity};
+  std::vector<float> logits(6, 0);
+  EXPECT_NE(RunFused<float>(logits, nullptr, spec).status.message().find("top_k must be in [1, min(num_experts=3"),
+            std::string::npos);
+  spec.top_k = 1;
+  std::vector<int64_t> idx(2), pos(2), kept(3), routed(3);
+  int64_t dropped;
+  RouterOutputsOf<float> out{nullptr, idx.data(), nullptr, pos.data(), kept.data(), routed.data(), nullptr, &dropped};
+  EXPECT_EQ(FusedRouter<float>(logits.data(), nullptr, spec, out, {}).message(),
+            "fused router: expected the logits and a scores output, or given scores");
+}
+
 TEST(Permute, GatherCombineAndBackwardsMatchLoops) {
   std::mt19937 rng(3);
   std::uniform_int_distribution<int64_t> pick(0, 4);
