@@ -25,25 +25,24 @@ absl::Status CheckLinear(const MoEOptions& o, const char* name, const at::Tensor
 
 Layer::Layer(MoEOptions options, runtime::CommunicatorPtr comm, c10::intrusive_ptr<LayerState> state,
              bool custom_experts)
-    : options_(std::move(options)), comm_(std::move(comm)), state_(std::move(state)),
-      custom_experts_(custom_experts) {
-  ThrowIfError(options_.Validate());
-  activation_ = ValueOrThrow(kernels::kActivationNames.Parse(options_.activation(), "activation"));
-  if (options_.name().empty()) options_.name(NextDefaultLayerName());
+    : options_(ValueOrThrow(ValidatedOptions::Make(std::move(options)))), comm_(std::move(comm)),
+      state_(std::move(state)), custom_experts_(custom_experts) {
+  activation_ = ValueOrThrow(kernels::kActivationNames.Parse(options_->activation(), "activation"));
+  if (options_->name().empty()) options_.set_name(NextDefaultLayerName());
   runtime::GlobalConfig();  // read, validate and log the environment once
   if (comm_)
-    DYNAMOE_THROW_IF(options_.num_experts() % comm_->size() != 0, options_.name(), ": num_experts=",
-                     options_.num_experts(), " must be divisible by the expert-parallel group size ", comm_->size());
+    DYNAMOE_THROW_IF(options_->num_experts() % comm_->size() != 0, options_->name(), ": num_experts=",
+                     options_->num_experts(), " must be divisible by the expert-parallel group size ", comm_->size());
   if (!state_) state_ = c10::make_intrusive<LayerState>();
 }
 
-int64_t Layer::num_local_experts() const { return LocalExperts(options_, comm_); }
+int64_t Layer::num_local_experts() const { return LocalExperts(options_.get(), comm_); }
 
 int64_t Layer::first_expert() const { return comm_ ? comm_->rank() * num_local_experts() : 0; }
 
 void Layer::set_schedule(const std::string& kind, std::optional<int64_t> group_size,
                          std::optional<int64_t> overlap_degree) {
-  const std::string& n = options_.name();
+  const std::string& n = options_->name();
   DYNAMOE_THROW_IF(group_size && *group_size < 1, n, ": group_size must be >= 1, got ", *group_size);
   DYNAMOE_THROW_IF(overlap_degree && (*overlap_degree < 0 || *overlap_degree > 64), n,
                    ": overlap_degree must be in [0, 64] (0: from the cost model), got ", *overlap_degree);
@@ -85,7 +84,7 @@ StepResult Layer::Forward(const at::Tensor& x, const LayerTensors& t, bool train
 }
 
 c10::intrusive_ptr<PendingStep> Layer::Dispatch(const at::Tensor& x, const LayerTensors& t, bool training) const {
-  DYNAMOE_THROW_IF(!custom_experts_, options_.name(), ": dispatch is for custom experts; this layer has built-in "
+  DYNAMOE_THROW_IF(!custom_experts_, options_->name(), ": dispatch is for custom experts; this layer has built-in "
                    "FFN experts (use forward)");
   return BeginStep(options_, Inputs(x, t, training));
 }
@@ -100,15 +99,15 @@ StepResult Layer::Finish(PendingStep& pending, const std::vector<at::Tensor>& ou
 }
 
 void Layer::CheckResidual(const ResidualParams& r) const {
-  if (!options_.use_residual()) return;
-  const int64_t d = options_.d_model(), h = options_.d_hidden();
-  ThrowIfError(CheckLinear(options_, "residual_fc1", r.fc1_weight, r.fc1_bias, h, d));
-  ThrowIfError(CheckLinear(options_, "residual_fc2", r.fc2_weight, r.fc2_bias, d, h));
-  ThrowIfError(CheckLinear(options_, "residual_coef", r.coef_weight, r.coef_bias, 2, d));
+  if (!options_->use_residual()) return;
+  const int64_t d = options_->d_model(), h = options_->d_hidden();
+  ThrowIfError(CheckLinear(options_.get(), "residual_fc1", r.fc1_weight, r.fc1_bias, h, d));
+  ThrowIfError(CheckLinear(options_.get(), "residual_fc2", r.fc2_weight, r.fc2_bias, d, h));
+  ThrowIfError(CheckLinear(options_.get(), "residual_coef", r.coef_weight, r.coef_bias, 2, d));
 }
 
 at::Tensor Layer::Residual(const at::Tensor& x, const at::Tensor& y, const ResidualParams& r) const {
-  if (!options_.use_residual()) return y;
+  if (!options_->use_residual()) return y;
   const at::Tensor coef = at::softmax(at::linear(x, r.coef_weight, r.coef_bias), -1);
   const at::Tensor mlp =
       at::linear(Activate(at::linear(x, r.fc1_weight, r.fc1_bias), activation_), r.fc2_weight, r.fc2_bias);

@@ -47,7 +47,7 @@ class Layer : public torch::CustomClassHolder {
   Layer(MoEOptions options, runtime::CommunicatorPtr comm = {}, c10::intrusive_ptr<LayerState> state = {},
         bool custom_experts = false);
 
-  const MoEOptions& options() const { return options_; }
+  const MoEOptions& options() const { return options_.get(); }
   const runtime::CommunicatorPtr& comm() const { return comm_; }
   const c10::intrusive_ptr<LayerState>& state() const { return state_; }
   bool custom_experts() const { return custom_experts_; }
@@ -80,7 +80,7 @@ class Layer : public torch::CustomClassHolder {
   void CheckResidual(const ResidualParams& r) const;  // use_residual: the six tensors, shaped
   at::Tensor Residual(const at::Tensor& x, const at::Tensor& y, const ResidualParams& r) const;
 
-  MoEOptions options_;
+  ValidatedOptions options_;  // checked once, here, not each step
   runtime::CommunicatorPtr comm_;
   c10::intrusive_ptr<LayerState> state_;
   bool custom_experts_ = false;

@@ -186,13 +186,13 @@ at::Tensor OverlappedStep(const MoEOptions& options, const StepInputs& in, const
     layout = std::make_shared<const PipelineLayout>(
         MakePipelineLayout(result.counts, in.comm->rank(), result.stats.plan, schedule.group_size, degree));
     rows = Dispatch(x, routing.position, routing.num_rows);
-    if (layout->to_send_order.defined()) rows = rows.index_select(0, layout->to_send_order);
+    rows = PermuteRows(rows, layout->to_send_order);
   }
   result.stats.overlapped = true;
   for (const PipelineUnit& u : layout->stages) result.stats.pipeline_stages += u.idle ? 0 : 1;
   at::Tensor out = OverlappedExperts(rows, experts, layout, in.comm, options.name(), &result.stats.times);
   monitor::ScopedPhase timer(result.stats.times, Phase::kCombine);
-  if (layout->from_send_order.defined()) out = out.index_select(0, layout->from_send_order);
+  out = PermuteRows(out, layout->from_send_order);
   return Combine(out, routing.weight, routing.position).view(in.x.sizes());
 }
 
@@ -291,8 +291,8 @@ struct PendingStep::Run {
 namespace {
 
 // Route, gather the counts, plan, fetch copies: everything before the tokens move.
+// The options are valid already (ValidatedOptions); the inputs change each call.
 std::unique_ptr<PendingStep::Run> Start(const MoEOptions& options, const StepInputs& in) {
-  ThrowIfError(options.Validate());
   ThrowIfError(ValidateInputs(options, in));
   using monitor::Phase;
   auto run = std::make_unique<PendingStep::Run>(PendingStep::Run{options, in});
@@ -452,7 +452,8 @@ StepResult PendingStep::Finish(const std::vector<at::Tensor>& outputs) {
   return dynamoe::scheduler::Finish(*run, CombineRows(*run, out_rows));
 }
 
-c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepInputs& in) {
+c10::intrusive_ptr<PendingStep> BeginStep(const ValidatedOptions& validated, const StepInputs& in) {
+  const MoEOptions& options = validated.get();
   DYNAMOE_THROW_IF(!Custom(in), options.name(), ": BeginStep is for custom experts (StepInputs::custom_experts)");
   std::unique_ptr<PendingStep::Run> run = Start(options, in);
   if (run->distributed && run->schedule.overlap()) {
@@ -468,11 +469,16 @@ c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepI
   return c10::make_intrusive<PendingStep>(std::move(run));
 }
 
-StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
+c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepInputs& in) {
+  return BeginStep(ValueOrThrow(ValidatedOptions::Make(options)), in);
+}
+
+StepResult MoEForward(const ValidatedOptions& validated, const StepInputs& in) {
+  const MoEOptions& options = validated.get();
   if (Custom(in)) {
     DYNAMOE_THROW_IF(!in.custom_expert, options.name(), ": custom experts without custom_expert: use BeginStep");
     // The same step as a caller's own experts (BeginStep), the callback in between.
-    c10::intrusive_ptr<PendingStep> pending = BeginStep(options, in);
+    c10::intrusive_ptr<PendingStep> pending = BeginStep(validated, in);
     const std::vector<int64_t> counts = pending->slot_counts();
     std::vector<at::Tensor> outputs;
     const int64_t first = pending->first_expert();
@@ -490,6 +496,10 @@ StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
     out_rows = ExpertFFN(run->rows, run->exchange.slot_counts(), run->experts);
   }
   return Finish(*run, CombineRows(*run, out_rows));
+}
+
+StepResult MoEForward(const MoEOptions& options, const StepInputs& in) {
+  return MoEForward(ValueOrThrow(ValidatedOptions::Make(options)), in);
 }
 
 }  // namespace dynamoe::scheduler

@@ -81,7 +81,9 @@ absl::Status ValidateInputs(const MoEOptions& options, const StepInputs& in);
 // One forward step. In training (and not a recomputation) it also advances
 // the state's step and applies the expert-bias update (bias_update_rate),
 // in place on in.expert_bias. Unless it is a recomputation, the observers
-// are told of it.
+// are told of it. The MoEOptions overload validates them first (InvalidArgument,
+// thrown); the ValidatedOptions one checks only the inputs.
+StepResult MoEForward(const ValidatedOptions& options, const StepInputs& in);
 StepResult MoEForward(const MoEOptions& options, const StepInputs& in);
 
 // A step stopped between dispatch and combine, for custom experts that the
@@ -109,7 +111,8 @@ class PendingStep : public torch::CustomClassHolder {
 };
 
 // Route, plan and dispatch, up to the experts (in.custom_experts or
-// in.custom_expert must be set).
+// in.custom_expert must be set). Options as for MoEForward.
+c10::intrusive_ptr<PendingStep> BeginStep(const ValidatedOptions& options, const StepInputs& in);
 c10::intrusive_ptr<PendingStep> BeginStep(const MoEOptions& options, const StepInputs& in);
 
 // The router's view of the layer options for one step.

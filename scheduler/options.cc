@@ -38,4 +38,9 @@ absl::Status MoEOptions::Validate() const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<ValidatedOptions> ValidatedOptions::Make(MoEOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return ValidatedOptions(std::move(options));
+}
+
 }  // namespace dynamoe

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <torch/arg.h>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace dynamoe {
 
@@ -62,6 +64,24 @@ struct MoEOptions {
   }
   // Names the first invalid field, what was expected and what came.
   absl::Status Validate() const;
+};
+
+// MoEOptions that passed Validate(). Only Make builds one, so the step takes
+// these without checking again: scheduler::Layer validates once, at
+// construction, and each forward then validates nothing.
+class ValidatedOptions {
+ public:
+  // Validate()'s error, unchanged.
+  static absl::StatusOr<ValidatedOptions> Make(MoEOptions options);
+
+  const MoEOptions& get() const { return options_; }
+  const MoEOptions* operator->() const { return &options_; }
+  // Validate() does not check the name, so renaming keeps the options valid.
+  void set_name(std::string name) { options_.name(std::move(name)); }
+
+ private:
+  explicit ValidatedOptions(MoEOptions options) : options_(std::move(options)) {}
+  MoEOptions options_;
 };
 
 }  // namespace dynamoe

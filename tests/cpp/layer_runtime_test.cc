@@ -108,5 +108,28 @@ TEST(LayerRuntime, MisuseIsNamed) {
   EXPECT_EQ(residual->state()->step(), 0) << "a step that failed its checks counted itself";
 }
 
+// The Layer validates its options once; the step's raw MoEOptions entries
+// still validate each call, with Validate()'s message.
+TEST(LayerRuntime, OptionsValidatedOnceKeepTheirErrors) {
+  const MoEOptions bad = MoEOptions(4, 8, 3).top_k(4).name("bad");
+  ASSERT_FALSE(bad.Validate().ok());
+  EXPECT_EQ(ValidatedOptions::Make(bad).status(), bad.Validate());
+  ValidatedOptions ok = ValueOrThrow(ValidatedOptions::Make(MoEOptions(4, 8, 3)));
+  ok.set_name("renamed");
+  EXPECT_EQ(ok->name(), "renamed");
+  StepInputs in;
+  in.x = torch::ones({5, 4});
+  in.gate_weight = torch::ones({3, 4});
+  for (auto run : {+[](const MoEOptions& o, const StepInputs& i) { MoEForward(o, i); },
+                   +[](const MoEOptions& o, const StepInputs& i) { BeginStep(o, i); }}) {
+    try {
+      run(bad, in);
+      ADD_FAILURE() << "invalid options ran a step";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), "INVALID_ARGUMENT: bad: top_k must be in [1, num_experts=3], got 4");
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dynamoe::scheduler
