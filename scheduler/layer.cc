@@ -42,15 +42,7 @@ int64_t Layer::first_expert() const { return comm_ ? comm_->rank() * num_local_e
 
 void Layer::set_schedule(const std::string& kind, std::optional<int64_t> group_size,
                          std::optional<int64_t> overlap_degree) {
-  const std::string& n = options_->name();
-  DYNAMOE_THROW_IF(group_size && *group_size < 1, n, ": group_size must be >= 1, got ", *group_size);
-  DYNAMOE_THROW_IF(overlap_degree && (*overlap_degree < 0 || *overlap_degree > 64), n,
-                   ": overlap_degree must be in [0, 64] (0: from the cost model), got ", *overlap_degree);
-  if (!kind.empty()) {
-    const auto parsed = runtime::ParseSchedule(kind);
-    DYNAMOE_THROW_IF(!parsed.ok(), n, ": ", parsed.status().message());
-  }
-  schedule_ = ScheduleOptions::Make(kind, group_size.value_or(-1), overlap_degree.value_or(-1));
+  schedule_ = ValueOrThrow(ScheduleOptions::Make(options_->name(), kind, group_size, overlap_degree));
 }
 
 ScheduleOptions Layer::schedule() const { return schedule_.value_or(ScheduleOptions::FromConfig()); }

@@ -21,13 +21,20 @@ ScheduleOptions ScheduleOptions::FromSettings(const runtime::Settings& settings)
 
 ScheduleOptions ScheduleOptions::FromConfig() { return FromSettings(runtime::GlobalSettings()); }
 
-ScheduleOptions ScheduleOptions::Make(const std::string& kind, int64_t group_size, int64_t overlap_degree) {
+absl::StatusOr<ScheduleOptions> ScheduleOptions::Make(const std::string& layer, const std::string& kind,
+                                                      std::optional<int64_t> group_size,
+                                                      std::optional<int64_t> overlap_degree) {
+  DYNAMOE_CHECK_ARG(!group_size || *group_size >= 1, layer, ": group_size must be >= 1, got ", *group_size);
+  DYNAMOE_CHECK_ARG(!overlap_degree || (*overlap_degree >= 0 && *overlap_degree <= 64), layer,
+                    ": overlap_degree must be in [0, 64] (0: from the cost model), got ", *overlap_degree);
   ScheduleOptions s = FromConfig();
-  if (!kind.empty()) s.kind = ValueOrThrow(runtime::ParseSchedule(kind));
-  DYNAMOE_THROW_IF(group_size == 0, "schedule: group_size must be >= 1 (or unset), got 0");
-  DYNAMOE_THROW_IF(overlap_degree > 64, "schedule: overlap_degree must be in [0, 64], got ", overlap_degree);
-  if (group_size > 0) s.group_size = group_size;
-  if (overlap_degree >= 0) s.overlap_degree = overlap_degree;
+  if (!kind.empty()) {
+    const absl::StatusOr<Kind> parsed = runtime::ParseSchedule(kind);
+    DYNAMOE_CHECK_ARG(parsed.ok(), layer, ": ", parsed.status().message());
+    s.kind = *parsed;
+  }
+  if (group_size) s.group_size = *group_size;
+  if (overlap_degree) s.overlap_degree = *overlap_degree;
   return s;
 }
 

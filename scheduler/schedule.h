@@ -6,8 +6,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "placement/plan.h"
 #include "runtime/settings.h"
 #include "scheduler/options.h"
@@ -23,9 +25,13 @@ struct ScheduleOptions {
   static ScheduleOptions FromSettings(const runtime::Settings& settings);
   // The environment's (runtime::GlobalSettings()).
   static ScheduleOptions FromConfig();
-  // kind: "" keeps the environment's; else one of runtime::ScheduleNames().
-  // group_size and overlap_degree < 0 keep the environment's. Throws on bad values.
-  static ScheduleOptions Make(const std::string& kind, int64_t group_size, int64_t overlap_degree);
+  // A layer's own schedule, the one place a kind name is parsed. kind: ""
+  // keeps the environment's, else one of runtime::ScheduleNames(); nullopt
+  // keeps the environment's group_size / overlap_degree. InvalidArgument names
+  // the layer: group_size < 1, overlap_degree outside [0, 64] or an unknown kind.
+  static absl::StatusOr<ScheduleOptions> Make(const std::string& layer, const std::string& kind,
+                                              std::optional<int64_t> group_size,
+                                              std::optional<int64_t> overlap_degree);
   bool overlap() const { return kind == Kind::kOverlap; }
   std::string Describe() const;  // "overlap(group_size=4, overlap_degree=2)"
 };

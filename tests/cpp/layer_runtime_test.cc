@@ -131,5 +131,26 @@ TEST(LayerRuntime, OptionsValidatedOnceKeepTheirErrors) {
   }
 }
 
+// A layer's own schedule is parsed in one place, its errors naming the layer.
+TEST(LayerRuntime, ScheduleOptionsNameTheLayer) {
+  EXPECT_EQ(ScheduleOptions::Make("sched", "", -5, std::nullopt).status().message(),
+            "sched: group_size must be >= 1, got -5");
+  EXPECT_EQ(ScheduleOptions::Make("sched", "", std::nullopt, 65).status().message(),
+            "sched: overlap_degree must be in [0, 64] (0: from the cost model), got 65");
+  EXPECT_EQ(ScheduleOptions::Make("sched", "fast", std::nullopt, std::nullopt).status().message(),
+            "sched: schedule: unknown schedule \"fast\"; expected one of sequential, overlap");
+  const ScheduleOptions s = ValueOrThrow(ScheduleOptions::Make("sched", "overlap", 2, 0));
+  EXPECT_EQ(s.Describe(), "overlap(group_size=2, overlap_degree=auto)");
+  Layer layer(MoEOptions(4, 8, 2).name("sched"));
+  try {
+    layer.set_schedule("fast", std::nullopt, std::nullopt);
+    ADD_FAILURE() << "an unknown schedule was set";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sched: schedule: unknown schedule \"fast\""), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(layer.has_own_schedule());
+}
+
 }  // namespace
 }  // namespace dynamoe::scheduler
