@@ -32,7 +32,9 @@ namespace ref = dynamoe::bench::ref;
 using at::Tensor;
 using dynamoe::ThrowIfError;
 using dynamoe::bench::CompareLine;
+using dynamoe::bench::MakeRouterBuffers;
 using dynamoe::bench::Require;
+using dynamoe::bench::RouterBuffers;
 using dynamoe::bench::Work;
 
 int g_rounds = 15;
@@ -83,26 +85,17 @@ bool Near(const Tensor& got, const Tensor& want, double rtol, double atol) {
 // router.cu: the fused router vs the same outputs from ATen.
 void Router(int64_t T, int64_t E, int top_k) {
   const std::string shape = absl::StrFormat("T %d E %d top-%d", T, E, top_k);
-  const auto f32 = On(at::kFloat), i64 = On(at::kLong);
-  const Tensor logits = at::randn({T, E}, f32);
-  const Tensor scores = at::empty({T, E}, f32), idx = at::empty({T, top_k}, i64), weight = at::empty({T, top_k}, f32),
-               pos = at::empty({T, top_k}, i64), kept = at::empty({E}, i64), routed = at::empty({E}, i64),
-               score_sum = at::empty({E}, f32), dropped = at::empty({1}, i64);
-  k::RouterSpec spec;
-  spec.num_tokens = T, spec.num_experts = E, spec.top_k = top_k;
-  k::RouterOutputs out;
-  out.scores = P<float>(scores), out.expert_idx = P<int64_t>(idx), out.weight = P<float>(weight);
-  out.position = P<int64_t>(pos), out.kept_counts = P<int64_t>(kept), out.routed_counts = P<int64_t>(routed);
-  out.score_sum = P<float>(score_sum), out.dropped = P<int64_t>(dropped);
-  const size_t ws_bytes = kc::RouterWorkspaceBytes(spec);
+  const Tensor logits = at::randn({T, E}, On(at::kFloat));
+  const RouterBuffers b = MakeRouterBuffers(T, E, top_k, On(at::kFloat));
+  const size_t ws_bytes = kc::RouterWorkspaceBytes(b.spec);
   const Tensor ws = at::empty({static_cast<int64_t>(std::max<size_t>(1, ws_bytes))}, On(at::kByte));
   auto kernel = [&] {
-    ThrowIfError(kc::FusedRouter(P<float>(logits), nullptr, spec, out, ws.data_ptr(), ws_bytes, Stream()));
+    ThrowIfError(kc::FusedRouter(P<float>(logits), nullptr, b.spec, b.out, ws.data_ptr(), ws_bytes, Stream()));
   };
   ref::Routed r;
   auto reference = [&] { r = ref::Router(logits, top_k); };
   kernel(), reference();
-  ref::RequireRouterMatches(idx, weight, pos, kept, score_sum, r);
+  ref::RequireRouterMatches(b.expert_idx, b.weight, b.position, b.kept_counts, b.score_sum, r);
   const double bytes = 2.0 * T * E * 4 + T * top_k * (8.0 + 4 + 8);  // logits in, scores, idx, weight, position out
   Compare("router", shape, {bytes, double(T)}, kernel, "softmax+topk+sort+bincount", reference);
 }

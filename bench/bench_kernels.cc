@@ -28,7 +28,9 @@ namespace ref = dynamoe::bench::ref;
 using at::Tensor;
 using dynamoe::ThrowIfError;
 using dynamoe::bench::CompareLine;
+using dynamoe::bench::MakeRouterBuffers;
 using dynamoe::bench::Require;
+using dynamoe::bench::RouterBuffers;
 using dynamoe::bench::Seconds;
 using dynamoe::bench::Work;
 
@@ -66,21 +68,12 @@ bool Close(const Tensor& a, const Tensor& b, double rtol, double atol) { return 
 void Router(int64_t T, int64_t E, int top_k) {
   const std::string shape = absl::StrFormat("T %d E %d top-%d", T, E, top_k);
   const Tensor logits = at::randn({T, E});
-  const auto i64 = at::TensorOptions().dtype(at::kLong);
-  const Tensor scores = at::empty({T, E}), idx = at::empty({T, top_k}, i64), weight = at::empty({T, top_k}),
-               pos = at::empty({T, top_k}, i64), kept = at::empty({E}, i64), routed = at::empty({E}, i64),
-               score_sum = at::empty({E}), dropped = at::empty({1}, i64);
-  k::RouterSpec spec;
-  spec.num_tokens = T, spec.num_experts = E, spec.top_k = top_k;
-  k::RouterOutputs out;
-  out.scores = P<float>(scores), out.expert_idx = P<int64_t>(idx), out.weight = P<float>(weight);
-  out.position = P<int64_t>(pos), out.kept_counts = P<int64_t>(kept), out.routed_counts = P<int64_t>(routed);
-  out.score_sum = P<float>(score_sum), out.dropped = P<int64_t>(dropped);
-  auto kernel = [&] { ThrowIfError(k::FusedRouter(P<float>(logits), nullptr, spec, out)); };
+  const RouterBuffers b = MakeRouterBuffers(T, E, top_k, at::TensorOptions());
+  auto kernel = [&] { ThrowIfError(k::FusedRouter(P<float>(logits), nullptr, b.spec, b.out)); };
   ref::Routed r;
   auto reference = [&] { r = ref::Router(logits, top_k); };
   kernel(), reference();
-  ref::RequireRouterMatches(idx, weight, pos, kept, score_sum, r);
+  ref::RequireRouterMatches(b.expert_idx, b.weight, b.position, b.kept_counts, b.score_sum, r);
   const double bytes = 2.0 * T * E * 4 + T * top_k * (8.0 + 4 + 8);  // logits in, scores, idx, weight, position out
   Compare("router", shape, {bytes, double(T)}, kernel, "softmax+topk+sort+bincount", reference);
 }

@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "bench/bench_util.h"
+#include "kernels/kernels.h"
 
 namespace dynamoe::bench {
 
@@ -52,6 +53,28 @@ inline void CompareLine(const std::string& name, const std::string& shape, Work 
               name.c_str(), shape.c_str(), t[0] * 1e6, work.bytes / t[0] / 1e9, work.rows / t[0] / 1e6,
               ref_name.c_str(), t[1] * 1e6, t[1] / t[0]);
   std::fflush(stdout);
+}
+
+// The fused router's output tensors (on `on`'s device) and the kernels' view
+// of them, for T tokens, E experts and top_k: the CPU and the CUDA router
+// take the same spec and outputs.
+struct RouterBuffers {
+  at::Tensor scores, expert_idx, weight, position, kept_counts, routed_counts, score_sum, dropped;
+  kernels::RouterSpec spec;
+  kernels::RouterOutputs out;
+};
+inline RouterBuffers MakeRouterBuffers(int64_t T, int64_t E, int top_k, const at::TensorOptions& on) {
+  const at::TensorOptions f32 = on.dtype(at::kFloat), i64 = on.dtype(at::kLong);
+  RouterBuffers b;
+  b.scores = at::empty({T, E}, f32), b.expert_idx = at::empty({T, top_k}, i64), b.weight = at::empty({T, top_k}, f32);
+  b.position = at::empty({T, top_k}, i64), b.kept_counts = at::empty({E}, i64), b.routed_counts = at::empty({E}, i64);
+  b.score_sum = at::empty({E}, f32), b.dropped = at::empty({1}, i64);
+  b.spec.num_tokens = T, b.spec.num_experts = E, b.spec.top_k = top_k;
+  b.out.scores = b.scores.data_ptr<float>(), b.out.expert_idx = b.expert_idx.data_ptr<int64_t>();
+  b.out.weight = b.weight.data_ptr<float>(), b.out.position = b.position.data_ptr<int64_t>();
+  b.out.kept_counts = b.kept_counts.data_ptr<int64_t>(), b.out.routed_counts = b.routed_counts.data_ptr<int64_t>();
+  b.out.score_sum = b.score_sum.data_ptr<float>(), b.out.dropped = b.dropped.data_ptr<int64_t>();
+  return b;
 }
 
 // The references: what a plain ATen implementation of each kernel calls.
