@@ -10,7 +10,7 @@ include(CMakePackageConfigHelpers)
 set(DYNAMOE_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/dynamoe)
 # dynamoe and everything it links (static libraries carry their dependencies
 # into the consumer's link line, so each must be exported).
-set(_dynamoe_exported dynamoe dynamoe_scheduler dynamoe_comm dynamoe_runtime dynamoe_placement
+set(_dynamoe_exported dynamoe dynamoe_scheduler dynamoe_comm dynamoe_config dynamoe_placement
                       dynamoe_monitor dynamoe_kernels dynamoe_common)
 if(TARGET dynamoe_kernels_cuda)
   list(APPEND _dynamoe_exported dynamoe_kernels_cuda)
@@ -34,7 +34,7 @@ endforeach()
 
 install(TARGETS ${_dynamoe_exported} EXPORT dynamoeTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT dev)
-install(DIRECTORY common placement replay monitor kernels runtime scheduler bindings
+install(DIRECTORY common placement replay monitor kernels config runtime scheduler bindings
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
         FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh" PATTERN "*.def")
 install(EXPORT dynamoeTargets NAMESPACE dynamoe:: DESTINATION ${DYNAMOE_INSTALL_CMAKEDIR} COMPONENT dev)

@@ -15,8 +15,8 @@
 #include "common/status.h"
 #include "runtime/c10d_communicator.h"
 #include "runtime/call_within.h"
-#include "runtime/launch_env.h"
-#include "runtime/settings.h"
+#include "config/launch_env.h"
+#include "config/settings.h"
 #ifdef DYNAMOE_HAVE_NCCL
 #include "runtime/nccl_communicator.h"
 #endif

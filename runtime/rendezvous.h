@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/communicator.h"
-#include "runtime/config.h"
+#include "config/config.h"
 #include "runtime/peer_monitor.h"
 
 namespace dynamoe::runtime {

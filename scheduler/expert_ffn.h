@@ -7,7 +7,7 @@
 
 #include <optional>
 
-#include "runtime/settings.h"
+#include "config/settings.h"
 #include "scheduler/functions.h"
 
 namespace dynamoe::scheduler {

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
-#include "runtime/config.h"
+#include "config/config.h"
 #include "scheduler/cpu_ops.h"
 
 namespace dynamoe::scheduler {

@@ -14,7 +14,7 @@
 #include "monitor/phases.h"
 #include "monitor/step_observer.h"
 #include "runtime/communicator.h"
-#include "runtime/settings.h"
+#include "config/settings.h"
 #include "scheduler/functions.h"
 #include "placement/plan.h"
 #include "scheduler/layer_state.h"

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
-#include "runtime/placement_config.h"
+#include "config/placement_config.h"
 #include "scheduler/expert_parallel.h"
 
 namespace dynamoe::scheduler {

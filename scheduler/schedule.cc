@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "placement/cost_model.h"
-#include "runtime/placement_config.h"
+#include "config/placement_config.h"
 #include "scheduler/expert_parallel.h"
 #include "scheduler/pipeline_layout.h"
 

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "placement/plan.h"
-#include "runtime/settings.h"
+#include "config/settings.h"
 #include "scheduler/options.h"
 
 namespace dynamoe::scheduler {

@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "common/status.h"
-#include "runtime/config.h"
+#include "config/config.h"
 
 int main(int argc, char** argv) {
   using namespace dynamoe::runtime;

@@ -22,7 +22,7 @@
 #include "bindings/moe_layer.h"
 #include "monitor/load_report.h"
 #include "placement/count_matrix.h"
-#include "runtime/launch_env.h"
+#include "config/launch_env.h"
 #include "runtime/rendezvous.h"
 #include "tools/local_launch.h"
 

@@ -29,7 +29,7 @@
 #include "bindings/gradients.h"
 #include "bindings/moe_layer.h"
 #include "common/status.h"
-#include "runtime/launch_env.h"
+#include "config/launch_env.h"
 #include "runtime/rendezvous.h"
 
 namespace {

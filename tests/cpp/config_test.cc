@@ -7,8 +7,8 @@
 #include <gtest/gtest.h>
 
 #include "common/status.h"
-#include "runtime/config.h"
-#include "runtime/placement_config.h"
+#include "config/config.h"
+#include "config/placement_config.h"
 
 namespace dynamoe::runtime {
 namespace {

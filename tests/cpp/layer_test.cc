@@ -16,7 +16,7 @@
 
 #include "bindings/moe_layer.h"
 #include "common/status.h"
-#include "runtime/step_observers.h"
+#include "config/step_observers.h"
 #include "tests/cpp/custom_expert_reference.h"
 #include "tests/cpp/ulps.h"
 

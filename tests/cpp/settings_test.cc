@@ -9,10 +9,10 @@
 #include <gtest/gtest.h>
 
 #include "placement/policy.h"
-#include "runtime/config.h"
-#include "runtime/launch_env.h"
-#include "runtime/placement_config.h"
-#include "runtime/settings.h"
+#include "config/config.h"
+#include "config/launch_env.h"
+#include "config/placement_config.h"
+#include "config/settings.h"
 
 namespace dynamoe::runtime {
 namespace {

@@ -11,7 +11,7 @@
 #include "common/status.h"
 #include "monitor/metrics_report.h"
 #include "monitor/trace_recorder.h"
-#include "runtime/step_observers.h"
+#include "config/step_observers.h"
 #include "scheduler/moe_step.h"
 
 namespace dynamoe {

@@ -1,7 +1,7 @@
 // The configuration table, generated from settings.def (the same rows give
 // the typed Settings fields).
-#include "runtime/config.h"
-#include "runtime/settings.h"
+#include "config/config.h"
+#include "config/settings.h"
 
 namespace dynamoe::runtime {
 
@@ -11,7 +11,7 @@ const std::vector<ConfigEntry>& ConfigTable() {
                         alias_value, same_on_all_ranks, help)                                                      \
   {name,      ValueType::kind, default_value,     choices,           min_value, max_value, alias, \
    AliasKind::alias_kind, alias_value, same_on_all_ranks, help},
-#include "runtime/settings.def"
+#include "config/settings.def"
 #undef DYNAMOE_SETTING
   };
   return table;

@@ -1,4 +1,4 @@
-#include "runtime/launch_env.h"
+#include "config/launch_env.h"
 
 #include <cstdlib>
 

@@ -1,4 +1,4 @@
-#include "runtime/settings.h"
+#include "config/settings.h"
 
 #include "absl/strings/str_format.h"
 #include "common/enum_names.h"
@@ -107,7 +107,7 @@ Settings SettingsFrom(const Config& config) {
   if (absl::Status st = FromCanonical(config.Get(name), &s.field); !st.ok())                           \
     throw Error(absl::InternalError(absl::StrCat("settings: ", name, " has no ", #Type, " value: ", \
                                                  st.message())));
-#include "runtime/settings.def"
+#include "config/settings.def"
 #undef DYNAMOE_SETTING
   return s;
 }
@@ -115,7 +115,7 @@ Settings SettingsFrom(const Config& config) {
 std::map<std::string, std::string> SettingsValues(const Settings& s) {
   std::map<std::string, std::string> values;
 #define DYNAMOE_SETTING(field, Type, kind, name, ...) values[name] = ToCanonical(s.field);
-#include "runtime/settings.def"
+#include "config/settings.def"
 #undef DYNAMOE_SETTING
   return values;
 }

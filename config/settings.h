@@ -15,7 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "common/log.h"
 #include "placement/policy.h"
-#include "runtime/config.h"
+#include "config/config.h"
 
 namespace dynamoe::runtime {
 
@@ -44,7 +44,7 @@ absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view name);
 // Settings with SettingsFrom (ParseConfig({}) gives the defaults).
 struct Settings {
 #define DYNAMOE_SETTING(field, Type, ...) Type field{};
-#include "runtime/settings.def"
+#include "config/settings.def"
 #undef DYNAMOE_SETTING
 };
 

@@ -1,11 +1,11 @@
-#include "runtime/step_observers.h"
+#include "config/step_observers.h"
 
 #include <mutex>
 
 #include "common/status.h"
 #include "monitor/trace_recorder.h"
-#include "runtime/launch_env.h"
-#include "runtime/settings.h"
+#include "config/launch_env.h"
+#include "config/settings.h"
 
 #ifdef DYNAMOE_HAVE_PROMETHEUS
 #include "monitor/metrics_observer.h"

@@ -7,8 +7,8 @@
 
 #include "placement/policy.h"
 #include "placement/spec.h"
-#include "runtime/config.h"
-#include "runtime/settings.h"
+#include "config/config.h"
+#include "config/settings.h"
 
 namespace dynamoe::runtime {
 

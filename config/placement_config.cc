@@ -1,6 +1,6 @@
-#include "runtime/placement_config.h"
+#include "config/placement_config.h"
 
-#include "runtime/launch_env.h"
+#include "config/launch_env.h"
 
 namespace dynamoe::runtime {
 

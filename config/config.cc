@@ -1,4 +1,4 @@
-#include "runtime/config.h"
+#include "config/config.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -13,7 +13,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "runtime/settings.h"
+#include "config/settings.h"
 
 extern char** environ;
 
