@@ -1,6 +1,6 @@
 // Who hears about a finished step. The step notifies; what to do with it
 // (metrics, the routing trace, a user's own logging) is an observer's
-// business, wired up by the runtime from the settings (runtime/step_observers.h).
+// business, wired up by the runtime from the settings (config/step_observers.h).
 #pragma once
 
 #include <memory>

@@ -1,4 +1,4 @@
-// Typed settings (runtime/settings.h): generated from the same rows as the
+// Typed settings (config/settings.h): generated from the same rows as the
 // configuration table, so every entry has a field and the two agree; enum
 // names parse exactly and name the accepted values; the launcher's variables
 // have one parser, which rejects bad values naming the variable.
